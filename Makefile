@@ -1,0 +1,28 @@
+# Two commands a new user needs: `make demo` and `make test`. Both build .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test clean
+
+venv: $(STAMP)
+
+# A CUDA torch already importable in the venv is kept; otherwise the pinned CPU build is
+# installed (an open range would pull a multi-GB CUDA build onto a CPU machine).
+$(STAMP): setup.py requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
+		|| $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[mpi,dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""ramvid: random-mask video diffusion."""

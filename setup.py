@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ramvid",
+    version="0.1.0",
+    description="Random-mask video diffusion (RaMViD): one 3D-UNet diffusion model for video "
+    "prediction, infilling and unconditional generation.",
+    packages=find_packages(include=["ramvid", "ramvid.*"]),
+    python_requires=">=3.10",
+    # GPU users install their CUDA build of torch first; the Makefile pins the CPU build.
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.24",
+        "scipy>=1.13",  # sqrtm is wrong on rank-deficient covariances before 1.13 (FVD)
+        "blobfile>=0.11.0",
+        "tqdm>=4.60",
+        "av>=12,<19",
+        "matplotlib>=3.6",
+        "pytorch-msssim==1.0.0",
+    ],
+    extras_require={
+        "mpi": ["mpi4py>=4.0", "mpich>=4.2"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+)
