@@ -1,0 +1,71 @@
+"""Noise schedules (float64) and the choice of kept timesteps for respacing."""
+import math
+
+import numpy as np
+
+
+def get_named_beta_schedule(name, num_diffusion_timesteps):
+    """Betas (float64, shape (T,)) of the `linear` or `cosine` schedule."""
+    if num_diffusion_timesteps < 1:
+        raise ValueError(f"diffusion_steps={num_diffusion_timesteps} must be >= 1")
+    if name == "linear":
+        # Linear in beta, scaled so that any number of steps spans the same total noise as 1000.
+        scale = 1000 / num_diffusion_timesteps
+        return np.linspace(scale * 1e-4, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
+    if name == "cosine":
+        return betas_for_alpha_bar(
+            num_diffusion_timesteps,
+            lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2,
+        )
+    raise ValueError(f"noise_schedule={name!r} is not one of: linear, cosine")
+
+
+def betas_for_alpha_bar(num_diffusion_timesteps, alpha_bar, max_beta=0.999):
+    """Discretise a continuous alpha-bar(t), t in [0, 1], into betas, clipped at max_beta."""
+    betas = []
+    for i in range(num_diffusion_timesteps):
+        t1, t2 = i / num_diffusion_timesteps, (i + 1) / num_diffusion_timesteps
+        betas.append(min(1 - alpha_bar(t2) / alpha_bar(t1), max_beta))
+    return np.array(betas, dtype=np.float64)
+
+
+def space_timesteps(num_timesteps, section_counts):
+    """The original steps kept by `--timestep_respacing`.
+
+    "ddimN": N evenly strided steps starting at 0 (the stride must divide evenly).
+    "a,b,c" (or one number): the process is cut into equal sections and section i keeps
+    a (b, c) steps spread evenly over it, first and last step of the section included.
+    """
+    if isinstance(section_counts, str):
+        spec = section_counts.strip()
+        if spec.startswith("ddim"):
+            desired = int(spec[len("ddim"):])
+            for stride in range(1, num_timesteps):
+                if len(range(0, num_timesteps, stride)) == desired:
+                    return set(range(0, num_timesteps, stride))
+            raise ValueError(
+                f"timestep_respacing={spec!r}: {num_timesteps} steps cannot be cut into "
+                f"{desired} evenly strided steps"
+            )
+        try:
+            section_counts = [int(x) for x in spec.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(
+                f"timestep_respacing={spec!r} is not 'N', 'a,b,c' or 'ddimN'"
+            ) from None
+    if not section_counts or min(section_counts) < 1:
+        raise ValueError(f"timestep_respacing={section_counts!r} needs positive step counts")
+
+    size_per, extra = divmod(num_timesteps, len(section_counts))
+    start, kept = 0, []
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < count:
+            raise ValueError(
+                f"timestep_respacing: cannot keep {count} steps of a section of {size} steps "
+                f"(diffusion_steps={num_timesteps})"
+            )
+        stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        kept += [start + round(j * stride) for j in range(count)]
+        start += size
+    return set(kept)

@@ -1,0 +1,24 @@
+"""Small tensor helpers shared by the diffusion maths."""
+import torch
+
+
+def extract(table, t, ndim):
+    """table[t] for a float64 numpy table and index tensor t (N,), as float32 (N, 1, ...)."""
+    out = torch.from_numpy(table).to(device=t.device)[t].float()
+    return out.reshape(-1, *([1] * (ndim - 1)))
+
+
+def broadcast_mask(obs_mask, x):
+    """(N, T) bool -> (N, 1, T, 1, 1), broadcastable against a video batch (N, C, T, H, W)."""
+    return obs_mask.to(x.device)[:, None, :, None, None]
+
+
+def masked_mean(values, keep):
+    """Per-video mean of `values` (N, C, T, H, W) over the frames where keep (N, T) is True.
+
+    A video with no kept frame contributes 0 (not NaN).
+    """
+    weights = broadcast_mask(keep, values).to(values.dtype).expand_as(values)
+    total = (values * weights).flatten(1).sum(1)
+    count = weights.flatten(1).sum(1)
+    return total / count.clamp(min=1)

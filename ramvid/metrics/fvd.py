@@ -1,0 +1,136 @@
+"""Fréchet Video Distance (Unterthiner et al., 2018).
+
+FVD compares two sets of videos through the Kinetics-400 I3D network:
+1. every frame is resized to 224 x 224 with TF1 ``resize_bilinear`` (``resize.py``) on the
+   0..255 scale, then mapped to [-1, 1] as ``2 * x / 255 - 1``;
+2. I3D gives 400 logits per video, averaged over time -> one feature vector (float64);
+3. each set is summarised by its mean and covariance, and
+   ``FVD = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 sqrtm(S_a S_b))``.
+"""
+
+import numpy as np
+import scipy
+import scipy.linalg
+import torch
+
+from .i3d import I3D, MIN_FRAMES
+from .i3d_weights import fetch_checkpoint, load_into, read_checkpoint
+from .resize import resize_bilinear_tf1
+
+__all__ = ["I3D", "load_i3d", "preprocess", "i3d_features", "frechet_distance", "compute_fvd"]
+
+I3D_SIZE = (224, 224)
+_MODELS: dict[str, I3D] = {}
+
+
+def load_i3d(device="cpu") -> I3D:
+    """The Kinetics-400 I3D with its weights (downloaded once into the cache), in eval mode."""
+    model = I3D()
+    load_into(model, read_checkpoint(fetch_checkpoint()))
+    return model.eval().requires_grad_(False).to(device)
+
+
+def _cached_i3d(device) -> I3D:
+    key = str(torch.device(device))
+    if key not in _MODELS:
+        _MODELS[key] = load_i3d(device)
+    return _MODELS[key]
+
+
+def _check_videos(videos, name="videos"):
+    if videos.ndim != 5:
+        raise ValueError(f"{name} must be (N, T, H, W, C), got shape {tuple(videos.shape)}")
+    if videos.shape[-1] not in (1, 3):
+        raise ValueError(f"{name} must have 1 or 3 channels last, got shape "
+                         f"{tuple(videos.shape)}")
+    if videos.shape[1] < MIN_FRAMES:
+        raise ValueError(f"{name}: I3D needs at least {MIN_FRAMES} frames per video, got "
+                         f"{videos.shape[1]}")
+
+
+def preprocess(videos: torch.Tensor) -> torch.Tensor:
+    """(N, T, H, W, C) uint8 in [0, 255] or float in [-1, 1] -> (N, 3, T, 224, 224) float32
+    in [-1, 1], the I3D input."""
+    if videos.dtype == torch.uint8:
+        x = videos.float()
+    elif videos.is_floating_point():
+        lo, hi = float(videos.min()), float(videos.max())
+        if lo < -1.001 or hi > 1.001:
+            raise ValueError(f"float videos must lie in [-1, 1] (got [{lo:.3g}, {hi:.3g}]); "
+                             "pass uint8 for values in [0, 255]")
+        # Back to the 0..255 scale so that float and uint8 inputs share the same arithmetic.
+        x = (videos.float() + 1.0) * 127.5
+    else:
+        raise TypeError(f"videos must be uint8 or float, got {videos.dtype}")
+    if x.shape[-1] == 1:
+        x = x.expand(*x.shape[:-1], 3)  # grayscale frames shown to I3D as gray RGB
+    x = resize_bilinear_tf1(x, I3D_SIZE)                 # (N, T, 224, 224, 3)
+    x = 2.0 * x / 255.0 - 1.0
+    return x.permute(0, 4, 1, 2, 3).contiguous()         # (N, 3, T, 224, 224)
+
+
+def i3d_features(videos, batch_size: int = 16, model: I3D | None = None,
+                 device=None, progress=None) -> np.ndarray:
+    """(N, T, H, W, C) uint8 or float [-1, 1] videos (numpy or torch) -> (N, 400) float64 I3D
+    logits averaged over time. ``progress`` wraps the batch iterator (e.g. ``tqdm``)."""
+    _check_videos(videos)
+    if model is None:
+        model = _cached_i3d(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = next(model.parameters()).device
+    starts = range(0, videos.shape[0], batch_size)
+    features = []
+    with torch.inference_mode():
+        for start in progress(starts) if progress else starts:
+            batch = torch.as_tensor(np.asarray(videos[start:start + batch_size]))
+            logits = model(preprocess(batch.to(device)))   # (B, 400)
+            features.append(logits.double().cpu().numpy())
+    return np.concatenate(features, axis=0)
+
+
+def _require_scipy_113():
+    major, minor = (int(p) for p in scipy.__version__.split(".")[:2])
+    if (major, minor) < (1, 13):
+        raise RuntimeError(
+            f"FVD needs scipy >= 1.13 (found {scipy.__version__}): older scipy.linalg.sqrtm "
+            "returns wrong results for the rank-deficient covariances FVD produces")
+
+
+def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> tuple[float, float]:
+    """Fréchet distance between Gaussians fitted to (N_a, D) and (N_b, D) features.
+
+    Returns ``(distance, imag_residue)``: the matrix square root of ``S_a S_b`` is real in
+    exact arithmetic; ``imag_residue`` is the largest magnitude of the imaginary parts
+    numerical error left in it (dropped from the distance). A residue that is not small
+    compared with the distance means too few videos for the feature dimension.
+    """
+    _require_scipy_113()
+    feat_a, feat_b = np.asarray(feat_a, np.float64), np.asarray(feat_b, np.float64)
+    if feat_a.ndim != 2 or feat_b.ndim != 2 or feat_a.shape[1] != feat_b.shape[1]:
+        raise ValueError(f"features must be (N, D) with equal D, got {feat_a.shape} and "
+                         f"{feat_b.shape}")
+    if min(len(feat_a), len(feat_b)) < 2:
+        raise ValueError("each set needs at least 2 videos to estimate a covariance")
+    mu_a, mu_b = feat_a.mean(axis=0), feat_b.mean(axis=0)
+    sigma_a = np.cov(feat_a, rowvar=False)                 # (D, D), unbiased (N - 1)
+    sigma_b = np.cov(feat_b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
+    if not np.all(np.isfinite(covmean)):
+        raise FloatingPointError("sqrtm(S_a S_b) is not finite")
+    imag_residue = float(np.abs(np.imag(covmean)).max()) if np.iscomplexobj(covmean) else 0.0
+    covmean = np.real(covmean)
+    diff = mu_a - mu_b
+    distance = diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * np.trace(covmean)
+    return float(distance), imag_residue
+
+
+def compute_fvd(videos_a, videos_b, batch_size: int = 16, model: I3D | None = None,
+                device=None, progress=None) -> dict:
+    """FVD between two sets of (N, T, H, W, C) videos (uint8, or float in [-1, 1]).
+
+    Returns ``{"fvd", "imag_residue", "num_videos_a", "num_videos_b"}``.
+    """
+    feat_a = i3d_features(videos_a, batch_size, model, device, progress)
+    feat_b = i3d_features(videos_b, batch_size, model, device, progress)
+    fvd, imag_residue = frechet_distance(feat_a, feat_b)
+    return {"fvd": fvd, "imag_residue": imag_residue,
+            "num_videos_a": len(feat_a), "num_videos_b": len(feat_b)}

@@ -1,0 +1,283 @@
+"""The 3D UNet that predicts noise (and optionally variance) for a whole video at once.
+
+Every convolution is 3D (kernel 3x3x3), attention blocks attend over all T*H*W positions of a
+feature map, and the parameter names and shapes are those of published RaMViD checkpoints, so
+`model.load_state_dict(torch.load(path, weights_only=True))` works on them.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    image_size: int
+    in_channels: int
+    model_channels: int
+    out_channels: int
+    num_res_blocks: int
+    attention_resolutions: Tuple[int, ...]  # downsampling rates ds at which attention sits
+    channel_mult: Tuple[int, ...]
+    dropout: float = 0.0
+    num_classes: Optional[int] = None
+    use_checkpoint: bool = False
+    num_heads: int = 4
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = True
+    scale_time_dim: int = 0
+    seq_len: int = 20
+
+    def __post_init__(self):
+        widths = [self.model_channels * m for m in self.channel_mult]
+        for flag, width in [("num_channels", self.model_channels)] + [
+            ("num_channels x channel_mult", w) for w in widths
+        ]:
+            if width % 32 != 0:
+                raise ValueError(
+                    f"{flag}={width} is not divisible by 32 (GroupNorm uses 32 groups)"
+                )
+        for width in widths:
+            for flag, heads in (("num_heads", self.num_heads),
+                                ("num_heads_upsample", self.heads_upsample)):
+                if heads < 1 or width % heads != 0:
+                    raise ValueError(f"{flag}={heads} must divide the channel count {width}")
+        if self.scale_time_dim < 0:
+            raise ValueError(f"scale_time_dim={self.scale_time_dim} must be >= 0")
+        halvings = sum(1 for s in self.time_strides() if s == 2)
+        if self.scale_time_dim > 0 and 2 ** halvings > self.seq_len:
+            raise ValueError(
+                f"scale_time_dim={self.scale_time_dim} halves time {halvings} times, "
+                f"more than seq_len={self.seq_len} frames allow"
+            )
+
+    @property
+    def heads_upsample(self):
+        return self.num_heads if self.num_heads_upsample == -1 else self.num_heads_upsample
+
+    def time_strides(self):
+        """Temporal stride of each downsampling step: level k halves time while S // 2^(k+1) > 0."""
+        strides = []
+        for level in range(len(self.channel_mult) - 1):
+            target = self.scale_time_dim // 2 ** (level + 1) if self.scale_time_dim > 0 else 0
+            strides.append(2 if target > 0 else 1)
+        return strides
+
+
+def timestep_embedding(timesteps, dim, max_period=10000):
+    """Sinusoidal embedding of (possibly fractional) timesteps: (N,) -> (N, dim), cos then sin."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    args = timesteps[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class GroupNorm32(nn.GroupNorm):
+    # Statistics in float32 even under autocast: low-precision variance over T*H*W drifts.
+    def forward(self, x):
+        return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).type(x.dtype)
+
+
+def normalization(channels):
+    return GroupNorm32(32, channels)
+
+
+def zero_module(module):
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class TimestepBlock(nn.Module):
+    """A block whose forward also takes the timestep embedding."""
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    def forward(self, x, emb, out_size=None):
+        for layer in self:
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, Upsample):
+                x = layer(x, out_size)
+            else:
+                x = layer(x)
+        return x
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour upsampling to the skip connection's (T, H, W), then a 3x3x3 conv."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+
+    def forward(self, x, out_size=None):
+        # (N, C, T, H, W); out_size is the recorded (T, H, W) of the level above, so odd
+        # temporal lengths (7 -> 4 on the way down) are restored exactly on the way up.
+        if out_size is None:
+            out_size = (x.shape[2], x.shape[3] * 2, x.shape[4] * 2)
+        x = F.interpolate(x, size=tuple(out_size), mode="nearest")
+        return self.conv(x)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels, time_stride):
+        super().__init__()
+        self.op = nn.Conv3d(channels, channels, 3, stride=(time_stride, 2, 2), padding=1)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class ResBlock(TimestepBlock):
+    def __init__(self, channels, emb_channels, dropout, out_channels, use_scale_shift_norm,
+                 use_checkpoint):
+        super().__init__()
+        self.use_scale_shift_norm = use_scale_shift_norm
+        self.use_checkpoint = use_checkpoint
+        self.in_layers = nn.Sequential(
+            normalization(channels), nn.SiLU(), nn.Conv3d(channels, out_channels, 3, padding=1)
+        )
+        self.emb_layers = nn.Sequential(
+            nn.SiLU(),
+            nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels),
+        )
+        self.out_layers = nn.Sequential(
+            normalization(out_channels),
+            nn.SiLU(),
+            nn.Dropout(p=dropout),
+            zero_module(nn.Conv3d(out_channels, out_channels, 3, padding=1)),
+        )
+        if out_channels == channels:
+            self.skip_connection = nn.Identity()
+        else:
+            self.skip_connection = nn.Conv3d(channels, out_channels, 1)
+
+    def forward(self, x, emb):
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, emb, use_reentrant=False)
+        return self._forward(x, emb)
+
+    def _forward(self, x, emb):
+        h = self.in_layers(x)
+        emb_out = self.emb_layers(emb).type(h.dtype)[:, :, None, None, None]  # (N, C', 1, 1, 1)
+        if self.use_scale_shift_norm:
+            norm, rest = self.out_layers[0], self.out_layers[1:]
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = rest(norm(h) * (1 + scale) + shift)
+        else:
+            h = self.out_layers(h + emb_out)
+        return self.skip_connection(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all T*H*W positions (full spatio-temporal attention)."""
+
+    def __init__(self, channels, num_heads, use_checkpoint):
+        super().__init__()
+        self.num_heads = num_heads
+        self.use_checkpoint = use_checkpoint
+        self.norm = normalization(channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x):
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x):
+        n, c, *spatial = x.shape
+        x = x.reshape(n, c, -1)  # (N, C, L), L = T*H*W
+        qkv = self.qkv(self.norm(x))  # (N, 3C, L)
+        # q/k/v are split per head: channels [h*3d, (h+1)*3d) hold head h's q, k, v.
+        head_dim = c // self.num_heads
+        qkv = qkv.reshape(n, self.num_heads, 3 * head_dim, -1).transpose(2, 3)  # (N, h, L, 3d)
+        q, k, v = qkv.split(head_dim, dim=-1)  # each (N, h, L, d)
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v: (N, h, L, d)
+        h = h.transpose(2, 3).reshape(n, c, -1)  # (N, C, L)
+        return (x + self.proj_out(h)).reshape(n, c, *spatial)
+
+
+class UNetModel(nn.Module):
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        mc = cfg.model_channels
+        emb_dim = 4 * mc
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.num_classes is not None:
+            self.label_emb = nn.Embedding(cfg.num_classes, emb_dim)
+
+        def res_block(ch_in, ch_out):
+            return ResBlock(ch_in, emb_dim, cfg.dropout, ch_out, cfg.use_scale_shift_norm,
+                            cfg.use_checkpoint)
+
+        self.input_blocks = nn.ModuleList(
+            [TimestepEmbedSequential(nn.Conv3d(cfg.in_channels, mc, 3, padding=1))]
+        )
+        skip_channels = [mc]
+        ch, ds = mc, 1
+        time_strides = cfg.time_strides()
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers = [res_block(ch, mult * mc)]
+                ch = mult * mc
+                if ds in cfg.attention_resolutions:
+                    layers.append(AttentionBlock(ch, cfg.num_heads, cfg.use_checkpoint))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                skip_channels.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch, time_strides[level])))
+                skip_channels.append(ch)
+                ds *= 2
+
+        self.middle_block = TimestepEmbedSequential(
+            res_block(ch, ch), AttentionBlock(ch, cfg.num_heads, cfg.use_checkpoint), res_block(ch, ch)
+        )
+
+        self.output_blocks = nn.ModuleList([])
+        for level, mult in list(enumerate(cfg.channel_mult))[::-1]:
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [res_block(ch + skip_channels.pop(), mc * mult)]
+                ch = mc * mult
+                if ds in cfg.attention_resolutions:
+                    layers.append(AttentionBlock(ch, cfg.heads_upsample, cfg.use_checkpoint))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(Upsample(ch))
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+        self.out = nn.Sequential(
+            normalization(ch), nn.SiLU(), zero_module(nn.Conv3d(ch, cfg.out_channels, 3, padding=1))
+        )
+
+    def forward(self, x, timesteps, y=None):
+        """x: (N, C, T, H, W); timesteps: (N,) already rescaled; y: (N,) class labels."""
+        if (y is not None) != (self.config.num_classes is not None):
+            raise ValueError("pass class labels y exactly when the model is class-conditional")
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels))
+        if y is not None:
+            emb = emb + self.label_emb(y)
+
+        h = x
+        skips = []
+        for module in self.input_blocks:
+            h = module(h, emb)
+            skips.append(h)
+        h = self.middle_block(h, emb)
+        for module in self.output_blocks:
+            h = torch.cat([h, skips.pop()], dim=1)
+            # An upsampling block must land on the (T, H, W) of the next skip it meets.
+            out_size = skips[-1].shape[2:] if skips else None
+            h = module(h, emb, out_size)
+        return self.out(h)
