@@ -81,7 +81,9 @@ def i3d_features(videos, batch_size: int = 16, model: I3D | None = None,
     features = []
     with torch.inference_mode():
         for start in progress(starts) if progress else starts:
-            batch = torch.as_tensor(np.asarray(videos[start:start + batch_size]))
+            batch = videos[start:start + batch_size]
+            if not isinstance(batch, torch.Tensor):
+                batch = torch.from_numpy(np.ascontiguousarray(batch))
             logits = model(preprocess(batch.to(device)))   # (B, 400)
             features.append(logits.double().cpu().numpy())
     return np.concatenate(features, axis=0)
