@@ -1,0 +1,253 @@
+"""Checkpoint files: names, crash-safe writes, safe loads, and finding where to resume.
+
+A training checkpoint at step S in a log directory is three kinds of files:
+
+    modelSSSSSS.pt          plain state dict of the network
+    ema_RATE_SSSSSS.pt      plain state dict of the EMA weights, one per --ema_rate entry
+                            (RATE spelled as given, e.g. ema_0.9999_200000.pt)
+    optSSSSSS.pt            {"step", "optimizer", "scaler", "rng", "data", "schedule_sampler", ...}
+
+Every file is written to a temporary name in the same folder, fsynced, and renamed over the final
+name, so a crash at any moment leaves the previous checkpoints intact and never a truncated file
+under a final name. Every file is read with `weights_only=True`: tensors, numbers, strings and
+containers only, so a checkpoint from an untrusted source cannot run code.
+"""
+import os
+import pickle
+import random
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODEL_NAME = re.compile(r"^model(\d{6,})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read or written; the message names the file."""
+
+
+def model_filename(step):
+    return f"model{step:06d}.pt"
+
+
+def ema_filename(rate, step):
+    """`rate` is the string given in --ema_rate (kept verbatim, e.g. "0.9999")."""
+    return f"ema_{rate}_{step:06d}.pt"
+
+
+def opt_filename(step):
+    return f"opt{step:06d}.pt"
+
+
+def checkpoint_paths(folder, step, ema_rates):
+    """{"model": path, "opt": path, "ema": {rate: path}} for step `step` in `folder`."""
+    folder = Path(folder)
+    return {
+        "model": folder / model_filename(step),
+        "opt": folder / opt_filename(step),
+        "ema": {rate: folder / ema_filename(rate, step) for rate in ema_rates},
+    }
+
+
+def step_from_model_path(path):
+    """The step in a `modelNNNNNN.pt` file name, or ValueError naming the path."""
+    match = MODEL_NAME.match(Path(path).name)
+    if not match:
+        raise ValueError(f"{path}: expected a file named modelNNNNNN.pt (NNNNNN = training step)")
+    return int(match.group(1))
+
+
+# --------------------------------------------------------------------------- writing
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems do not open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj, path):
+    """torch.save(obj) to `path` so that `path` is either the old file or the complete new one.
+
+    Raises CheckpointError naming `path` when the folder is not writable or the disk is full;
+    the temporary file is removed and any previous file at `path` is untouched.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
+    except (OSError, RuntimeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise CheckpointError(f"could not write checkpoint {path}: {reason}") from e
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def remove_stale_temp_files(folder):
+    """Delete temporary files left by a process killed mid-write (`.NAME.pt.XXXX.tmp`)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.pt.*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def save_checkpoint(folder, step, model_state, ema_states, opt_state):
+    """Write the EMA files, the model file and the opt file (last) for `step`; returns the paths.
+
+    ema_states: {rate string: state dict}. opt_state: anything `weights_only` can load.
+    """
+    paths = checkpoint_paths(folder, step, ema_states.keys())
+    for rate, state in ema_states.items():
+        atomic_save(state, paths["ema"][rate])
+    atomic_save(model_state, paths["model"])
+    atomic_save(opt_state, paths["opt"])
+    return paths
+
+
+# --------------------------------------------------------------------------- reading
+def load_checkpoint_file(path):
+    """torch.load(path, map_location="cpu", weights_only=True) with one-line errors naming the file.
+
+    A file holding anything but tensors, numbers, strings and containers (e.g. pickled code) is
+    refused without being executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = str(e).strip().splitlines()
+        detail = next((line for line in detail if "Unsupported" in line or "global" in line.lower()),
+                      detail[0] if detail else "")
+        raise CheckpointError(
+            f"refusing to load {path}: it is not a plain weights checkpoint (it holds Python "
+            f"objects or code; only tensors, numbers, strings and containers are accepted). "
+            f"{detail.strip()}"
+        ) from None
+    except Exception as e:  # truncated zip, bad magic number, EOF, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first.split(". ")[0]
+        raise CheckpointError(f"cannot read checkpoint {path} (corrupt or truncated?): {first}") from None
+
+
+@dataclass
+class TrainingCheckpoint:
+    """Everything a resumed run needs, loaded to CPU."""
+    step: int
+    folder: Path
+    model: dict
+    emas: dict = field(default_factory=dict)  # rate string -> state dict (missing rates absent)
+    opt: dict = None  # None when the opt file is missing (explicit resume only)
+
+
+def load_training_checkpoint(folder, step, ema_rates, require_all=True):
+    """Load the model, every EMA and the opt file of `step` from `folder`.
+
+    require_all=True: any missing or unreadable file raises CheckpointError. False (a resume
+    the user asked for explicitly): a missing opt or EMA file is a warning, the EMA then starts
+    from the model weights and the optimiser from scratch; unreadable files still raise.
+    """
+    paths = checkpoint_paths(folder, step, ema_rates)
+    ckpt = TrainingCheckpoint(step=step, folder=Path(folder), model=load_checkpoint_file(paths["model"]))
+    for rate, path in paths["ema"].items():
+        if path.exists() or require_all:
+            ckpt.emas[rate] = load_checkpoint_file(path)
+        else:
+            warnings.warn(f"{path} not found: EMA {rate} restarts from the model weights")
+    if paths["opt"].exists() or require_all:
+        ckpt.opt = load_checkpoint_file(paths["opt"])
+        if not isinstance(ckpt.opt, dict) or "optimizer" not in ckpt.opt:
+            raise CheckpointError(f"{paths['opt']} does not hold an optimizer state")
+    else:
+        warnings.warn(f"{paths['opt']} not found: the optimiser starts from scratch at step {step}")
+    return ckpt
+
+
+def candidate_steps(folder):
+    """Steps with a modelNNNNNN.pt in `folder`, newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    steps = [int(m.group(1)) for p in folder.iterdir() if (m := MODEL_NAME.match(p.name))]
+    return sorted(steps, reverse=True)
+
+
+def load_latest_checkpoint(folder, ema_rates):
+    """The newest complete checkpoint in `folder` (model, opt and every EMA present and readable),
+    or None. Incomplete or unreadable sets are skipped with a warning."""
+    for step in candidate_steps(folder):
+        try:
+            return load_training_checkpoint(folder, step, ema_rates, require_all=True)
+        except CheckpointError as e:
+            warnings.warn(f"skipping checkpoint step {step}: {e}")
+    return None
+
+
+def find_resume_step(logdir, ema_rates):
+    """Newest step whose model, opt and every EMA file exist and load; None if there is none."""
+    ckpt = load_latest_checkpoint(logdir, ema_rates)
+    return None if ckpt is None else ckpt.step
+
+
+# --------------------------------------------------------------------------- RNG state
+def rng_state():
+    """The global RNG states of torch, CUDA, numpy and python, as weights_only-loadable values."""
+    version, mt_words, gauss_next = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": version, "state": list(mt_words), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Inverse of rng_state()."""
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+__all__ = [
+    "CheckpointError", "TrainingCheckpoint", "atomic_save", "candidate_steps", "checkpoint_paths",
+    "ema_filename", "find_resume_step", "load_checkpoint_file", "load_latest_checkpoint",
+    "load_training_checkpoint", "model_filename", "opt_filename", "remove_stale_temp_files",
+    "rng_state", "save_checkpoint", "set_rng_state", "step_from_model_path",
+]
