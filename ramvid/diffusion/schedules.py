@@ -11,6 +11,11 @@ def get_named_beta_schedule(name, num_diffusion_timesteps):
     if name == "linear":
         # Linear in beta, scaled so that any number of steps spans the same total noise as 1000.
         scale = 1000 / num_diffusion_timesteps
+        if scale * 0.02 >= 1:
+            raise ValueError(
+                f"diffusion_steps={num_diffusion_timesteps} is too few for the linear schedule "
+                "(beta would reach 1); use more steps and --timestep_respacing to sample fast"
+            )
         return np.linspace(scale * 1e-4, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
     if name == "cosine":
         return betas_for_alpha_bar(

@@ -1,0 +1,107 @@
+"""The 3D UNet: attention equals the explicit formula, checkpointing is real, bad shapes are named."""
+import pytest
+import torch
+
+from ramvid import create_model, create_model_and_diffusion, model_and_diffusion_defaults
+from ramvid.unet import AttentionBlock, ResBlock
+
+TINY = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
+            attention_resolutions="8", num_heads=2, seq_len=4, scale_time_dim=0)
+
+
+def explicit_attention(block, x):
+    """Per-head softmax(q k^T / sqrt(d)) v written out with einsum, L x L matrix and all."""
+    n, c, *spatial = x.shape
+    x = x.reshape(n, c, -1)
+    qkv = block.qkv(block.norm(x)).reshape(n * block.num_heads, 3 * c // block.num_heads, -1)
+    q, k, v = qkv.chunk(3, dim=1)  # (N*h, d, L)
+    scale = (c // block.num_heads) ** -0.25
+    weights = torch.einsum("bcl,bcm->blm", q * scale, k * scale).softmax(dim=-1)
+    h = torch.einsum("blm,bcm->bcl", weights, v).reshape(n, c, -1)
+    return (x + block.proj_out(h)).reshape(n, c, *spatial)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_sdpa_attention_equals_explicit_formula(heads):
+    torch.manual_seed(0)
+    block = AttentionBlock(64, heads, use_checkpoint=False)
+    torch.nn.init.normal_(block.proj_out.weight)  # zero-initialised otherwise
+    x = torch.randn(2, 64, 3, 4, 4)
+    torch.testing.assert_close(block(x), explicit_attention(block, x), atol=1e-5, rtol=1e-5)
+
+
+def test_activation_checkpointing_recomputes_and_keeps_gradients():
+    torch.manual_seed(0)
+    plain = create_model(**TINY, use_checkpoint=False)
+    ckpt = create_model(**TINY, use_checkpoint=True)
+    for p in plain.parameters():
+        if p.dim() > 1:  # undo the zero-initialisation so every gradient is non-trivial
+            torch.nn.init.normal_(p, std=0.05)
+    ckpt.load_state_dict(plain.state_dict())
+
+    calls = {"n": 0}
+
+    def count(module, args, out):
+        calls["n"] += 1
+
+    block = next(m for m in ckpt.modules() if isinstance(m, ResBlock))
+    block.in_layers.register_forward_hook(count)
+
+    x, t = torch.randn(2, 3, 4, 16, 16), torch.tensor([10.0, 500.0])
+    grads = []
+    for model in (plain, ckpt):
+        model.train()
+        model.zero_grad()
+        model(x, t).pow(2).mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert calls["n"] == 2  # forward, then recomputed during backward
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seq_len,scale_time_dim", [(6, 6), (7, 8), (5, 4), (8, 8)])
+def test_temporal_downsampling_restores_odd_lengths(seq_len, scale_time_dim):
+    model = create_model(**{**TINY, "channel_mult": "1,2,2", "seq_len": seq_len,
+                            "scale_time_dim": scale_time_dim})
+    x = torch.randn(1, 3, seq_len, 16, 16)
+    assert model(x, torch.tensor([3.0])).shape == x.shape
+
+
+def test_time_strides_follow_scale_time_dim():
+    model = create_model(**{**TINY, "channel_mult": "1,2,2,2", "seq_len": 8, "scale_time_dim": 4})
+    assert model.config.time_strides() == [2, 2, 1]  # targets 2, 1, 0
+    assert create_model(**TINY).config.time_strides() == [1]
+
+
+@pytest.mark.parametrize("flags,named", [
+    (dict(num_channels=48), "num_channels"),
+    (dict(image_size=48, channel_mult=""), "image_size"),
+    (dict(image_size=20, channel_mult="1,2,2,2"), "image_size"),
+    (dict(num_heads=3), "num_heads"),
+    (dict(class_cond=True), "num_classes"),
+    (dict(seq_len=2, scale_time_dim=8, channel_mult="1,2,2"), "scale_time_dim"),
+    (dict(attention_resolutions="a,b"), "attention_resolutions"),
+    (dict(channel_mult="1,x"), "channel_mult"),
+])
+def test_invalid_shapes_raise_value_error_naming_the_flag(flags, named):
+    with pytest.raises(ValueError, match=named):
+        create_model(**{**TINY, **flags})
+
+
+def test_defaults_and_factory_surface():
+    defaults = model_and_diffusion_defaults()
+    for name in ("image_size", "num_channels", "num_res_blocks", "num_heads", "attention_resolutions",
+                 "dropout", "learn_sigma", "sigma_small", "class_cond", "diffusion_steps",
+                 "noise_schedule", "timestep_respacing", "use_kl", "predict_xstart",
+                 "rescale_timesteps", "rescale_learned_sigmas", "use_checkpoint",
+                 "use_scale_shift_norm", "scale_time_dim", "rgb", "seq_len"):
+        assert name in defaults
+    model, diffusion = create_model_and_diffusion(**TINY, class_cond=True, num_classes=3,
+                                                  rgb=False, learn_sigma=True)
+    out = model(torch.randn(2, 1, 4, 16, 16), torch.tensor([1.0, 2.0]), y=torch.tensor([0, 2]))
+    assert out.shape == (2, 2, 4, 16, 16)
+    assert diffusion.num_timesteps == defaults["diffusion_steps"]
+    with pytest.raises(TypeError, match="nonsense"):
+        create_model_and_diffusion(nonsense=1)
+    with pytest.raises(ValueError, match="class"):
+        model(torch.randn(1, 1, 4, 16, 16), torch.tensor([1.0]))
