@@ -1,0 +1,304 @@
+"""Frame-accurate random access into video files with PyAV.
+
+A window of frames is read by seeking to the keyframe before it and decoding forward until the
+window is complete, so the cost depends on the keyframe interval, never on the file's length.
+
+Frame index <-> timestamp. Frame i of a constant-rate stream is shown at
+`first_pts + i / (fps * time_base)`; a stream whose timestamps do not follow that (variable
+frame rate, gif delays, containers without a trustworthy frame count) instead gets a table of
+every frame's presentation timestamp, read by demuxing packets without decoding them. Either way
+the index of a decoded frame comes from its own timestamp, so a seek that lands early or late
+is noticed instead of silently shifting the window.
+
+Per-file metadata (`StreamMeta`) is computed once per process and cached by path, mtime, size.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import av
+import av.logging
+import numpy as np
+
+from .files import DataError
+
+# Containers whose stream header counts frames from a real index. Others (mkv, webm, gif, ...)
+# report 0 or a guess, so their frames are counted by demuxing.
+_INDEXED_CONTAINERS = frozenset({".mp4", ".mov", ".avi"})
+
+
+class VideoInfo(NamedTuple):
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+
+class VideoReadError(DataError):
+    """The file is not a readable video (empty, truncated, no video stream, corrupt)."""
+
+
+class ShortVideoError(DataError):
+    """Decoding ended before the requested window was complete; `available` frames exist."""
+
+    def __init__(self, message: str, available: int):
+        super().__init__(message)
+        self.available = available
+
+
+@dataclass
+class StreamMeta:
+    """What random access into one video stream needs. Mutable: lengths get corrected."""
+
+    num_frames: int
+    fps: Fraction  # frames per second, maps timestamps to indices when there is no table
+    time_base: Fraction  # seconds per pts tick
+    first_pts: int  # pts of the first displayed frame
+    width: int
+    height: int
+    stream_index: int
+    pts_table: np.ndarray | None = None  # (num_frames,) sorted pts of every frame, when built
+
+    def info(self) -> VideoInfo:
+        return VideoInfo(self.num_frames, float(self.fps), self.width, self.height)
+
+    def pts_of(self, index: int) -> int:
+        if self.pts_table is not None:
+            return int(self.pts_table[min(index, len(self.pts_table) - 1)])
+        return self.first_pts + round(Fraction(index) / (self.fps * self.time_base))
+
+    def index_of(self, pts: int) -> int:
+        if self.pts_table is not None:
+            i = int(np.searchsorted(self.pts_table, pts))
+            if i == len(self.pts_table) or (
+                i > 0 and pts - self.pts_table[i - 1] < self.pts_table[i] - pts
+            ):
+                i -= 1
+            return i
+        return round((pts - self.first_pts) * self.time_base * self.fps)
+
+
+class _Overshoot(Exception):
+    """The seek landed after the first wanted frame."""
+
+
+class _IrregularTimestamps(Exception):
+    """Consecutive frames did not map to consecutive indices under the constant-rate formula."""
+
+
+def _usable_packet(packet) -> bool:
+    return packet.size > 0 and not packet.is_corrupt and not packet.is_discard
+
+
+def _open(path: Path):
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as error:
+        raise VideoReadError(f"{path}: cannot open ({_failure_reason(path, error)})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(f"{path}: no video stream")
+    return container
+
+
+def _failure_reason(path: Path, error: Exception) -> str:
+    """FFmpeg's own last error line (e.g. "moov atom not found"), which the exception lacks
+    while FFmpeg logging is off; it is switched on for one more attempt, captured, restored."""
+    if os.path.exists(path) and os.path.getsize(path) == 0:
+        return "empty file"
+    level, skip_repeated = av.logging.get_level(), av.logging.get_skip_repeated()
+    av.logging.set_level(av.logging.ERROR)
+    av.logging.set_skip_repeated(False)
+    message, strerror = str(error), getattr(error, "strerror", None)
+    try:
+        with av.logging.Capture(local=True):  # keeps the lines out of the user's log
+            av.open(str(path)).close()
+    except (av.FFmpegError, OSError) as again:
+        message, strerror = str(again), getattr(again, "strerror", None)
+    finally:
+        av.logging.set_level(level)
+        av.logging.set_skip_repeated(skip_repeated)
+    _, _, last_log = message.partition("last error log: ")
+    if last_log:
+        return last_log.split("] ", 1)[-1].strip()
+    return strerror or message
+
+
+def _pts_table(path: Path, stream_index: int) -> np.ndarray | None:
+    """Sorted pts of every frame, by demuxing (no decoding); None when packets lack pts."""
+    with _open(path) as container:
+        stream = container.streams[stream_index]
+        stamps = []
+        try:
+            for packet in container.demux(stream):
+                if _usable_packet(packet):
+                    if packet.pts is None:
+                        return None
+                    stamps.append(packet.pts)
+        except av.FFmpegError:
+            pass  # a truncated file: the packets read so far are the file's frames
+    return np.unique(np.asarray(stamps, dtype=np.int64))
+
+
+def _count_packets(path: Path, stream_index: int) -> int:
+    with _open(path) as container:
+        count = 0
+        try:
+            for packet in container.demux(container.streams[stream_index]):
+                count += _usable_packet(packet)
+        except av.FFmpegError:
+            pass
+    return count
+
+
+def _tail_matches(container, stream, meta: StreamMeta) -> bool:
+    """Does the last packet's timestamp map to index num_frames - 1? (cheap: one GOP demuxed)"""
+    last = meta.num_frames - 1
+    try:
+        container.seek(meta.pts_of(last), stream=stream, backward=True, any_frame=False)
+        stamps = [p.pts for p in container.demux(stream) if _usable_packet(p) and p.pts is not None]
+    except av.FFmpegError:
+        return False
+    return bool(stamps) and meta.index_of(max(stamps)) == last
+
+
+def _probe_uncached(path: Path) -> StreamMeta:
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        try:
+            first = next(container.decode(stream), None)
+        except av.FFmpegError as error:
+            raise VideoReadError(f"{path}: cannot decode ({error})") from None
+        if first is None:
+            raise VideoReadError(f"{path}: no decodable frame")
+        meta = StreamMeta(
+            num_frames=stream.frames,
+            fps=Fraction(rate) if rate else Fraction(0),
+            time_base=Fraction(stream.time_base),
+            first_pts=first.pts if first.pts is not None else 0,
+            width=first.width,
+            height=first.height,
+            stream_index=stream.index,
+        )
+        trusted = (
+            path.suffix.lower() in _INDEXED_CONTAINERS
+            and meta.num_frames > 0
+            and meta.fps > 0
+            and first.pts is not None
+            and _tail_matches(container, stream, meta)
+        )
+    if not trusted:
+        meta.pts_table = _pts_table(path, meta.stream_index)
+        if meta.pts_table is None:
+            meta.num_frames = _count_packets(path, meta.stream_index)
+        else:
+            meta.num_frames = len(meta.pts_table)
+            meta.first_pts = int(meta.pts_table[0]) if meta.num_frames else meta.first_pts
+    return meta
+
+
+_cache: dict[tuple[str, int, int], StreamMeta] = {}
+
+
+def stream_meta(path) -> StreamMeta:
+    """Cached metadata of `path` (this process); raises VideoReadError for unreadable files."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise VideoReadError(f"{path}: {error.strerror}") from None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _cache:
+        _cache[key] = _probe_uncached(path)
+    return _cache[key]
+
+
+def probe(path) -> VideoInfo:
+    """Number of frames, frame rate and size of the first video stream of `path`."""
+    return stream_meta(path).info()
+
+
+def _decode_once(path, meta, start, length, convert, seek_to, counter):
+    """Decode from the keyframe before frame `seek_to` (None: from the first frame)."""
+    frames = []
+    previous = None
+    with _open(path) as container:
+        stream = container.streams[meta.stream_index]
+        if seek_to is not None:
+            container.seek(meta.pts_of(seek_to), stream=stream, backward=True, any_frame=False)
+        try:
+            for frame in container.decode(stream):
+                counter[0] += 1
+                if frame.pts is not None:
+                    index = meta.index_of(frame.pts)
+                elif previous is not None or seek_to is None:
+                    index = 0 if previous is None else previous + 1
+                else:
+                    raise _Overshoot  # no timestamp to place the first frame after a seek
+                if previous is None and index > start:
+                    raise _Overshoot
+                if index >= start:
+                    if index != start + len(frames):
+                        raise _IrregularTimestamps
+                    frames.append(convert(frame))
+                    if len(frames) == length:
+                        return frames
+                previous = index
+        except av.FFmpegError:
+            pass  # undecodable data ends the usable part of the file
+    available = previous + 1 if previous is not None else min(start, meta.num_frames)
+    raise ShortVideoError(
+        f"{path}: frames [{start}, {start + length}) requested, only {available} decode",
+        available,
+    )
+
+
+def decode_window(path, meta: StreamMeta, start: int, length: int, convert: Callable, counter=None):
+    """Frames [start, start + length) of `path`, each passed through `convert`.
+
+    Raises ShortVideoError (with the number of frames that do exist) when the file ends early.
+    `counter`, a one-element list, accumulates the number of frames decoded (for tests).
+    """
+    counter = counter if counter is not None else [0]
+    back = 0
+    while True:
+        # Some demuxers seek by decode time, so with B-frames the landing keyframe can lie
+        # after the wanted frame; aim further back (1, 2, 4, ... frames) until it does not.
+        seek_to = start - back if start - back > 0 else None
+        try:
+            return _decode_once(path, meta, start, length, convert, seek_to, counter)
+        except _Overshoot:
+            if seek_to is None:
+                raise VideoReadError(f"{path}: first frame is not at pts {meta.first_pts}") from None
+            back = 2 * back or 1
+        except _IrregularTimestamps:
+            if meta.pts_table is not None:
+                raise VideoReadError(f"{path}: decoder skipped frames near {start}") from None
+            table = _pts_table(Path(path), meta.stream_index)
+            if table is None or len(table) == 0:
+                raise VideoReadError(f"{path}: frame timestamps are irregular") from None
+            meta.pts_table, meta.num_frames, meta.first_pts = table, len(table), int(table[0])
+
+
+def read_window(path, start: int, length: int) -> np.ndarray:
+    """Decoded frames [start, start + length) of `path`: uint8 (T, H, W, 3), no preprocessing."""
+    if start < 0 or length < 1:
+        raise ValueError(f"read_window: need start >= 0 and length >= 1, got {start}, {length}")
+    meta = stream_meta(path)
+    if start + length > meta.num_frames:
+        raise ShortVideoError(
+            f"{path}: frames [{start}, {start + length}) requested, the video has "
+            f"{meta.num_frames}",
+            meta.num_frames,
+        )
+    try:
+        frames = decode_window(path, meta, start, length, lambda f: f.to_ndarray(format="rgb24"))
+    except ShortVideoError as error:
+        meta.num_frames = min(meta.num_frames, error.available)
+        raise
+    return np.stack(frames)  # (T, H, W, 3)

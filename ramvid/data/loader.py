@@ -1,0 +1,144 @@
+"""`load_data`: batches of clips for training (infinite, resumable) or sampling (one pass)."""
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Sampler
+
+from .clips import RandomClipDataset, Shard, VideoClipDataset
+from .files import DataError
+
+
+class _CountFrom(Sampler):
+    """Item indices start, start + 1, ... forever."""
+
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self):
+        return itertools.count(self.start)
+
+
+class VideoLoader:
+    """Iterator of `(video, cond)`: video float32 (N, C, T, H, W) in [-1, 1], cond a dict
+    (`{"y": LongTensor (N,)}` with class conditioning, else `{}`).
+
+    Training mode never ends; deterministic mode stops after one pass over the files.
+    `state_dict()` records how many items were delivered, so `load_state_dict()` on a fresh
+    loader with the same seed, rank and world size continues with exactly the next items.
+    """
+
+    def __init__(self, dataset, *, batch_size, class_cond, deterministic, num_workers, seed,
+                 rank, world_size):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.class_cond = class_cond
+        self.deterministic = deterministic
+        self.num_workers = num_workers
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.class_names = dataset.shard.class_names
+        self.num_classes = len(self.class_names)
+        self.paths = [entry.path for entry in dataset.shard.entries]  # this rank's usable files
+        self._consumed = 0
+        self._batches = None
+
+    def _start(self):
+        if self.deterministic:
+            items = range(self._consumed, len(self.dataset))
+        else:
+            items = _CountFrom(self._consumed)
+        return iter(
+            DataLoader(
+                self.dataset,
+                batch_sampler=BatchSampler(items, self.batch_size, drop_last=False),
+                num_workers=self.num_workers,
+                pin_memory=torch.cuda.is_available(),
+                # Worker base seeds come from this generator, not the global torch RNG, so
+                # starting a loader does not shift the training run's random stream.
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+        )
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._batches is None:
+            self._batches = self._start()
+        video, label = next(self._batches)  # (N, C, T, H, W), (N,)
+        self._consumed += video.shape[0]
+        return video, ({"y": label} if self.class_cond else {})
+
+    def __len__(self) -> int:
+        if not self.deterministic:
+            raise TypeError("the training loader is infinite (deterministic=False)")
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def state_dict(self) -> dict:
+        return {
+            "items_consumed": self._consumed,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        changed = [k for k in ("seed", "rank", "world_size") if state.get(k) != mine[k]]
+        if changed:
+            warnings.warn(
+                "data loader state saved with different "
+                + ", ".join(f"{k} ({state.get(k)} -> {mine[k]})" for k in changed)
+                + ": the data order will not continue exactly",
+                stacklevel=2,
+            )
+        self._consumed = int(state["items_consumed"])
+        self._batches = None  # restart the workers at the restored position
+
+
+def _check_positive(**values):
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise DataError(f"--{name} must be a positive integer, got {value!r}")
+
+
+def load_data(
+    *,
+    data_dir,
+    batch_size: int,
+    image_size: int,
+    seq_len: int,
+    class_cond: bool = False,
+    deterministic: bool = False,
+    rgb: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    num_workers: int = 2,
+    start: int = 0,
+) -> VideoLoader:
+    """Batches of `seq_len`-frame clips from the videos below `data_dir` (this rank's shard).
+
+    Training (`deterministic=False`): infinite; item k of rank r is a random window of a file,
+    drawn from `numpy.random.default_rng([seed, r, 0, k])` with the files reshuffled each epoch.
+    Sampling (`deterministic=True`): clip i = file i in sorted order, frames from `start`; one
+    pass, the last batch may be smaller.
+    """
+    _check_positive(batch_size=batch_size, image_size=image_size, seq_len=seq_len,
+                    world_size=world_size)
+    if not 0 <= rank < world_size:
+        raise DataError(f"rank {rank} is outside world size {world_size}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise DataError(f"--num_workers must be >= 0, got {num_workers!r}")
+    shard = Shard.scan(data_dir, seq_len, class_cond, rank, world_size)
+    if deterministic:
+        dataset = VideoClipDataset(data_dir, image_size, seq_len, rgb=rgb, start=start,
+                                   shard=shard)
+    else:
+        dataset = RandomClipDataset(shard, image_size, rgb, seed, rank)
+    return VideoLoader(dataset, batch_size=batch_size, class_cond=class_cond,
+                       deterministic=deterministic, num_workers=num_workers, seed=seed,
+                       rank=rank, world_size=world_size)
