@@ -17,6 +17,7 @@ setup(
         "av>=12,<19",
         "matplotlib>=3.6",
         "pytorch-msssim==1.0.0",
+        "google-crc32c>=1.5",  # TFRecord checksums when preparing BAIR (datasets/bair.py)
     ],
     extras_require={
         "mpi": ["mpi4py>=4.0", "mpich>=4.2"],

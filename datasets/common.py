@@ -1,0 +1,60 @@
+"""Helpers shared by the dataset scripts: class names in file names and friendly CLI errors."""
+import os
+import re
+import sys
+from pathlib import Path
+
+VIDEO_SUFFIXES = (".gif", ".mp4", ".avi")  # what the training data loader reads
+
+
+class DatasetError(Exception):
+    """A problem with the user's input (a flag, a file) that is reported as one line."""
+
+
+def class_of(path):
+    """The class of a video as `--class_cond True` reads it: the file name before the first `_`."""
+    return os.path.basename(str(path)).split("_", 1)[0]
+
+
+def class_token(label):
+    """A class label as a file-name prefix: CamelCase alphanumerics, no spaces or underscores.
+
+    'playing guitar' -> 'PlayingGuitar', "massaging person's head" -> 'MassagingPersonsHead',
+    'passing American football (in game)' -> 'PassingAmericanFootballInGame'.
+    """
+    words = re.findall(r"[A-Za-z0-9]+", label.replace("'", ""))
+    token = "".join(w[0].upper() + w[1:] for w in words)
+    if not token:
+        raise DatasetError(f"label {label!r} has no letters or digits to name its class")
+    return token
+
+
+def prepare_split_dir(out_dir, split, overwrite):
+    """Create `out_dir/split`; refuse to mix with videos already there unless `overwrite`.
+
+    With `overwrite` the old videos are deleted, so a smaller new set leaves no stale clips.
+    """
+    split_dir = Path(out_dir) / split
+    old = [p for p in split_dir.glob("*") if p.suffix.lower() in VIDEO_SUFFIXES] \
+        if split_dir.is_dir() else []
+    if old and not overwrite:
+        raise DatasetError(
+            f"{split_dir} already holds {len(old)} videos; pass --overwrite True to replace them")
+    for path in old:
+        path.unlink()
+    split_dir.mkdir(parents=True, exist_ok=True)
+    return split_dir
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def run_cli(main):
+    """Run `main()`; a DatasetError ends the program with its one-line message, no traceback."""
+    try:
+        main()
+    except DatasetError as err:
+        sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")

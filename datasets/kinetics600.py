@@ -1,0 +1,228 @@
+"""Kinetics-600: downloaded clips -> trimmed, resized .mp4 files named so the class parses.
+
+    python datasets/kinetics600.py --csv kinetics600/train.csv --clips_dir downloads/ \
+        --out_dir data/kinetics600 --short_side 128
+
+The csv is the public annotation file (columns label, youtube_id, time_start, time_end, split).
+A clip in `clips_dir` (searched recursively) is either already cut to its span,
+`<youtube_id>_<start:06d>_<end:06d>.mp4`, and kept whole, or a whole video `<youtube_id>*.mp4`
+(also .webm/.mkv), which is trimmed to [time_start, time_end). Frames are resized so the short
+side is `--short_side` and written with H.264 to
+`out_dir/<split>/<Label>_<youtube_id>_<start>_<end>.mp4`, where <Label> is the label in
+CamelCase without spaces or underscores ('playing guitar' -> 'PlayingGuitar'): the prefix that
+`--class_cond True` reads as the class. Missing or unreadable clips are skipped with a warning
+each and counted in a summary; existing outputs are kept, so an
+interrupted run resumes where it stopped.
+"""
+import argparse
+import csv
+import itertools
+import re
+import sys
+from collections import Counter
+from fractions import Fraction
+from multiprocessing import Pool
+from pathlib import Path
+
+import av
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as `python datasets/kinetics600.py`: import from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets.common import DatasetError, class_token, run_cli, warn  # noqa: E402
+from datasets.video_io import VideoWriter  # noqa: E402
+from ramvid.flags import str2bool  # noqa: E402
+
+SOURCE_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
+REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end")
+_TRIMMED = re.compile(r"^(?P<id>.+)_(?P<start>\d{6})_(?P<end>\d{6})$")
+_YOUTUBE_ID_LENGTH = 11
+
+
+class ClipIndex:
+    """The downloaded clips under a folder, looked up by YouTube id and span."""
+
+    def __init__(self, clips_dir):
+        self.trimmed, self.whole = {}, {}
+        for path in sorted(Path(clips_dir).rglob("*")):
+            if path.suffix.lower() not in SOURCE_SUFFIXES or path.name.startswith("."):
+                continue
+            match = _TRIMMED.match(path.stem)
+            if match:
+                self.trimmed[(match["id"], int(match["start"]), int(match["end"]))] = path
+            else:
+                # `<id>.mp4`, or a downloader's `<id>.f137.mp4`-style name: index both.
+                self.whole.setdefault(path.stem, path)
+                self.whole.setdefault(path.stem[:_YOUTUBE_ID_LENGTH], path)
+
+    def find(self, youtube_id, start, end):
+        """(path, needs_trim) of a clip, or (None, None) when it was not downloaded."""
+        if (youtube_id, start, end) in self.trimmed:
+            return self.trimmed[(youtube_id, start, end)], False
+        if youtube_id in self.whole:
+            return self.whole[youtube_id], True
+        return None, None
+
+
+def read_annotations(csv_path, default_split):
+    """[(label, youtube_id, start, end, split)] of the csv; bad rows are warned of and skipped."""
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        for column in REQUIRED_COLUMNS:
+            if column not in columns:
+                raise DatasetError(f"--csv {csv_path}: no column {column!r} (has {columns})")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+            except (TypeError, ValueError):
+                warn(f"{csv_path}:{line}: time_start/time_end are not numbers; skipped")
+                continue
+            if end <= start:
+                warn(f"{csv_path}:{line}: empty span {start}..{end}; skipped")
+                continue
+            rows.append((row.get("label") or "unlabeled", row["youtube_id"], start, end,
+                         row.get("split") or default_split))
+    return rows
+
+
+def check_class_tokens(labels):
+    """{label: token}; two labels that would share a file-name prefix are an error."""
+    tokens = {label: class_token(label) for label in sorted(set(labels))}
+    owners = {}
+    for label, token in tokens.items():
+        if token in owners:
+            raise DatasetError(
+                f"labels {owners[token]!r} and {label!r} both become class {token!r}")
+        owners[token] = label
+    return tokens
+
+
+def resized_size(width, height, short_side):
+    """Width and height with the short side at `short_side`, both even (as yuv420p needs)."""
+    scale = short_side / min(width, height)
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def span_frames(container, stream, start, end):
+    """Decoded frames of `stream` whose time (from the stream's start) is in [start, end)."""
+    offset = stream.start_time * stream.time_base if stream.start_time is not None else 0
+    if start is not None and start > 0:
+        # Lands on the keyframe at or before `start`; the frames before it are dropped below.
+        container.seek(int((start + offset) / stream.time_base), stream=stream)
+    for frame in container.decode(stream):
+        if start is not None:
+            if frame.pts is not None:
+                t = frame.pts * stream.time_base - offset
+            else:
+                t = Fraction(frame.time)
+            if t < start:
+                continue
+            if t >= end:
+                return
+        yield frame
+
+
+def convert_clip(source, target, start, end, short_side, crf):
+    """Trim (when start is not None) and resize one clip; returns the number of frames."""
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fps = stream.average_rate or stream.guessed_rate or 25
+        frames = span_frames(container, stream, start, end)
+        first = next(frames, None)
+        if first is None:
+            raise ValueError(f"no frames in {start}..{end} s")
+        width, height = resized_size(first.width, first.height, short_side)
+        with VideoWriter(target, width, height, fps, crf) as writer:
+            for frame in itertools.chain([first], frames):
+                writer.write(frame.reformat(width=width, height=height, format="yuv420p",
+                                            interpolation="AREA"))
+        return writer.count
+
+
+def _convert_job(job):
+    """One downloaded clip -> ('written' | 'broken', message)."""
+    source, target, start, end, short_side, crf = job
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        convert_clip(source, target, start, end, short_side, crf)
+    except (av.error.FFmpegError, IndexError, ValueError, OSError) as err:
+        return "broken", f"{source}: {type(err).__name__}: {err}"
+    return "written", None
+
+
+def convert(csv_path, clips_dir, out_dir, short_side=128, crf=18, split="train", workers=1,
+            overwrite=False, progress=True):
+    """Convert every annotated clip that was downloaded; returns a Counter of outcomes."""
+    rows = read_annotations(csv_path, split)
+    tokens = check_class_tokens(row[0] for row in rows)
+    index = ClipIndex(clips_dir)
+    outcomes, jobs = Counter(), []
+    for label, youtube_id, start, end, split_name in rows:
+        name = f"{tokens[label]}_{youtube_id}_{start:06d}_{end:06d}.mp4"
+        target = Path(out_dir) / split_name / name
+        if target.exists() and not overwrite:
+            outcomes["existing"] += 1
+            continue
+        source, needs_trim = index.find(youtube_id, start, end)
+        if source is None:
+            outcomes["missing"] += 1
+            warn(f"{youtube_id} ({start}..{end} s) not found in --clips_dir {clips_dir}; skipped")
+            continue
+        jobs.append((source, target, start if needs_trim else None, end, short_side, crf))
+    pool = Pool(workers) if workers > 1 else None
+    try:
+        if pool:
+            results = pool.imap_unordered(_convert_job, jobs, chunksize=8)
+        else:
+            results = map(_convert_job, jobs)
+        for status, message in tqdm(results, total=len(jobs), desc="kinetics", unit="clip",
+                                    disable=not progress):
+            outcomes[status] += 1
+            if message:
+                warn(f"{message}; skipped")
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    return outcomes
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--csv", required=True,
+                        help="annotation csv: label,youtube_id,time_start,time_end,split")
+    parser.add_argument("--clips_dir", required=True,
+                        help="folder of downloaded clips (searched recursively)")
+    parser.add_argument("--out_dir", required=True, help="writes out_dir/<split>/")
+    parser.add_argument("--short_side", type=int, default=128,
+                        help="resize so the short side is this")
+    parser.add_argument("--crf", type=int, default=18, help="H.264 quality (0 best .. 51 worst)")
+    parser.add_argument("--split", default="train",
+                        help="output folder when the csv has no split column")
+    parser.add_argument("--workers", type=int, default=1, help="clips converted in parallel")
+    parser.add_argument("--overwrite", type=str2bool, default=False,
+                        help="re-encode clips whose output exists (default: keep them, resume)")
+    args = parser.parse_args(argv)
+    if args.short_side < 2 or args.short_side % 2:
+        parser.error(f"--short_side must be a positive even number, got {args.short_side}")
+    if not 0 <= args.crf <= 51:
+        parser.error(f"--crf must be in 0..51, got {args.crf}")
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if not Path(args.clips_dir).is_dir():
+        parser.error(f"--clips_dir {args.clips_dir} is not a folder")
+    if not Path(args.csv).is_file():
+        parser.error(f"--csv {args.csv} is not a file")
+
+    outcomes = convert(args.csv, args.clips_dir, args.out_dir, args.short_side, args.crf,
+                       args.split, args.workers, args.overwrite)
+    print(f"{outcomes['written']} clips written to {args.out_dir}, {outcomes['existing']} already "
+          f"there, {outcomes['missing']} missing, {outcomes['broken']} unreadable")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,191 @@
+"""The embedded synthetic data set: coloured sprites bouncing in a box.
+
+Each clip shows one to three sprites (circle, square, triangle, diamond) of distinct colours on
+a plain dark background. A sprite starts at a random position with a random velocity, moves
+with constant velocity and bounces elastically off the walls, so one frame says where the
+sprites are but two frames are needed to say where they go: prediction and infilling are both
+well posed. Sprites are drawn in a fixed depth order, the main sprite (index 0) on top; its
+shape is the clip's class and the file name's prefix (`circle_00012.mp4`).
+
+    python datasets/synthetic.py --out_dir data/sprites --num_train 400 --num_test 64 --seed 0
+
+Every clip is drawn from its own generator seeded by (seed, split, index), so any single clip
+can be reproduced, and the train and test sets never share a clip.
+"""
+import argparse
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as `python datasets/synthetic.py`: import from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets.common import DatasetError, prepare_split_dir, run_cli  # noqa: E402
+from datasets.video_io import write_video  # noqa: E402
+from ramvid.flags import str2bool  # noqa: E402
+
+SHAPES = ("circle", "square", "triangle", "diamond")
+BACKGROUND = np.array([16, 16, 24], np.uint8)
+PALETTE = np.array([  # saturated colours, far from the background and from each other
+    [230, 60, 50], [60, 200, 70], [70, 110, 240], [240, 210, 50],
+    [200, 70, 220], [60, 210, 220], [245, 140, 40], [235, 235, 235],
+], np.uint8)
+SPLIT_IDS = {"train": 0, "test": 1}
+# Sprite size and speed as fractions of the frame size, so the motion looks the same at any size.
+RADIUS_RANGE = (0.14, 0.22)  # circumradius: every shape fits in the circle of this radius
+SPEED_RANGE = (0.03, 0.07)  # pixels per frame / image_size
+
+
+@dataclass
+class SpriteClips:
+    """Clips and the ground truth behind them. S = max_sprites; absent sprites are padding."""
+    videos: np.ndarray  # (N, T, H, W, 3) uint8
+    labels: list  # class of each clip: the shape name of its main sprite
+    num_sprites: np.ndarray  # (N,) how many sprites each clip shows
+    shapes: np.ndarray  # (N, S) index into SHAPES
+    colors: np.ndarray  # (N, S, 3) uint8
+    radii: np.ndarray  # (N, S) circumradius in pixels
+    centers: np.ndarray  # (N, S, T, 2) (y, x) in pixels; pixel i covers [i, i + 1)
+    velocities: np.ndarray  # (N, S, 2) initial (y, x) velocity in pixels per frame
+
+
+def bounce(position, low, high):
+    """Fold an unbounded straight-line path into [low, high]: elastic reflections at the walls."""
+    span = high - low
+    phase = np.mod(position - low, 2 * span)
+    return low + span - np.abs(span - phase)
+
+
+def shape_mask(shape, dy, dx, radius):
+    """Pixels inside a sprite; dy, dx are pixel-centre offsets from its centre (centroid)."""
+    name = SHAPES[shape]
+    if name == "circle":
+        return dy ** 2 + dx ** 2 <= radius ** 2
+    if name == "square":
+        return np.maximum(np.abs(dy), np.abs(dx)) <= radius / np.sqrt(2)
+    if name == "diamond":
+        return np.abs(dy) + np.abs(dx) <= radius
+    if name == "triangle":  # equilateral, pointing up, vertices on the circumcircle
+        return (dy <= radius / 2) & (np.abs(dx) <= (dy + radius) / np.sqrt(3))
+    raise ValueError(f"unknown shape {shape}")
+
+
+def sample_clip(rng, image_size, num_frames, max_sprites):
+    """Draw one clip's sprites and render it; returns a dict of per-clip arrays."""
+    n = int(rng.integers(1, max_sprites + 1))
+    shapes = rng.integers(0, len(SHAPES), n)
+    colors = PALETTE[rng.choice(len(PALETTE), n, replace=False)]
+    radii = rng.uniform(*RADIUS_RANGE, n) * image_size
+    low, high = radii[:, None], image_size - radii[:, None]  # (n, 1): the centre stays inside
+    start = rng.uniform(low, high, (n, 2))
+    speed = rng.uniform(*SPEED_RANGE, n) * image_size
+    angle = rng.uniform(0, 2 * np.pi, n)
+    velocity = speed[:, None] * np.stack([np.sin(angle), np.cos(angle)], axis=1)  # (n, 2)
+    t = np.arange(num_frames)[None, :, None]
+    path = start[:, None] + velocity[:, None] * t  # (n, T, 2) without walls
+    centers = bounce(path, low[:, None], high[:, None])  # (n, T, 2)
+
+    grid = np.arange(image_size) + 0.5
+    video = np.empty((num_frames, image_size, image_size, 3), np.uint8)
+    video[:] = BACKGROUND
+    for k in reversed(range(n)):  # back to front: sprite 0 ends up on top
+        dy = grid[None, :, None] - centers[k, :, 0, None, None]  # (T, H, 1)
+        dx = grid[None, None, :] - centers[k, :, 1, None, None]  # (T, 1, W)
+        video[shape_mask(shapes[k], dy, dx, radii[k])] = colors[k]
+    return dict(video=video, shapes=shapes, colors=colors, radii=radii, centers=centers,
+                velocities=velocity)
+
+
+def make_clips(num_clips, image_size=32, num_frames=20, seed=0, split="train", max_sprites=3):
+    """Render `num_clips` clips as arrays, without writing files."""
+    check_sizes(image_size, num_frames, max_sprites)
+    s, t = max_sprites, num_frames
+    out = SpriteClips(
+        videos=np.empty((num_clips, t, image_size, image_size, 3), np.uint8), labels=[],
+        num_sprites=np.zeros(num_clips, np.int64), shapes=np.full((num_clips, s), -1),
+        colors=np.zeros((num_clips, s, 3), np.uint8), radii=np.full((num_clips, s), np.nan),
+        centers=np.full((num_clips, s, t, 2), np.nan),
+        velocities=np.full((num_clips, s, 2), np.nan))
+    for i in range(num_clips):
+        clip = sample_clip(clip_rng(seed, split, i), image_size, num_frames, max_sprites)
+        n = len(clip["shapes"])
+        out.videos[i] = clip["video"]
+        out.labels.append(SHAPES[clip["shapes"][0]])
+        out.num_sprites[i] = n
+        for field in ("shapes", "colors", "radii", "centers", "velocities"):
+            getattr(out, field)[i, :n] = clip[field]
+    return out
+
+
+def clip_rng(seed, split, index):
+    return np.random.default_rng([seed, SPLIT_IDS[split], index])
+
+
+def check_sizes(image_size, num_frames, max_sprites):
+    if image_size < 8:
+        raise DatasetError(f"--image_size must be at least 8, got {image_size}")
+    if num_frames < 2:
+        raise DatasetError(f"--num_frames must be at least 2 (motion needs two), got {num_frames}")
+    if not 1 <= max_sprites <= len(PALETTE):
+        raise DatasetError(f"--max_sprites must be in 1..{len(PALETTE)}, got {max_sprites}")
+
+
+def generate(out_dir, num_train=400, num_test=64, image_size=32, num_frames=20, seed=0,
+             max_sprites=3, fps=10, overwrite=False):
+    """Write `out_dir/train` and `out_dir/test` as lossless .mp4 clips named `<shape>_<index>.mp4`.
+
+    Returns {split: [paths]}.
+    """
+    check_sizes(image_size, num_frames, max_sprites)
+    for flag, count in (("--num_train", num_train), ("--num_test", num_test)):
+        if not 0 <= count <= 99999:
+            raise DatasetError(f"{flag} must be in 0..99999, got {count}")
+    counts = {"train": num_train, "test": num_test}
+    split_dirs = {split: prepare_split_dir(out_dir, split, overwrite) for split in counts}
+    written = {}
+    for split, count in counts.items():
+        split_dir, written[split] = split_dirs[split], []
+        for i in range(count):
+            # One clip at a time keeps memory flat for large sets.
+            clip = sample_clip(clip_rng(seed, split, i), image_size, num_frames, max_sprites)
+            path = split_dir / f"{SHAPES[clip['shapes'][0]]}_{i:05d}.mp4"
+            write_video(path, clip["video"], fps=fps)
+            written[split].append(path)
+    return written
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out_dir", required=True, help="writes out_dir/train and out_dir/test")
+    parser.add_argument("--num_train", type=int, default=400)
+    parser.add_argument("--num_test", type=int, default=64)
+    parser.add_argument("--image_size", type=int, default=32, help="frame height and width")
+    parser.add_argument("--num_frames", type=int, default=20, help="frames per clip")
+    parser.add_argument("--max_sprites", type=int, default=3, help="each clip shows 1..this many")
+    parser.add_argument("--fps", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", type=str2bool, default=False,
+                        help="replace videos already in out_dir/train and out_dir/test")
+    args = parser.parse_args(argv)
+    if args.fps < 1:
+        parser.error(f"--fps must be positive, got {args.fps}")
+
+    start = time.time()
+    written = generate(args.out_dir, args.num_train, args.num_test, args.image_size,
+                       args.num_frames, args.seed, args.max_sprites, args.fps, args.overwrite)
+    seconds = time.time() - start
+    for split, paths in written.items():
+        classes = Counter(p.name.split("_", 1)[0] for p in paths)
+        summary = ", ".join(f"{name} {classes[name]}" for name in sorted(classes)) or "no clips"
+        folder = Path(args.out_dir) / split
+        print(f"{split}: {len(paths)} clips in {folder} ({summary})")
+    print(f"{args.image_size}x{args.image_size}, {args.num_frames} frames at {args.fps} fps, "
+          f"lossless H.264 (.mp4), seed {args.seed}; {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    run_cli(main)

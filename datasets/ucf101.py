@@ -1,0 +1,119 @@
+"""UCF-101 -> train/test folders by an official split, named so the class parses.
+
+    python datasets/ucf101.py --ucf_dir path/to/UCF-101 --split_dir path/to/ucfTrainTestlist \
+        --out_dir data/ucf101 --split 1 --mode symlink
+
+The split lists (`trainlist0N.txt`: `ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`,
+`testlist0N.txt`: the path alone) name each video by its class folder. The original file names
+start with `v_`, which `--class_cond True` would read as the class of every video, so each
+video is linked (or copied) as `<ClassFolder>_gXX_cXX.avi`: `ApplyEyeMakeup_g08_c01.avi`.
+The class comes from the list's folder, not from the file name, because a few file names spell
+their class differently from their folder (`HandstandPushups/v_HandStandPushups_g01_c01.avi`).
+"""
+import argparse
+import re
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python datasets/ucf101.py`: import from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets.common import DatasetError, prepare_split_dir, run_cli, warn  # noqa: E402
+from ramvid.flags import str2bool  # noqa: E402
+
+SPLIT_LISTS = {"train": "trainlist0{}.txt", "test": "testlist0{}.txt"}
+_UCF_NAME = re.compile(r"^v_[^_]+_(?P<rest>g\d+_c\d+)$")
+
+
+def read_split_list(path):
+    """[(class, relative path)] of a trainlist/testlist file."""
+    entries = []
+    for line in Path(path).read_text().splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        relative = fields[0].replace("\\", "/")
+        folder = relative.rsplit("/", 1)[0] if "/" in relative else None
+        name = relative.rsplit("/", 1)[-1]
+        match = re.match(r"^v_([^_]+)_", name)
+        label = folder or (match.group(1) if match else None)
+        if label is None:
+            raise DatasetError(f"{path}: cannot tell the class of {relative!r}")
+        entries.append((label, relative))
+    return entries
+
+
+def output_name(label, file_name):
+    """`HandstandPushups`, `v_HandStandPushups_g01_c01.avi` -> `HandstandPushups_g01_c01.avi`."""
+    path = Path(file_name)
+    match = _UCF_NAME.match(path.stem)
+    rest = match.group("rest") if match else path.stem
+    if "_" in label:
+        raise DatasetError(f"class {label!r} contains '_', which would break class parsing")
+    return f"{label}_{rest}{path.suffix}"
+
+
+def arrange(ucf_dir, split_dir, out_dir, split=1, mode="symlink", overwrite=False):
+    """Link or copy the videos of split `split`; returns {split: count} and warns on misses."""
+    ucf_dir, split_dir = Path(ucf_dir), Path(split_dir)
+    lists = {}
+    for name, pattern in SPLIT_LISTS.items():
+        path = split_dir / pattern.format(split)
+        if not path.is_file():
+            raise DatasetError(f"--split_dir {split_dir}: no {path.name} for --split {split}")
+        lists[name] = read_split_list(path)
+    by_name = None  # videos found anywhere under ucf_dir, indexed on first need
+    out_dirs = {name: prepare_split_dir(out_dir, name, overwrite) for name in lists}
+    written, missing = Counter(), []
+    for name, entries in lists.items():
+        for label, relative in entries:
+            source = ucf_dir / relative
+            if not source.is_file():
+                if by_name is None:
+                    by_name = {p.name: p for p in ucf_dir.rglob("*") if p.is_file()}
+                source = by_name.get(Path(relative).name)
+            if source is None:
+                missing.append(relative)
+                continue
+            target = out_dirs[name] / output_name(label, Path(relative).name)
+            if mode == "copy":
+                shutil.copy2(source, target)
+            else:
+                target.symlink_to(source.resolve())
+            written[name] += 1
+    if missing and not sum(written.values()):
+        raise DatasetError(f"--ucf_dir {ucf_dir}: none of the {len(missing)} listed videos is "
+                           f"there (looked for {ucf_dir / missing[0]})")
+    for relative in missing:
+        warn(f"{relative} is listed but not found under {ucf_dir}; skipped")
+    return {name: written[name] for name in lists}, missing
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ucf_dir", required=True,
+                        help="the unpacked UCF-101 folder (one folder per class)")
+    parser.add_argument("--split_dir", required=True,
+                        help="folder of trainlist0N.txt and testlist0N.txt")
+    parser.add_argument("--out_dir", required=True, help="writes out_dir/train and out_dir/test")
+    parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="official split")
+    parser.add_argument("--mode", default="symlink", choices=("symlink", "copy"),
+                        help="symlink (no extra disk) or copy the videos")
+    parser.add_argument("--overwrite", type=str2bool, default=False,
+                        help="replace videos already in out_dir/train and out_dir/test")
+    args = parser.parse_args(argv)
+    if not Path(args.ucf_dir).is_dir():
+        parser.error(f"--ucf_dir {args.ucf_dir} is not a folder")
+
+    written, missing = arrange(args.ucf_dir, args.split_dir, args.out_dir, args.split, args.mode,
+                               args.overwrite)
+    for name, count in written.items():
+        print(f"{name}: {count} videos ({args.mode}) in {Path(args.out_dir) / name}")
+    if missing:
+        print(f"{len(missing)} listed videos were missing and skipped")
+
+
+if __name__ == "__main__":
+    run_cli(main)
