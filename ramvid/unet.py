@@ -198,14 +198,19 @@ class AttentionBlock(nn.Module):
     def _forward(self, x):
         n, c, *spatial = x.shape
         x = x.reshape(n, c, -1)  # (N, C, L), L = T*H*W
-        qkv = self.qkv(self.norm(x))  # (N, 3C, L)
+        # The 1x1 convolutions run as linear maps over channels-last tokens, so q, k and v
+        # come out with unit stride in the head dimension, which the fused attention
+        # kernels need (otherwise SDPA falls back to materialising the L x L matrix).
+        tokens = self.norm(x).transpose(1, 2)  # (N, L, C)
+        qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)  # (N, L, 3C)
         # q/k/v are split per head: channels [h*3d, (h+1)*3d) hold head h's q, k, v.
         head_dim = c // self.num_heads
-        qkv = qkv.reshape(n, self.num_heads, 3 * head_dim, -1).transpose(2, 3)  # (N, h, L, 3d)
+        qkv = qkv.reshape(n, -1, self.num_heads, 3 * head_dim).transpose(1, 2)  # (N, h, L, 3d)
         q, k, v = qkv.split(head_dim, dim=-1)  # each (N, h, L, d)
         h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v: (N, h, L, d)
-        h = h.transpose(2, 3).reshape(n, c, -1)  # (N, C, L)
-        return (x + self.proj_out(h)).reshape(n, c, *spatial)
+        h = h.transpose(1, 2).reshape(n, -1, c)  # (N, L, C)
+        h = F.linear(h, self.proj_out.weight.squeeze(-1), self.proj_out.bias)  # (N, L, C)
+        return (x + h.transpose(1, 2)).reshape(n, c, *spatial)
 
 
 class UNetModel(nn.Module):
