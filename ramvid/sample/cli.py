@@ -1,0 +1,146 @@
+"""Flags shared by scripts/video_sample.py and scripts/video_sample_long.py.
+
+Model flags default to the checkpoint's args.json, so naming the checkpoint is enough; flags
+written on the command line (or a --preset) win. Every user error ends with one line naming
+the flag and exit code 2, before any process group exists.
+"""
+import math
+from pathlib import Path
+
+from ..checkpoint import CheckpointError
+from ..cli import (add_common_flags, check, check_model_flags, config_json, exit_if_dry_run,
+                   make_parser, parse_flags)
+from ..config import model_and_diffusion_defaults
+from ..data import DataError
+from ..flags import add_flags, select
+from ..video_grid import FORMATS
+from .clips import ClipSource
+from .core import SamplerOptions
+from .compat import ModelFlagsMismatch
+from .loading import checkpoint_flags, load_state_dict, model_from_state_dict
+
+SAMPLING_DEFAULTS = dict(
+    model_path="",
+    num_samples=16,
+    batch_size=8,
+    seed=0,
+    use_ddim=False,
+    eta=0.0,
+    clip_denoised=True,
+    resample_steps=1,
+    guidance_scale=1.0,
+    data_dir="",
+    cond_generation=True,
+    save_gt=False,
+    save_video="gif",
+    fps=4,
+    progress=True,
+)
+
+HELP = {
+    "model_path": "modelNNNNNN.pt or ema_RATE_NNNNNN.pt; model flags default to args.json beside it",
+    "num_samples": "exactly this many videos, over all ranks",
+    "batch_size": "videos per batch on each rank",
+    "seed": "sample i uses a generator seeded by hash(seed, i): reproducible alone",
+    "use_ddim": "DDIM instead of ancestral sampling",
+    "eta": "DDIM noise (0 = deterministic); needs --use_ddim True",
+    "resample_steps": "denoise/re-noise repetitions per step (harmonises given and new frames)",
+    "guidance_scale": "frame guidance w: eps_uncond + w (eps_cond - eps_uncond); 1 = plain conditioning",
+    "data_dir": "videos whose clips give the conditioning frames (clip i = i-th file, sorted)",
+    "cond_generation": "condition on frames of --data_dir clips (False: unconditional)",
+    "save_gt": "also save the ground-truth clips as gt_<shape>.npz",
+    "save_video": "grid per batch beside the npz: " + ", ".join(FORMATS) + " or none",
+    "fps": "frames per second of gif/mp4 grids",
+    "progress": "progress bar over denoising steps (rank 0)",
+    "timestep_respacing": "sampling steps, e.g. 250, ddim50 or 50,30,20",
+}
+
+
+def build_parser(description, extra_defaults, extra_help=None):
+    parser = make_parser(description)
+    add_flags(parser, SAMPLING_DEFAULTS, HELP)
+    add_flags(parser, extra_defaults, extra_help or {})
+    add_flags(parser, model_and_diffusion_defaults(), HELP)
+    add_common_flags(parser)
+    return parser
+
+
+def parse_sampling_flags(parser, argv=None):
+    """Parse with the checkpoint's args.json as the model flags' defaults (explicit flags win)."""
+    args = parser.parse_args(argv)
+    if not args.model_path:
+        parser.error("--model_path is required: a modelNNNNNN.pt or ema_RATE_NNNNNN.pt file")
+    if not Path(args.model_path).is_file():
+        parser.error(f"--model_path {args.model_path!r}: no such file")
+    try:
+        recorded = checkpoint_flags(args.model_path)
+    except (ValueError, OSError) as e:
+        parser.error(f"--model_path {args.model_path!r}: {e}")
+    parser.set_defaults(**recorded)
+    args = parse_flags(parser, argv)
+    args.flags_from_args_json = sorted(recorded)
+    return args
+
+
+def model_flags(args):
+    return select(args, model_and_diffusion_defaults())
+
+
+def check_sampling_flags(parser, args):
+    check(parser, args.num_samples >= 1, "num_samples", args.num_samples, "must be >= 1")
+    check(parser, args.batch_size >= 1, "batch_size", args.batch_size, "must be >= 1")
+    check(parser, args.seed >= 0, "seed", args.seed, "must be >= 0")
+    check(parser, args.resample_steps >= 1, "resample_steps", args.resample_steps, "must be >= 1")
+    check(parser, math.isfinite(args.eta) and args.eta >= 0, "eta", args.eta, "must be >= 0")
+    check(parser, args.eta == 0 or args.use_ddim, "eta", args.eta, "only DDIM has eta; add --use_ddim True")
+    check(parser, math.isfinite(args.guidance_scale) and args.guidance_scale >= 0,
+          "guidance_scale", args.guidance_scale, "must be a finite number >= 0")
+    check(parser, args.save_video in FORMATS + ("none",), "save_video", args.save_video,
+          f"must be one of {', '.join(FORMATS)}, none")
+    check(parser, args.fps >= 1, "fps", args.fps, "must be >= 1")
+    check_model_flags(parser, model_flags(args))
+
+
+def sampler_options(args):
+    return SamplerOptions(use_ddim=args.use_ddim, eta=args.eta, clip_denoised=args.clip_denoised,
+                          resample_steps=args.resample_steps, guidance_scale=args.guidance_scale)
+
+
+def load_model_or_exit(parser, args):
+    """(model on the CPU in eval mode, resolved flags); a bad checkpoint is a one-line error."""
+    try:
+        state_dict = load_state_dict(args.model_path)
+        model, flags = model_from_state_dict(state_dict, model_flags(args), f"--model_path {args.model_path}")
+    except (CheckpointError, ModelFlagsMismatch, ValueError) as e:
+        parser.error(str(e).splitlines()[0])
+    return model.eval(), flags
+
+
+def check_data_or_exit(parser, data_dir, flags, seq_len):
+    """Scan --data_dir now, so a bad directory is a flag error rather than a failed job."""
+    try:
+        ClipSource(data_dir, flags, seq_len)
+    except DataError as e:
+        message = str(e).splitlines()[0]
+        parser.error(message if message.startswith("--data_dir") else f"--data_dir {data_dir!r}: {message}")
+
+
+def dry_run(args, flags):
+    config = {k: v for k, v in vars(args).items() if k not in flags}
+    exit_if_dry_run(args, {**config, **flags})
+
+
+def write_sample_args(logdir, args, flags):
+    """The resolved flags of a sampling run, beside its npz (never over training's args.json)."""
+    config = {k: v for k, v in vars(args).items() if k not in ("dry_run", "progress")}
+    config.update(flags)
+    path = Path(logdir) / "sample_args.json"
+    path.write_text(config_json(config) + "\n")
+    return path
+
+
+__all__ = [
+    "HELP", "SAMPLING_DEFAULTS", "build_parser", "check_data_or_exit", "check_sampling_flags",
+    "dry_run", "load_model_or_exit", "model_flags", "parse_sampling_flags", "sampler_options",
+    "write_sample_args",
+]

@@ -1,0 +1,142 @@
+"""Videos longer than the model's window: plan windows of seq_len frames, then sample them in turn.
+
+A plan is a list of `Window`s. Each names the video frames its seq_len positions stand for,
+which of them are already known (given to the model as clean frames) and which of the new ones
+are written back into the video. Planning is pure index arithmetic, so it is tested on its own;
+`rollout` runs a plan with the model.
+
+Schemes
+- autoregressive: each window gives the last `max_cond_frames` known frames and keeps
+  `prediction_step` new frames after them, until `total_length` frames exist.
+- hierarchical (after Harvey et al. 2022, "Flexible Diffusion Models for Long Videos"): one
+  window of keyframes spread over the whole length (conditioned on the last known start
+  frames), then windows of seq_len consecutive frames, each starting `max_cond_frames` frames
+  before the first missing frame, that fill in between the keyframes (every known frame inside
+  a window is given). The network has no input for frame spacing, so it sees the keyframes as
+  consecutive frames: it works best when the video changes slowly at the keyframe stride.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .core import SamplerOptions, denoise, model_video_shape
+
+SCHEMES = ("autoregressive", "hierarchical")
+
+
+@dataclass(frozen=True)
+class Window:
+    frames: tuple  # video frame index of each window position, increasing, len = seq_len
+    given: tuple  # per position: True = a known frame, given clean
+    keep: tuple  # video frame indices this window writes back (new, < total_length)
+
+    @property
+    def num_given(self):
+        return sum(self.given)
+
+
+def _window(frames, known, total_length, keep=None):
+    frames = tuple(int(f) for f in frames)
+    given = tuple(f in known for f in frames)
+    if keep is None:
+        keep = tuple(f for f, g in zip(frames, given) if not g and f < total_length)
+    return Window(frames, given, tuple(keep))
+
+
+def check_long_flags(total_length, seq_len, max_cond_frames, prediction_step, num_start_frames):
+    """ValueError naming the flag when the rollout cannot be planned."""
+    if total_length < 1:
+        raise ValueError(f"total_length={total_length} must be >= 1")
+    if not 1 <= max_cond_frames < seq_len:
+        raise ValueError(f"max_cond_frames={max_cond_frames} must lie in [1, seq_len={seq_len})")
+    if not 1 <= prediction_step <= seq_len - max_cond_frames:
+        raise ValueError(
+            f"prediction_step={prediction_step} must lie in [1, seq_len - max_cond_frames = "
+            f"{seq_len - max_cond_frames}]"
+        )
+    if not 0 <= num_start_frames <= seq_len:
+        raise ValueError(f"start_frames={num_start_frames} must lie in [0, seq_len={seq_len}]")
+
+
+def plan_autoregressive(total_length, seq_len, max_cond_frames, prediction_step, num_start_frames):
+    """Windows [first, first + seq_len): the last max_cond_frames known frames, then new ones,
+    of which prediction_step are kept. Without start frames the first window is unconditional
+    and keeps all its frames. A last window may run past total_length; those frames are dropped."""
+    check_long_flags(total_length, seq_len, max_cond_frames, prediction_step, num_start_frames)
+    known = num_start_frames
+    plan = []
+    if known == 0:
+        plan.append(_window(range(seq_len), set(), total_length))
+        known = min(seq_len, total_length)
+    while known < total_length:
+        first = known - min(max_cond_frames, known)
+        kept = range(known, min(total_length, known + prediction_step))
+        plan.append(_window(range(first, first + seq_len), set(range(known)), total_length, kept))
+        known = kept.stop
+    return plan
+
+
+def plan_hierarchical(total_length, seq_len, max_cond_frames, num_start_frames):
+    """Keyframes over the whole length first, then infilling windows (see the module doc)."""
+    check_long_flags(total_length, seq_len, max_cond_frames, 1, num_start_frames)
+    start_context = min(max_cond_frames, num_start_frames)
+    if total_length - num_start_frames <= seq_len - start_context:
+        # Everything fits in one window: the same as one autoregressive step.
+        return plan_autoregressive(total_length, seq_len, max_cond_frames,
+                                   seq_len - max_cond_frames, num_start_frames)
+    known = set(range(num_start_frames))
+    context = list(range(num_start_frames - start_context, num_start_frames))
+    # Evenly spaced over [first missing, last frame]; spacing > 1, so rounding keeps them distinct.
+    keyframes = np.round(np.linspace(num_start_frames, total_length - 1, seq_len - start_context))
+    plan = [_window(context + [int(k) for k in keyframes], known, total_length)]
+    known |= set(plan[0].keep)
+    while len(known) < total_length:
+        first_missing = min(set(range(total_length)) - known)
+        first = min(first_missing - min(max_cond_frames, first_missing), total_length - seq_len)
+        plan.append(_window(range(first, first + seq_len), known, total_length))
+        known |= set(plan[-1].keep)
+    return plan
+
+
+def plan_long_video(scheme, total_length, seq_len, max_cond_frames, prediction_step, num_start_frames):
+    if scheme == "autoregressive":
+        return plan_autoregressive(total_length, seq_len, max_cond_frames, prediction_step, num_start_frames)
+    if scheme == "hierarchical":
+        return plan_hierarchical(total_length, seq_len, max_cond_frames, num_start_frames)
+    raise ValueError(f"scheme={scheme!r} is not one of: {', '.join(SCHEMES)}")
+
+
+def rollout(model, diffusion, plan, generators, total_length, *, start=None, labels=None,
+            options=SamplerOptions(), callback=None, on_window=None):
+    """Run `plan`: float (n, C, total_length, H, W) on the CPU.
+
+    start: the known first frames, float (n, C, k, H, W) in [-1, 1] (k = the plan's start
+    frames). Each sample's generator carries on from window to window, so a sample depends
+    on its seed only. on_window(i, window, window_video (n, C, seq_len, H, W)) is called after
+    every window.
+    """
+    channels, _, height, width = model_video_shape(model)
+    n = len(generators)
+    length = max([total_length] + [max(w.frames) + 1 for w in plan])
+    video = torch.zeros(n, channels, length, height, width)  # (N, C, L', H, W)
+    if start is not None:
+        video[:, :, : start.shape[2]] = start
+    for i, window in enumerate(plan):
+        frames = list(window.frames)
+        given = window.num_given > 0
+        obs_mask = torch.tensor(window.given).expand(n, -1)  # (n, seq_len)
+        out = denoise(
+            model, diffusion, generators, num_frames=len(frames),
+            obs=video[:, :, frames] if given else None, obs_mask=obs_mask if given else None,
+            labels=labels, options=options, callback=callback,
+        )
+        positions = [frames.index(f) for f in window.keep]
+        video[:, :, list(window.keep)] = out[:, :, positions]
+        if on_window is not None:
+            on_window(i, window, out)
+    return video[:, :, :total_length]
+
+
+__all__ = ["SCHEMES", "Window", "check_long_flags", "plan_autoregressive", "plan_hierarchical",
+           "plan_long_video", "rollout"]

@@ -1,0 +1,62 @@
+"""Sample files: float videos -> uint8 arrays -> `np.savez` files named by their shape.
+
+A file holds `arr_0`, uint8 N x T x H x W x C (channels last), and, for class-conditional
+models, the labels as `arr_1`. Samples and ground truth go through the same `to_uint8`, so
+given frames (equal in float) are equal on disk too.
+"""
+import datetime
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GT_PREFIX = "gt_"
+
+
+def to_uint8(videos):
+    """float (N, C, T, H, W) in [-1, 1] -> uint8 numpy (N, T, H, W, C).
+
+    ((x + 1) * 127.5) clamped and truncated to an integer, as the npz files of the RaMViD
+    lineage are written (FVD statistics computed on them stay comparable).
+    """
+    videos = torch.as_tensor(videos)
+    pixels = ((videos.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()
+
+
+def from_uint8(videos):
+    """uint8 (N, T, H, W, C) -> float32 (N, C, T, H, W) in [-1, 1] (as the data loader maps)."""
+    videos = torch.as_tensor(np.asarray(videos))
+    if videos.dtype != torch.uint8 or videos.ndim != 5:
+        raise ValueError(f"expected uint8 videos N x T x H x W x C, got {videos.dtype} {tuple(videos.shape)}")
+    return videos.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+def npz_name(shape, prefix=""):
+    """'16x20x64x64x3.npz' for shape (16, 20, 64, 64, 3)."""
+    return prefix + "x".join(str(s) for s in shape) + ".npz"
+
+
+def save_npz(folder, videos, labels=None, prefix=""):
+    """np.savez(folder / <shape>.npz, videos[, labels]); returns the path."""
+    path = Path(folder) / npz_name(videos.shape, prefix)
+    arrays = [videos] if labels is None else [videos, np.asarray(labels)]
+    np.savez(path, *arrays)
+    return path
+
+
+def sample_logdir():
+    """$OPENAI_LOGDIR (created if needed), else a new folder in the temp directory."""
+    logdir = os.environ.get("OPENAI_LOGDIR")
+    if logdir:
+        path = Path(logdir)
+    else:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S-%f")
+        path = Path(tempfile.gettempdir()) / f"ramvid-sample-{stamp}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+__all__ = ["GT_PREFIX", "from_uint8", "npz_name", "sample_logdir", "save_npz", "to_uint8"]
