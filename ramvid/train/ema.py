@@ -1,0 +1,36 @@
+"""Exponential moving averages of the model's parameters, one per rate."""
+import torch
+
+
+class EMA:
+    """ema <- ema + (1 - rate) (param - ema) for every rate, after every optimiser step.
+
+    Rates are kept as the strings given on the command line: they name the checkpoint files.
+    """
+
+    def __init__(self, model, rates):
+        self.model = model
+        self.rates = list(rates)
+        self.names = [name for name, _ in model.named_parameters()]
+        self.params = {rate: [p.detach().clone() for p in model.parameters()] for rate in self.rates}
+
+    @torch.no_grad()
+    def update(self):
+        current = [p.detach() for p in self.model.parameters()]
+        for rate in self.rates:
+            torch._foreach_lerp_(self.params[rate], current, 1.0 - float(rate))
+
+    def state_dict(self, rate):
+        """A plain model state dict holding the EMA weights (buffers from the live model)."""
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        for name, value in zip(self.names, self.params[rate]):
+            state[name] = value.detach().clone()
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, rate, state):
+        missing = [n for n in self.names if n not in state]
+        if missing:
+            raise KeyError(f"EMA {rate} state lacks parameters: {', '.join(missing[:5])}")
+        for name, value in zip(self.names, self.params[rate]):
+            value.copy_(state[name])
