@@ -8,6 +8,8 @@ FVD compares two sets of videos through the Kinetics-400 I3D network:
    ``FVD = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 sqrtm(S_a S_b))``.
 """
 
+import warnings
+
 import numpy as np
 import scipy
 import scipy.linalg
@@ -37,15 +39,16 @@ def _cached_i3d(device) -> I3D:
     return _MODELS[key]
 
 
-def _check_videos(videos, name="videos"):
+def _check_videos(videos, name="videos", num_frames=None):
     if videos.ndim != 5:
         raise ValueError(f"{name} must be (N, T, H, W, C), got shape {tuple(videos.shape)}")
     if videos.shape[-1] not in (1, 3):
         raise ValueError(f"{name} must have 1 or 3 channels last, got shape "
                          f"{tuple(videos.shape)}")
-    if videos.shape[1] < MIN_FRAMES:
+    num_frames = videos.shape[1] if num_frames is None else num_frames
+    if num_frames < MIN_FRAMES:
         raise ValueError(f"{name}: I3D needs at least {MIN_FRAMES} frames per video, got "
-                         f"{videos.shape[1]}")
+                         f"{num_frames}")
 
 
 def preprocess(videos: torch.Tensor) -> torch.Tensor:
@@ -70,10 +73,13 @@ def preprocess(videos: torch.Tensor) -> torch.Tensor:
 
 
 def i3d_features(videos, batch_size: int = 16, model: I3D | None = None,
-                 device=None, progress=None) -> np.ndarray:
+                 device=None, progress=None, frames=None) -> np.ndarray:
     """(N, T, H, W, C) uint8 or float [-1, 1] videos (numpy or torch) -> (N, 400) float64 I3D
-    logits averaged over time. ``progress`` wraps the batch iterator (e.g. ``tqdm``)."""
-    _check_videos(videos)
+    logits averaged over time. ``frames`` (indices) keeps only those frames of every video,
+    batch by batch, without copying the whole array; ``progress`` wraps the batch iterator
+    (e.g. ``tqdm``)."""
+    frames = None if frames is None else list(frames)
+    _check_videos(videos, num_frames=None if frames is None else len(frames))
     if model is None:
         model = _cached_i3d(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     device = next(model.parameters()).device
@@ -82,6 +88,8 @@ def i3d_features(videos, batch_size: int = 16, model: I3D | None = None,
     with torch.inference_mode():
         for start in progress(starts) if progress else starts:
             batch = videos[start:start + batch_size]
+            if frames is not None:
+                batch = batch[:, frames]
             if not isinstance(batch, torch.Tensor):
                 batch = torch.from_numpy(np.ascontiguousarray(batch))
             logits = model(preprocess(batch.to(device)))   # (B, 400)
@@ -113,9 +121,13 @@ def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> tuple[float, flo
     if min(len(feat_a), len(feat_b)) < 2:
         raise ValueError("each set needs at least 2 videos to estimate a covariance")
     mu_a, mu_b = feat_a.mean(axis=0), feat_b.mean(axis=0)
-    sigma_a = np.cov(feat_a, rowvar=False)                 # (D, D), unbiased (N - 1)
-    sigma_b = np.cov(feat_b, rowvar=False)
-    covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
+    sigma_a = np.atleast_2d(np.cov(feat_a, rowvar=False))  # (D, D), unbiased (N - 1)
+    sigma_b = np.atleast_2d(np.cov(feat_b, rowvar=False))
+    with warnings.catch_warnings():
+        # With fewer videos than feature dimensions the product is singular by construction;
+        # scipy warns, yet >= 1.13 returns the right root (the imaginary residue tells).
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
     if not np.all(np.isfinite(covmean)):
         raise FloatingPointError("sqrtm(S_a S_b) is not finite")
     imag_residue = float(np.abs(np.imag(covmean)).max()) if np.iscomplexobj(covmean) else 0.0

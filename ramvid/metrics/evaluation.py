@@ -1,0 +1,126 @@
+"""Evaluating predicted videos: the benchmark protocols and one function that applies them.
+
+``evaluate_predictions`` takes sampled clips and their ground truth as arrays, so it serves
+both the npz files written by ``video_sample.py`` and in-memory samples.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .frame_metrics import frame_metrics
+from .fvd import frechet_distance, i3d_features, load_i3d
+from .i3d import MIN_FRAMES
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    cond_frames: tuple[int, ...] | None     # given frames; None: the user names them
+    num_frames: int | None                   # frames per evaluated clip (given + predicted)
+    image_size: int | None
+    num_test_videos: int | None
+    samples_per_clip: int | None
+    fvd_include_given: bool
+    paper_fvd: float | None                  # RaMViD's reported number
+    summary: str
+
+
+PROTOCOLS = {
+    "bair": Protocol(
+        "bair", (0,), 16, 64, 256, 100, True, 84.2,
+        "BAIR robot pushing: 1 given frame -> 15 predicted frames at 64x64; 256 test videos x "
+        "100 samples each (FitVid protocol)"),
+    "kinetics600": Protocol(
+        "kinetics600", (0, 1, 2, 3, 4), 16, 64, 50_000, 1, True, 16.5,
+        "Kinetics-600: 5 given frames -> 11 predicted frames at 64x64; 50,000 test clips x 1 "
+        "sample"),
+    "custom": Protocol("custom", None, None, None, None, None, True, None,
+                       "custom: given frames and sizes as passed"),
+}
+
+
+def describe(protocol: Protocol, num_clips, samples_per_clip, num_frames, image_size,
+             cond_frames, fvd_include_given, fvd_frames) -> str:
+    """The protocol actually applied, in words, with any departure from the preset."""
+    predicted = num_frames - len(cond_frames)
+    lines = [
+        f"Protocol {protocol.name}: {protocol.summary}.",
+        f"Applied: {num_clips} test clips x {samples_per_clip} samples, {num_frames} frames of "
+        f"{image_size}x{image_size}; given frames {list(cond_frames)} -> {predicted} predicted.",
+        f"PSNR/SSIM: per generated frame (given frames excluded), averaged over a sample's "
+        f"generated frames; per clip the best and the mean of its {samples_per_clip} samples; "
+        "then averaged over clips.",
+        f"FVD: I3D (Kinetics-400) on frames {fvd_frames} "
+        f"({'given frames included' if fvd_include_given else 'given frames excluded'}), "
+        f"all {num_clips * samples_per_clip} samples against the {num_clips} ground-truth "
+        "clips.",
+    ]
+    departures = []
+    if protocol.num_test_videos and num_clips != protocol.num_test_videos:
+        departures.append(f"{num_clips} clips instead of {protocol.num_test_videos}")
+    if protocol.samples_per_clip and samples_per_clip != protocol.samples_per_clip:
+        departures.append(f"{samples_per_clip} samples per clip instead of "
+                          f"{protocol.samples_per_clip}")
+    if protocol.image_size and image_size != protocol.image_size:
+        departures.append(f"{image_size}x{image_size} frames instead of "
+                          f"{protocol.image_size}x{protocol.image_size}")
+    if protocol.cond_frames is not None and tuple(cond_frames) != protocol.cond_frames:
+        departures.append(f"given frames {list(cond_frames)} instead of "
+                          f"{list(protocol.cond_frames)}")
+    if fvd_include_given != protocol.fvd_include_given:
+        departures.append("FVD given-frame setting differs from the preset")
+    if departures:
+        lines.append("NOT comparable to the paper's numbers: " + "; ".join(departures) + ".")
+    elif protocol.paper_fvd is not None:
+        lines.append(f"Comparable to RaMViD's reported FVD of about {protocol.paper_fvd}.")
+    return "\n".join(lines)
+
+
+def _fvd_frames(mask: np.ndarray, include_given: bool, num_samples: int) -> list[int]:
+    """Frame indices FVD looks at, after checking that I3D and the statistics can use them."""
+    if min(num_samples, len(mask)) < 2:
+        raise ValueError(f"FVD needs at least 2 sampled and 2 ground-truth clips, got "
+                         f"{num_samples} and {len(mask)}")
+    if include_given:
+        frames = list(range(mask.shape[1]))
+    else:
+        if not (mask == mask[:1]).all():
+            raise ValueError("FVD without the given frames needs the same given frames in "
+                             "every clip")
+        frames = np.flatnonzero(~mask[0]).tolist()
+    if len(frames) < MIN_FRAMES:
+        raise ValueError(f"FVD on {len(frames)} frames: I3D needs at least {MIN_FRAMES}; "
+                         "include the given frames or skip FVD")
+    return frames
+
+
+def evaluate_predictions(samples, gt, obs_mask, fvd_include_given: bool = True,
+                         with_fvd: bool = True, batch_size: int = 16, device=None,
+                         i3d=None, progress=None) -> dict:
+    """PSNR/SSIM (best- and mean-of-N) and FVD of sampled clips against ground truth.
+
+    samples: (N_clips, N_samples, T, H, W, C), gt: (N_clips, T, H, W, C), uint8 or float in
+    [-1, 1]; obs_mask: bool (N_clips, T), True = given frame. FVD compares all
+    N_clips * N_samples samples with the N_clips ground-truth clips, on every frame
+    (``fvd_include_given``) or on the predicted frames only (then the given frames must be
+    the same in every clip).
+    """
+    mask = np.asarray(obs_mask.cpu() if isinstance(obs_mask, torch.Tensor) else obs_mask,
+                      dtype=bool)
+    if with_fvd:  # before the slow frame metrics, so that a doomed run fails at once
+        fvd_frames = _fvd_frames(mask, fvd_include_given, samples.shape[0] * samples.shape[1])
+    results = frame_metrics(samples, gt, mask, device=device, progress=progress)
+    if not with_fvd:
+        return results
+    if i3d is None:
+        i3d = load_i3d(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    flat_samples = samples.reshape(-1, *samples.shape[2:])   # clip-major (N_clips * S, T, ...)
+    fake = i3d_features(flat_samples, batch_size, i3d, progress=progress, frames=fvd_frames)
+    real = i3d_features(gt, batch_size, i3d, progress=progress, frames=fvd_frames)
+    fvd, imag_residue = frechet_distance(fake, real)
+    results.update(fvd=fvd, fvd_imag_residue=imag_residue, fvd_frames=fvd_frames,
+                   fvd_include_given=bool(fvd_include_given),
+                   fvd_num_samples=len(fake), fvd_num_real=len(real))
+    return results

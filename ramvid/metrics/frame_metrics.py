@@ -1,0 +1,99 @@
+"""Per-frame PSNR and SSIM of sampled videos against their ground truth.
+
+Protocol (as FitVid and the video-prediction literature report it): every generated frame
+of every sample is compared with the ground-truth frame; given frames (``obs_mask`` True)
+are left out, since a sampler copies them. A sample's score is the mean over its generated
+frames. Per test clip ramvid reports the best of its N samples (the highest PSNR and,
+independently, the highest SSIM; FitVid uses N = 100) and the mean over the N samples;
+the headline numbers average these over the clips.
+
+Frames are compared on the [0, 1] scale: uint8 / 255, or (x + 1) / 2 for floats in [-1, 1].
+SSIM is ``pytorch_msssim.ssim`` (11 x 11 Gaussian window, sigma 1.5, K = (0.01, 0.03)).
+"""
+
+import numpy as np
+import torch
+from pytorch_msssim import ssim
+
+# Identical frames have infinite PSNR; the MSE floor caps them at 100 dB.
+MSE_FLOOR = 1e-10
+
+
+def _to_unit(x, device=None) -> torch.Tensor:
+    """uint8 [0, 255] or float [-1, 1] (numpy or torch) -> float32 tensor in [0, 1]."""
+    x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    x = x.to(device)  # before the conversion: uint8 is the cheapest to move
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    if not x.is_floating_point():
+        raise TypeError(f"frames must be uint8 or float, got {x.dtype}")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.001 or hi > 1.001:
+        raise ValueError(f"float frames must lie in [-1, 1] (got [{lo:.3g}, {hi:.3g}]); pass "
+                         "uint8 for values in [0, 255]")
+    return (x.float() + 1.0) / 2.0
+
+
+def _check_shapes(samples, gt, obs_mask) -> np.ndarray:
+    if samples.ndim != 6:
+        raise ValueError("samples must be (N_clips, N_samples, T, H, W, C), got shape "
+                         f"{tuple(samples.shape)}")
+    expected_gt = (samples.shape[0], *samples.shape[2:])
+    if tuple(gt.shape) != expected_gt:
+        raise ValueError(f"gt must be (N_clips, T, H, W, C) = {expected_gt} to match samples, "
+                         f"got {tuple(gt.shape)}")
+    mask = np.asarray(obs_mask.cpu() if isinstance(obs_mask, torch.Tensor) else obs_mask,
+                      dtype=bool)
+    num_clips, num_frames = samples.shape[0], samples.shape[2]
+    if mask.shape == (num_frames,):
+        mask = np.broadcast_to(mask, (num_clips, num_frames))
+    if mask.shape != (num_clips, num_frames):
+        raise ValueError(f"obs_mask must be (N_clips, T) = {(num_clips, num_frames)}, got "
+                         f"{mask.shape}")
+    if mask.all(axis=1).any():
+        raise ValueError("obs_mask marks every frame of a clip as given: nothing to evaluate")
+    return mask
+
+
+def clip_scores(samples, gt, generated, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One clip: samples (S, T, H, W, C), gt (T, H, W, C), generated (T,) bool ->
+    (psnr (S,), ssim (S,)), each the mean over the generated frames."""
+    generated = generated.to(device)
+    x = _to_unit(samples, device)[:, generated]           # (S, Tg, H, W, C)
+    y = _to_unit(gt, device)[generated].expand_as(x)      # (S, Tg, H, W, C)
+    mse = (x.double() - y.double()).pow(2).mean(dim=(2, 3, 4))           # (S, Tg)
+    psnr = -10.0 * torch.log10(mse.clamp(min=MSE_FLOOR))
+    s, t = x.shape[:2]
+    # (S * Tg, C, H, W), the layout pytorch_msssim expects
+    x_images = x.reshape(s * t, *x.shape[2:]).permute(0, 3, 1, 2)
+    y_images = y.reshape(s * t, *y.shape[2:]).permute(0, 3, 1, 2)
+    ssim_frames = ssim(x_images, y_images, data_range=1.0, size_average=False).reshape(s, t)
+    return psnr.mean(dim=1), ssim_frames.double().mean(dim=1)
+
+
+def frame_metrics(samples, gt, obs_mask, device=None, progress=None) -> dict:
+    """PSNR and SSIM over the generated frames, best-of-N and mean-of-N per clip.
+
+    samples: (N_clips, N_samples, T, H, W, C); gt: (N_clips, T, H, W, C), both uint8 or float
+    in [-1, 1]; obs_mask: bool (N_clips, T) or (T,), True = given frame (excluded).
+    Clips are scored one at a time on ``device`` (default CPU); ``progress`` wraps the loop.
+    Returns floats ``psnr_best, psnr_mean, ssim_best, ssim_mean`` (averages over clips),
+    ``per_clip`` (each of those four per clip, (N_clips,)) and ``per_sample``
+    (``psnr``, ``ssim``: (N_clips, N_samples)), arrays as numpy float64.
+    """
+    mask = _check_shapes(samples, gt, obs_mask)
+    num_clips = samples.shape[0]
+    psnr = np.empty((num_clips, samples.shape[1]))
+    ssim_values = np.empty_like(psnr)
+    clips = range(num_clips)
+    with torch.inference_mode():
+        for i in progress(clips) if progress else clips:
+            generated = torch.from_numpy(~mask[i])
+            clip_psnr, clip_ssim = clip_scores(samples[i], gt[i], generated, device)
+            psnr[i], ssim_values[i] = clip_psnr.cpu().numpy(), clip_ssim.cpu().numpy()
+    per_clip = {"psnr_best": psnr.max(axis=1), "psnr_mean": psnr.mean(axis=1),
+                "ssim_best": ssim_values.max(axis=1), "ssim_mean": ssim_values.mean(axis=1)}
+    result = {name: float(values.mean()) for name, values in per_clip.items()}
+    result.update(num_clips=num_clips, samples_per_clip=int(samples.shape[1]),
+                  per_clip=per_clip, per_sample={"psnr": psnr, "ssim": ssim_values})
+    return result
