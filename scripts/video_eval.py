@@ -1,13 +1,15 @@
 """Evaluate predicted videos: PSNR/SSIM (best- and mean-of-N) and FVD.
 
-Inputs are the npz files the sampler writes (``arr_0``, uint8, N x T x H x W x C):
+Inputs are the npz files video_sample.py writes (``arr_0``, uint8, N x T x H x W x C):
 
-    python scripts/video_eval.py --samples samples.npz --gt gt.npz \
-        --protocol bair --samples_per_clip 100
+    python scripts/video_eval.py --protocol bair --gt gt_256x16x64x64x3.npz \
+        --samples seed*/256x16x64x64x3.npz
 
-Samples are clip-major: with S samples per clip, rows i*S .. i*S+S-1 belong to ground-truth
-clip i. Results go to a JSON file (``--output``, default beside the samples) and stdout,
-followed by a table and the protocol in words. See docs/EVALUATION.md.
+Each samples file holds S samples for every ground-truth clip, clip-major (rows i*S ..
+i*S+S-1 belong to clip i; S = 1 for one sampler run per seed). Several files are joined
+along the sample axis. Results go to a JSON file (``--output``, default beside the first
+samples file) and stdout, followed by a table and the protocol in words.
+See docs/EVALUATION.md.
 """
 
 import json
@@ -31,24 +33,24 @@ class UsageError(Exception):
 
 def build_parser():
     parser = make_parser(__doc__.splitlines()[0], prog="video_eval.py")
-    parser.add_argument("--samples", type=Path, required=True,
-                        help="npz of sampled clips (arr_0: N x T x H x W x C uint8)")
+    parser.add_argument("--samples", type=Path, nargs="+", required=True,
+                        help="npz file(s) of sampled clips (arr_0: N x T x H x W x C uint8)")
     parser.add_argument("--gt", type=Path, required=True,
                         help="npz of the ground-truth clips (arr_0: N_clips x T x H x W x C)")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="custom",
                         help="benchmark preset: bair (1 -> 15), kinetics600 (5 -> 11), custom")
     parser.add_argument("--samples_per_clip", type=int, default=None,
-                        help="samples per ground-truth clip (default: N_samples / N_clips)")
+                        help="samples per clip in each samples file (default: N / N_clips)")
     parser.add_argument("--cond_frames", type=int_list, default=None,
                         help="given frame indices, e.g. 0, (default: the protocol's)")
     parser.add_argument("--fvd_include_given", type=str2bool, default=None,
-                        help="FVD on all frames (True) or predicted frames only (False); "
+                        help="FVD on all frames (True) or the predicted frames only (False); "
                         "default: the protocol's (True)")
     parser.add_argument("--fvd", type=str2bool, default=True, help="compute FVD (True/False)")
     parser.add_argument("--batch_size", type=int, default=16, help="I3D batch size")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--output", type=Path, default=None,
-                        help="JSON results (default: <samples>_eval.json beside the samples)")
+                        help="JSON results (default: <first samples file>_eval.json)")
     return parser
 
 
@@ -70,26 +72,44 @@ def load_clips(path: Path, flag: str) -> np.ndarray:
     return clips
 
 
-def resolve(args, samples: np.ndarray, gt: np.ndarray) -> dict:
-    """Check the arrays against each other and the protocol; return the evaluation setup."""
-    protocol = PROTOCOLS[args.protocol]
-    if samples.shape[1:] != gt.shape[1:] and samples.shape[2:] == gt.shape[2:]:
-        raise UsageError(f"--samples has {samples.shape[1]} frames per clip, --gt has "
-                         f"{gt.shape[1]}")
-    if samples.shape[2:] != gt.shape[2:]:
-        raise UsageError(f"--samples frames {samples.shape[2:]} differ from --gt frames "
-                         f"{gt.shape[2:]} (H x W x C)")
+def samples_per_clip(num_rows: int, num_clips: int, requested, path: Path) -> int:
+    per_clip = requested if requested is not None else num_rows // max(num_clips, 1)
+    if per_clip < 1 or num_rows != num_clips * per_clip:
+        hint = ("; pass --samples_per_clip" if requested is None else
+                f" (--samples_per_clip {requested})")
+        raise UsageError(f"--samples {path}: {num_rows} clips are not {num_clips} ground-truth "
+                         f"clips x a whole number of samples{hint}")
+    return per_clip
+
+
+def load_samples(paths, gt: np.ndarray, requested_per_clip) -> np.ndarray:
+    """Files of clip-major samples -> one (N_clips, S, T, H, W, C) array, filled file by file
+    so that the peak memory is the result plus one file."""
     num_clips = gt.shape[0]
-    per_clip = args.samples_per_clip
-    if per_clip is None:
-        if samples.shape[0] % num_clips:
-            raise UsageError(f"--samples holds {samples.shape[0]} clips, not a multiple of the "
-                             f"{num_clips} ground-truth clips; pass --samples_per_clip")
-        per_clip = samples.shape[0] // num_clips
-    if per_clip < 1 or samples.shape[0] != num_clips * per_clip:
-        raise UsageError(f"--samples_per_clip {per_clip}: --samples holds {samples.shape[0]} "
-                         f"clips, expected {num_clips} ground-truth clips x {per_clip}")
-    num_frames = gt.shape[1]
+    combined, filled = None, 0
+    for i, path in enumerate(paths):
+        clips = load_clips(path, "--samples")
+        if clips.shape[1:] != gt.shape[1:]:
+            raise UsageError(f"--samples {path}: clips of shape {clips.shape[1:]} (T x H x W x "
+                             f"C) differ from --gt {gt.shape[1:]}")
+        per_clip = samples_per_clip(clips.shape[0], num_clips, requested_per_clip, path)
+        if combined is None:
+            # Files after the first are assumed to hold as many samples per clip.
+            combined = np.empty((num_clips, per_clip * len(paths), *gt.shape[1:]), np.uint8)
+        if filled + per_clip > combined.shape[1]:
+            raise UsageError(f"--samples {path}: every file must hold the same number of "
+                             "samples per clip")
+        combined[:, filled:filled + per_clip] = clips.reshape(num_clips, per_clip,
+                                                              *gt.shape[1:])
+        filled += per_clip
+    if filled != combined.shape[1]:
+        raise UsageError("--samples: every file must hold the same number of samples per clip")
+    return combined
+
+
+def resolve(args, num_clips: int, num_frames: int) -> dict:
+    """The protocol's settings, overridden by explicit flags, checked against the clips."""
+    protocol = PROTOCOLS[args.protocol]
     if protocol.num_frames is not None:
         if num_frames < protocol.num_frames:
             raise UsageError(f"--protocol {protocol.name} needs {protocol.num_frames} frames "
@@ -106,36 +126,34 @@ def resolve(args, samples: np.ndarray, gt: np.ndarray) -> dict:
         raise UsageError(f"--cond_frames {cond_frames} gives every frame: nothing to evaluate")
     include_given = (args.fvd_include_given if args.fvd_include_given is not None
                      else protocol.fvd_include_given)
-    return dict(protocol=protocol, per_clip=per_clip, num_frames=num_frames,
-                cond_frames=list(cond_frames), obs_mask=obs_mask, include_given=include_given)
+    return dict(protocol=protocol, num_frames=num_frames, cond_frames=list(cond_frames),
+                obs_mask=obs_mask, include_given=include_given)
 
 
 def run_evaluation(samples: np.ndarray, gt: np.ndarray, args) -> dict:
-    """Evaluate (N_clips * S, T, H, W, C) samples against (N_clips, T, H, W, C) ground truth
-    as the flags say; returns the JSON-ready results, including the protocol in words."""
-    setup = resolve(args, samples, gt)
-    t, per_clip = setup["num_frames"], setup["per_clip"]
-    samples = samples[:, :t].reshape(gt.shape[0], per_clip, t, *samples.shape[2:])
-    gt = gt[:, :t]
+    """Evaluate (N_clips, S, T, H, W, C) samples against (N_clips, T, H, W, C) ground truth
+    as the flags say; returns JSON-ready results, including the protocol in words."""
+    setup = resolve(args, gt.shape[0], gt.shape[1])
+    t = setup["num_frames"]
+    samples, gt = samples[:, :, :t], gt[:, :t]
     print(f"FVD includes the given frames: {setup['include_given']}", file=sys.stderr)
     raw = evaluate_predictions(samples, gt, setup["obs_mask"],
                                fvd_include_given=setup["include_given"], with_fvd=args.fvd,
                                batch_size=args.batch_size, device=args.device)
-    fvd_frames = raw.get("fvd_frames", "not computed")
+    num_clips, per_clip = samples.shape[:2]
     results = {
         "protocol": setup["protocol"].name,
-        "num_clips": int(gt.shape[0]), "samples_per_clip": per_clip, "num_frames": t,
+        "num_clips": int(num_clips), "samples_per_clip": int(per_clip), "num_frames": t,
         "image_size": int(gt.shape[2]), "cond_frames": setup["cond_frames"],
         "fvd_include_given": setup["include_given"],
         **{k: raw[k] for k in ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean")},
         **{k: raw[k] for k in ("fvd", "fvd_imag_residue", "fvd_num_samples", "fvd_num_real",
                                "fvd_frames") if k in raw},
         "per_clip": {k: v.tolist() for k, v in raw["per_clip"].items()},
-        "samples": str(args.samples), "gt": str(args.gt),
     }
     results["protocol_description"] = describe(
-        setup["protocol"], gt.shape[0], per_clip, t, gt.shape[2], setup["cond_frames"],
-        setup["include_given"], fvd_frames)
+        setup["protocol"], num_clips, per_clip, t, gt.shape[2], setup["cond_frames"],
+        setup["include_given"], raw.get("fvd_frames", "none (FVD not computed)"))
     return results
 
 
@@ -153,14 +171,15 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        samples = load_clips(args.samples, "--samples")
-        gt = load_clips(args.gt, "--gt")
-        output = args.output or args.samples.with_name(args.samples.stem + "_eval.json")
+        output = args.output or args.samples[0].with_name(args.samples[0].stem + "_eval.json")
         if not output.parent.is_dir():
             raise UsageError(f"--output {output}: directory {output.parent} does not exist")
+        gt = load_clips(args.gt, "--gt")
+        samples = load_samples(args.samples, gt, args.samples_per_clip)
         results = run_evaluation(samples, gt, args)
     except (UsageError, ValueError, I3DWeightsError) as err:
         parser.error(str(err))  # one line, exit code 2
+    results.update(samples=[str(p) for p in args.samples], gt=str(args.gt))
     text = json.dumps(results, indent=2)
     output.write_text(text + "\n")
     print(text)

@@ -303,14 +303,16 @@ def test_video_eval_on_npz_files(tmp_path, capsys):
     video_eval = load_script("video_eval")
     gt = moving_squares(num_videos=2, frames=10, size=32)
     rng = np.random.default_rng(3)
-    samples = np.repeat(gt, 2, axis=0).astype(np.float64)        # clip-major, 2 per clip
-    samples[:, 1:] += rng.normal(0, 20, samples[:, 1:].shape)    # frame 0 is given
+    samples = np.repeat(gt[:, None], 2, axis=1).astype(np.float64)   # (clips, samples, ...)
+    samples[:, :, 1:] += rng.normal(0, 20, samples[:, :, 1:].shape)  # frame 0 is given
     samples = np.clip(samples, 0, 255).astype(np.uint8)
-    np.savez(tmp_path / "samples.npz", samples)
+    # One file per "seed", each holding one sample per clip; they are joined per clip.
+    np.savez(tmp_path / "seed0.npz", samples[:, 0])
+    np.savez(tmp_path / "seed1.npz", samples[:, 1])
     np.savez(tmp_path / "gt.npz", gt)
     out = tmp_path / "eval.json"
-    video_eval.main(["--samples", str(tmp_path / "samples.npz"), "--gt",
-                     str(tmp_path / "gt.npz"), "--cond_frames", "0,", "--samples_per_clip", "2",
+    video_eval.main(["--samples", str(tmp_path / "seed0.npz"), str(tmp_path / "seed1.npz"),
+                     "--gt", str(tmp_path / "gt.npz"), "--cond_frames", "0,",
                      "--fvd_include_given", "False", "--output", str(out)])
     stdout, stderr = capsys.readouterr()
     assert "FVD includes the given frames: False" in stderr
@@ -318,9 +320,10 @@ def test_video_eval_on_npz_files(tmp_path, capsys):
     results = json.loads(out.read_text())
     assert results["cond_frames"] == [0] and results["fvd_frames"] == list(range(1, 10))
     assert results["fvd_include_given"] is False and results["fvd_num_samples"] == 4
-    direct = frame_metrics(samples.reshape(2, 2, *samples.shape[1:]), gt,
-                           np.arange(10)[None].repeat(2, 0) < 1)
-    assert results["psnr_best"] == pytest.approx(direct["psnr_best"])
+    assert results["samples_per_clip"] == 2
+    direct = frame_metrics(samples, gt, np.arange(10) < 1)
+    for key in ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean"):
+        assert results[key] == pytest.approx(direct[key])
     assert results["fvd"] > 0
 
 
@@ -330,6 +333,7 @@ def test_video_eval_on_npz_files(tmp_path, capsys):
     ([], "--cond_frames is required"),
     (["--cond_frames", "0,20,"], "--cond_frames"),
     (["--protocol", "bair"], "needs 16 frames"),
+    (["--samples", "samples.npz", "gt.npz", "--cond_frames", "0,"], "same number of samples"),
     (["--cond_frames", "0,1,2", "--fvd_include_given", "False"], "I3D needs at least 9"),
 ])
 def test_video_eval_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch, flags,
