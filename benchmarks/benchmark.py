@@ -94,8 +94,7 @@ def run_one(name, args):
     shape = (batch, 3, flags["seq_len"], flags["image_size"], flags["image_size"])
     gen = torch.Generator().manual_seed(0)
     x0 = (torch.rand(shape, generator=gen) * 2 - 1).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=device.type == "cpu",
-                            fused=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
     ema = [p.detach().clone() for p in model.parameters()]
     params = list(model.parameters())

@@ -97,6 +97,25 @@ def zero_module(module):
     return module
 
 
+def _norm_silu(norm, x, scale, shift):
+    h = norm(x)
+    if scale is not None:
+        h = h * (1 + scale) + shift
+    return F.silu(h)
+
+
+def norm_silu(norm, x, scale=None, shift=None):
+    """silu(norm(x) * (1 + scale) + shift), keeping only x for the backward pass.
+
+    Normalisation and activation are cheap to recompute but each would otherwise keep a
+    full-size copy of the feature map alive until backward: recomputing them cuts the
+    activation memory of a ResBlock from seven feature maps to four for a few % of time.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return checkpoint(_norm_silu, norm, x, scale, shift, use_reentrant=False)
+    return _norm_silu(norm, x, scale, shift)
+
+
 class TimestepBlock(nn.Module):
     """A block whose forward also takes the timestep embedding."""
 
@@ -168,15 +187,16 @@ class ResBlock(TimestepBlock):
         return self._forward(x, emb)
 
     def _forward(self, x, emb):
-        h = self.in_layers(x)
+        norm_in, _, conv_in = self.in_layers
+        norm_out, _, dropout, conv_out = self.out_layers
+        h = conv_in(norm_silu(norm_in, x))
         emb_out = self.emb_layers(emb).type(h.dtype)[:, :, None, None, None]  # (N, C', 1, 1, 1)
         if self.use_scale_shift_norm:
-            norm, rest = self.out_layers[0], self.out_layers[1:]
             scale, shift = emb_out.chunk(2, dim=1)
-            h = rest(norm(h) * (1 + scale) + shift)
+            h = norm_silu(norm_out, h, scale, shift)
         else:
-            h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+            h = norm_silu(norm_out, h + emb_out)
+        return self.skip_connection(x) + conv_out(dropout(h))
 
 
 class AttentionBlock(nn.Module):
@@ -262,7 +282,7 @@ class UNetModel(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(
+        self.out = nn.Sequential(  # applied as norm_silu + conv in forward
             normalization(ch), nn.SiLU(), zero_module(nn.Conv3d(ch, cfg.out_channels, 3, padding=1))
         )
 
@@ -285,4 +305,5 @@ class UNetModel(nn.Module):
             # An upsampling block must land on the (T, H, W) of the next skip it meets.
             out_size = skips[-1].shape[2:] if skips else None
             h = module(h, emb, out_size)
-        return self.out(h)
+        norm, _, conv = self.out
+        return conv(norm_silu(norm, h))

@@ -45,7 +45,7 @@ def test_activation_checkpointing_recomputes_and_keeps_gradients():
         calls["n"] += 1
 
     block = next(m for m in ckpt.modules() if isinstance(m, ResBlock))
-    block.in_layers.register_forward_hook(count)
+    block.in_layers[2].register_forward_hook(count)  # the first conv
 
     x, t = torch.randn(2, 3, 4, 16, 16), torch.tensor([10.0, 500.0])
     grads = []
@@ -105,3 +105,33 @@ def test_defaults_and_factory_surface():
         create_model_and_diffusion(nonsense=1)
     with pytest.raises(ValueError, match="class"):
         model(torch.randn(1, 1, 4, 16, 16), torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("scale_shift", [True, False])
+def test_resblock_recomputed_norm_activation_matches_plain_composition(scale_shift):
+    """norm_silu keeps only its input for backward; values and gradients must not change."""
+    torch.manual_seed(0)
+    block = ResBlock(32, 64, 0.0, 64, scale_shift, use_checkpoint=False)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 32, 3, 4, 4, requires_grad=True)
+    emb = torch.randn(2, 64, requires_grad=True)
+
+    def plain(x, emb):
+        h = block.in_layers(x)
+        emb_out = block.emb_layers(emb)[:, :, None, None, None]
+        if scale_shift:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = block.out_layers[1:](block.out_layers[0](h) * (1 + scale) + shift)
+        else:
+            h = block.out_layers(h + emb_out)
+        return block.skip_connection(x) + h
+
+    results = []
+    for fn in (block, plain):
+        out = fn(x, emb)
+        grads = torch.autograd.grad(out.pow(2).sum(), [x, emb, *block.parameters()])
+        results.append((out, grads))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
