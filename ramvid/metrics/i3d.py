@@ -11,6 +11,7 @@ at the start when the total is odd (the first 7x7x7 stride-2 convolution pads 2 
 3 after); symmetric PyTorch padding would shift every feature map by one pixel.
 """
 
+import contextlib
 import math
 from collections import OrderedDict
 
@@ -41,6 +42,25 @@ def pad_same(x: torch.Tensor, kernel, stride, value: float = 0.0) -> torch.Tenso
     if not any(pads):
         return x
     return F.pad(x, pads, value=value)
+
+
+@contextlib.contextmanager
+def full_fp32_convolutions():
+    """cuDNN runs float32 convolutions in TF32 (10-bit mantissas) by default on recent GPUs;
+    FVD is defined with the float32 network, so I3D turns that off while it runs."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None or not hasattr(conv, "fp32_precision"):  # torch < 2.9: the legacy flag
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                         deterministic=cudnn.deterministic, allow_tf32=False):
+            yield
+        return
+    previous = conv.fp32_precision
+    conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision = previous
 
 
 class MaxPool3dSame(nn.Module):
@@ -156,8 +176,9 @@ class I3D(nn.Module):
             raise ValueError(f"I3D expects (N, 3, T, H, W) videos, got shape {tuple(x.shape)}")
         if x.shape[2] < MIN_FRAMES:
             raise ValueError(f"I3D needs at least {MIN_FRAMES} frames, got {x.shape[2]}")
-        x = self.trunk(x)                                   # (N, 1024, T', 7, 7)
-        # Unpadded average over 2 frames x 7 x 7 pixels, sliding over time with stride 1.
-        x = F.avg_pool3d(x, kernel_size=(2, 7, 7), stride=1)  # (N, 1024, T'-1, 1, 1)
-        x = self.Logits(x)                                  # (N, 400, T'-1, 1, 1)
+        with full_fp32_convolutions():
+            x = self.trunk(x)                               # (N, 1024, T', 7, 7)
+            # Unpadded average over 2 frames x 7 x 7 pixels, sliding over time with stride 1.
+            x = F.avg_pool3d(x, kernel_size=(2, 7, 7), stride=1)  # (N, 1024, T'-1, 1, 1)
+            x = self.Logits(x)                              # (N, 400, T'-1, 1, 1)
         return x.mean(dim=(2, 3, 4))                        # (N, 400)

