@@ -9,12 +9,14 @@ channels last; `arr_1` = labels for class-conditional models), gt_<shape>.npz wi
 --save_gt True, a grid per batch (samples_BBB.gif, given frames outlined in red) and
 sample_args.json. See docs/SAMPLING.md.
 """
+from pathlib import Path
+
 from ramvid import create_diffusion, dist
 from ramvid.cli import check
 from ramvid.flags import int_list
 from ramvid.sample.cli import (build_parser, check_data_or_exit, check_sampling_flags, dry_run,
-                               load_model_or_exit, parse_sampling_flags, sampler_options,
-                               write_sample_args)
+                               load_model_or_exit, parse_sampling_flags, print_outputs,
+                               sampler_options, write_sample_args)
 from ramvid.sample.output import sample_logdir
 from ramvid.sample.run import SampleJob, sample_run
 
@@ -24,7 +26,7 @@ GATHER_TIMEOUT_S = 6 * 3600
 
 
 def parse_args(argv=None):
-    parser = build_parser(__doc__.splitlines()[0], {})
+    parser = build_parser(__doc__.splitlines()[0], {}, prog=Path(__file__).name)
     parser.add_argument("--cond_frames", type=int_list, default="0,",
                         help="given frame indices, e.g. 0,1, (prediction) or 0,19, (infilling)")
     args = parse_sampling_flags(parser, argv)
@@ -71,11 +73,7 @@ def main(argv=None):
     paths = dist.run_or_abort(sample_run, model, create_diffusion(**flags), job, logdir, rank=info.rank,
                               world_size=info.world_size, device=info.device)
     if info.is_main:
-        for name in ("samples", "gt"):
-            if name in paths:
-                print(f"wrote {paths[name]}")
-        if paths["grids"]:
-            print(f"wrote {len(paths['grids'])} grid(s), e.g. {paths['grids'][0]}")
+        print_outputs(paths)
     dist.cleanup()
 
 

@@ -56,8 +56,8 @@ HELP = {
 }
 
 
-def build_parser(description, extra_defaults, extra_help=None):
-    parser = make_parser(description)
+def build_parser(description, extra_defaults, extra_help=None, prog=None):
+    parser = make_parser(description, prog=prog)
     add_flags(parser, SAMPLING_DEFAULTS, HELP)
     add_flags(parser, extra_defaults, extra_help or {})
     add_flags(parser, model_and_diffusion_defaults(), HELP)
@@ -116,13 +116,16 @@ def load_model_or_exit(parser, args):
     return model.eval(), flags
 
 
-def check_data_or_exit(parser, data_dir, flags, seq_len):
-    """Scan --data_dir now, so a bad directory is a flag error rather than a failed job."""
+def check_data_or_exit(parser, data_dir, flags, seq_len, purpose=""):
+    """Scan --data_dir now, so a bad directory is a flag error rather than a failed job.
+    `purpose` prefixes the error (e.g. why clips must be this long)."""
     try:
         ClipSource(data_dir, flags, seq_len)
     except DataError as e:
         message = str(e).splitlines()[0]
-        parser.error(message if message.startswith("--data_dir") else f"--data_dir {data_dir!r}: {message}")
+        if not message.startswith("--data_dir"):
+            message = f"--data_dir {data_dir!r}: {message}"
+        parser.error(f"{purpose}: {message}" if purpose else message)
 
 
 def dry_run(args, flags):
@@ -139,8 +142,17 @@ def write_sample_args(logdir, args, flags):
     return path
 
 
+def print_outputs(paths):
+    for name in ("samples", "gt"):
+        if name in paths:
+            print(f"wrote {paths[name]}")
+    if paths["grids"]:
+        print(f"wrote {len(paths['grids'])} grid(s), e.g. {paths['grids'][0]}")
+
+
 __all__ = [
     "HELP", "SAMPLING_DEFAULTS", "build_parser", "check_data_or_exit", "check_sampling_flags",
-    "dry_run", "load_model_or_exit", "model_flags", "parse_sampling_flags", "sampler_options",
+    "dry_run", "load_model_or_exit", "model_flags", "parse_sampling_flags", "print_outputs",
+    "sampler_options",
     "write_sample_args",
 ]

@@ -87,8 +87,11 @@ def plan_hierarchical(total_length, seq_len, max_cond_frames, num_start_frames):
                                    seq_len - max_cond_frames, num_start_frames)
     known = set(range(num_start_frames))
     context = list(range(num_start_frames - start_context, num_start_frames))
-    # Evenly spaced over [first missing, last frame]; spacing > 1, so rounding keeps them distinct.
-    keyframes = np.round(np.linspace(num_start_frames, total_length - 1, seq_len - start_context))
+    # Evenly spaced over [first missing, last frame] (one keyframe: the last frame); the
+    # spacing exceeds 1, so rounding keeps them distinct.
+    num_keyframes = seq_len - start_context
+    first_keyframe = num_start_frames if num_keyframes > 1 else total_length - 1
+    keyframes = np.round(np.linspace(first_keyframe, total_length - 1, num_keyframes))
     plan = [_window(context + [int(k) for k in keyframes], known, total_length)]
     known |= set(plan[0].keep)
     while len(known) < total_length:

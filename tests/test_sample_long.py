@@ -1,0 +1,139 @@
+"""Long videos: window plans (pure index arithmetic), rollout with a tiny model, the script."""
+import numpy as np
+import pytest
+import torch
+
+from ramvid.data import VideoClipDataset
+from ramvid.sample import load_model, plan_autoregressive, plan_hierarchical, rollout, to_uint8
+from ramvid.sample.core import SamplerOptions
+from ramvid.sample.seeds import sample_generators
+from test_sample_kit import TINY, load_npz, load_script, make_checkpoint, make_videos, run_script
+
+SEQ_LEN = TINY["seq_len"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny convolutions gain nothing from a second thread, and lose much when cores are shared.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def check_plan(plan, total_length, seq_len, start):
+    """Every frame after the start frames is written exactly once, only known frames are
+    given, and every window is seq_len increasing frames."""
+    known = set(range(start))
+    written = []
+    for window in plan:
+        assert len(window.frames) == seq_len and list(window.frames) == sorted(set(window.frames))
+        for frame, given in zip(window.frames, window.given):
+            assert given == (frame in known), (window, sorted(known))
+        assert set(window.keep) <= set(window.frames) - known and window.keep
+        known |= set(window.keep)
+        written += list(window.keep)
+    assert sorted(written) == list(range(start, total_length))
+
+
+@pytest.mark.parametrize("total, cond, step, start", [
+    (20, 2, 4, 2), (20, 3, 3, 0), (7, 2, 4, 6), (6, 1, 5, 0), (4, 2, 2, 0), (31, 4, 1, 5),
+])
+def test_autoregressive_plan(total, cond, step, start):
+    plan = plan_autoregressive(total, SEQ_LEN, cond, step, start)
+    check_plan(plan, total, SEQ_LEN, start)
+    for window in plan[1:] if start == 0 else plan:
+        assert window.num_given == min(cond, window.keep[0])  # the last known frames
+        assert window.given[: window.num_given] == (True,) * window.num_given
+        assert len(window.keep) <= step
+
+
+@pytest.mark.parametrize("total, cond, start", [
+    (40, 2, 2), (40, 3, 0), (25, 1, 1), (9, 2, 2), (6, 2, 0), (100, 4, 4), (13, 5, 5),
+])
+def test_hierarchical_plan(total, cond, start):
+    plan = plan_hierarchical(total, SEQ_LEN, cond, start)
+    check_plan(plan, total, SEQ_LEN, start)
+    if total - start > SEQ_LEN - min(cond, start):
+        keyframes = plan[0].keep
+        assert keyframes[-1] == total - 1  # the first window spans the whole length
+        assert len(plan[0].frames) - len(keyframes) == min(cond, start)
+
+
+def test_plan_errors_name_the_flag():
+    with pytest.raises(ValueError, match="prediction_step=5 must lie in"):
+        plan_autoregressive(20, SEQ_LEN, 2, 5, 2)
+    with pytest.raises(ValueError, match="max_cond_frames=6 must lie in"):
+        plan_hierarchical(20, SEQ_LEN, 6, 2)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("long")
+    return {"ckpt": make_checkpoint(root / "run"), "data": make_videos(root / "data")}
+
+
+@pytest.mark.parametrize("scheme", ["autoregressive", "hierarchical"])
+def test_rollout_carries_known_frames_over_exactly(setup, scheme):
+    model, diffusion, _ = load_model(setup["ckpt"], device="cpu", timestep_respacing="3")
+    clips = VideoClipDataset(setup["data"], 16, SEQ_LEN)
+    start = torch.stack([clips[i][0] for i in range(2)])[:, :, :2]  # (2, C, 2, H, W)
+    total = 15
+    plan = (plan_autoregressive(total, SEQ_LEN, 2, 3, 2) if scheme == "autoregressive"
+            else plan_hierarchical(total, SEQ_LEN, 2, 2))
+    windows = []
+    video = rollout(model, diffusion, plan, sample_generators(0, [0, 1]), total, start=start,
+                    options=SamplerOptions(), on_window=lambda i, w, out: windows.append((w, out)))
+    assert video.shape == (2, 3, total, 16, 16)
+    assert torch.equal(video[:, :, :2], start)
+    for window, out in windows:
+        given = [f for f, g in zip(window.frames, window.given) if g]
+        frames = given + list(window.keep)
+        inside = [window.frames.index(f) for f in frames]
+        # Given frames entered the window unchanged, kept frames left it unchanged.
+        assert torch.equal(out[:, :, inside], video[:, :, frames])
+    assert len(windows) == len(plan)
+
+
+def test_long_script_writes_requested_length_with_start_frames_from_clips(setup, tmp_path, monkeypatch):
+    total = 14
+    run_script("video_sample_long", [
+        "--model_path", setup["ckpt"], "--data_dir", setup["data"], "--start_frames", 2,
+        "--max_cond_frames", 2, "--prediction_step", 4, "--total_length", total,
+        "--num_samples", 3, "--batch_size", 2, "--timestep_respacing", 3, "--save_gt", "True",
+        "--progress", "False", "--save_video", "gif",
+    ], tmp_path, monkeypatch)
+    samples = load_npz(tmp_path / f"3x{total}x16x16x3.npz")["arr_0"]
+    gt = load_npz(tmp_path / f"gt_3x{total}x16x16x3.npz")["arr_0"]
+    assert samples.dtype == np.uint8 and samples.shape == gt.shape == (3, total, 16, 16, 3)
+    clips = VideoClipDataset(setup["data"], 16, total)
+    assert np.array_equal(gt, to_uint8(torch.stack([clips[i][0] for i in range(3)])))
+    assert np.array_equal(samples[:, :2], gt[:, :2])
+    assert (samples[:, 2:] != gt[:, 2:]).mean() > 0.5
+    assert len(list(tmp_path.glob("samples_*.gif"))) == 2
+
+
+def test_long_script_hierarchical_unconditional_start(setup, tmp_path, monkeypatch):
+    run_script("video_sample_long", [
+        "--model_path", setup["ckpt"], "--cond_generation", "False", "--scheme", "hierarchical",
+        "--max_cond_frames", 2, "--total_length", 13, "--num_samples", 2, "--batch_size", 2,
+        "--timestep_respacing", 2, "--use_ddim", "True", "--progress", "False", "--save_video", "none",
+    ], tmp_path, monkeypatch)
+    samples = load_npz(tmp_path / "2x13x16x16x3.npz")["arr_0"]
+    assert samples.shape == (2, 13, 16, 16, 3)
+    assert not list(tmp_path.glob("samples_*"))
+
+
+@pytest.mark.parametrize("flags, starts", [
+    (["--prediction_step", "5", "--max_cond_frames", "2"], "--prediction_step 5 must lie in [1, seq_len - max_cond_frames = 4]"),
+    (["--max_cond_frames", "6"], "--max_cond_frames 6 must lie in [1, seq_len=6)"),
+    (["--scheme", "zigzag"], "--scheme 'zigzag': must be one of autoregressive, hierarchical"),
+    (["--total_length", "2", "--start_frames", "2", "--max_cond_frames", "2"], "--start_frames 2: must be fewer than --total_length 2"),
+    (["--start_frames", "2", "--max_cond_frames", "2"], "--data_dir '': is needed for the start frames"),
+])
+def test_long_flag_errors(setup, capsys, flags, starts):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("video_sample_long").main(["--model_path", str(setup["ckpt"]), *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("video_sample_long.py: error: " + starts), err
