@@ -74,7 +74,9 @@ def run_one(name, args):
     from torch.utils.flop_counter import FlopCounterMode
 
     from ramvid import create_model_and_diffusion, model_and_diffusion_defaults, sample_train_mask
+    from ramvid.memory import limit_heap_fragmentation
 
+    heap_tuned = limit_heap_fragmentation()  # as the training and sampling scripts do
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -148,7 +150,7 @@ def run_one(name, args):
     record = {
         "config": name, "device": args.device, "dtype": args.dtype, "batch_size": batch,
         "params_M": round(n_params / 1e6, 2), "use_checkpoint": args.use_checkpoint,
-        "compile": args.compile, "threads": torch.get_num_threads(),
+        "compile": args.compile, "threads": torch.get_num_threads(), "heap_tuned": heap_tuned,
         "train_step_s": round(train_s, 4), "videos_per_s": round(batch / train_s, 3),
         "peak_mem_MB": round(max(train_peak, peak_memory_mb(args.device)), 1),
         "sample_step_ddpm_s": round(sampling["ddpm"], 4),
