@@ -172,6 +172,9 @@ def _error(script, argv, capsys):
     (["--num_res_blocks", "2"], ["num_res_blocks: flags give 2"]),
     (["--channel_mult", "1,2,2"], ["channel_mult: flags give 1,2,2, the checkpoint has 1,2"]),
     (["--class_cond", "True", "--num_classes", "4"], ["class_cond: flags give True"]),
+    (["--class_cond", "True"], ["class_cond: flags give True, the checkpoint has False"]),
+    (["--attention_resolutions", "16"], ["attention_resolutions: flags give '16' with image_size 16, "
+                                         "the checkpoint has attention at feature maps of 8 px"]),
     (["--use_scale_shift_norm", "False"], ["use_scale_shift_norm: flags give False"]),
 ])
 def test_shape_mismatch_error_names_the_flag(setup, capsys, flags, names):

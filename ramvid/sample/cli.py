@@ -98,7 +98,10 @@ def check_sampling_flags(parser, args):
     check(parser, args.save_video in FORMATS + ("none",), "save_video", args.save_video,
           f"must be one of {', '.join(FORMATS)}, none")
     check(parser, args.fps >= 1, "fps", args.fps, "must be >= 1")
-    check_model_flags(parser, model_flags(args))
+    flags = model_flags(args)
+    if flags["class_cond"] and not flags["num_classes"]:
+        flags["num_classes"] = 1  # the checkpoint's count is taken when it is loaded
+    check_model_flags(parser, flags)
 
 
 def sampler_options(args):

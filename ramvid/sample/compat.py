@@ -88,7 +88,8 @@ def _explain(flag, flag_value, ckpt_value, flags):
         implied = ",".join(str(size // 2 ** level) for level in ckpt_value) or "(none)"
         return (f"attention_resolutions: flags give {flags['attention_resolutions']!r} with "
                 f"image_size {size}, the checkpoint has attention at feature maps of "
-                f"{implied} px (attention_resolutions {implied} with image_size {size})")
+                f"{implied} px (attention_resolutions {implied} with image_size {size}, "
+                "or another --image_size)")
     if flag == "channel_mult" and not flags.get("channel_mult"):
         guess = [s for s, mult in CHANNEL_MULT_BY_SIZE.items() if mult == ckpt_value]
         hint = f"; image_size {guess[0]} implies it" if guess else ""

@@ -49,8 +49,10 @@ def load_state_dict(checkpoint_path):
 def model_from_state_dict(state_dict, flags, source="checkpoint"):
     """Build the UNet of `flags` and load `state_dict` into it; ModelFlagsMismatch names the
     flags that differ. A class-conditional model without num_classes takes the checkpoint's."""
-    if flags.get("class_cond") and not flags.get("num_classes") and "label_emb.weight" in state_dict:
-        flags = {**flags, "num_classes": architecture_of(state_dict)["num_classes"]}
+    if flags.get("class_cond") and not flags.get("num_classes"):
+        # Any count builds the model; without a label embedding the check names class_cond.
+        found = architecture_of(state_dict)["num_classes"]
+        flags = {**flags, "num_classes": found or 1}
     model = create_model(**flags)
     check_state_dict(model, state_dict, flags, source)
     model.load_state_dict(state_dict)
