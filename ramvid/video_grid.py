@@ -52,7 +52,8 @@ def bordered_frames(videos, mask, border=2, scale=1):
     if scale > 1:
         videos = videos.repeat(scale, axis=2).repeat(scale, axis=3)
     n, t, h, w, _ = videos.shape
-    colors = np.where(mask[..., None], np.array(GIVEN_COLOR, np.uint8), np.array(GENERATED_COLOR, np.uint8))
+    colors = np.where(mask[..., None], np.array(GIVEN_COLOR, np.uint8),
+                      np.array(GENERATED_COLOR, np.uint8))  # (N, T, 3)
     out = np.empty((n, t, h + 2 * border, w + 2 * border, 3), dtype=np.uint8)
     out[:] = colors[:, :, None, None, :]
     out[:, :, border:border + h, border:border + w] = videos

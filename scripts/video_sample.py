@@ -59,7 +59,8 @@ def main(argv=None):
     job = SampleJob(
         num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
         cond_frames=args.cond_frames if args.cond_generation else None,
-        data_dir=args.data_dir, save_gt=args.save_gt, save_video=args.save_video, fps=args.fps,
+        data_dir=args.data_dir, samples_per_clip=args.samples_per_clip, save_gt=args.save_gt,
+        save_video=args.save_video, fps=args.fps,
         options=sampler_options(args), progress=args.progress,
     )
 

@@ -72,7 +72,8 @@ def main(argv=None):
                            f"--save_gt True needs videos of >= --total_length {args.total_length} frames")
     job = LongJob(
         num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
-        data_dir=args.data_dir, save_gt=args.save_gt, save_video=args.save_video, fps=args.fps,
+        data_dir=args.data_dir, samples_per_clip=args.samples_per_clip, save_gt=args.save_gt,
+        save_video=args.save_video, fps=args.fps,
         options=sampler_options(args), progress=args.progress, total_length=args.total_length,
         scheme=args.scheme, max_cond_frames=args.max_cond_frames,
         prediction_step=args.prediction_step, start_frames=args.start_frames,

@@ -100,6 +100,17 @@ def test_unconditional_without_data_dir_and_class_labels(tmp_path, monkeypatch):
     assert len(list((tmp_path / "out").glob("samples_*.png"))) == 3
 
 
+def test_samples_per_clip_orders_samples_clip_major(setup, conditional_run, tmp_path, monkeypatch):
+    run_script("video_sample", ["--model_path", setup["ckpt"], "--data_dir", setup["data"],
+                                "--samples_per_clip", 2, "--save_gt", "True", "--save_video", "none",
+                                "--timestep_respacing", 2, "--num_samples", 5, "--progress", "False"],
+               tmp_path, monkeypatch)
+    gt = load_npz(tmp_path / "gt_5x6x16x16x3.npz")["arr_0"]
+    looped = load_npz(conditional_run / "gt_5x6x16x16x3.npz")["arr_0"]  # clips 0, 1, 2, 0, 1
+    for i, clip in enumerate([0, 0, 1, 1, 2]):
+        assert np.array_equal(gt[i], looped[clip])
+
+
 def _model(setup, **overrides):
     model, diffusion, flags = load_model(setup["ckpt"], device="cpu", timestep_respacing="4", **overrides)
     return model, diffusion
@@ -178,7 +189,8 @@ def _error(script, argv, capsys):
     (["--use_scale_shift_norm", "False"], ["use_scale_shift_norm: flags give False"]),
 ])
 def test_shape_mismatch_error_names_the_flag(setup, capsys, flags, names):
-    err = _error("video_sample", ["--model_path", setup["ckpt"], "--cond_generation", "False", *flags], capsys)
+    argv = ["--model_path", setup["ckpt"], "--cond_generation", "False", *flags]
+    err = _error("video_sample", argv, capsys)
     for name in names:
         assert name in err
 
@@ -211,7 +223,8 @@ def test_conditional_needs_data_dir_and_data_must_exist(setup, capsys, tmp_path)
     err = _error("video_sample", ["--model_path", setup["ckpt"]], capsys)
     assert err.startswith("video_sample.py: error: --data_dir '': is needed for conditional sampling")
     err = _error("video_sample", ["--model_path", setup["ckpt"], "--data_dir", tmp_path], capsys)
-    assert err.startswith(f"video_sample.py: error: --data_dir {tmp_path}: found 0 files, none of them a video")
+    assert err.startswith(f"video_sample.py: error: --data_dir {tmp_path}: found 0 files, "
+                          "none of them a video")
 
 
 def test_refuses_an_optimizer_file(setup, capsys, tmp_path):

@@ -125,10 +125,12 @@ def test_long_script_hierarchical_unconditional_start(setup, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("flags, starts", [
-    (["--prediction_step", "5", "--max_cond_frames", "2"], "--prediction_step 5 must lie in [1, seq_len - max_cond_frames = 4]"),
+    (["--prediction_step", "5", "--max_cond_frames", "2"],
+     "--prediction_step 5 must lie in [1, seq_len - max_cond_frames = 4]"),
     (["--max_cond_frames", "6"], "--max_cond_frames 6 must lie in [1, seq_len=6)"),
     (["--scheme", "zigzag"], "--scheme 'zigzag': must be one of autoregressive, hierarchical"),
-    (["--total_length", "2", "--start_frames", "2", "--max_cond_frames", "2"], "--start_frames 2: must be fewer than --total_length 2"),
+    (["--total_length", "2", "--start_frames", "2", "--max_cond_frames", "2"],
+     "--start_frames 2: must be fewer than --total_length 2"),
     (["--start_frames", "2", "--max_cond_frames", "2"], "--data_dir '': is needed for the start frames"),
 ])
 def test_long_flag_errors(setup, capsys, flags, starts):

@@ -30,6 +30,7 @@ SAMPLING_DEFAULTS = dict(
     resample_steps=1,
     guidance_scale=1.0,
     data_dir="",
+    samples_per_clip=1,
     cond_generation=True,
     save_gt=False,
     save_video="gif",
@@ -47,6 +48,7 @@ HELP = {
     "resample_steps": "denoise/re-noise repetitions per step (harmonises given and new frames)",
     "guidance_scale": "frame guidance w: eps_uncond + w (eps_cond - eps_uncond); 1 = plain conditioning",
     "data_dir": "videos whose clips give the conditioning frames (clip i = i-th file, sorted)",
+    "samples_per_clip": "S: samples i*S .. i*S+S-1 share clip i (1: the samples loop over the clips)",
     "cond_generation": "condition on frames of --data_dir clips (False: unconditional)",
     "save_gt": "also save the ground-truth clips as gt_<shape>.npz",
     "save_video": "grid per batch beside the npz: " + ", ".join(FORMATS) + " or none",
@@ -90,9 +92,11 @@ def check_sampling_flags(parser, args):
     check(parser, args.num_samples >= 1, "num_samples", args.num_samples, "must be >= 1")
     check(parser, args.batch_size >= 1, "batch_size", args.batch_size, "must be >= 1")
     check(parser, args.seed >= 0, "seed", args.seed, "must be >= 0")
+    check(parser, args.samples_per_clip >= 1, "samples_per_clip", args.samples_per_clip, "must be >= 1")
     check(parser, args.resample_steps >= 1, "resample_steps", args.resample_steps, "must be >= 1")
     check(parser, math.isfinite(args.eta) and args.eta >= 0, "eta", args.eta, "must be >= 0")
-    check(parser, args.eta == 0 or args.use_ddim, "eta", args.eta, "only DDIM has eta; add --use_ddim True")
+    check(parser, args.eta == 0 or args.use_ddim, "eta", args.eta,
+          "only DDIM has eta; add --use_ddim True")
     check(parser, math.isfinite(args.guidance_scale) and args.guidance_scale >= 0,
           "guidance_scale", args.guidance_scale, "must be a finite number >= 0")
     check(parser, args.save_video in FORMATS + ("none",), "save_video", args.save_video,
@@ -113,7 +117,8 @@ def load_model_or_exit(parser, args):
     """(model on the CPU in eval mode, resolved flags); a bad checkpoint is a one-line error."""
     try:
         state_dict = load_state_dict(args.model_path)
-        model, flags = model_from_state_dict(state_dict, model_flags(args), f"--model_path {args.model_path}")
+        model, flags = model_from_state_dict(state_dict, model_flags(args),
+                                             f"--model_path {args.model_path}")
     except (CheckpointError, ModelFlagsMismatch, ValueError) as e:
         parser.error(str(e).splitlines()[0])
     return model.eval(), flags

@@ -88,7 +88,8 @@ def as_float_videos(videos):
     if videos.dtype == torch.uint8:
         return from_uint8(videos.numpy())
     if videos.ndim != 5:
-        raise ValueError(f"obs must be (N, C, T, H, W) floats or N x T x H x W x C uint8, got {tuple(videos.shape)}")
+        raise ValueError("obs must be (N, C, T, H, W) floats or N x T x H x W x C uint8, "
+                         f"got {tuple(videos.shape)}")
     return videos.float()
 
 

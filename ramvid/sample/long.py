@@ -102,9 +102,11 @@ def plan_hierarchical(total_length, seq_len, max_cond_frames, num_start_frames):
     return plan
 
 
-def plan_long_video(scheme, total_length, seq_len, max_cond_frames, prediction_step, num_start_frames):
+def plan_long_video(scheme, total_length, seq_len, max_cond_frames, prediction_step,
+                    num_start_frames):
     if scheme == "autoregressive":
-        return plan_autoregressive(total_length, seq_len, max_cond_frames, prediction_step, num_start_frames)
+        return plan_autoregressive(total_length, seq_len, max_cond_frames, prediction_step,
+                                   num_start_frames)
     if scheme == "hierarchical":
         return plan_hierarchical(total_length, seq_len, max_cond_frames, num_start_frames)
     raise ValueError(f"scheme={scheme!r} is not one of: {', '.join(SCHEMES)}")

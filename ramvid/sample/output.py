@@ -30,7 +30,8 @@ def from_uint8(videos):
     """uint8 (N, T, H, W, C) -> float32 (N, C, T, H, W) in [-1, 1] (as the data loader maps)."""
     videos = torch.as_tensor(np.asarray(videos))
     if videos.dtype != torch.uint8 or videos.ndim != 5:
-        raise ValueError(f"expected uint8 videos N x T x H x W x C, got {videos.dtype} {tuple(videos.shape)}")
+        raise ValueError("expected uint8 videos N x T x H x W x C, "
+                         f"got {videos.dtype} {tuple(videos.shape)}")
     return videos.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 

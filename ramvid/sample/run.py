@@ -31,6 +31,7 @@ class SampleJob:
     seed: int = 0
     cond_frames: list = None  # given frame indices; None or [] = unconditional
     data_dir: str = ""
+    samples_per_clip: int = 1  # consecutive samples sharing one clip (clip-major order)
     save_gt: bool = False
     save_video: str = "gif"  # gif | mp4 | png | none
     fps: int = 4
@@ -119,7 +120,9 @@ def sample_run(model, diffusion, job, logdir, *, rank=0, world_size=1, device="c
     seq_len = model_video_shape(model)[1]
     cond_frames = list(job.cond_frames or [])
     needs_data = bool(cond_frames) or job.save_gt or (is_class_conditional(model) and bool(job.data_dir))
-    source = ClipSource(job.data_dir, _flags_of(model), seq_len) if needs_data else None
+    source = None
+    if needs_data:
+        source = ClipSource(job.data_dir, _flags_of(model), seq_len, job.samples_per_clip)
 
     def work(indices, callback):
         clips, clip_labels = source.clips(indices) if source else (None, None)
@@ -142,9 +145,10 @@ def long_video_run(model, diffusion, job, logdir, *, rank=0, world_size=1, devic
     plan = plan_long_video(job.scheme, job.total_length, seq_len, job.max_cond_frames,
                            prediction_step, job.start_frames)
     flags = _flags_of(model)
-    start_source = ClipSource(job.data_dir, flags, seq_len) if job.start_frames else None
+    per_clip = job.samples_per_clip
+    start_source = ClipSource(job.data_dir, flags, seq_len, per_clip) if job.start_frames else None
     # The ground truth spans the whole length, so it needs files of >= total_length frames.
-    gt_source = ClipSource(job.data_dir, flags, job.total_length) if job.save_gt else None
+    gt_source = ClipSource(job.data_dir, flags, job.total_length, per_clip) if job.save_gt else None
 
     def work(indices, callback):
         start, clip_labels = start_source.clips(indices) if start_source else (None, None)
