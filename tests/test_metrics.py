@@ -208,6 +208,16 @@ def test_frechet_distance_matches_independent_formula(num, dim):
                                + (a[:, 0].std(ddof=1) - b[:, 0].std(ddof=1)) ** 2, rel=1e-9)
 
 
+def test_sets_of_identical_videos_have_zero_covariance():
+    # S_a = S_b = 0 (each set repeats one video): FVD is the squared mean distance. Some
+    # scipy releases (1.18 at least) return NaN for sqrtm of a 400 x 400 zero matrix.
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=400), rng.normal(size=400)
+    distance, imag_residue = frechet_distance(np.tile(a, (3, 1)), np.tile(b, (4, 1)))
+    assert distance == pytest.approx(np.sum((a - b) ** 2), rel=1e-12)
+    assert imag_residue == 0.0
+
+
 def test_frechet_distance_rejects_bad_inputs():
     with pytest.raises(ValueError, match="at least 2"):
         frechet_distance(np.zeros((1, 4)), np.zeros((3, 4)))

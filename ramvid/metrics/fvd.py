@@ -123,13 +123,19 @@ def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> tuple[float, flo
     mu_a, mu_b = feat_a.mean(axis=0), feat_b.mean(axis=0)
     sigma_a = np.atleast_2d(np.cov(feat_a, rowvar=False))  # (D, D), unbiased (N - 1)
     sigma_b = np.atleast_2d(np.cov(feat_b, rowvar=False))
-    with warnings.catch_warnings():
-        # With fewer videos than feature dimensions the product is singular by construction;
-        # scipy warns, yet >= 1.13 returns the right root (the imaginary residue tells).
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
+    product = sigma_a @ sigma_b
+    if not product.any():
+        # A set of identical videos has S = 0; some scipy releases return NaN for sqrtm(0).
+        covmean = np.zeros_like(product)
+    else:
+        with warnings.catch_warnings():
+            # With fewer videos than feature dimensions the product is singular by
+            # construction; scipy warns, yet >= 1.13 returns the right root (the imaginary
+            # residue tells).
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            covmean = scipy.linalg.sqrtm(product)
     if not np.all(np.isfinite(covmean)):
-        raise FloatingPointError("sqrtm(S_a S_b) is not finite")
+        raise FloatingPointError(f"sqrtm(S_a S_b) is not finite (scipy {scipy.__version__})")
     imag_residue = float(np.abs(np.imag(covmean)).max()) if np.iscomplexobj(covmean) else 0.0
     covmean = np.real(covmean)
     diff = mu_a - mu_b
