@@ -153,7 +153,7 @@ def run_evaluation(samples: np.ndarray, gt: np.ndarray, args) -> dict:
     }
     results["protocol_description"] = describe(
         setup["protocol"], num_clips, per_clip, t, gt.shape[2], setup["cond_frames"],
-        setup["include_given"], raw.get("fvd_frames", "none (FVD not computed)"))
+        setup["include_given"], raw.get("fvd_frames"))
     return results
 
 

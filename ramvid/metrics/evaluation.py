@@ -37,13 +37,14 @@ PROTOCOLS = {
         "Kinetics-600: 5 given frames -> 11 predicted frames at 64x64; 50,000 test clips x 1 "
         "sample"),
     "custom": Protocol("custom", None, None, None, None, None, True, None,
-                       "custom: given frames and sizes as passed"),
+                       "given frames and clip sizes as passed on the command line"),
 }
 
 
 def describe(protocol: Protocol, num_clips, samples_per_clip, num_frames, image_size,
              cond_frames, fvd_include_given, fvd_frames) -> str:
-    """The protocol actually applied, in words, with any departure from the preset."""
+    """The protocol actually applied, in words, with any departure from the preset
+    (``fvd_frames`` None: FVD was not computed)."""
     predicted = num_frames - len(cond_frames)
     lines = [
         f"Protocol {protocol.name}: {protocol.summary}.",
@@ -52,11 +53,15 @@ def describe(protocol: Protocol, num_clips, samples_per_clip, num_frames, image_
         f"PSNR/SSIM: per generated frame (given frames excluded), averaged over a sample's "
         f"generated frames; per clip the best and the mean of its {samples_per_clip} samples; "
         "then averaged over clips.",
-        f"FVD: I3D (Kinetics-400) on frames {fvd_frames} "
-        f"({'given frames included' if fvd_include_given else 'given frames excluded'}), "
-        f"all {num_clips * samples_per_clip} samples against the {num_clips} ground-truth "
-        "clips.",
     ]
+    if fvd_frames is None:
+        lines.append("FVD: not computed.")
+    else:
+        lines.append(
+            f"FVD: I3D (Kinetics-400) on frames {fvd_frames} "
+            f"({'given frames included' if fvd_include_given else 'given frames excluded'}), "
+            f"all {num_clips * samples_per_clip} samples against the {num_clips} ground-truth "
+            "clips.")
     departures = []
     if protocol.num_test_videos and num_clips != protocol.num_test_videos:
         departures.append(f"{num_clips} clips instead of {protocol.num_test_videos}")

@@ -40,8 +40,9 @@ def _cached_i3d(device) -> I3D:
 
 
 def _check_videos(videos, name="videos", num_frames=None):
-    if videos.ndim != 5:
-        raise ValueError(f"{name} must be (N, T, H, W, C), got shape {tuple(videos.shape)}")
+    if videos.ndim != 5 or videos.shape[0] == 0:
+        raise ValueError(f"{name} must be (N, T, H, W, C) with N >= 1, got shape "
+                         f"{tuple(videos.shape)}")
     if videos.shape[-1] not in (1, 3):
         raise ValueError(f"{name} must have 1 or 3 channels last, got shape "
                          f"{tuple(videos.shape)}")
