@@ -7,9 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from .decode import ShortVideoError, StreamMeta, VideoReadError, decode_window, stream_meta
+from .decode import (
+    ShortVideoError,
+    StreamMeta,
+    VideoReadError,
+    decode_window,
+    stream_meta,
+    to_rgb,
+)
 from .files import DataError, class_name_of, class_names_of, list_videos, warn_once
 from .preprocess import frames_to_tensor, preprocess_frame
 
@@ -78,7 +86,8 @@ class Shard:
         if not entries:
             where = f" (rank {rank} of {world_size})" if world_size > 1 else ""
             listed = ", ".join(rejected[:_LISTED_IN_ERRORS])
-            more = f", ... {len(rejected) - _LISTED_IN_ERRORS} more" if len(rejected) > _LISTED_IN_ERRORS else ""
+            unlisted = len(rejected) - _LISTED_IN_ERRORS
+            more = f", ... {unlisted} more" if unlisted > 0 else ""
             raise DataError(
                 f"--data_dir {data_dir}{where}: no usable video; found {num_files} files, "
                 f"{len(shard)} videos, 0 of >= {seq_len} frames: {listed}{more}"
@@ -117,15 +126,12 @@ class _ClipReader:
         self.image_size = image_size
         self.rgb = rgb
 
+    def _frame(self, frame) -> np.ndarray:
+        return preprocess_frame(Image.fromarray(to_rgb(frame)), self.image_size, self.rgb)
+
     def read(self, entry: VideoEntry, start: int) -> torch.Tensor:
         """(C, T, H, W) float32 in [-1, 1]; raises ShortVideoError/VideoReadError."""
-        frames = decode_window(
-            entry.path,
-            entry.meta,
-            start,
-            self.shard.seq_len,
-            lambda frame: preprocess_frame(frame.to_image(), self.image_size, self.rgb),
-        )
+        frames = decode_window(entry.path, entry.meta, start, self.shard.seq_len, self._frame)
         return frames_to_tensor(frames)
 
 

@@ -15,6 +15,7 @@ Per-file metadata (`StreamMeta`) is computed once per process and cached by path
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Callable, NamedTuple
 import av
 import av.logging
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from .files import DataError
 
@@ -88,6 +90,18 @@ class _Overshoot(Exception):
 
 class _IrregularTimestamps(Exception):
     """Consecutive frames did not map to consecutive indices under the constant-rate formula."""
+
+
+_converters = threading.local()
+
+
+def to_rgb(frame) -> np.ndarray:
+    """uint8 (H, W, 3). One converter per thread and process: building one per frame costs
+    more than the conversion. Single-threaded, because the DataLoader workers already use the
+    cores and a threaded converter hangs in a forked worker."""
+    if getattr(_converters, "owner", None) != os.getpid():
+        _converters.reformatter, _converters.owner = VideoReformatter(), os.getpid()
+    return _converters.reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
 
 
 def _usable_packet(packet) -> bool:
@@ -274,7 +288,7 @@ def decode_window(path, meta: StreamMeta, start: int, length: int, convert: Call
             return _decode_once(path, meta, start, length, convert, seek_to, counter)
         except _Overshoot:
             if seek_to is None:
-                raise VideoReadError(f"{path}: first frame is not at pts {meta.first_pts}") from None
+                raise VideoReadError(f"{path}: first frame is not at pts {meta.first_pts}")
             back = 2 * back or 1
         except _IrregularTimestamps:
             if meta.pts_table is not None:
@@ -297,7 +311,7 @@ def read_window(path, start: int, length: int) -> np.ndarray:
             meta.num_frames,
         )
     try:
-        frames = decode_window(path, meta, start, length, lambda f: f.to_ndarray(format="rgb24"))
+        frames = decode_window(path, meta, start, length, to_rgb)
     except ShortVideoError as error:
         meta.num_frames = min(meta.num_frames, error.available)
         raise
