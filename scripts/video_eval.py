@@ -82,13 +82,27 @@ def samples_per_clip(num_rows: int, num_clips: int, requested, path: Path) -> in
     return per_clip
 
 
-def load_samples(paths, gt: np.ndarray, requested_per_clip) -> np.ndarray:
+def one_row_per_clip(gt: np.ndarray, num_sample_rows: int, requested_per_clip) -> np.ndarray:
+    """video_sample.py --samples_per_clip S --save_gt True writes each ground-truth clip S
+    times (clip-major, like the samples); keep one row per clip after checking that."""
+    per_clip = requested_per_clip or 1
+    if per_clip == 1 or gt.shape[0] != num_sample_rows or gt.shape[0] % per_clip:
+        return gt
+    grouped = gt.reshape(gt.shape[0] // per_clip, per_clip, *gt.shape[1:])
+    if not (grouped == grouped[:, :1]).all():
+        raise UsageError(f"--gt has as many rows as --samples but its rows do not repeat in "
+                         f"groups of --samples_per_clip {per_clip}; pass one row per clip")
+    print(f"--gt repeats each clip {per_clip} times: using one row per clip", file=sys.stderr)
+    return grouped[:, 0]
+
+
+def load_samples(paths, gt: np.ndarray, requested_per_clip, first=None) -> np.ndarray:
     """Files of clip-major samples -> one (N_clips, S, T, H, W, C) array, filled file by file
-    so that the peak memory is the result plus one file."""
+    so that the peak memory is the result plus one file (``first``: paths[0], loaded)."""
     num_clips = gt.shape[0]
     combined, filled = None, 0
     for i, path in enumerate(paths):
-        clips = load_clips(path, "--samples")
+        clips = first if i == 0 and first is not None else load_clips(path, "--samples")
         if clips.shape[1:] != gt.shape[1:]:
             raise UsageError(f"--samples {path}: clips of shape {clips.shape[1:]} (T x H x W x "
                              f"C) differ from --gt {gt.shape[1:]}")
@@ -175,7 +189,11 @@ def main(argv=None):
         if not output.parent.is_dir():
             raise UsageError(f"--output {output}: directory {output.parent} does not exist")
         gt = load_clips(args.gt, "--gt")
-        samples = load_samples(args.samples, gt, args.samples_per_clip)
+        first = load_clips(args.samples[0], "--samples")
+        if len(args.samples) == 1:
+            gt = one_row_per_clip(gt, first.shape[0], args.samples_per_clip)
+        samples = load_samples(args.samples, gt, args.samples_per_clip, first)
+        del first
         results = run_evaluation(samples, gt, args)
     except (UsageError, ValueError, I3DWeightsError) as err:
         parser.error(str(err))  # one line, exit code 2

@@ -347,6 +347,23 @@ def test_video_eval_on_npz_files(tmp_path, capsys):
     assert results["fvd"] > 0
 
 
+def test_video_eval_accepts_ground_truth_repeated_per_sample(tmp_path, capsys):
+    # video_sample.py --samples_per_clip S --save_gt True repeats every clip S times.
+    video_eval = load_script("video_eval")
+    gt = moving_squares(num_videos=2, frames=10, size=24)
+    samples = np.repeat(gt, 3, axis=0)
+    samples[1::3, 1:] = 0
+    np.savez(tmp_path / "s.npz", samples)
+    np.savez(tmp_path / "gt.npz", np.repeat(gt, 3, axis=0))
+    video_eval.main(["--samples", str(tmp_path / "s.npz"), "--gt", str(tmp_path / "gt.npz"),
+                     "--samples_per_clip", "3", "--cond_frames", "0,", "--fvd", "False"])
+    assert "repeats each clip 3 times" in capsys.readouterr().err
+    results = json.loads((tmp_path / "s_eval.json").read_text())
+    assert results["num_clips"] == 2 and results["samples_per_clip"] == 3
+    assert results["ssim_best"] == pytest.approx(1.0) and results["ssim_mean"] < 0.9
+    assert "fvd" not in results
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--samples", "missing.npz", "--cond_frames", "0,"], "--samples missing.npz: no such"),
     (["--cond_frames", "0,", "--samples_per_clip", "3"], "--samples_per_clip 3"),
