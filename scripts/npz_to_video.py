@@ -10,6 +10,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
 
 from ramvid.cli import check, make_parser

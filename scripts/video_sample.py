@@ -9,7 +9,11 @@ channels last; `arr_1` = labels for class-conditional models), gt_<shape>.npz wi
 --save_gt True, a grid per batch (samples_BBB.gif, given frames outlined in red) and
 sample_args.json. See docs/SAMPLING.md.
 """
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ramvid import create_diffusion, dist
 from ramvid.cli import check

@@ -10,7 +10,11 @@ length first, then windows that fill in between them. --start_frames K takes the
 of each --data_dir clip as known (0: the first window is unconditional). Output as
 video_sample.py: <N>x<total_length>x<H>x<W>x<C>.npz in $OPENAI_LOGDIR. See docs/SAMPLING.md.
 """
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ramvid import create_diffusion, dist
 from ramvid.cli import check
