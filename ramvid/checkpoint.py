@@ -140,7 +140,9 @@ def load_checkpoint_file(path):
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it may not read
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         detail = str(e).strip().splitlines()
         detail = next((line for line in detail if "Unsupported" in line or "global" in line.lower()),

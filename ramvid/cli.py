@@ -80,13 +80,25 @@ def check(parser, condition, flag, value, reason):
 def check_model_flags(parser, flags):
     """Validate model and diffusion flags without building the network; a ValueError from the
     library (whose message names the flag, e.g. `image_size=20 ...`) becomes a flag error."""
-    from .config import DIFFUSION_FLAGS, create_diffusion, unet_config_from_flags
+    from .config import (DIFFUSION_FLAGS, create_diffusion, model_and_diffusion_defaults,
+                         unet_config_from_flags)
 
-    try:
-        unet_config_from_flags(flags)
-        create_diffusion(**{k: flags[k] for k in DIFFUSION_FLAGS if k in flags})
-    except (ValueError, TypeError) as e:
-        parser.error(_one_line(e))
+    defaults = model_and_diffusion_defaults()
+    for build, names in ((unet_config_from_flags, None), (create_diffusion, DIFFUSION_FLAGS)):
+        try:
+            if names is None:
+                build(flags)
+            else:
+                build(**{k: flags[k] for k in names if k in flags})
+        except (ValueError, TypeError) as e:
+            message = _one_line(e)
+            if not any(name in message for name in defaults):
+                # The library did not say which flag; name the ones this part reads that differ
+                # from their defaults.
+                suspects = [f"--{k} {flags[k]!r}" for k in (names or defaults)
+                            if k in flags and flags[k] != defaults[k]]
+                message = f"{', '.join(suspects) or 'model flags'}: {message}"
+            parser.error(message)
 
 
 def _one_line(error):

@@ -122,7 +122,7 @@ class TrainConfig:
         return out
 
 
-def build_parser(prog=None):
+def build_parser(prog="video_train.py"):
     parser = make_parser("Train a RaMViD video diffusion model.", prog=prog)
     parser.add_argument("--data_dir", required=True,
                         help="folder searched recursively for .mp4/.avi/.gif videos")
@@ -137,7 +137,7 @@ def build_parser(prog=None):
     return parser
 
 
-def parse_train_args(argv=None, prog=None):
+def parse_train_args(argv=None, prog="video_train.py"):
     """argv -> (TrainConfig, model_flags dict, parser). Exits 2 on any bad flag; with --dry_run
     prints the resolved configuration as JSON and exits 0."""
     parser = build_parser(prog)

@@ -1,0 +1,159 @@
+"""Checkpoint files: crash-safe writes, refusing untrusted pickles, finding a complete set."""
+import errno
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from ramvid import checkpoint as ck
+
+
+def test_file_names():
+    assert ck.model_filename(200000) == "model200000.pt"
+    assert ck.ema_filename("0.9999", 200000) == "ema_0.9999_200000.pt"
+    assert ck.opt_filename(42) == "opt000042.pt"
+    assert ck.step_from_model_path("/x/model001234.pt") == 1234
+    with pytest.raises(ValueError, match="modelNNNNNN.pt"):
+        ck.step_from_model_path("/x/ema_0.9999_001234.pt")
+
+
+def test_model_file_is_a_plain_state_dict(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    paths = ck.save_checkpoint(tmp_path, 7, net.state_dict(), {"0.99": net.state_dict()},
+                               {"optimizer": {}, "step": 7})
+    fresh = torch.nn.Linear(3, 2)
+    fresh.load_state_dict(torch.load(paths["model"], weights_only=True))
+    assert torch.equal(fresh.weight, net.weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ema_0.99_000007.pt", "model000007.pt", "opt000007.pt"]
+
+
+def _no_temp_files(folder):
+    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_failed_rename_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "model000010.pt"
+    ck.atomic_save({"w": torch.ones(3)}, path)
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck.os, "replace", disk_full)
+    with pytest.raises(ck.CheckpointError, match=r"model000010\.pt: No space left"):
+        ck.atomic_save({"w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(ck.load_checkpoint_file(path)["w"], torch.ones(3))
+    assert _no_temp_files(tmp_path)
+
+
+def test_crash_mid_write_leaves_no_truncated_final_file(tmp_path, monkeypatch):
+    path = tmp_path / "opt000010.pt"
+    ck.atomic_save({"step": 1}, path)
+    real_save = torch.save
+
+    def dies_halfway(obj, f):
+        real_save(obj, f)
+        f.truncate(40)  # a partial file, as if the process died while writing
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(ck.torch, "save", dies_halfway)
+    with pytest.raises(ck.CheckpointError, match="opt000010.pt"):
+        ck.atomic_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert ck.load_checkpoint_file(path) == {"step": 1}
+    assert _no_temp_files(tmp_path)
+    with pytest.raises(ck.CheckpointError, match=r"new\.pt"):
+        ck.atomic_save({"step": 2}, tmp_path / "missing_dir" / "new.pt")
+
+
+def test_stale_temp_files_are_removed(tmp_path):
+    (tmp_path / ".model000010.pt.abc123.tmp").write_bytes(b"partial")
+    (tmp_path / "model000010.pt").write_bytes(b"kept")
+    removed = ck.remove_stale_temp_files(tmp_path)
+    assert [p.name for p in removed] == [".model000010.pt.abc123.tmp"]
+    assert (tmp_path / "model000010.pt").exists()
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
+def test_pickle_with_code_is_refused_and_not_executed(tmp_path, writer):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "model000001.pt"
+    payload = {"weight": torch.ones(2), "evil": _RunsCode(marker)}
+    if writer == "torch":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(ck.CheckpointError) as info:
+        ck.load_checkpoint_file(path)
+    message = str(info.value)
+    assert "refusing to load" in message and str(path) in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_missing_and_truncated_files_name_the_file(tmp_path):
+    with pytest.raises(ck.CheckpointError, match="not found: .*nothing.pt"):
+        ck.load_checkpoint_file(tmp_path / "nothing.pt")
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.randn(100)}, good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(ck.CheckpointError, match="cannot read checkpoint .*cut.pt"):
+        ck.load_checkpoint_file(cut)
+
+
+def _write_set(folder, step, rates, skip=()):
+    state = {"w": torch.full((2,), float(step))}
+    paths = ck.checkpoint_paths(folder, step, rates)
+    files = {"model": paths["model"], "opt": paths["opt"],
+             **{f"ema_{r}": p for r, p in paths["ema"].items()}}
+    for key, path in files.items():
+        if key not in skip:
+            torch.save({"optimizer": {}, "step": step} if key == "opt" else state, path)
+    return files
+
+
+def test_find_resume_step_skips_incomplete_sets(tmp_path):
+    rates = ["0.9999", "0.99"]
+    assert ck.find_resume_step(tmp_path, rates) is None
+    _write_set(tmp_path, 2, rates)
+    _write_set(tmp_path, 4, rates, skip=("ema_0.99",))
+    files = _write_set(tmp_path, 6, rates)
+    files["opt"].write_bytes(files["opt"].read_bytes()[:100])  # truncated opt
+    with pytest.warns(UserWarning) as record:
+        assert ck.find_resume_step(tmp_path, rates) == 2
+    text = " ".join(str(w.message) for w in record)
+    assert "step 6" in text and "step 4" in text and "ema_0.99_000004.pt" in text
+    ckpt = ck.load_latest_checkpoint(tmp_path, rates)
+    assert torch.equal(ckpt.emas["0.99"]["w"], torch.full((2,), 2.0))
+
+
+def test_explicit_resume_tolerates_missing_opt_and_ema(tmp_path):
+    _write_set(tmp_path, 3, ["0.9"], skip=("opt", "ema_0.9"))
+    with pytest.warns(UserWarning, match="not found"):
+        ckpt = ck.load_training_checkpoint(tmp_path, 3, ["0.9"], require_all=False)
+    assert ckpt.opt is None and ckpt.emas == {}
+    with pytest.raises(ck.CheckpointError, match="ema_0.9_000003.pt"):
+        ck.load_training_checkpoint(tmp_path, 3, ["0.9"], require_all=True)
+
+
+def test_rng_state_round_trips_through_weights_only(tmp_path):
+    path = tmp_path / "rng.pt"
+    ck.atomic_save({"rng": ck.rng_state()}, path)
+    expected = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
+    ck.set_rng_state(ck.load_checkpoint_file(path)["rng"])
+    again = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
+    assert torch.equal(expected[0], again[0])
+    assert np.array_equal(expected[1], again[1])
+    assert expected[2:] == again[2:]

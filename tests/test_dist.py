@@ -1,0 +1,124 @@
+"""Distributed set-up under plain python, mpirun and torchrun; failing ranks end the job."""
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from ramvid.checkpoint import find_resume_step, load_checkpoint_file
+from train_fixtures import (MPIRUN, PYTHON, REPO, TINY, make_videos, progress_rows, run_train,
+                            script_env)
+
+pytestmark = pytest.mark.slow
+
+PROBE = textwrap.dedent("""
+    import sys, time, torch
+    from ramvid import dist
+    mode = sys.argv[1]
+    info = dist.setup_dist(timeout_s=3)
+
+    def body():
+        if mode == "probe":
+            ranks = dist.all_gather_object((info.rank, info.local_rank))
+            total = dist.all_gather_tensor(torch.tensor([info.rank + 1.0])).sum().item()
+            shared = dist.broadcast_object(f"from rank {info.rank}")
+            print(f"RESULT {info.rank} {info.world_size} {info.launcher} {ranks} {total} {shared} "
+                  f"{'mpi4py' in sys.modules}", flush=True)
+        elif mode == "raise":
+            if info.rank == 1:
+                raise RuntimeError("rank 1 broke")
+            dist.barrier()  # rank 0 waits for a rank that will never come
+        elif mode == "hang":
+            if info.rank == 1:
+                time.sleep(600)  # alive but stuck: only the collective timeout can end this
+            dist.all_gather_object(0)
+
+    dist.run_or_abort(body)
+    dist.cleanup()
+""")
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dist") / "probe.py"
+    path.write_text(PROBE)
+    return str(path)
+
+
+def _run(cmd, timeout=60):
+    start = time.time()
+    result = subprocess.run(cmd, env=script_env(), capture_output=True, text=True,
+                            timeout=timeout, cwd=REPO)
+    return result, time.time() - start
+
+
+def _results(stdout):
+    return sorted(line.split()[1:] for line in stdout.splitlines() if line.startswith("RESULT"))
+
+
+def test_plain_python_needs_no_mpi(probe):
+    result, _ = _run([PYTHON, probe, "probe"])
+    assert result.returncode == 0, result.stderr
+    (rank, world, launcher, *_, mpi_imported), = _results(result.stdout)
+    assert (rank, world, launcher, mpi_imported) == ("0", "1", "none", "False")
+
+
+def test_mpirun_ranks_local_ranks_and_collectives(probe):
+    result, _ = _run([MPIRUN, "-n", "2", PYTHON, probe, "probe"])
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    assert len(lines) == 2
+    for line in lines:
+        assert " 2 mpi [(0, 0), (1, 1)] 3.0 from rank 0 True" in line
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun(probe):
+    result, _ = _run([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                      "--master_port", str(_free_port()), probe, "probe"])
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    assert len(lines) == 2 and all(" 2 torchrun [(0, 0), (1, 1)] 3.0 from rank 0 False" in l
+                                   for l in lines)
+
+
+@pytest.mark.parametrize("mode", ["raise", "hang"])
+def test_a_failing_rank_ends_the_whole_job(probe, mode):
+    result, seconds = _run([MPIRUN, "-n", "2", PYTHON, probe, mode], timeout=90)
+    assert result.returncode != 0
+    assert seconds < 45, f"the job took {seconds:.0f} s to end"
+    failed = "[rank 1] failed" if mode == "raise" else "[rank 0] failed"
+    assert failed in result.stderr, result.stderr[-3000:]
+
+
+def test_mpirun_training_writes_checkpoints_and_resumes(tmp_path):
+    videos = make_videos(tmp_path / "videos", num_mp4=4)  # + .avi, .gif and a broken .mp4
+    first, second = tmp_path / "first", tmp_path / "second"
+    flags = ["--data_dir", videos, *TINY, "--batch_size", "2", "--save_interval", "4",
+             "--log_interval", "2"]
+    result = run_train([*flags, "--max_steps", "4"], logdir=first, mpi_ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipping video" in result.stdout + result.stderr
+    assert "broken_00.mp4" in result.stdout + result.stderr
+    assert find_resume_step(first, ["0.9999"]) == 4
+    assert [r["step"] for r in progress_rows(first)] == ["2", "4"]
+    assert '"world_size": 2' in (first / "args.json").read_text()
+
+    result = run_train([*flags, "--max_steps", "6", "--resume_checkpoint",
+                        first / "model000004.pt"], logdir=second, mpi_ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout and "(step 4)" in result.stdout
+    assert find_resume_step(second, ["0.9999"]) == 6
+    opt = load_checkpoint_file(second / "opt000006.pt")
+    assert opt["step"] == 6 and opt["world_size"] == 2 and len(opt["ranks"]) == 2
+    # Each rank kept its own data position: 6 steps x 2 videos.
+    assert [r["data"]["items_consumed"] for r in opt["ranks"]] == [12, 12]
+    assert [r["data"]["rank"] for r in opt["ranks"]] == [0, 1]
