@@ -250,3 +250,10 @@ def test_npz_to_video_reads_any_samples_file(conditional_run, tmp_path):
     with Image.open(tmp_path / "5x6x16x16x3_000.png") as png:
         # 4 rows x 6 columns of 64 x 64 frames (16 px upscaled x4) with 2 px borders, 2 px gaps
         assert png.size == (6 * 68 + 7 * 2, 4 * 68 + 5 * 2)
+
+
+def test_uint8_round_trip_is_exact_for_every_level():
+    from ramvid.sample.output import from_uint8, to_uint8
+
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16, 1).repeat(3, axis=-1)
+    assert np.array_equal(to_uint8(from_uint8(levels)), levels)
