@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ramvid.cli import read_args_json, write_args_json
+from ramvid.presets import preset_flags
 from ramvid.train import parse_train_args
 from train_fixtures import PYTHON, TINY, TRAIN_SCRIPT, make_videos, script_env
 
@@ -83,11 +84,13 @@ def test_fp16_on_cpu_is_refused(data_dir, capsys):
 
 
 def test_preset_sets_defaults_and_explicit_flags_win(data_dir):
+    preset = preset_flags("demo")
     cfg, model_flags, _ = parse_train_args(["--data_dir", data_dir, "--preset", "demo",
                                             "--lr", "0.5", "--num_channels", "64"])
-    assert model_flags["image_size"] == 16 and model_flags["seq_len"] == 8  # from the preset
-    assert cfg.lr == 0.5 and model_flags["num_channels"] == 64  # explicit wins
-    assert cfg.ema_rate == ("0.999",) and cfg.microbatch == cfg.batch_size == 8
+    assert model_flags["image_size"] == preset["image_size"] != 64  # from the preset
+    assert model_flags["seq_len"] == preset["seq_len"]
+    assert cfg.ema_rate == (preset["ema_rate"],) and cfg.batch_size == preset["batch_size"]
+    assert cfg.lr == 0.5 != preset["lr"] and model_flags["num_channels"] == 64  # explicit wins
 
 
 def test_dry_run_prints_the_resolved_config(data_dir, capsys):

@@ -42,6 +42,10 @@ class StopRequest:
             return  # main process decides when to stop, and its exit ends the workers
         self.requested = True
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        # Launchers (mpirun, SLURM) signal the data-loader workers too. The loader's SIGCHLD
+        # handler would raise in the middle of the step when one dies; this run reads no
+        # more batches, so a dying worker no longer matters.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.log.info(f"received {signal.Signals(signum).name}: finishing this step, then saving")
 
     def __exit__(self, *exc):
