@@ -1,7 +1,9 @@
 """The training loop: gradient accumulation, EMA, lr schedules, exact resume, non-finite steps,
 SIGTERM and SIGKILL."""
 import dataclasses
+import errno
 import math
+import os
 import random
 import re
 import signal
@@ -202,6 +204,24 @@ def test_consecutive_nonfinite_steps_stop_the_run(videos, tmp_path, monkeypatch)
         assert all(torch.equal(at_2[k], at_4[k]) for k in at_2) and finite(at_4)
         if name.startswith("model"):
             assert all(torch.equal(at_4[k], live[k]) for k in at_4)
+
+
+def test_disk_full_stops_with_one_line_and_keeps_previous_checkpoint(videos, tmp_path,
+                                                                    monkeypatch, capsys):
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if "000002" in str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert _train(videos, tmp_path, monkeypatch, "--max_steps", "3", "--save_interval", "1") == 1
+    err = capsys.readouterr().err
+    assert "could not write checkpoint" in err and "000002.pt: No space left on device" in err
+    assert "Traceback" not in err
+    assert find_resume_step(tmp_path, ["0.9", "0.99"]) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 # ----------------------------------------------------------------------------- signals

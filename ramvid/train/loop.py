@@ -10,6 +10,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import create_model_and_diffusion, dist
+from ..checkpoint import CheckpointError
 from ..cli import write_args_json
 from ..data import load_data
 from ..diffusion.resample import create_named_schedule_sampler
@@ -103,7 +104,10 @@ def train(cfg, model_flags, info, logdir, log):
               "global_batch": global_batch, "class_names": data.class_names,
               "num_params": num_params, "resumed_from_step": step}
     if info.is_main:
-        write_args_json(logdir, config)
+        try:
+            write_args_json(logdir, config)
+        except OSError as e:
+            raise CheckpointError(str(e)) from None
     log.info(f"logdir {logdir}; {num_params / 1e6:.2f}M parameters; {info.world_size} rank(s) on "
              f"{device}; global batch {global_batch} (microbatch {cfg.microbatch}); "
              f"{len(data.paths)} videos on rank 0")
