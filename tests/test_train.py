@@ -16,7 +16,9 @@ import torch
 from ramvid import create_model_and_diffusion
 from ramvid.checkpoint import find_resume_step, load_checkpoint_file
 from ramvid.diffusion.resample import create_named_schedule_sampler
-from ramvid.train import EMA, TrainConfig, last_step, lr_at, main
+from ramvid.dist import setup_dist
+from ramvid.train import EMA, TrainConfig, last_step, lr_at, main, parse_train_args
+from ramvid.train.logs import RunLogger
 from ramvid.train import loop as train_loop
 from ramvid.train.step import LossStats, draw_step_inputs, forward_backward
 from train_fixtures import (PYTHON, TINY, TRAIN_SCRIPT, assert_all_final_files_load, finite,
@@ -204,6 +206,29 @@ def test_consecutive_nonfinite_steps_stop_the_run(videos, tmp_path, monkeypatch)
         assert all(torch.equal(at_2[k], at_4[k]) for k in at_2) and finite(at_4)
         if name.startswith("model"):
             assert all(torch.equal(at_4[k], live[k]) for k in at_4)
+
+
+def test_fp16_path_unscales_before_clipping_and_skips_overflow(videos, tmp_path, monkeypatch):
+    """The GradScaler path, run on CPU by bypassing the CLI's GPU check (float16 autocast
+    exists on CPU too): the logged gradient norm is the true one, and a NaN step is skipped
+    with a halved loss scale."""
+    argv = ["--data_dir", str(videos), *TINY, "--batch_size", "2", "--log_interval", "1",
+            "--max_steps", "3", "--seed", "3"]
+    cfg, model_flags, _ = parse_train_args(argv)
+    assert _train(videos, tmp_path / "fp32", monkeypatch, "--max_steps", "1") == 0
+    seen = _inject_nan(monkeypatch, lambda call: call == 2)
+    fp16 = dataclasses.replace(cfg, use_fp16=True, ema_rate=("0.9",))
+    log = RunLogger(tmp_path / "fp16")
+    try:
+        assert train_loop.train(fp16, model_flags, setup_dist(), tmp_path / "fp16", log) == 0
+    finally:
+        log.close()
+    rows = progress_rows(tmp_path / "fp16")
+    assert [r["skipped_steps"] for r in rows] == ["0", "1", "0"]
+    assert [float(r["loss_scale"]) for r in rows] == [65536.0, 32768.0, 32768.0]
+    reference = float(progress_rows(tmp_path / "fp32")[0]["grad_norm"])
+    assert float(rows[0]["grad_norm"]) == pytest.approx(reference, rel=1e-2)
+    assert finite(seen["model"].state_dict())
 
 
 def test_disk_full_stops_with_one_line_and_keeps_previous_checkpoint(videos, tmp_path,

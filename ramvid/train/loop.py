@@ -112,6 +112,9 @@ def train(cfg, model_flags, info, logdir, log):
              f"{device}; global batch {global_batch} (microbatch {cfg.microbatch}); "
              f"{len(data.paths)} videos on rank 0")
 
+    if cfg.exclude_conditional and cfg.max_num_mask_frames >= model_flags["seq_len"]:
+        log.warn(f"--max_num_mask_frames {cfg.max_num_mask_frames} >= --seq_len: some videos get "
+                 f"every frame given and contribute no loss")
     end = last_step(cfg)
     if end is not None and step >= end:
         log.info(f"step {step} is already >= the last step {end}: nothing to train")
