@@ -44,7 +44,9 @@ def _run(cfg, model_flags, info, parser):
     try:
         return train(cfg, model_flags, info, logdir, log)
     except DataError as e:  # a data problem is a bad --data_dir: one line, exit 2
-        parser.error(str(e).splitlines()[0])
+        where = f"[rank {info.rank}] " if info.world_size > 1 else ""
+        sys.stderr.write(f"{where}{parser.prog}: error: {str(e).splitlines()[0]}\n")
+        raise SystemExit(2) from None
     except CheckpointError as e:
         log.info(f"ERROR: {e}")
         if info.world_size > 1:
