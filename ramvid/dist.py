@@ -7,8 +7,8 @@
 Under `mpirun -n N`, rank and world size come from MPI, the local rank from the ranks that
 share a node (`Split_type(COMM_TYPE_SHARED)`), and rank 0 picks the rendezvous address (its
 own host) and a free port and broadcasts both over MPI, so nothing about the cluster is
-hard-coded. Under `torchrun` the usual RANK/WORLD_SIZE/LOCAL_RANK variables are read. A plain
-`python` run is one process without a process group; mpi4py is imported only when an MPI
+hard-coded ($MASTER_ADDR / $MASTER_PORT override the choice when set). Under `torchrun` the
+usual RANK/WORLD_SIZE/LOCAL_RANK variables are read. A plain `python` run is one process without a process group; mpi4py is imported only when an MPI
 launcher set its variables, so it is never needed otherwise.
 
 Every collective has a timeout (`timeout_s`, default 10 minutes): when one rank dies or stalls
@@ -70,13 +70,26 @@ def _free_port():
 
 
 def _host_address(single_node):
+    """An address of this host that the other nodes can reach ($MASTER_ADDR wins if set)."""
+    if os.environ.get("MASTER_ADDR"):
+        return os.environ["MASTER_ADDR"]
     if single_node:
         return "127.0.0.1"
     hostname = socket.gethostname()
     try:
-        return socket.gethostbyname(hostname)
+        address = socket.gethostbyname(hostname)
     except OSError:
-        return hostname
+        address = None
+    if address is None or address.startswith("127."):
+        # Many systems map the hostname to a loopback address; ask the routing table for the
+        # address of the outgoing interface instead (a UDP connect sends nothing).
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect(("10.255.255.255", 1))
+                address = s.getsockname()[0]
+        except OSError:
+            address = hostname
+    return address
 
 
 def _mpi_rendezvous():
@@ -89,7 +102,8 @@ def _mpi_rendezvous():
     local_rank, node_size = node_comm.Get_rank(), node_comm.Get_size()
     node_comm.Free()
     if rank == 0:
-        address = (_host_address(single_node=node_size == world_size), _free_port())
+        port = int(os.environ.get("MASTER_PORT") or _free_port())
+        address = (_host_address(single_node=node_size == world_size), port)
     else:
         address = None
     host, port = comm.bcast(address, root=0)
