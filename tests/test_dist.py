@@ -1,4 +1,5 @@
 """Distributed set-up under plain python, mpirun and torchrun; failing ranks end the job."""
+import re
 import socket
 import subprocess
 import sys
@@ -25,8 +26,11 @@ PROBE = textwrap.dedent("""
             ranks = dist.all_gather_object((info.rank, info.local_rank))
             total = dist.all_gather_tensor(torch.tensor([info.rank + 1.0])).sum().item()
             shared = dist.broadcast_object(f"from rank {info.rank}")
-            print(f"RESULT {info.rank} {info.world_size} {info.launcher} {ranks} {total} {shared} "
-                  f"{'mpi4py' in sys.modules}", flush=True)
+            # One write per line: with PYTHONUNBUFFERED, print() writes text and newline apart
+            # and two ranks' lines could interleave.
+            sys.stdout.write(f"RESULT {info.rank} {info.world_size} {info.launcher} {ranks} "
+                             f"{total} {shared} {'mpi4py' in sys.modules}\\n")
+            sys.stdout.flush()
         elif mode == "raise":
             if info.rank == 1:
                 raise RuntimeError("rank 1 broke")
@@ -56,7 +60,11 @@ def _run(cmd, timeout=60):
 
 
 def _results(stdout):
-    return sorted(line.split()[1:] for line in stdout.splitlines() if line.startswith("RESULT"))
+    return sorted(line.split()[1:] for line in _result_lines(stdout))
+
+
+def _result_lines(stdout):
+    return re.findall(r"RESULT [^\n]*?(?=RESULT|\n|$)", stdout)
 
 
 def test_plain_python_needs_no_mpi(probe):
@@ -69,8 +77,8 @@ def test_plain_python_needs_no_mpi(probe):
 def test_mpirun_ranks_local_ranks_and_collectives(probe):
     result, _ = _run([MPIRUN, "-n", "2", PYTHON, probe, "probe"])
     assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
-    assert len(lines) == 2
+    lines = _result_lines(result.stdout)
+    assert len(lines) == 2, result.stdout
     for line in lines:
         assert " 2 mpi [(0, 0), (1, 1)] 3.0 from rank 0 True" in line
 
@@ -85,7 +93,7 @@ def test_torchrun(probe):
     result, _ = _run([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                       "--master_port", str(_free_port()), probe, "probe"])
     assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    lines = _result_lines(result.stdout)
     assert len(lines) == 2 and all(" 2 torchrun [(0, 0), (1, 1)] 3.0 from rank 0 False" in l
                                    for l in lines)
 
