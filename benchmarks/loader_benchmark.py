@@ -119,7 +119,8 @@ def main():
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--gop", type=int, default=250)
     parser.add_argument("--seq_len", type=int, default=20)
-    parser.add_argument("--starts", type=int, default=11, help="random windows to time")
+    parser.add_argument("--starts", type=int, default=11,
+                        help="random windows to time, one per equal part of the file")
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--batches", type=int, default=10)
@@ -136,9 +137,13 @@ def main():
         generated_s, _ = timed(generate_video, path, args.minutes, args.width, args.height,
                                args.fps, args.gop)
 
+    load_before = os.getloadavg()[0]  # other processes on the machine skew every timing
     probe_s, info = timed(probe, path)
     rng = np.random.default_rng(args.seed)
-    starts = sorted(int(s) for s in rng.integers(0, info.num_frames - args.seq_len, args.starts))
+    # One uniformly random start in each of `starts` equal parts of the file: random, yet
+    # spread over the whole file so that the median is not at the mercy of a few draws.
+    edges = np.linspace(0, info.num_frames - args.seq_len + 1, args.starts + 1).astype(int)
+    starts = [int(rng.integers(lo, hi)) for lo, hi in zip(edges[:-1], edges[1:])]
     seek_s, full_s = [], []
     for start in starts:
         seconds, window = timed(read_window, path, start, args.seq_len)
@@ -150,7 +155,8 @@ def main():
 
     seek, full = statistics.median(seek_s), statistics.median(full_s)
     report = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "pyav": av.__version__},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "pyav": av.__version__,
+                    "load_avg_1min_before_after": [round(load_before, 2), None]},
         "video": {
             "path": str(path),
             "num_frames": info.num_frames,
@@ -167,9 +173,12 @@ def main():
         "decode_from_start_s": [round(s, 3) for s in full_s],
         "seek_window_s_median": round(seek, 4),
         "decode_from_start_s_median": round(full, 3),
-        "speedup_median": round(full / seek, 1),
+        "speedup_median": round(full / seek, 1),  # median decode time / median seek time
+        "speedup_per_start_median": round(
+            statistics.median(f / s for f, s in zip(full_s, seek_s)), 1),
         "pipeline": measure_pipeline(video_dir, args),
     }
+    report["machine"]["load_avg_1min_before_after"][1] = round(os.getloadavg()[0], 2)
     print(json.dumps(report, indent=2))
 
 

@@ -3,7 +3,9 @@
 Frame i of every test video is a solid grey of level 10 + 6 i, which survives compression
 (+-1 level) and resizing, so each decoded frame tells which frame it is.
 """
+import dataclasses
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -139,6 +141,34 @@ def test_late_window_is_reached_by_seeking_not_by_decoding_from_the_start(good_d
     assert len(frames) == SEQ_LEN
     # One GOP before the window plus a few failed landings at most, never the whole prefix.
     assert decoded[0] <= SEQ_LEN + 3 * GOP < start + SEQ_LEN
+
+
+def test_variable_frame_rate_is_read_by_timestamps(tmp_path):
+    # Frames 0..11 last 1, 1, 10, 1, 1, 10, ... hundredths of a second, then every frame 4:
+    # early frames collide under index = time * mean rate; only a pts table places them.
+    path = tmp_path / "vfr.mp4"
+    durations = [1, 1, 10] * 4 + [4] * 28
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height = WIDTH, HEIGHT
+        stream.codec_context.time_base = Fraction(1, 100)
+        stream.options = H264["options"]
+        pts = 0
+        for i, duration in enumerate(durations):
+            frame = av.VideoFrame.from_ndarray(
+                np.full((HEIGHT, WIDTH, 3), level(i), np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 100)
+            container.mux(stream.encode(frame))
+            pts += duration
+        container.mux(stream.encode())
+    assert probe(path).num_frames == 40
+    for start in (0, 2, 9, 30, 32):
+        assert frame_indices(read_window(path, start, SEQ_LEN)) == list(range(start, start + 8))
+    # Had the header been taken for constant-rate, the first window itself switches the file.
+    constant = dataclasses.replace(stream_meta(path), pts_table=None, fps=Fraction(25))
+    window = decode_window(path, constant, 0, SEQ_LEN, lambda f: f.to_ndarray(format="rgb24"))
+    assert frame_indices(np.stack(window)) == list(range(SEQ_LEN))
+    assert constant.pts_table is not None and constant.num_frames == 40
 
 
 def test_read_window_outside_the_video_is_an_error(good_dir):
