@@ -23,6 +23,8 @@ TINY = ["--image_size", "8", "--num_channels", "32", "--channel_mult", "1,2",
 def make_videos(folder, num_mp4=4, frames=6, size=8, seed=0, extras=True):
     """Sprite clips as lossless .mp4 (the synthetic data set), plus one .avi, one .gif and one
     broken .mp4 when `extras`. Returns the folder holding the videos."""
+    if str(REPO) not in sys.path:  # `datasets/` is a folder of the checkout, not a package
+        sys.path.insert(0, str(REPO))
     from datasets.synthetic import generate, make_clips
     from datasets.video_io import write_video
 
