@@ -130,27 +130,36 @@ class SamplingMixin:
 
         indices = range(self.num_timesteps - 1, -1, -1)
         for i in tqdm(indices, desc="denoising", disable=not progress, leave=False):
-            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
-            for r in range(resample_steps):
-                if given is not None:
-                    x = torch.where(given, obs, x)
-                model_output = None
-                if guided:
-                    model_output = self.guided_model_output(
-                        model, x, t, obs, obs_mask, guidance_scale, model_kwargs, generator
-                    )
-                out = step(model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                           model_kwargs=model_kwargs, model_output=model_output,
-                           generator=generator)
-                x = out["sample"]
-                if r < resample_steps - 1:
-                    x = self.diffuse_one_step(x, t, generator)
-            if given is not None:
-                x = torch.where(given, obs, x)
-            out = {"sample": x, "pred_xstart": out["pred_xstart"], "t": i}
+            with torch.no_grad():  # the caller's context is left as it is between yields
+                out = self._denoise_step(step, model, x, i, obs, obs_mask, given, guided,
+                                         guidance_scale, resample_steps, clip_denoised,
+                                         denoised_fn, model_kwargs, generator)
+            x = out["sample"]
             if callback is not None:
                 callback(out)
             yield out
+
+    def _denoise_step(self, step, model, x, i, obs, obs_mask, given, guided, guidance_scale,
+                      resample_steps, clip_denoised, denoised_fn, model_kwargs, generator):
+        """Step i -> i - 1, repeated `resample_steps` times, given frames imposed before each."""
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        for r in range(resample_steps):
+            if given is not None:
+                x = torch.where(given, obs, x)
+            model_output = None
+            if guided:
+                model_output = self.guided_model_output(
+                    model, x, t, obs, obs_mask, guidance_scale, model_kwargs, generator
+                )
+            out = step(model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                       model_kwargs=model_kwargs, model_output=model_output,
+                       generator=generator)
+            x = out["sample"]
+            if r < resample_steps - 1:
+                x = self.diffuse_one_step(x, t, generator)
+        if given is not None:
+            x = torch.where(given, obs, x)
+        return {"sample": x, "pred_xstart": out["pred_xstart"], "t": i}
 
 
 def _last(iterator):

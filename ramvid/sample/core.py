@@ -64,7 +64,7 @@ def denoise(model, diffusion, generators, *, num_frames=None, obs=None, obs_mask
     device = model_device(model)
     loop = diffusion.ddim_sample_loop if options.use_ddim else diffusion.p_sample_loop
     extra = {"eta": options.eta} if options.use_ddim else {}
-    with torch.no_grad():
+    with torch.inference_mode():
         videos = loop(
             model, shape, obs=obs, obs_mask=obs_mask, clip_denoised=options.clip_denoised,
             resample_steps=options.resample_steps, guidance_scale=options.guidance_scale,
