@@ -79,6 +79,8 @@ def test_bad_respacing_and_schedule_name_the_flag():
         space_timesteps(100, "ddim45")
     with pytest.raises(ValueError, match="timestep_respacing"):
         space_timesteps(10, "20")
+    with pytest.raises(ValueError, match="timestep_respacing"):
+        space_timesteps(100, "ddim7x")
     with pytest.raises(ValueError, match="noise_schedule"):
         get_named_beta_schedule("quadratic", 10)
     with pytest.raises(ValueError, match="diffusion_steps=20"):

@@ -44,7 +44,11 @@ def space_timesteps(num_timesteps, section_counts):
     if isinstance(section_counts, str):
         spec = section_counts.strip()
         if spec.startswith("ddim"):
-            desired = int(spec[len("ddim"):])
+            try:
+                desired = int(spec[len("ddim"):])
+            except ValueError:
+                raise ValueError(f"timestep_respacing={spec!r}: 'ddim' must be followed by a "
+                                 "number of steps, e.g. ddim50") from None
             for stride in range(1, num_timesteps):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return set(range(0, num_timesteps, stride))
