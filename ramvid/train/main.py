@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import dist
 from ..checkpoint import CheckpointError, remove_stale_temp_files
 from ..data import DataError
+from ..memory import limit_heap_fragmentation
 from .logs import RunLogger
 from .loop import train
 from .options import parse_train_args
@@ -24,6 +25,7 @@ def resolve_logdir(info):
 
 def main(argv=None, prog="video_train.py"):
     cfg, model_flags, parser = parse_train_args(argv, prog)
+    limit_heap_fragmentation()
     info = dist.setup_dist(timeout_s=cfg.dist_timeout)
     code = dist.run_or_abort(_run, cfg, model_flags, info, parser)
     dist.cleanup()
