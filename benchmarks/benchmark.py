@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 CONFIGS = {
     # The sizes the reference numbers in docs/PERFORMANCE.md were measured on.
@@ -73,8 +74,12 @@ def run_one(name, args):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ramvid import create_model_and_diffusion, model_and_diffusion_defaults, sample_train_mask
+    from ramvid import create_model_and_diffusion, model_and_diffusion_defaults
+    from ramvid.diffusion import create_named_schedule_sampler
     from ramvid.memory import limit_heap_fragmentation
+    from ramvid.train.ema import EMA
+    from ramvid.train.loop import fused_adamw_supported
+    from ramvid.train.step import draw_step_inputs, forward_backward, gradient_norm
 
     heap_tuned = limit_heap_fragmentation()  # as the training and sampling scripts do
     if args.threads:
@@ -95,25 +100,26 @@ def run_one(name, args):
 
     shape = (batch, 3, flags["seq_len"], flags["image_size"], flags["image_size"])
     gen = torch.Generator().manual_seed(0)
-    x0 = (torch.rand(shape, generator=gen) * 2 - 1).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x0 = (torch.rand(shape, generator=gen) * 2 - 1).to(device)  # (N, C, T, H, W)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw_supported(device))
     scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
-    ema = [p.detach().clone() for p in model.parameters()]
-    params = list(model.parameters())
+    ema = EMA(model, ["0.9999"])
+    sampler = create_named_schedule_sampler("uniform", diffusion)
+    step_cfg = SimpleNamespace(seed=0, uncondition_rate=0.25, max_num_mask_frames=4, mask_range=None)
+    step_count = [0]
 
     def train_step():
-        t = torch.randint(0, diffusion.num_timesteps, (batch,), generator=gen).to(device)
-        mask = sample_train_mask(batch, flags["seq_len"], 0.25, 4, generator=gen, device=device)
-        with autocast():
-            loss = diffusion.training_losses(net, x0, t, obs_mask=mask)["loss"].mean()
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        # The training loop's own pieces: per-step random inputs, masked loss + backward,
+        # clipping of the unscaled gradients, AdamW, EMA.
+        inputs = draw_step_inputs(step_cfg, sampler, x0, 0, step_count[0])
+        forward_backward(net, diffusion, x0, {}, inputs, batch, autocast=autocast(), scaler=scaler)
         scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        gradient_norm(model.parameters(), 1.0)
         scaler.step(opt)
         scaler.update()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - 0.9999)
+        opt.zero_grad(set_to_none=True)
+        ema.update()
+        step_count[0] += 1
 
     times = []
     for i in range(args.warmup + args.steps):
