@@ -124,8 +124,8 @@ def load_data(
 
     Training (`deterministic=False`): infinite; item k of rank r is a random window of a file,
     drawn from `numpy.random.default_rng([seed, r, 0, k])` with the files reshuffled each epoch.
-    Sampling (`deterministic=True`): clip i = file i in sorted order, frames from `start`; one
-    pass, the last batch may be smaller.
+    Sampling (`deterministic=True`): clip i = file i in sorted order, frames from `start`
+    (used in this mode only); one pass, the last batch may be smaller.
     """
     _check_positive(batch_size=batch_size, image_size=image_size, seq_len=seq_len,
                     world_size=world_size)
@@ -133,6 +133,8 @@ def load_data(
         raise DataError(f"rank {rank} is outside world size {world_size}")
     if not isinstance(num_workers, int) or num_workers < 0:
         raise DataError(f"--num_workers must be >= 0, got {num_workers!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise DataError(f"--seed must be a non-negative integer, got {seed!r}")
     shard = Shard.scan(data_dir, seq_len, class_cond, rank, world_size)
     if deterministic:
         dataset = VideoClipDataset(data_dir, image_size, seq_len, rgb=rgb, start=start,
