@@ -41,6 +41,10 @@ def _meta_or_reason(path: Path):
         return str(error).removeprefix(f"{path}: ")
 
 
+def _count_files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
 @dataclass
 class Shard:
     """The usable videos of one rank, in sorted path order."""
@@ -54,11 +58,10 @@ class Shard:
     def scan(cls, data_dir, seq_len: int, class_cond: bool, rank: int, world_size: int):
         data_dir = Path(data_dir)
         videos = list_videos(data_dir)
-        num_files = sum(1 for p in data_dir.rglob("*") if p.is_file())
         if not videos:
             raise DataError(
-                f"--data_dir {data_dir}: found {num_files} files, none of them a video "
-                "(.mp4 .avi .gif .mov .mkv .webm)"
+                f"--data_dir {data_dir}: found {_count_files(data_dir)} files, none of them a "
+                "video (.mp4 .avi .gif .mov .mkv .webm)"
             )
         if world_size > len(videos):
             raise DataError(
@@ -89,8 +92,8 @@ class Shard:
             unlisted = len(rejected) - _LISTED_IN_ERRORS
             more = f", ... {unlisted} more" if unlisted > 0 else ""
             raise DataError(
-                f"--data_dir {data_dir}{where}: no usable video; found {num_files} files, "
-                f"{len(shard)} videos, 0 of >= {seq_len} frames: {listed}{more}"
+                f"--data_dir {data_dir}{where}: no usable video; found {_count_files(data_dir)} "
+                f"files, {len(shard)} videos, 0 of >= {seq_len} frames: {listed}{more}"
             )
         return cls(data_dir, entries, class_names, seq_len)
 

@@ -119,23 +119,27 @@ def _open(path: Path):
     return container
 
 
+_logging_lock = threading.Lock()  # FFmpeg's log level is global; probes run in threads
+
+
 def _failure_reason(path: Path, error: Exception) -> str:
     """FFmpeg's own last error line (e.g. "moov atom not found"), which the exception lacks
     while FFmpeg logging is off; it is switched on for one more attempt, captured, restored."""
     if os.path.exists(path) and os.path.getsize(path) == 0:
         return "empty file"
-    level, skip_repeated = av.logging.get_level(), av.logging.get_skip_repeated()
-    av.logging.set_level(av.logging.ERROR)
-    av.logging.set_skip_repeated(False)
     message, strerror = str(error), getattr(error, "strerror", None)
-    try:
-        with av.logging.Capture(local=True):  # keeps the lines out of the user's log
-            av.open(str(path)).close()
-    except (av.FFmpegError, OSError) as again:
-        message, strerror = str(again), getattr(again, "strerror", None)
-    finally:
-        av.logging.set_level(level)
-        av.logging.set_skip_repeated(skip_repeated)
+    with _logging_lock:
+        level, skip_repeated = av.logging.get_level(), av.logging.get_skip_repeated()
+        av.logging.set_level(av.logging.ERROR)
+        av.logging.set_skip_repeated(False)
+        try:
+            with av.logging.Capture(local=True):  # keeps the lines out of the user's log
+                av.open(str(path)).close()
+        except (av.FFmpegError, OSError) as again:
+            message, strerror = str(again), getattr(again, "strerror", None)
+        finally:
+            av.logging.set_level(level)
+            av.logging.set_skip_repeated(skip_repeated)
     _, _, last_log = message.partition("last error log: ")
     if last_log:
         return last_log.split("] ", 1)[-1].strip()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import warnings
 
 import torch
@@ -101,7 +102,7 @@ class VideoLoader:
 
 def _check_positive(**values):
     for name, value in values.items():
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, numbers.Integral) or value < 1:
             raise DataError(f"--{name} must be a positive integer, got {value!r}")
 
 
@@ -131,10 +132,12 @@ def load_data(
                     world_size=world_size)
     if not 0 <= rank < world_size:
         raise DataError(f"rank {rank} is outside world size {world_size}")
-    if not isinstance(num_workers, int) or num_workers < 0:
+    if not isinstance(num_workers, numbers.Integral) or num_workers < 0:
         raise DataError(f"--num_workers must be >= 0, got {num_workers!r}")
-    if not isinstance(seed, int) or seed < 0:
+    if not isinstance(seed, numbers.Integral) or seed < 0:
         raise DataError(f"--seed must be a non-negative integer, got {seed!r}")
+    batch_size, image_size, seq_len = int(batch_size), int(image_size), int(seq_len)
+    rank, world_size, num_workers, seed = int(rank), int(world_size), int(num_workers), int(seed)
     shard = Shard.scan(data_dir, seq_len, class_cond, rank, world_size)
     if deterministic:
         dataset = VideoClipDataset(data_dir, image_size, seq_len, rgb=rgb, start=start,
