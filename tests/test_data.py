@@ -378,3 +378,20 @@ def test_deterministic_mode_reads_each_file_once_in_sorted_order(good_dir):
     # gives its last window (16..23) while the longer files start at 20.
     late = VideoClipDataset(good_dir, 8, SEQ_LEN, start=20)
     assert [frame_indices(late[i][0])[0] for i in range(5)] == [16, 20, 20, 20, 20]
+
+
+def test_workers_survive_the_stop_signal_meant_for_the_main_process(good_dir):
+    """Launchers signal the whole process group; training must still get its next batch."""
+    import os
+    import signal
+    import time
+
+    loader = training_loader(good_dir, num_workers=2)
+    take(loader, 1)
+    workers = loader._batches._workers  # the DataLoader iterator's worker processes
+    assert len(workers) == 2
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGTERM)
+    time.sleep(0.5)  # time for a worker to die if it were going to
+    assert all(w.is_alive() for w in workers)
+    assert take(loader, 2)[1].shape[0] == 3

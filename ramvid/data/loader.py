@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import signal
 import warnings
 
 import torch
@@ -21,6 +22,13 @@ class _CountFrom(Sampler):
 
     def __iter__(self):
         return itertools.count(self.start)
+
+
+def _ignore_stop_signals(worker_id):
+    # Launchers (mpirun, SLURM, timeout) signal the whole process group: a worker must not die
+    # of the SIGTERM/SIGINT that asks the main process to finish its step and checkpoint.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class VideoLoader:
@@ -57,6 +65,7 @@ class VideoLoader:
                 batch_sampler=BatchSampler(items, self.batch_size, drop_last=False),
                 num_workers=self.num_workers,
                 pin_memory=torch.cuda.is_available(),
+                worker_init_fn=_ignore_stop_signals,
                 # Worker base seeds come from this generator, not the global torch RNG, so
                 # starting a loader does not shift the training run's random stream.
                 generator=torch.Generator().manual_seed(self.seed),
