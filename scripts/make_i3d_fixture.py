@@ -21,7 +21,6 @@ Only numpy is imported at module level: the tests import ``fixture_clips`` and
 
 import argparse
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

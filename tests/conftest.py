@@ -18,3 +18,12 @@ def reference():
         pytest.fail(f"reference fixtures missing at {path}")
     # The fixture file is ours to trust (it holds config dicts next to tensors).
     return torch.load(path, weights_only=False)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (tiny convolutions gain nothing from a second)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

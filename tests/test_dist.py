@@ -2,12 +2,10 @@
 import re
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
-import torch
 
 from ramvid.checkpoint import find_resume_step, load_checkpoint_file
 from train_fixtures import (MPIRUN, PYTHON, REPO, TINY, make_videos, progress_rows, run_train,

@@ -177,7 +177,6 @@ def test_masked_vb_for_learned_sigma_matches_closed_form(reference, reference_un
         ab, ab_prev, beta = (table(diffusion.alphas_cumprod), table(diffusion.alphas_cumprod_prev),
                              table(diffusion.betas))
         alpha = 1 - beta
-        post_var = beta * (1 - ab_prev) / (1 - ab)
         coef_x0 = beta * ab_prev.sqrt() / (1 - ab)
         coef_xt = (1 - ab_prev) * alpha.sqrt() / (1 - ab)
         true_mean = coef_x0 * x0 + coef_xt * x_t

@@ -18,13 +18,8 @@ COMMON = ["--timestep_respacing", "4", "--num_samples", NUM, "--batch_size", BAT
 SHAPE = (NUM, TINY["seq_len"], 16, 16, 3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions gain nothing from a second thread, and lose much when cores are shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models are fastest on one thread, above all when the 2 cores are shared.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,8 @@ TINY_MODEL = dict(image_size=8, num_channels=32, channel_mult="1,2", num_res_blo
                   attention_resolutions="4", seq_len=4, scale_time_dim=0, diffusion_steps=50)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model is fastest on one thread on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models are fastest on one thread, above all when the 2 cores are shared.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .. import create_model_and_diffusion, dist
+from .. import create_model_and_diffusion
 from ..checkpoint import CheckpointError
 from ..cli import write_args_json
 from ..data import load_data
