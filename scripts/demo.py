@@ -9,7 +9,6 @@
 4. scores prediction and infilling against simple baselines on the same clips, writes
    metrics.json, a loss plot and comparison grids, and prints a table. See docs/DEMO.md.
 """
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -17,18 +16,19 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ramvid.cli import make_parser  # noqa: E402
 from ramvid.demo.pipeline import (REPO, TASKS, DemoConfig, DemoError, child_env,  # noqa: E402
                                   ema_checkpoint, find_mpirun, launch_prefix, prepare_data,
                                   run_step, sample_command, train_command)
 from ramvid.demo.summary import summarise  # noqa: E402
+from ramvid.diffusion import space_timesteps  # noqa: E402
 from ramvid.presets import preset_flags  # noqa: E402
 
-DEFAULT_STEPS = 300  # about 5 minutes on 2 laptop cores (see docs/DEMO.md)
+DEFAULT_STEPS = 1200  # about 5 minutes on 2 idle laptop cores (see docs/DEMO.md)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__.split("\n\n")[0], prog="demo.py")
     parser.add_argument("--out_dir", default="", help="run folder (default: runs/demo-<time>)")
     parser.add_argument("--data_dir", default=str(REPO / "runs" / "demo_data"),
                         help="synthetic clips, drawn once and reused while the settings match")
@@ -37,14 +37,23 @@ def parse_args(argv=None):
     parser.add_argument("--num_test", type=int, default=64,
                         help="held-out clips scored for prediction and infilling")
     parser.add_argument("--timestep_respacing", default="ddim25", help="DDIM sampling steps")
+    parser.add_argument("--eta", type=float, default=1.0,
+                        help="DDIM noise; 1 scored better than 0 on held-out clips (docs/DEMO.md)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for flag in ("max_steps", "procs", "num_test"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} {getattr(args, flag)}: must be >= 1")
+    if not 0 <= args.eta <= 1:
+        parser.error(f"--eta {args.eta}: must lie in [0, 1]")
     if not args.timestep_respacing.startswith("ddim"):
         parser.error(f"--timestep_respacing {args.timestep_respacing!r}: the demo samples with "
                      "DDIM; use e.g. ddim25")
+    try:  # checked now, not after minutes of training
+        space_timesteps(preset_flags("demo")["diffusion_steps"], args.timestep_respacing)
+    except ValueError as e:
+        reason = str(e).split(": ", 1)[-1]  # the library names the value itself
+        parser.error(f"--timestep_respacing {args.timestep_respacing!r}: {reason}")
     return args
 
 
@@ -55,7 +64,7 @@ def make_config(args):
         run_dir=run_dir, data_dir=Path(args.data_dir), max_steps=args.max_steps,
         seq_len=preset["seq_len"], image_size=preset["image_size"],
         num_train=1000, num_test=args.num_test, num_unconditional=16, max_sprites=1,
-        seed=args.seed, procs=args.procs, respacing=args.timestep_respacing,
+        seed=args.seed, procs=args.procs, respacing=args.timestep_respacing, eta=args.eta,
     )
 
 
@@ -71,14 +80,16 @@ def train_and_sample(cfg, timings):
     prefix = launch_prefix(cfg.procs, mpirun)
     threads = 1 if len(prefix) > 1 else cfg.procs
 
-    banner(f"2/4 training the `demo` preset for {cfg.max_steps} steps (log: {cfg.run_dir / 'train'})")
+    banner(f"2/4 training the `demo` preset for {cfg.max_steps} steps "
+           f"(log: {cfg.run_dir / 'train'})")
     train_dir = cfg.run_dir / "train"
     timings["train_s"] = run_step("training", train_command(cfg, prefix),
                                   child_env(threads, train_dir), train_dir / "stdout.txt")
     checkpoint = ema_checkpoint(train_dir, cfg.max_steps)
     print(f"trained in {timings['train_s']:.0f} s -> {checkpoint}", flush=True)
 
-    banner(f"3/4 sampling held-out clips with {cfg.respacing} from the EMA weights")
+    banner(f"3/4 sampling held-out clips with {cfg.respacing} (eta {cfg.eta:g}) "
+           "from the EMA weights")
     for task in TASKS:
         task_dir = cfg.run_dir / task
         seconds = run_step(f"sampling ({task})", sample_command(cfg, prefix, checkpoint, task),

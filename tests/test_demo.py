@@ -86,7 +86,7 @@ def test_score_uses_generated_frames_only():
 def test_scoring_a_task_against_baselines_on_sprite_clips():
     gt = make_clips(4, image_size=16, num_frames=8, seed=3, split="test", max_sprites=1).videos
     reference = make_clips(6, image_size=16, num_frames=8, seed=3, max_sprites=1).videos
-    scores, videos = score_conditional_task(gt.copy(), gt, [0, 1], reference)
+    scores, _ = score_conditional_task(gt.copy(), gt, [0, 1], reference)
     assert set(scores) == {OURS, COPY_LAST, MEAN}  # nothing lies between frames 0 and 1
     assert scores[OURS]["psnr"] == pytest.approx(100.0)  # a perfect "model" hits the cap
     assert scores[COPY_LAST]["psnr"] < 40
@@ -123,14 +123,14 @@ def test_loss_plot_from_progress_csv(tmp_path):
 def demo_config(tmp_path, **changes):
     fields = dict(run_dir=tmp_path / "run", data_dir=tmp_path / "data", max_steps=7, seq_len=8,
                   image_size=16, num_train=3, num_test=2, num_unconditional=4,
-                  max_sprites=1, seed=0, procs=2, respacing="ddim25")
+                  max_sprites=1, seed=0, procs=2, respacing="ddim25", eta=1.0)
     fields.update(changes)
     return DemoConfig(**fields)
 
 
 def test_data_is_drawn_once_and_reused_while_settings_match(tmp_path):
     cfg = demo_config(tmp_path)
-    seconds, reused = prepare_data(cfg)
+    _, reused = prepare_data(cfg)
     assert not reused
     assert len(list((cfg.data_dir / "train").glob("*.mp4"))) == 3
     assert len(list((cfg.data_dir / "test").glob("*.mp4"))) == 2
@@ -152,17 +152,18 @@ def test_commands_use_the_real_scripts_and_flags(tmp_path):
     flags = dict(zip(train[5::2], train[6::2]))
     assert flags["--preset"] == "demo" and flags["--max_steps"] == "7"
     assert flags["--save_interval"] == "7"  # the final checkpoint is the one sampled
-    per_rank = preset_flags("demo")["batch_size"]
-    assert flags["--batch_size"] == str(per_rank)
-    single = dict(zip(train_command(cfg, [sys.executable])[2::2],
-                      train_command(cfg, [sys.executable])[3::2]))
-    assert single["--batch_size"] == str(2 * per_rank)  # one process keeps the global batch
+    assert "--batch_size" not in flags  # the preset's, per rank
+    single = train_command(cfg, [sys.executable])
+    single = dict(zip(single[2::2], single[3::2]))
+    # One process keeps the global batch of two ranks.
+    assert single["--batch_size"] == str(2 * preset_flags("demo")["batch_size"])
 
     pred = sample_command(cfg, mpi, "ckpt.pt", "prediction")
     assert pred[4].endswith("scripts/video_sample.py")
     assert pred[pred.index("--cond_frames") + 1] == "0,1,"
     assert pred[pred.index("--save_gt") + 1] == "True"
     assert pred[pred.index("--timestep_respacing") + 1] == "ddim25"
+    assert pred[pred.index("--use_ddim") + 1] == "True" and pred[pred.index("--eta") + 1] == "1.0"
     infill = sample_command(cfg, mpi, "ckpt.pt", "infilling")
     assert infill[infill.index("--cond_frames") + 1] == "0,7,"
     uncond = sample_command(cfg, mpi, "ckpt.pt", "unconditional")
@@ -178,3 +179,24 @@ def test_demo_preset_passes_the_training_flag_checks(tmp_path):
     assert cfg.batch_size == preset["batch_size"] and cfg.lr == preset["lr"]
     assert model_flags["image_size"] == preset["image_size"]
     assert model_flags["num_channels"] % 32 == 0  # GroupNorm's 32 groups
+
+
+def test_commands_are_shown_relative_to_the_repository():
+    from ramvid.demo.pipeline import REPO, shown
+
+    assert shown([str(REPO / ".venv" / "bin" / "mpirun"), "-n", "2", "/elsewhere/x.py", "a b"]) \
+        == ".venv/bin/mpirun -n 2 /elsewhere/x.py 'a b'"
+
+
+def test_demo_flags_are_checked_in_one_line(capsys):
+    sys.path.insert(0, str(__import__("ramvid.demo.pipeline", fromlist=["REPO"]).REPO / "scripts"))
+    import demo
+
+    for argv, flag in ((["--max_steps", "0"], "--max_steps"), (["--eta", "2"], "--eta"),
+                       (["--timestep_respacing", "100"], "--timestep_respacing"),
+                       (["--timestep_respacing", "ddimx"], "--timestep_respacing")):
+        with pytest.raises(SystemExit) as info:
+            demo.parse_args(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert flag in err and err.count("\n") == 1, err

@@ -73,7 +73,8 @@ def mean_frame(videos, given, reference):
     videos, mask = _check(videos, given)
     reference = np.asarray(reference)
     if reference.ndim != 5 or reference.shape[2:] != videos.shape[2:]:
-        raise ValueError(f"reference clips {reference.shape} must share H, W, C with {videos.shape}")
+        raise ValueError(
+            f"reference clips {reference.shape} must share H, W, C with {videos.shape}")
     average = np.rint(reference.reshape(-1, *reference.shape[2:]).mean(axis=0, dtype=np.float64))
     out = videos.copy()
     out[~mask] = average.astype(np.uint8)

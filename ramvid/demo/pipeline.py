@@ -15,6 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..presets import preset_flags
+
 REPO = Path(__file__).resolve().parents[2]
 TASKS = {  # name -> given frames (None: unconditional); T is the demo's seq_len
     "prediction": lambda t: [0, 1],
@@ -41,6 +43,7 @@ class DemoConfig:
     seed: int
     procs: int
     respacing: str  # sampling steps, e.g. "ddim25"
+    eta: float  # DDIM noise: 1 re-injects noise each step, which corrects drifting frames
     preset: str = "demo"
 
     def to_json(self):
@@ -70,11 +73,17 @@ def child_env(threads, logdir):
     return env
 
 
+def shown(command):
+    """The command as a user would type it in the repository root (paths inside it relative)."""
+    inside = str(REPO) + os.sep
+    return shlex.join(part.removeprefix(inside) for part in command)
+
+
 def run_step(name, command, env, log_path):
     """Run one child process: its stdout (log lines) goes to `log_path`, its stderr (the tqdm
     bar, warnings, errors) to the terminal. Returns the seconds it took."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"$ {shlex.join(command)}", flush=True)
+    print(f"$ {shown(command)}", flush=True)
     start = time.time()
     with open(log_path, "w") as log:
         code = subprocess.call(command, env=env, stdout=log, cwd=REPO)
@@ -104,18 +113,16 @@ def prepare_data(cfg):
 
 # ----------------------------------------------------------------------------- commands
 def train_command(cfg, prefix):
-    per_rank = 1 if len(prefix) == 1 else cfg.procs
-    from ..presets import preset_flags
-
-    # One process holds every rank's videos, so the global batch stays the preset's.
-    batch = preset_flags(cfg.preset)["batch_size"] * cfg.procs // per_rank
-    return prefix + [
+    command = prefix + [
         str(REPO / "scripts" / "video_train.py"), "--data_dir", str(cfg.data_dir / "train"),
-        "--preset", cfg.preset, "--image_size", str(cfg.image_size), "--seq_len", str(cfg.seq_len),
-        "--batch_size", str(batch), "--max_steps", str(cfg.max_steps),
+        "--preset", cfg.preset, "--max_steps", str(cfg.max_steps),
         "--save_interval", str(cfg.max_steps), "--log_interval", "10", "--seed", str(cfg.seed),
         "--num_workers", "1",
     ]
+    if len(prefix) == 1 and cfg.procs > 1:
+        # One process holds every rank's videos, so the global batch stays the preset's.
+        command += ["--batch_size", str(preset_flags(cfg.preset)["batch_size"] * cfg.procs)]
+    return command
 
 
 def sample_command(cfg, prefix, checkpoint, task):
@@ -125,7 +132,8 @@ def sample_command(cfg, prefix, checkpoint, task):
     command = prefix + [
         str(REPO / "scripts" / "video_sample.py"), "--model_path", str(checkpoint),
         "--num_samples", str(count), "--batch_size", str(-(-count // ranks)),
-        "--use_ddim", "True", "--timestep_respacing", cfg.respacing, "--seed", str(cfg.seed),
+        "--use_ddim", "True", "--eta", str(cfg.eta), "--timestep_respacing", cfg.respacing,
+        "--seed", str(cfg.seed),
         "--save_video", "gif",
     ]
     if frames:
@@ -153,6 +161,17 @@ def sample_files(task_dir):
     return samples[0], (truth[0] if truth else None)
 
 
-__all__ = ["DemoConfig", "DemoError", "TASKS", "child_env", "ema_checkpoint", "find_mpirun",
-           "launch_prefix", "prepare_data", "run_step", "sample_command", "sample_files",
-           "train_command"]
+__all__ = [
+    "TASKS",
+    "DemoConfig",
+    "DemoError",
+    "child_env",
+    "ema_checkpoint",
+    "find_mpirun",
+    "launch_prefix",
+    "prepare_data",
+    "run_step",
+    "sample_command",
+    "sample_files",
+    "train_command",
+]

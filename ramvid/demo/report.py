@@ -77,7 +77,8 @@ def plot_training_loss(progress_csv, png_path, title="training loss"):
     for q in range(4):
         name = f"loss_q{q}"
         if name in columns and np.isfinite(columns[name]).any():
-            ax.plot(step, columns[name], lw=1, alpha=0.8, label=f"t quartile {q}")
+            label = f"t quartile {q}" + (" (least noise)" if q == 0 else "")
+            ax.plot(step, columns[name], lw=1, alpha=0.8, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("MSE (frames not given)")

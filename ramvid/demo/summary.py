@@ -58,13 +58,15 @@ def summarise(cfg, checkpoint, timings, start):
     table = format_table(scores, METHODS)
     files = files_written(cfg, grids, plot)
 
+    def table_of(psnr_key, ssim_key):
+        return {task: {m: {"psnr": s[psnr_key], "ssim": s[ssim_key]} for m, s in by_method.items()}
+                for task, by_method in scores.items()}
+
     write_metrics_json(cfg.run_dir / "metrics.json", {
         "config": cfg.to_json(), "checkpoint": str(checkpoint), "training": train,
         "timings_s": timings,
-        "frame_metrics": {task: {m: {"psnr": s["psnr"], "ssim": s["ssim"]}
-                                 for m, s in by_method.items()} for task, by_method in scores.items()},
-        "per_clip": {task: {m: {"psnr": s["psnr_per_clip"], "ssim": s["ssim_per_clip"]}
-                            for m, s in by_method.items()} for task, by_method in scores.items()},
+        "frame_metrics": table_of("psnr", "ssim"),
+        "per_clip": table_of("psnr_per_clip", "ssim_per_clip"),
         "margins": gains,
         "files": {k: str(v) for k, v in files.items()},
     })
@@ -75,7 +77,8 @@ def summarise(cfg, checkpoint, timings, start):
     print()
     for task, gain in gains.items():
         print(f"{task}: ours - {COPY_LAST} = {gain['psnr_gain_over_copy_last_db']:+.2f} dB PSNR, "
-              f"{gain['ssim_gain_over_copy_last']:+.3f} SSIM; best baseline: {gain['best_baseline']}")
+              f"{gain['ssim_gain_over_copy_last']:+.3f} SSIM; "
+              f"best baseline: {gain['best_baseline']}")
     print(f"training loss {train['loss_first_10pct']:.3f} -> {train['loss_last_10pct']:.3f} over "
           f"{train['steps']} steps")
     print(f"time: data {timings['data_s']:.0f} s, training {timings['train_s']:.0f} s, sampling "
