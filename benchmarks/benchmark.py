@@ -46,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
     parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--default_heap", action="store_true",
+                        help="leave glibc's mmap threshold alone (the scripts fix it)")
     parser.add_argument("--batch_size", type=int, default=0, help="override the config's batch")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config in-process
     args = parser.parse_args(argv)
@@ -81,7 +83,7 @@ def run_one(name, args):
     from ramvid.train.loop import fused_adamw_supported
     from ramvid.train.step import draw_step_inputs, forward_backward, gradient_norm
 
-    heap_tuned = limit_heap_fragmentation()  # as the training and sampling scripts do
+    heap_tuned = False if args.default_heap else limit_heap_fragmentation()  # as training does
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
