@@ -137,6 +137,16 @@ class _ClipReader:
         frames = decode_window(entry.path, entry.meta, start, self.shard.seq_len, self._frame)
         return frames_to_tensor(frames)
 
+    def read_or_repair(self, entry: VideoEntry, start: int) -> torch.Tensor | None:
+        """The clip, or None after correcting the file's length or dropping it (then retry)."""
+        try:
+            return self.read(entry, start)
+        except ShortVideoError as error:
+            self.shard.correct_length(entry, error.available)
+        except VideoReadError as error:
+            self.shard.drop(entry, str(error).removeprefix(f"{entry.path}: "))
+        return None
+
 
 class RandomClipDataset(Dataset):
     """Item k of rank r: a random window of a file; a pure function of (seed, r, k).
@@ -175,12 +185,9 @@ class RandomClipDataset(Dataset):
             rng = np.random.default_rng([self.seed, self.rank, _ITEM_STREAM, item])
             last_start = entry.meta.num_frames - self.shard.seq_len
             start = int(rng.integers(0, last_start + 1))
-            try:
-                return self.reader.read(entry, start), entry.label
-            except ShortVideoError as error:
-                self.shard.correct_length(entry, error.available)
-            except VideoReadError as error:
-                self.shard.drop(entry, str(error).removeprefix(f"{entry.path}: "))
+            clip = self.reader.read_or_repair(entry, start)
+            if clip is not None:
+                return clip, entry.label
 
 
 class VideoClipDataset(Dataset):
@@ -222,10 +229,7 @@ class VideoClipDataset(Dataset):
         entry = self.shard.entries[index]
         while self.shard.usable(entry):
             start = min(self.start, entry.meta.num_frames - self.shard.seq_len)
-            try:
-                return self.reader.read(entry, start), entry.label
-            except ShortVideoError as error:
-                self.shard.correct_length(entry, error.available)
-            except VideoReadError as error:
-                self.shard.drop(entry, str(error).removeprefix(f"{entry.path}: "))
+            clip = self.reader.read_or_repair(entry, start)
+            if clip is not None:
+                return clip, entry.label
         raise DataError(f"clip {index}: video {entry.path} has no {self.shard.seq_len} frames")
