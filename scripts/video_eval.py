@@ -5,6 +5,11 @@ Inputs are the npz files video_sample.py writes (``arr_0``, uint8, N x T x H x W
     python scripts/video_eval.py --protocol bair --gt gt_256x16x64x64x3.npz \
         --samples seed*/256x16x64x64x3.npz
 
+or sample a checkpoint first and evaluate those samples (chunked, resumable in --work_dir):
+
+    python scripts/video_eval.py --protocol bair --model_path logs/run/ema_0.9999_200000.pt \
+        --data_dir data/bair_test --samples_per_clip 4 --timestep_respacing 100
+
 Each samples file holds S samples for every ground-truth clip, clip-major (rows i*S ..
 i*S+S-1 belong to clip i; S = 1 for one sampler run per seed). Several files are joined
 along the sample axis. Results go to a JSON file (``--output``, default beside the first
@@ -13,9 +18,13 @@ See docs/EVALUATION.md.
 """
 
 import json
+import shutil
 import sys
 import zipfile
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -23,8 +32,19 @@ import torch
 from ramvid.cli import make_parser
 from ramvid.flags import int_list, str2bool
 from ramvid.masking import mask_from_frames
+from ramvid import dist
+from ramvid.checkpoint import CheckpointError
+from ramvid.data import DataError
 from ramvid.metrics.evaluation import PROTOCOLS, describe, evaluate_predictions
+from ramvid.metrics.i3d import MIN_FRAMES
 from ramvid.metrics.i3d_weights import I3DWeightsError
+from ramvid.sample import ModelFlagsMismatch, SamplerOptions, denoise, load_model, sample_generators
+from ramvid.sample.clips import ClipSource
+from ramvid.sample.core import is_class_conditional, labels_for, model_video_shape, step_bar
+from ramvid.sample.ordered import BatchSpec, num_rounds, run_in_order
+from ramvid.sample.output import GT_PREFIX, sample_logdir, save_npz, to_uint8
+
+SETTINGS_JSON = "eval_sampling.json"  # what the chunks in --work_dir were sampled with
 
 
 class UsageError(Exception):
@@ -33,14 +53,34 @@ class UsageError(Exception):
 
 def build_parser():
     parser = make_parser(__doc__.splitlines()[0], prog="video_eval.py")
-    parser.add_argument("--samples", type=Path, nargs="+", required=True,
+    parser.add_argument("--samples", type=Path, nargs="+", default=None,
                         help="npz file(s) of sampled clips (arr_0: N x T x H x W x C uint8)")
-    parser.add_argument("--gt", type=Path, required=True,
+    parser.add_argument("--gt", type=Path, default=None,
                         help="npz of the ground-truth clips (arr_0: N_clips x T x H x W x C)")
+    sampling = parser.add_argument_group("sampling mode (instead of --samples/--gt)")
+    sampling.add_argument("--model_path", type=Path, default=None,
+                          help="checkpoint to sample from (flags from args.json beside it)")
+    sampling.add_argument("--data_dir", type=Path, default=None,
+                          help="test videos: clip i = first seq_len frames of the i-th file")
+    sampling.add_argument("--num_clips", type=int, default=None,
+                          help="evaluate the first N clips (default: all in --data_dir)")
+    sampling.add_argument("--timestep_respacing", default=None,
+                          help="sampling steps, e.g. 100 or ddim50 (default: the checkpoint's)")
+    sampling.add_argument("--use_ddim", type=str2bool, default=False, help="DDIM sampling")
+    sampling.add_argument("--eta", type=float, default=0.0, help="DDIM noise (with --use_ddim)")
+    sampling.add_argument("--seed", type=int, default=0,
+                          help="sample s of clip c uses a generator seeded by hash(seed, c*S+s)")
+    sampling.add_argument("--sample_batch_size", type=int, default=8,
+                          help="videos per sampling batch on each rank")
+    sampling.add_argument("--chunk_clips", type=int, default=16,
+                          help="clips per chunk; finished chunks in --work_dir are reused")
+    sampling.add_argument("--work_dir", type=Path, default=None,
+                          help="chunk_KKKK/ folders (default: $OPENAI_LOGDIR, else a new temp dir)")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="custom",
                         help="benchmark preset: bair (1 -> 15), kinetics600 (5 -> 11), custom")
     parser.add_argument("--samples_per_clip", type=int, default=None,
-                        help="samples per clip in each samples file (default: N / N_clips)")
+                        help="samples per clip in each samples file (default: N / N_clips); "
+                        "sampling mode: samples drawn per clip (default 1)")
     parser.add_argument("--cond_frames", type=int_list, default=None,
                         help="given frame indices, e.g. 0, (default: the protocol's)")
     parser.add_argument("--fvd_include_given", type=str2bool, default=None,
@@ -144,15 +184,33 @@ def resolve(args, num_clips: int, num_frames: int) -> dict:
                 obs_mask=obs_mask, include_given=include_given)
 
 
-def run_evaluation(samples: np.ndarray, gt: np.ndarray, args) -> dict:
+def fvd_skip_reason(setup: dict) -> str:
+    """Why FVD cannot be computed on these clips ("" when it can)."""
+    mask = setup["obs_mask"]
+    frames = mask.shape[1] if setup["include_given"] else int((~mask[0]).sum())
+    if frames >= MIN_FRAMES:
+        return ""
+    which = "frames per clip" if setup["include_given"] else "predicted frames per clip"
+    return f"FVD not computed: {frames} {which}, I3D needs at least {MIN_FRAMES}"
+
+
+def run_evaluation(samples: np.ndarray, gt: np.ndarray, args, skip_short_fvd=False) -> dict:
     """Evaluate (N_clips, S, T, H, W, C) samples against (N_clips, T, H, W, C) ground truth
-    as the flags say; returns JSON-ready results, including the protocol in words."""
+    as the flags say; returns JSON-ready results, including the protocol in words.
+    skip_short_fvd: clips too short for I3D get PSNR/SSIM and a note instead of an error."""
     setup = resolve(args, gt.shape[0], gt.shape[1])
     t = setup["num_frames"]
     samples, gt = samples[:, :, :t], gt[:, :t]
-    print(f"FVD includes the given frames: {setup['include_given']}", file=sys.stderr)
+    with_fvd, skipped = args.fvd, ""
+    if with_fvd and skip_short_fvd:
+        skipped = fvd_skip_reason(setup)
+        with_fvd = not skipped
+    if skipped:
+        print(skipped, flush=True)
+    else:
+        print(f"FVD includes the given frames: {setup['include_given']}", file=sys.stderr)
     raw = evaluate_predictions(samples, gt, setup["obs_mask"],
-                               fvd_include_given=setup["include_given"], with_fvd=args.fvd,
+                               fvd_include_given=setup["include_given"], with_fvd=with_fvd,
                                batch_size=args.batch_size, device=args.device)
     num_clips, per_clip = samples.shape[:2]
     results = {
@@ -165,6 +223,8 @@ def run_evaluation(samples: np.ndarray, gt: np.ndarray, args) -> dict:
                                "fvd_frames") if k in raw},
         "per_clip": {k: v.tolist() for k, v in raw["per_clip"].items()},
     }
+    if skipped:
+        results["fvd_skipped"] = skipped
     results["protocol_description"] = describe(
         setup["protocol"], num_clips, per_clip, t, gt.shape[2], setup["cond_frames"],
         setup["include_given"], raw.get("fvd_frames"))
@@ -178,26 +238,229 @@ def table(results: dict) -> str:
         rows.append(("FVD", results["fvd"]))
         rows.append(("FVD sqrtm imaginary residue", results["fvd_imag_residue"]))
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value:.4f}" for name, value in rows)
+    lines = [f"{name:<{width}}  {value:.4f}" for name, value in rows]
+    if "fvd_skipped" in results:
+        lines.append(results["fvd_skipped"])
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ sampling mode
+
+def check_mode(args):
+    """Exactly one input mode: --samples/--gt (files) or --model_path/--data_dir (sampling)."""
+    files = args.samples is not None or args.gt is not None
+    if args.model_path is not None:
+        if files:
+            raise UsageError("--model_path samples the clips itself: drop --samples/--gt "
+                             "(or drop --model_path to evaluate files)")
+        if args.data_dir is None:
+            raise UsageError("--model_path needs --data_dir (the test videos)")
+        for flag in ("num_clips", "sample_batch_size", "chunk_clips", "samples_per_clip"):
+            value = getattr(args, flag)
+            if value is not None and value < 1:
+                raise UsageError(f"--{flag} {value}: must be >= 1")
+        if args.seed < 0:
+            raise UsageError(f"--seed {args.seed}: must be >= 0")
+        if args.eta != 0 and not args.use_ddim:
+            raise UsageError(f"--eta {args.eta}: only DDIM has eta; add --use_ddim True")
+        return "model"
+    if args.samples is None or args.gt is None:
+        raise UsageError("give --samples and --gt (npz files), or --model_path and --data_dir")
+    return "files"
+
+
+def load_for_sampling(args):
+    """(model, diffusion, flags, clip source, number of clips, given frames)."""
+    if not args.model_path.is_file():
+        raise UsageError(f"--model_path {args.model_path}: no such file")
+    overrides = {} if args.timestep_respacing is None else {
+        "timestep_respacing": args.timestep_respacing}
+    try:
+        model, diffusion, flags = load_model(args.model_path, device="cpu", **overrides)
+    except (CheckpointError, ModelFlagsMismatch, ValueError, OSError) as err:
+        raise UsageError(f"--model_path {args.model_path}: {str(err).splitlines()[0]}") from None
+    seq_len = model_video_shape(model)[1]
+    try:
+        source = ClipSource(args.data_dir, flags, seq_len, args.samples_per_clip)
+    except DataError as err:
+        message = str(err).splitlines()[0]
+        raise UsageError(message if message.startswith("--data_dir")
+                         else f"--data_dir {args.data_dir}: {message}") from None
+    num_clips = args.num_clips or len(source)
+    if num_clips > len(source):
+        raise UsageError(f"--num_clips {num_clips}: --data_dir {args.data_dir} has "
+                         f"{len(source)} clips")
+    protocol = PROTOCOLS[args.protocol]
+    cond_frames = args.cond_frames if args.cond_frames is not None else protocol.cond_frames
+    if cond_frames is None:
+        raise UsageError("--cond_frames is required with --protocol custom (e.g. 0,)")
+    bad = [f for f in cond_frames if not 0 <= f < seq_len]
+    if bad:
+        raise UsageError(f"--cond_frames {cond_frames}: frames {bad} outside [0, "
+                         f"seq_len={seq_len}) of the model")
+    return model, diffusion, flags, source, num_clips, list(cond_frames)
+
+
+def sampling_settings(args, flags, num_clips, cond_frames):
+    """Everything the chunk files depend on; a rerun must match to reuse them."""
+    return {"model_path": str(args.model_path.resolve()), "data_dir": str(args.data_dir.resolve()),
+            "num_clips": num_clips, "chunk_clips": args.chunk_clips,
+            "samples_per_clip": args.samples_per_clip, "cond_frames": cond_frames,
+            "seed": args.seed, "timestep_respacing": flags["timestep_respacing"],
+            "use_ddim": args.use_ddim, "eta": args.eta}
+
+
+def prepare_work_dir(args, settings) -> Path:
+    """Rank 0: the work dir, holding the settings of its chunks (a mismatch is an error)."""
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        work_dir = args.work_dir
+    else:
+        work_dir = sample_logdir()
+    print(f"work dir: {work_dir}", flush=True)
+    path = work_dir / SETTINGS_JSON
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        changed = [k for k in settings if recorded.get(k) != settings[k]]
+        if changed:
+            k = changed[0]
+            raise UsageError(f"--work_dir {work_dir} holds chunks sampled with {k}="
+                             f"{recorded.get(k)!r}, not {settings[k]!r}; use a new --work_dir")
+    else:
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+    return work_dir
+
+
+def chunk_dir(work_dir: Path, k: int) -> Path:
+    return work_dir / f"chunk_{k:04d}"
+
+
+def sample_chunk(model, diffusion, source, args, cond_frames, clips, rank, world_size, device):
+    """Sample S videos for each clip in `clips` (a range); rank 0 gets
+    {"samples": uint8 (n*S, T, H, W, C), "gt": ...}. Sample s of clip c is global sample
+    c*S + s, seeded by (seed, c*S + s): chunking does not change any sample."""
+    per_clip = args.samples_per_clip
+    first, count = clips.start * per_clip, len(clips) * per_clip
+    channels, seq_len, height, width = model_video_shape(model)
+    options = SamplerOptions(use_ddim=args.use_ddim, eta=args.eta)
+    item = (seq_len, height, width, channels)
+    spec = BatchSpec(samples=(item, torch.uint8), gt=(item, torch.uint8))
+
+    def work(local, callback):
+        indices = [first + i for i in local]
+        videos, clip_labels = source.clips(indices)  # (n, C, T, H, W) in [-1, 1]
+        labels = labels_for(model, args.seed, indices, clip_labels) \
+            if is_class_conditional(model) else None
+        obs_mask = mask_from_frames(cond_frames, len(indices), seq_len)
+        samples = denoise(model, diffusion, sample_generators(args.seed, indices), obs=videos,
+                          obs_mask=obs_mask, labels=labels, options=options, callback=callback)
+        return {"samples": to_uint8(samples), "gt": to_uint8(videos)}
+
+    parts = {"samples": [], "gt": []}
+
+    def collect(_b, _indices, result):
+        for name in parts:
+            parts[name].append(np.asarray(result[name]))
+
+    rounds = num_rounds(count, args.sample_batch_size, world_size)
+    bar, callback = step_bar(rounds * diffusion.num_timesteps, rank == 0,
+                             desc=f"chunk {clips.start // args.chunk_clips}")
+    with bar:
+        run_in_order(count, args.sample_batch_size, lambda idx: work(idx, callback), spec,
+                     collect, rank=rank, world_size=world_size, device=device)
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()} if rank == 0 else None
+
+
+def save_chunk(folder: Path, arrays, per_clip):
+    """Write into a temporary folder, then rename it: a chunk folder is always complete."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    save_npz(partial, arrays["samples"])
+    save_npz(partial, arrays["gt"][::per_clip], prefix=GT_PREFIX)  # one row per clip
+    partial.rename(folder)
+
+
+def load_chunk(folder: Path):
+    samples = [p for p in folder.glob("*.npz") if not p.name.startswith(GT_PREFIX)]
+    gt = list(folder.glob(GT_PREFIX + "*.npz"))
+    if len(samples) != 1 or len(gt) != 1:
+        raise UsageError(f"--work_dir: {folder} should hold one samples and one gt_ npz file")
+    return load_clips(samples[0], "--work_dir"), load_clips(gt[0], "--work_dir")
+
+
+def sample_and_load(args):
+    """Sample (all ranks) or reuse every chunk; on rank 0 returns (samples (N_clips, S, T, H,
+    W, C), gt (N_clips, T, H, W, C), work dir, reused chunk numbers); None elsewhere."""
+    if args.samples_per_clip is None:
+        args.samples_per_clip = 1
+    model, diffusion, flags, source, num_clips, cond_frames = load_for_sampling(args)
+    info = dist.setup_dist()
+    work_dir, todo, error = None, None, ""
+    chunks = [range(c, min(c + args.chunk_clips, num_clips))
+              for c in range(0, num_clips, args.chunk_clips)]
+    if info.is_main:
+        try:
+            work_dir = prepare_work_dir(args, sampling_settings(args, flags, num_clips,
+                                                                cond_frames))
+        except UsageError as err:
+            error = str(err)
+        else:
+            todo = [k for k in range(len(chunks)) if not chunk_dir(work_dir, k).is_dir()]
+            for k in range(len(chunks)):
+                if k not in todo:
+                    print(f"reusing chunk {k}", flush=True)
+    todo, error = dist.broadcast_object((todo, error))  # every rank stops on rank 0's error
+    if error:
+        raise UsageError(error)
+    model.to(info.device)
+    for k in todo:
+        arrays = dist.run_or_abort(sample_chunk, model, diffusion, source, args, cond_frames,
+                                   chunks[k], info.rank, info.world_size, info.device)
+        if info.is_main:
+            save_chunk(chunk_dir(work_dir, k), arrays, args.samples_per_clip)
+    if not info.is_main:
+        return None
+    parts = [load_chunk(chunk_dir(work_dir, k)) for k in range(len(chunks))]
+    samples = np.concatenate([p[0] for p in parts])
+    gt = np.concatenate([p[1] for p in parts])
+    samples = samples.reshape(num_clips, args.samples_per_clip, *samples.shape[1:])
+    reused = [k for k in range(len(chunks)) if k not in todo]
+    return samples, gt, work_dir, reused
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        output = args.output or args.samples[0].with_name(args.samples[0].stem + "_eval.json")
+        mode = check_mode(args)
+        if mode == "model":
+            loaded = sample_and_load(args)
+            if loaded is None:  # ranks other than 0 only sample
+                dist.cleanup()
+                return
+            samples, gt, work_dir, reused = loaded
+            output = args.output or work_dir / "eval.json"
+        else:
+            output = args.output or args.samples[0].with_name(args.samples[0].stem + "_eval.json")
         if not output.parent.is_dir():
             raise UsageError(f"--output {output}: directory {output.parent} does not exist")
-        gt = load_clips(args.gt, "--gt")
-        first = load_clips(args.samples[0], "--samples")
-        if len(args.samples) == 1:
-            gt = one_row_per_clip(gt, first.shape[0], args.samples_per_clip)
-        samples = load_samples(args.samples, gt, args.samples_per_clip, first)
-        del first
-        results = run_evaluation(samples, gt, args)
+        if mode == "files":
+            gt = load_clips(args.gt, "--gt")
+            first = load_clips(args.samples[0], "--samples")
+            if len(args.samples) == 1:
+                gt = one_row_per_clip(gt, first.shape[0], args.samples_per_clip)
+            samples = load_samples(args.samples, gt, args.samples_per_clip, first)
+            del first
+        results = run_evaluation(samples, gt, args, skip_short_fvd=mode == "model")
     except (UsageError, ValueError, I3DWeightsError) as err:
         parser.error(str(err))  # one line, exit code 2
-    results.update(samples=[str(p) for p in args.samples], gt=str(args.gt))
+    if mode == "model":
+        results.update(model_path=str(args.model_path), data_dir=str(args.data_dir),
+                       work_dir=str(work_dir), seed=args.seed, reused_chunks=reused)
+        dist.cleanup()
+    else:
+        results.update(samples=[str(p) for p in args.samples], gt=str(args.gt))
     text = json.dumps(results, indent=2)
     output.write_text(text + "\n")
     print(text)

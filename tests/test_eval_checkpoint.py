@@ -1,0 +1,72 @@
+"""scripts/video_eval.py --model_path: sample a tiny checkpoint in resumable chunks, then
+evaluate PSNR/SSIM as for npz files."""
+import json
+
+import pytest
+
+from test_sample_kit import load_script, make_checkpoint, make_videos
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_ckpt")
+    return make_checkpoint(root / "run"), make_videos(root / "videos")
+
+
+def evaluate(setup, work_dir, chunk_clips, capsys, *extra):
+    checkpoint, videos = setup
+    argv = ["--model_path", checkpoint, "--data_dir", videos, "--cond_frames", "0,1",
+            "--samples_per_clip", 2, "--timestep_respacing", 4, "--sample_batch_size", 2,
+            "--chunk_clips", chunk_clips, "--fvd", "False", "--work_dir", work_dir, *extra]
+    load_script("video_eval").main([str(a) for a in argv])
+    out = capsys.readouterr().out
+    return json.loads((work_dir / "eval.json").read_text()), out
+
+
+def headline(results):
+    return {k: results[k] for k in ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean",
+                                    "per_clip")}
+
+
+def test_sample_then_evaluate_reuses_chunks_and_chunking_changes_nothing(setup, tmp_path,
+                                                                         capsys):
+    first, out = evaluate(setup, tmp_path / "a", 1, capsys)
+    assert first["num_clips"] == 3 and first["samples_per_clip"] == 2
+    assert first["num_frames"] == 6 and first["cond_frames"] == [0, 1]
+    for metric in ("psnr", "ssim"):
+        assert first[f"{metric}_best"] >= first[f"{metric}_mean"]
+    assert first["psnr_best"] > first["psnr_mean"]  # two different samples per clip
+    assert "reusing chunk" not in out
+    assert sorted(p.name for p in (tmp_path / "a").glob("chunk_*")) == [
+        "chunk_0000", "chunk_0001", "chunk_0002"]
+
+    again, out = evaluate(setup, tmp_path / "a", 1, capsys)
+    assert all(f"reusing chunk {k}" in out for k in range(3))
+    assert again["reused_chunks"] == [0, 1, 2]
+    assert headline(again) == headline(first)
+
+    whole, out = evaluate(setup, tmp_path / "b", 10, capsys)
+    assert sorted(p.name for p in (tmp_path / "b").glob("chunk_*")) == ["chunk_0000"]
+    assert headline(whole) == headline(first)
+
+
+def test_short_clips_skip_fvd_with_a_reason(setup, tmp_path, capsys):
+    results, out = evaluate(setup, tmp_path / "w", 10, capsys, "--num_clips", "2",
+                            "--samples_per_clip", "1", "--fvd", "True")
+    assert "FVD not computed: 6 frames per clip, I3D needs at least 9" in out
+    assert "fvd" not in results and results["psnr_best"] == results["psnr_mean"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model_path", "x.pt", "--samples", "s.npz", "--data_dir", "d"], "drop --samples/--gt"),
+    (["--protocol", "bair"], "give --samples and --gt"),
+    (["--model_path", "x.pt"], "--model_path needs --data_dir"),
+])
+def test_exactly_one_input_mode(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("video_eval").main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
