@@ -17,25 +17,23 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
-def int_list(value):
-    """'0,1,' -> [0, 1]; a trailing comma (as in the paper's commands) is tolerated."""
+def _comma_list(value, cast, kind):
     if isinstance(value, (list, tuple)):
-        return [int(v) for v in value]
+        return [cast(v) for v in value]
     parts = [p.strip() for p in str(value).split(",") if p.strip()]
     try:
-        return [int(p) for p in parts]
+        return [cast(p) for p in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a comma list of {kind}, got {value!r}")
+
+
+def int_list(value):
+    """'0,1,' -> [0, 1]; a trailing comma (as in the paper's commands) is tolerated."""
+    return _comma_list(value, int, "integers")
 
 
 def float_list(value):
-    if isinstance(value, (list, tuple)):
-        return [float(v) for v in value]
-    parts = [p.strip() for p in str(value).split(",") if p.strip()]
-    try:
-        return [float(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {value!r}")
+    return _comma_list(value, float, "numbers")
 
 
 def add_flags(parser, defaults, help_texts=None):
