@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as `python datasets/bair.py`: import from t
 
 from datasets.common import DatasetError, prepare_split_dir, run_cli  # noqa: E402
 from datasets.tfrecord import TFRecordError, parse_example, read_records  # noqa: E402
-from datasets.video_io import write_video  # noqa: E402
+from ramvid.video_io import write_video  # noqa: E402
 from ramvid.flags import str2bool  # noqa: E402
 
 FRAME_SHAPE = (64, 64, 3)

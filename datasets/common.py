@@ -1,10 +1,10 @@
 """Helpers shared by the dataset scripts: class names in file names and friendly CLI errors."""
-import os
 import re
 import sys
 from pathlib import Path
 
-VIDEO_SUFFIXES = (".gif", ".mp4", ".avi")  # what the training data loader reads
+from ramvid.data.files import class_name_of, is_video
+
 
 
 class DatasetError(Exception):
@@ -13,7 +13,7 @@ class DatasetError(Exception):
 
 def class_of(path):
     """The class of a video as `--class_cond True` reads it: the file name before the first `_`."""
-    return os.path.basename(str(path)).split("_", 1)[0]
+    return class_name_of(Path(path))
 
 
 def class_token(label):
@@ -35,7 +35,7 @@ def prepare_split_dir(out_dir, split, overwrite):
     With `overwrite` the old videos are deleted, so a smaller new set leaves no stale clips.
     """
     split_dir = Path(out_dir) / split
-    old = [p for p in split_dir.glob("*") if p.suffix.lower() in VIDEO_SUFFIXES] \
+    old = [p for p in split_dir.glob("*") if is_video(p)] \
         if split_dir.is_dir() else []
     if old and not overwrite:
         raise DatasetError(

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as `python datasets/kinetics600.py`: import
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.common import DatasetError, class_token, run_cli, warn  # noqa: E402
-from datasets.video_io import VideoWriter  # noqa: E402
+from ramvid.video_io import VideoWriter  # noqa: E402
 from ramvid.flags import str2bool  # noqa: E402
 
 SOURCE_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")

@@ -24,8 +24,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python datasets/synthetic.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import DatasetError, prepare_split_dir, run_cli  # noqa: E402
-from datasets.video_io import write_video  # noqa: E402
+from datasets.common import DatasetError, class_of, prepare_split_dir, run_cli  # noqa: E402
+from ramvid.video_io import write_video  # noqa: E402
 from ramvid.flags import str2bool  # noqa: E402
 
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -179,7 +179,7 @@ def main(argv=None):
                        args.num_frames, args.seed, args.max_sprites, args.fps, args.overwrite)
     seconds = time.time() - start
     for split, paths in written.items():
-        classes = Counter(p.name.split("_", 1)[0] for p in paths)
+        classes = Counter(class_of(p) for p in paths)
         summary = ", ".join(f"{name} {classes[name]}" for name in sorted(classes)) or "no clips"
         folder = Path(args.out_dir) / split
         print(f"{split}: {len(paths)} clips in {folder} ({summary})")

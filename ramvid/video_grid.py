@@ -7,12 +7,12 @@ reader sees at a glance which frames the model made.
     save_video_grid("samples.gif", videos, given=mask)     # mask: bool (N, T) or (T,)
     save_video_grid("samples.png", videos, cond_frames=[0, 1])
 """
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
+
+from .video_io import write_video
 
 GIVEN_COLOR = (230, 40, 40)  # red: a frame the model was given
 GENERATED_COLOR = (40, 40, 40)  # dark grey: a frame the model generated
@@ -128,18 +128,7 @@ def _write_mp4(path, frames, fps):
     padded = np.empty((t, h + h % 2, w + w % 2, 3), dtype=np.uint8)
     padded[:] = BACKGROUND
     padded[:, :h, :w] = frames
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height = padded.shape[2], padded.shape[1]
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "18"}  # visually lossless enough to judge samples
-        for frame in padded:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(path, padded, fps, crf=18)  # visually lossless enough to judge samples
 
 
 __all__ = [

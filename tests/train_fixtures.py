@@ -26,7 +26,7 @@ def make_videos(folder, num_mp4=4, frames=6, size=8, seed=0, extras=True):
     if str(REPO) not in sys.path:  # `datasets/` is a folder of the checkout, not a package
         sys.path.insert(0, str(REPO))
     from datasets.synthetic import generate, make_clips
-    from datasets.video_io import write_video
+    from ramvid.video_io import write_video
 
     folder = Path(folder)
     generate(folder, num_train=num_mp4, num_test=0, image_size=size, num_frames=frames, seed=seed)

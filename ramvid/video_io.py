@@ -2,8 +2,8 @@
 
 The synthetic set and BAIR are written losslessly: H.264 in its RGB flavour (`libx264rgb`,
 `qp=0`) inside .mp4. Colours survive exactly (round-trip error 0), the files are small, and
-the training loader, which walks .gif/.mp4/.avi, reads them with PyAV. Real camera footage
-(Kinetics-600) is written lossy (`libx264`, yuv420p, CRF) to keep the set a reasonable size.
+the training loader reads them with PyAV. Real camera footage (Kinetics-600) and sample grids
+are written lossy (`libx264`, yuv420p, CRF), which every player decodes.
 """
 import os
 from fractions import Fraction
@@ -39,10 +39,13 @@ class VideoWriter:
             self.stream = self.container.add_stream("libx264rgb", rate=rate)
             self.stream.pix_fmt = "rgb24"
             self.stream.options = {"qp": "0", "preset": "veryfast"}
-        else:
+        elif "libx264" in av.codecs_available:
             self.stream = self.container.add_stream("libx264", rate=rate)
             self.stream.pix_fmt = "yuv420p"
             self.stream.options = {"crf": str(crf), "preset": "medium"}
+        else:  # an FFmpeg build without x264: MPEG-4 part 2, its default quality
+            self.stream = self.container.add_stream("mpeg4", rate=rate)
+            self.stream.pix_fmt = "yuv420p"
         self.stream.width, self.stream.height = width, height
         self.count = 0
 
