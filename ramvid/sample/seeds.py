@@ -8,6 +8,8 @@ every device.
 import numpy as np
 import torch
 
+from ..seeding import derive_seed
+
 _NOISE_STREAM, _LABEL_STREAM = 0, 1
 
 
@@ -19,8 +21,7 @@ def _check_seed(seed):
 def sample_seed(seed, index):
     """A 63-bit seed for sample `index` of a run seeded with `seed` (SeedSequence hash)."""
     _check_seed(seed)
-    state = np.random.SeedSequence([int(seed), int(index), _NOISE_STREAM]).generate_state(1, np.uint64)
-    return int(state[0] >> np.uint64(1))
+    return derive_seed(seed, index, _NOISE_STREAM)
 
 
 def sample_generators(seed, indices):

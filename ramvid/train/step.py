@@ -8,11 +8,11 @@ same gradient).
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..diffusion.resample import LossSecondMomentResampler
 from ..masking import sample_train_mask
+from ..seeding import derive_seed
 
 MASK_STREAM, TIMESTEP_STREAM, NOISE_STREAM = 0, 1, 2
 LOSS_TERMS = ("loss", "mse", "vb")
@@ -20,8 +20,7 @@ LOSS_TERMS = ("loss", "mse", "vb")
 
 def stream_seed(seed, rank, step, stream):
     """A well-mixed 63-bit seed for one random stream of one step of one rank."""
-    state = np.random.SeedSequence([seed, rank, step, stream]).generate_state(1, np.uint64)[0]
-    return int(state >> np.uint64(1))
+    return derive_seed(seed, rank, step, stream)
 
 
 @dataclass
