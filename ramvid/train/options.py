@@ -47,6 +47,9 @@ HELP = {
     "max_bad_steps": "stop after this many consecutive steps with a non-finite loss or gradient "
                      "(0 = never)",
     "dist_timeout": "seconds a collective may wait for the other ranks before the job fails",
+    "sample_interval": "every this many steps rank 0 samples held-out clips of --val_data_dir "
+                       "(prediction, infilling; EMA weights) into the log dir; 0 = off",
+    "val_data_dir": "held-out videos for --sample_interval previews and a held-out loss",
 }
 
 
@@ -80,6 +83,8 @@ def training_defaults():
         num_workers=2,
         max_bad_steps=20,
         dist_timeout=600.0,
+        sample_interval=0,
+        val_data_dir="",
     )
 
 
@@ -114,6 +119,8 @@ class TrainConfig:
     num_workers: int = 2
     max_bad_steps: int = 20
     dist_timeout: float = 600.0
+    sample_interval: int = 0
+    val_data_dir: str = ""
 
     def to_json(self):
         out = asdict(self)
@@ -185,7 +192,7 @@ def _validate(parser, args, model_flags):
     _positive(parser, args, "batch_size", "lr", "log_interval", "save_interval", "dist_timeout")
     _positive(parser, args, "weight_decay", "lr_anneal_steps", "clip", "seed", "max_steps",
               "num_workers", "max_bad_steps", "max_num_mask_frames", "steps_drop", "drop",
-              "decay", allow_zero=True)
+              "decay", "sample_interval", allow_zero=True)
     microbatch = args.batch_size if args.microbatch in (-1, 0) else args.microbatch
     check(parser, 1 <= microbatch <= args.batch_size, "microbatch", args.microbatch,
           f"must be -1 (= batch_size) or in 1..batch_size ({args.batch_size})")
@@ -227,6 +234,13 @@ def _validate(parser, args, model_flags):
     check(parser, bool(args.data_dir), "data_dir", args.data_dir, "must name a folder of videos")
     check(parser, data_dir.is_dir(), "data_dir", args.data_dir, "is not an existing directory")
 
+    if args.sample_interval:
+        check(parser, bool(args.val_data_dir), "sample_interval", args.sample_interval,
+              "needs --val_data_dir (the held-out clips to sample)")
+    if args.val_data_dir:
+        check(parser, Path(args.val_data_dir).is_dir(), "val_data_dir", args.val_data_dir,
+              "is not an existing directory")
+
     resume = args.resume_checkpoint
     if resume and resume != "auto":
         try:
@@ -248,4 +262,5 @@ def _validate(parser, args, model_flags):
         uncondition_rate=args.uncondition_rate, exclude_conditional=args.exclude_conditional,
         max_steps=args.max_steps, num_workers=args.num_workers,
         max_bad_steps=args.max_bad_steps, dist_timeout=args.dist_timeout,
+        sample_interval=args.sample_interval, val_data_dir=args.val_data_dir,
     )
