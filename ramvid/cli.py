@@ -1,18 +1,24 @@
-"""Command-line plumbing shared by the scripts: one-line flag errors, presets, dry runs, args.json.
+"""Command-line plumbing shared by the scripts: one-line user errors, presets, dry runs, args.json.
 
-Every bad value ends the program with exit code 2 and one line on stderr that names the flag and
-the value (`video_train.py: error: --lr 'abc': ...`), never a traceback:
+A user mistake (bad flag value, missing or unusable file) ends the program with exit code 2 and
+one line on stderr that names the flag, file or value (`video_train.py: error: --lr 'abc': ...`),
+never a traceback. Library code raises `UsageError`; a command's `main` is decorated with
+`@entry_point`, which turns it into that line and exit code:
 
-    parser = make_parser("Train a RaMViD model.")
-    add_flags(parser, defaults)                  # ramvid.flags
-    add_common_flags(parser)                     # --preset, --dry_run
-    args = parse_flags(parser, argv)             # applies --preset; explicit flags win
-    check(parser, args.lr > 0, "lr", args.lr, "must be positive")
-    check_model_flags(parser, select(args, model_and_diffusion_defaults()))
-    exit_if_dry_run(args, config)                # prints the resolved config as JSON, exit 0
-    write_args_json(logdir, config)
+    @entry_point
+    def main(argv=None):
+        parser = make_parser("Train a RaMViD model.")
+        add_flags(parser, defaults)                  # ramvid.flags
+        add_common_flags(parser)                     # --preset, --dry_run
+        args = parse_flags(parser, argv)             # applies --preset; explicit flags win
+        check(parser, args.lr > 0, "lr", args.lr, "must be positive")
+        if not Path(args.data_dir).is_dir():
+            raise UsageError(f"--data_dir {args.data_dir}: not a directory")
+        exit_if_dry_run(args, config)                # prints the resolved config as JSON, exit 0
+        write_args_json(logdir, config)
 """
 import argparse
+import functools
 import json
 import os
 import platform
@@ -23,6 +29,39 @@ from .dist import env_rank
 from .presets import PRESETS, preset_flags
 
 ARGS_JSON = "args.json"
+USAGE_EXIT_CODE = 2
+
+
+class UsageError(Exception):
+    """A user mistake: a bad flag value, a missing or unusable file or folder. The message names
+    the flag, file or value and what to do; `entry_point` prints it as one line, exit code 2."""
+
+
+def exit_with_usage_error(message, prog=None):
+    """Print `prog: error: message` (rank 0 only under a launcher) and exit with code 2."""
+    # Under mpirun every rank parses the same flags; one copy of the message is enough.
+    if env_rank() == 0:
+        sys.stderr.write(f"{prog or Path(sys.argv[0]).name}: error: {message}\n")
+        sys.stderr.flush()
+    sys.exit(USAGE_EXIT_CODE)
+
+
+def entry_point(main):
+    """Decorate a command's `main(argv=None)`: a UsageError raised anywhere below it ends the
+    program with one line `prog: error: message` and exit code 2; Ctrl-C with `prog: interrupted`
+    and exit code 130. Other exceptions keep their traceback (they are bugs, not user mistakes)."""
+
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UsageError as e:
+            exit_with_usage_error(_one_line(e))
+        except KeyboardInterrupt:
+            sys.stderr.write(f"{Path(sys.argv[0]).name}: interrupted\n")
+            sys.exit(130)
+
+    return run
 
 
 class FlagParser(argparse.ArgumentParser):
@@ -33,11 +72,7 @@ class FlagParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        # Under mpirun every rank parses the same flags; one copy of the message is enough.
-        if env_rank() == 0:
-            sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-            sys.stderr.flush()
-        sys.exit(2)
+        exit_with_usage_error(f"{message} (see --help)", self.prog)
 
 
 def make_parser(description, prog=None):
@@ -156,7 +191,8 @@ def read_args_json(path):
 
 
 __all__ = [
-    "ARGS_JSON", "FlagParser", "add_common_flags", "check", "check_model_flags", "config_json",
+    "ARGS_JSON", "USAGE_EXIT_CODE", "FlagParser", "UsageError", "entry_point",
+    "exit_with_usage_error", "add_common_flags", "check", "check_model_flags", "config_json",
     "exit_if_dry_run", "flag_error", "make_parser", "parse_flags", "read_args_json", "versions",
     "write_args_json",
 ]
