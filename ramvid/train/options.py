@@ -50,6 +50,12 @@ HELP = {
     "sample_interval": "every this many steps rank 0 samples held-out clips of --val_data_dir "
                        "(prediction, infilling; EMA weights) into the log dir; 0 = off",
     "val_data_dir": "held-out videos for --sample_interval previews and a held-out loss",
+    "log_dir": "folder for checkpoints and logs (default: $OPENAI_LOGDIR, else a new temp folder)",
+    "overwrite": "allow a fresh start in a log dir holding another run's checkpoints (they are "
+                 "deleted first)",
+    "keep_checkpoints": "keep only the newest N complete checkpoints; 0 = keep all",
+    "keep_every": "with --keep_checkpoints: also keep every checkpoint whose step is a multiple "
+                  "of K; 0 = none",
 }
 
 
@@ -85,6 +91,10 @@ def training_defaults():
         dist_timeout=600.0,
         sample_interval=0,
         val_data_dir="",
+        log_dir="",
+        overwrite=False,
+        keep_checkpoints=0,
+        keep_every=0,
     )
 
 
@@ -121,6 +131,10 @@ class TrainConfig:
     dist_timeout: float = 600.0
     sample_interval: int = 0
     val_data_dir: str = ""
+    log_dir: str = ""
+    overwrite: bool = False
+    keep_checkpoints: int = 0
+    keep_every: int = 0
 
     def to_json(self):
         out = asdict(self)
@@ -192,7 +206,13 @@ def _validate(parser, args, model_flags):
     _positive(parser, args, "batch_size", "lr", "log_interval", "save_interval", "dist_timeout")
     _positive(parser, args, "weight_decay", "lr_anneal_steps", "clip", "seed", "max_steps",
               "num_workers", "max_bad_steps", "max_num_mask_frames", "steps_drop", "drop",
-              "decay", "sample_interval", allow_zero=True)
+              "decay", "sample_interval", "keep_checkpoints", "keep_every", allow_zero=True)
+    if args.keep_every:
+        check(parser, args.keep_checkpoints > 0, "keep_every", args.keep_every,
+              "only applies with --keep_checkpoints N (without it every checkpoint is kept)")
+        check(parser, args.keep_every % args.save_interval == 0, "keep_every", args.keep_every,
+              f"must be a multiple of --save_interval ({args.save_interval}), or no checkpoint "
+              f"is ever kept by it")
     microbatch = args.batch_size if args.microbatch in (-1, 0) else args.microbatch
     check(parser, 1 <= microbatch <= args.batch_size, "microbatch", args.microbatch,
           f"must be -1 (= batch_size) or in 1..batch_size ({args.batch_size})")
@@ -263,4 +283,6 @@ def _validate(parser, args, model_flags):
         max_steps=args.max_steps, num_workers=args.num_workers,
         max_bad_steps=args.max_bad_steps, dist_timeout=args.dist_timeout,
         sample_interval=args.sample_interval, val_data_dir=args.val_data_dir,
+        log_dir=args.log_dir, overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints,
+        keep_every=args.keep_every,
     )
