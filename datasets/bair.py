@@ -8,7 +8,6 @@ bair_robot_pushing_dataset_v0.tar). Every record is one tf.train.Example whose f
 becomes `out_dir/<split>/bair_<record file>_<k>.mp4`; the class prefix is `bair` for all.
 No TensorFlow is needed: datasets/tfrecord.py reads the records and checks their checksums.
 """
-import argparse
 import re
 import sys
 import time
@@ -21,10 +20,11 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python datasets/bair.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import DatasetError, prepare_split_dir, run_cli  # noqa: E402
+from datasets.common import prepare_split_dir  # noqa: E402
 from datasets.tfrecord import TFRecordError, parse_example, read_records  # noqa: E402
-from ramvid.video_io import write_video  # noqa: E402
+from ramvid.cli import UsageError, entry_point, make_parser  # noqa: E402
 from ramvid.flags import str2bool  # noqa: E402
+from ramvid.video_io import write_video  # noqa: E402
 
 FRAME_SHAPE = (64, 64, 3)
 FPS = 10  # the BAIR robot was recorded at about 10 Hz
@@ -77,7 +77,7 @@ def convert(bair_dir, out_dir, splits=("train", "test"), camera="image_aux1", wo
              for split in splits}
     for split, paths in files.items():
         if not paths:
-            raise DatasetError(f"--bair_dir {bair_dir}: no *.tfrecords files in {bair_dir / split}")
+            raise UsageError(f"--bair_dir {bair_dir}: no *.tfrecords files in {bair_dir / split}")
     split_dirs = {split: prepare_split_dir(out_dir, split, overwrite) for split in splits}
     written = {}
     with Pool(workers) if workers > 1 else _NoPool() as pool:
@@ -88,7 +88,7 @@ def convert(bair_dir, out_dir, splits=("train", "test"), camera="image_aux1", wo
             try:
                 written[split] = sum(counts)
             except (TFRecordError, OSError) as err:
-                raise DatasetError(str(err)) from None
+                raise UsageError(str(err)) from None
     return written
 
 
@@ -105,8 +105,9 @@ class _NoPool:
         return False
 
 
+@entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--bair_dir", required=True,
                         help="softmotion30_44k folder holding train/ and test/ *.tfrecords")
     parser.add_argument("--out_dir", required=True, help="writes out_dir/train and out_dir/test")
@@ -130,4 +131,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

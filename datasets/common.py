@@ -1,14 +1,17 @@
-"""Helpers shared by the dataset scripts: class names in file names and friendly CLI errors."""
+"""Helpers shared by the dataset scripts: class names in file names, output folders, warnings.
+
+A problem with the user's input (a flag, a file) is a `ramvid.cli.UsageError`: the scripts'
+`main` is decorated with `ramvid.cli.entry_point`, which reports it as one line, exit code 2.
+"""
 import re
 import sys
 from pathlib import Path
 
+from ramvid.cli import UsageError, entry_point
 from ramvid.data.files import class_name_of, is_video
 
-
-
-class DatasetError(Exception):
-    """A problem with the user's input (a flag, a file) that is reported as one line."""
+# Until datasets/synthetic.py uses ramvid.cli directly, its old names for the same two things.
+DatasetError = UsageError
 
 
 def class_of(path):
@@ -25,7 +28,7 @@ def class_token(label):
     words = re.findall(r"[A-Za-z0-9]+", label.replace("'", ""))
     token = "".join(w[0].upper() + w[1:] for w in words)
     if not token:
-        raise DatasetError(f"label {label!r} has no letters or digits to name its class")
+        raise UsageError(f"label {label!r} has no letters or digits to name its class")
     return token
 
 
@@ -38,7 +41,7 @@ def prepare_split_dir(out_dir, split, overwrite):
     old = [p for p in split_dir.glob("*") if is_video(p)] \
         if split_dir.is_dir() else []
     if old and not overwrite:
-        raise DatasetError(
+        raise UsageError(
             f"{split_dir} already holds {len(old)} videos; pass --overwrite True to replace them")
     for path in old:
         path.unlink()
@@ -51,10 +54,4 @@ def warn(message):
 
 
 def run_cli(main):
-    """Run `main()`; a DatasetError ends the program with its one-line message, no traceback."""
-    try:
-        main()
-    except DatasetError as err:
-        sys.exit(f"error: {err}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
+    entry_point(main)()

@@ -14,7 +14,6 @@ CamelCase without spaces or underscores ('playing guitar' -> 'PlayingGuitar'): t
 each and counted in a summary; existing outputs are kept, so an
 interrupted run resumes where it stopped.
 """
-import argparse
 import csv
 import itertools
 import re
@@ -30,9 +29,10 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python datasets/kinetics600.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import DatasetError, class_token, run_cli, warn  # noqa: E402
-from ramvid.video_io import VideoWriter  # noqa: E402
+from datasets.common import class_token, warn  # noqa: E402
+from ramvid.cli import UsageError, entry_point, make_parser  # noqa: E402
 from ramvid.flags import str2bool  # noqa: E402
+from ramvid.video_io import VideoWriter  # noqa: E402
 
 SOURCE_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end")
@@ -72,7 +72,7 @@ def read_annotations(csv_path, default_split):
         columns = reader.fieldnames or []
         for column in REQUIRED_COLUMNS:
             if column not in columns:
-                raise DatasetError(f"--csv {csv_path}: no column {column!r} (has {columns})")
+                raise UsageError(f"--csv {csv_path}: no column {column!r} (has {columns})")
         rows = []
         for line, row in enumerate(reader, start=2):
             try:
@@ -94,7 +94,7 @@ def check_class_tokens(labels):
     owners = {}
     for label, token in tokens.items():
         if token in owners:
-            raise DatasetError(
+            raise UsageError(
                 f"labels {owners[token]!r} and {label!r} both become class {token!r}")
         owners[token] = label
     return tokens
@@ -191,8 +191,9 @@ def convert(csv_path, clips_dir, out_dir, short_side=128, crf=18, split="train",
     return outcomes
 
 
+@entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--csv", required=True,
                         help="annotation csv: label,youtube_id,time_start,time_end,split")
     parser.add_argument("--clips_dir", required=True,
@@ -225,4 +226,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -10,7 +10,6 @@ video is linked (or copied) as `<ClassFolder>_gXX_cXX.avi`: `ApplyEyeMakeup_g08_
 The class comes from the list's folder, not from the file name, because a few file names spell
 their class differently from their folder (`HandstandPushups/v_HandStandPushups_g01_c01.avi`).
 """
-import argparse
 import re
 import shutil
 import sys
@@ -20,7 +19,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python datasets/ucf101.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import DatasetError, prepare_split_dir, run_cli, warn  # noqa: E402
+from datasets.common import prepare_split_dir, warn  # noqa: E402
+from ramvid.cli import UsageError, entry_point, make_parser  # noqa: E402
 from ramvid.flags import str2bool  # noqa: E402
 
 SPLIT_LISTS = {"train": "trainlist0{}.txt", "test": "testlist0{}.txt"}
@@ -40,7 +40,7 @@ def read_split_list(path):
         match = re.match(r"^v_([^_]+)_", name)
         label = folder or (match.group(1) if match else None)
         if label is None:
-            raise DatasetError(f"{path}: cannot tell the class of {relative!r}")
+            raise UsageError(f"{path}: cannot tell the class of {relative!r}")
         entries.append((label, relative))
     return entries
 
@@ -51,7 +51,7 @@ def output_name(label, file_name):
     match = _UCF_NAME.match(path.stem)
     rest = match.group("rest") if match else path.stem
     if "_" in label:
-        raise DatasetError(f"class {label!r} contains '_', which would break class parsing")
+        raise UsageError(f"class {label!r} contains '_', which would break class parsing")
     return f"{label}_{rest}{path.suffix}"
 
 
@@ -62,7 +62,7 @@ def arrange(ucf_dir, split_dir, out_dir, split=1, mode="symlink", overwrite=Fals
     for name, pattern in SPLIT_LISTS.items():
         path = split_dir / pattern.format(split)
         if not path.is_file():
-            raise DatasetError(f"--split_dir {split_dir}: no {path.name} for --split {split}")
+            raise UsageError(f"--split_dir {split_dir}: no {path.name} for --split {split}")
         lists[name] = read_split_list(path)
     by_name = None  # videos found anywhere under ucf_dir, indexed on first need
     out_dirs = {name: prepare_split_dir(out_dir, name, overwrite) for name in lists}
@@ -84,15 +84,16 @@ def arrange(ucf_dir, split_dir, out_dir, split=1, mode="symlink", overwrite=Fals
                 target.symlink_to(source.resolve())
             written[name] += 1
     if missing and not sum(written.values()):
-        raise DatasetError(f"--ucf_dir {ucf_dir}: none of the {len(missing)} listed videos is "
+        raise UsageError(f"--ucf_dir {ucf_dir}: none of the {len(missing)} listed videos is "
                            f"there (looked for {ucf_dir / missing[0]})")
     for relative in missing:
         warn(f"{relative} is listed but not found under {ucf_dir}; skipped")
     return {name: written[name] for name in lists}, missing
 
 
+@entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--ucf_dir", required=True,
                         help="the unpacked UCF-101 folder (one folder per class)")
     parser.add_argument("--split_dir", required=True,
@@ -116,4 +117,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -12,6 +12,7 @@ import pytest
 from datasets import bair, kinetics600, synthetic, ucf101
 from datasets.common import class_of, class_token
 from datasets.tfrecord import TFRecordError, masked_crc32c, parse_example, read_records
+from ramvid.cli import UsageError
 from ramvid.video_io import read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,8 +117,8 @@ def test_synthetic_cli_as_script_and_module(tmp_path):
     assert {class_of(p) for p in out.glob("*/*.mp4")} <= set(synthetic.SHAPES)
 
     again = run_script("-m", "datasets.synthetic", "--out_dir", str(out), "--num_train", "2")
-    assert again.returncode == 1
-    assert again.stderr.strip().startswith("error:") and "--overwrite True" in again.stderr
+    assert again.returncode == 2
+    assert again.stderr.startswith("synthetic.py: error:") and "--overwrite True" in again.stderr
     assert "Traceback" not in again.stderr and len(list(out.glob("*/*.mp4"))) == 9
 
     replaced = run_script("-m", "datasets.synthetic", "--out_dir", str(out), "--num_train", "2",
@@ -126,7 +127,7 @@ def test_synthetic_cli_as_script_and_module(tmp_path):
     assert len(list(out.glob("*/*.mp4"))) == 3  # no stale clips of the larger set remain
 
     bad = run_script("datasets/synthetic.py", "--out_dir", str(out), "--image_size", "4")
-    assert bad.returncode == 1 and "--image_size" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "--image_size" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_class_prefixes():
@@ -136,7 +137,7 @@ def test_class_prefixes():
     assert class_token("passing American football (in game)") == "PassingAmericanFootballInGame"
     assert ucf101.output_name("HandstandPushups", "v_HandStandPushups_g01_c01.avi") == \
         "HandstandPushups_g01_c01.avi"
-    with pytest.raises(kinetics600.DatasetError, match="both become class"):
+    with pytest.raises(UsageError, match="both become class"):
         kinetics600.check_class_tokens(["tai chi", "tai_chi"])
 
 
@@ -228,7 +229,7 @@ def test_bair_converts_every_sequence_losslessly(bair_dir, tmp_path):
             np.testing.assert_array_equal(read_video(path), expected)
 
 
-def test_bair_reports_a_corrupted_record_by_file_and_offset(bair_dir, tmp_path):
+def test_bair_reports_a_corrupted_record_by_file_and_offset(bair_dir, tmp_path, capsys):
     root, _ = bair_dir
     path = root / "train" / "traj_0_to_255.tfrecords"
     data = bytearray(path.read_bytes())
@@ -244,8 +245,9 @@ def test_bair_reports_a_corrupted_record_by_file_and_offset(bair_dir, tmp_path):
         list(read_records(path))
 
     with pytest.raises(SystemExit) as exit_info:
-        bair.run_cli(lambda: bair.main(["--bair_dir", str(root), "--out_dir", str(tmp_path / "o")]))
-    assert str(exit_info.value).startswith("error:") and str(path) in str(exit_info.value)
+        bair.main(["--bair_dir", str(root), "--out_dir", str(tmp_path / "o")])
+    message = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert exit_info.value.code == 2 and ": error: " in message and str(path) in message
 
 
 # ---------------------------------------------------------------- UCF-101
@@ -294,7 +296,7 @@ def test_ucf101_split_arrangement(tmp_path, capsys):
     assert not any(p.is_symlink() for p in copied)
     assert copied[1].read_bytes() == (ucf / videos[2]).read_bytes()
 
-    with pytest.raises(ucf101.DatasetError, match="trainlist02.txt"):
+    with pytest.raises(UsageError, match="trainlist02.txt"):
         ucf101.arrange(ucf, lists, tmp_path / "other", split=2)
 
 
