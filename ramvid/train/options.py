@@ -56,6 +56,9 @@ HELP = {
     "keep_checkpoints": "keep only the newest N complete checkpoints; 0 = keep all",
     "keep_every": "with --keep_checkpoints: also keep every checkpoint whose step is a multiple "
                   "of K; 0 = none",
+    "compile": "torch.compile the UNet (compiled once per input shape; falls back to eager with "
+               "a one-line message if compilation fails)",
+    "tf32": "TensorFloat-32 for float32 matmuls and convolutions (CUDA only; no effect on CPU)",
 }
 
 
@@ -95,6 +98,8 @@ def training_defaults():
         overwrite=False,
         keep_checkpoints=0,
         keep_every=0,
+        compile=False,
+        tf32=True,
     )
 
 
@@ -135,6 +140,8 @@ class TrainConfig:
     overwrite: bool = False
     keep_checkpoints: int = 0
     keep_every: int = 0
+    compile: bool = False
+    tf32: bool = True
 
     def to_json(self):
         out = asdict(self)
@@ -284,5 +291,5 @@ def _validate(parser, args, model_flags):
         max_bad_steps=args.max_bad_steps, dist_timeout=args.dist_timeout,
         sample_interval=args.sample_interval, val_data_dir=args.val_data_dir,
         log_dir=args.log_dir, overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints,
-        keep_every=args.keep_every,
+        keep_every=args.keep_every, compile=args.compile, tf32=args.tf32,
     )
