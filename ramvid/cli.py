@@ -32,7 +32,7 @@ ARGS_JSON = "args.json"
 USAGE_EXIT_CODE = 2
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """A user mistake: a bad flag value, a missing or unusable file or folder. The message names
     the flag, file or value and what to do; `entry_point` prints it as one line, exit code 2."""
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from ramvid.cli import UsageError
 from ramvid.data import (
-    DataError,
     ShortVideoError,
     VideoClipDataset,
     VideoSkippedWarning,
@@ -113,7 +113,7 @@ def good_frames(root, path):
 def test_list_videos_is_recursive_sorted_and_case_insensitive(good_dir):
     found = [str(p.relative_to(good_dir)) for p in list_videos(good_dir)]
     assert found == sorted(GOOD)
-    with pytest.raises(DataError, match="not a directory"):
+    with pytest.raises(UsageError, match="not a directory"):
         list_videos(good_dir / "missing")
 
 
@@ -236,14 +236,14 @@ def test_directory_without_usable_video_names_the_directory_and_the_files(tmp_pa
     make_bad_files(tmp_path / "bad")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(DataError) as error:
+        with pytest.raises(UsageError) as error:
             load_data(data_dir=tmp_path / "bad", batch_size=1, image_size=8, seq_len=SEQ_LEN)
     message = str(error.value)
     assert str(tmp_path / "bad") in message and "found 4 files" in message
     assert "0 of >= 8 frames" in message and "short.mp4 (5 frames" in message
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "a.txt").write_text("x")
-    with pytest.raises(DataError, match="found 1 files, none of them a video"):
+    with pytest.raises(UsageError, match="found 1 files, none of them a video"):
         load_data(data_dir=tmp_path / "text", batch_size=1, image_size=8, seq_len=SEQ_LEN)
 
 
@@ -314,10 +314,10 @@ def test_ranks_get_interleaved_disjoint_shards(good_dir):
         for r in range(2)
     ]
     assert shards == [everything[0::2], everything[1::2]]
-    with pytest.raises(DataError, match="5 video files for 6 ranks"):
+    with pytest.raises(UsageError, match="5 video files for 6 ranks"):
         load_data(data_dir=good_dir, batch_size=1, image_size=8, seq_len=SEQ_LEN,
                   rank=0, world_size=6)
-    with pytest.raises(DataError, match="rank 2 is outside world size 2"):
+    with pytest.raises(UsageError, match="rank 2 is outside world size 2"):
         load_data(data_dir=good_dir, batch_size=1, image_size=8, seq_len=SEQ_LEN,
                   rank=2, world_size=2)
 

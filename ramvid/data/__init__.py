@@ -9,9 +9,14 @@ Public API:
 """
 from .clips import RandomClipDataset, VideoClipDataset
 from .decode import ShortVideoError, VideoInfo, VideoReadError, probe, read_window
-from .files import VIDEO_EXTENSIONS, DataError, VideoSkippedWarning, list_videos
+from ..cli import UsageError
+from .files import VIDEO_EXTENSIONS, VideoSkippedWarning, list_videos
 from .loader import VideoLoader, load_data
 from .preprocess import preprocess_frame, resize_and_crop
+
+# A bad --data_dir or video is a ramvid.cli.UsageError; the old name stays until ramvid/train/main.py
+# and ramvid/sample catch UsageError (or let @entry_point report it).
+DataError = UsageError
 
 __all__ = [
     "DataError",

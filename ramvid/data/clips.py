@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..cli import UsageError
 from .decode import (
     ShortVideoError,
     StreamMeta,
@@ -18,7 +19,7 @@ from .decode import (
     stream_meta,
     to_rgb,
 )
-from .files import DataError, class_name_of, class_names_of, list_videos, warn_once
+from .files import class_name_of, class_names_of, list_videos, warn_once
 from .preprocess import frames_to_tensor, preprocess_frame
 
 # Domain tags keep the per-item and per-epoch random streams of one (seed, rank) apart.
@@ -59,12 +60,12 @@ class Shard:
         data_dir = Path(data_dir)
         videos = list_videos(data_dir)
         if not videos:
-            raise DataError(
+            raise UsageError(
                 f"--data_dir {data_dir}: found {_count_files(data_dir)} files, none of them a "
                 "video (.mp4 .avi .gif .mov .mkv .webm)"
             )
         if world_size > len(videos):
-            raise DataError(
+            raise UsageError(
                 f"--data_dir {data_dir}: {len(videos)} video files for {world_size} ranks; "
                 "every rank needs at least one file"
             )
@@ -91,7 +92,7 @@ class Shard:
             listed = ", ".join(rejected[:_LISTED_IN_ERRORS])
             unlisted = len(rejected) - _LISTED_IN_ERRORS
             more = f", ... {unlisted} more" if unlisted > 0 else ""
-            raise DataError(
+            raise UsageError(
                 f"--data_dir {data_dir}{where}: no usable video; found {_count_files(data_dir)} "
                 f"files, {len(shard)} videos, 0 of >= {seq_len} frames: {listed}{more}"
             )
@@ -177,7 +178,7 @@ class RandomClipDataset(Dataset):
             entry = entries[order[(position + step) % len(entries)]]
             if self.shard.usable(entry):
                 return entry
-        raise DataError(f"--data_dir {self.shard.data_dir}: no usable video left")
+        raise UsageError(f"--data_dir {self.shard.data_dir}: no usable video left")
 
     def __getitem__(self, item: int):
         while True:  # every retry follows a length correction or a drop, so this ends
@@ -211,7 +212,7 @@ class VideoClipDataset(Dataset):
         shard: Shard | None = None,
     ):
         if start < 0:
-            raise DataError(f"start frame must be >= 0, got {start}")
+            raise UsageError(f"start frame must be >= 0, got {start}")
         self.shard = shard or Shard.scan(data_dir, seq_len, class_cond, rank, world_size)
         self.reader = _ClipReader(self.shard, image_size, rgb)
         self.start = start
@@ -232,4 +233,4 @@ class VideoClipDataset(Dataset):
             clip = self.reader.read_or_repair(entry, start)
             if clip is not None:
                 return clip, entry.label
-        raise DataError(f"clip {index}: video {entry.path} has no {self.shard.seq_len} frames")
+        raise UsageError(f"clip {index}: video {entry.path} has no {self.shard.seq_len} frames")

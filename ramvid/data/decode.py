@@ -26,7 +26,7 @@ import av.logging
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from .files import DataError
+from ..cli import UsageError
 
 # Containers whose stream header counts frames from a real index. Others (mkv, webm, gif, ...)
 # report 0 or a guess, so their frames are counted by demuxing.
@@ -40,11 +40,11 @@ class VideoInfo(NamedTuple):
     height: int
 
 
-class VideoReadError(DataError):
+class VideoReadError(UsageError):
     """The file is not a readable video (empty, truncated, no video stream, corrupt)."""
 
 
-class ShortVideoError(DataError):
+class ShortVideoError(UsageError):
     """Decoding ended before the requested window was complete; `available` frames exist."""
 
     def __init__(self, message: str, available: int):

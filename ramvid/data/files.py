@@ -5,11 +5,9 @@ import threading
 import warnings
 from pathlib import Path
 
+from ..cli import UsageError
+
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".gif", ".mov", ".mkv", ".webm"})
-
-
-class DataError(ValueError):
-    """The data directory (or a file in it) cannot give what training or sampling asked for."""
 
 
 class VideoSkippedWarning(UserWarning):
@@ -37,7 +35,7 @@ def list_videos(data_dir) -> list[Path]:
     """Every video file below `data_dir` (recursive), sorted by path so all ranks agree."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise DataError(f"--data_dir {root} is not a directory")
+        raise UsageError(f"--data_dir {root} is not a directory")
     return sorted(p for p in root.rglob("*") if p.is_file() and is_video(p))
 
 

@@ -10,8 +10,8 @@ import warnings
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
+from ..cli import UsageError
 from .clips import RandomClipDataset, Shard, VideoClipDataset
-from .files import DataError
 
 
 class _CountFrom(Sampler):
@@ -112,7 +112,7 @@ class VideoLoader:
 def _check_positive(**values):
     for name, value in values.items():
         if not isinstance(value, numbers.Integral) or value < 1:
-            raise DataError(f"--{name} must be a positive integer, got {value!r}")
+            raise UsageError(f"--{name} must be a positive integer, got {value!r}")
 
 
 def load_data(
@@ -140,11 +140,11 @@ def load_data(
     _check_positive(batch_size=batch_size, image_size=image_size, seq_len=seq_len,
                     world_size=world_size)
     if not 0 <= rank < world_size:
-        raise DataError(f"rank {rank} is outside world size {world_size}")
+        raise UsageError(f"rank {rank} is outside world size {world_size}")
     if not isinstance(num_workers, numbers.Integral) or num_workers < 0:
-        raise DataError(f"--num_workers must be >= 0, got {num_workers!r}")
+        raise UsageError(f"--num_workers must be >= 0, got {num_workers!r}")
     if not isinstance(seed, numbers.Integral) or seed < 0:
-        raise DataError(f"--seed must be a non-negative integer, got {seed!r}")
+        raise UsageError(f"--seed must be a non-negative integer, got {seed!r}")
     batch_size, image_size, seq_len = int(batch_size), int(image_size), int(seq_len)
     rank, world_size, num_workers, seed = int(rank), int(world_size), int(num_workers), int(seed)
     shard = Shard.scan(data_dir, seq_len, class_cond, rank, world_size)
