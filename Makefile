@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# A CUDA torch already importable in the venv is kept; otherwise the pinned CPU build is
-# installed (an open range would pull a multi-GB CUDA build onto a CPU machine).
+# A torch already in the venv is never replaced: a CUDA build installed on a login node without
+# a GPU is still the user's CUDA build. Only a venv without torch gets the pinned CPU build (an
+# open range would pull a multi-GB CUDA build onto a CPU machine). `pip install -e` also
+# installs the ramvid-* commands (setup.py entry_points).
 $(STAMP): setup.py requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
-		|| $(PY) -m pip install -q torch==2.13.0
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[mpi,dev]"
 	touch $(STAMP)
 

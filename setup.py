@@ -19,6 +19,16 @@ setup(
         "pytorch-msssim==1.0.0",
         "google-crc32c>=1.5",  # TFRecord checksums when preparing BAIR (datasets/bair.py)
     ],
+    # The installed commands; scripts/*.py are the same commands run from a checkout.
+    entry_points={
+        "console_scripts": [
+            "ramvid-train = ramvid.train.main:main",
+            "ramvid-sample = ramvid.sample.commands:sample_main",
+            "ramvid-sample-long = ramvid.sample.commands:sample_long_main",
+            "ramvid-eval = ramvid.metrics.commands:eval_main",
+            "ramvid-demo = ramvid.demo.command:main",
+        ],
+    },
     extras_require={
         "mpi": ["mpi4py>=4.0", "mpich>=4.2"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],

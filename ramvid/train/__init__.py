@@ -1,6 +1,7 @@
 """Training: flags (`options`), the loop (`loop.train`), EMA, lr schedules, logs, resumable state.
 
     python scripts/video_train.py --data_dir videos/ --preset demo --max_steps 1000
+    ramvid-train ... / python -m ramvid.train ...      (the same command, installed)
 """
 from .ema import EMA
 from .loop import train

@@ -1,0 +1,6 @@
+"""`python -m ramvid.train ...`: the training command (also `ramvid-train`, scripts/video_train.py)."""
+import sys
+
+from .main import main
+
+sys.exit(main())
