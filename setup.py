@@ -31,6 +31,7 @@ setup(
     },
     extras_require={
         "mpi": ["mpi4py>=4.0", "mpich>=4.2"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "tb": ["tensorboard==2.20.0"],  # training curves and --sample_interval previews
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "tensorboard==2.20.0"],
     },
 )
