@@ -15,6 +15,7 @@ from ..cli import write_args_json
 from ..data import load_data
 from ..diffusion.resample import create_named_schedule_sampler
 from .ema import EMA
+from .preview import make_preview
 from .schedules import last_step, lr_at
 from .state import find_checkpoint_to_resume, restore_training_state, save_training_state
 from .step import LossStats, draw_step_inputs, forward_backward, gradient_norm
@@ -132,6 +133,7 @@ def train(cfg, model_flags, info, logdir, log):
     all_reduce = torch.distributed.all_reduce if info.world_size > 1 else None
     saved_step, bad_in_a_row = step, 0
     interval_start, interval_steps = time.time(), 0
+    preview = make_preview(cfg, model_flags, model, logdir, log, info)  # rank 0, or None
     log.start_bar(step, end)
     with StopRequest(log) as stop:
         while end is None or step < end:
@@ -198,6 +200,8 @@ def train(cfg, model_flags, info, logdir, log):
                 save_training_state(logdir, step, model, ema, opt, scaler, schedule_sampler, data, info)
                 saved_step = step
                 log.info(f"saved checkpoint of step {step}")
+            if preview is not None and step % cfg.sample_interval == 0:
+                interval_start += preview.run(step, ema)  # previewing is not training time
             if stop_now:
                 log.info(f"stopped by signal after step {step}")
                 break

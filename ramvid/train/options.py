@@ -265,6 +265,8 @@ def _validate(parser, args, model_flags):
         check(parser, bool(args.val_data_dir), "sample_interval", args.sample_interval,
               "needs --val_data_dir (the held-out clips to sample)")
     if args.val_data_dir:
+        check(parser, args.sample_interval > 0, "val_data_dir", args.val_data_dir,
+              "is only read with --sample_interval N > 0")
         check(parser, Path(args.val_data_dir).is_dir(), "val_data_dir", args.val_data_dir,
               "is not an existing directory")
 
