@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from test_sample_kit import load_script, make_checkpoint, make_videos
+from sample_fixtures import load_script, make_checkpoint, make_videos
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ from ramvid.sample import load_model, sample_videos, to_uint8
 from ramvid.sample.core import SamplerOptions, denoise
 from ramvid.sample.seeds import sample_generators
 from ramvid.video_grid import GENERATED_COLOR, GIVEN_COLOR
-from test_sample_kit import (TINY, load_npz, load_script, make_checkpoint, make_videos,
+from sample_fixtures import (TINY, load_npz, load_script, make_checkpoint, make_videos,
                              mpirun_script, run_script)
 
 NUM, BATCH = 5, 2  # 5 samples in batches of 2 over 2 ranks: nothing divides evenly

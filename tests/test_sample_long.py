@@ -7,7 +7,7 @@ from ramvid.data import VideoClipDataset
 from ramvid.sample import load_model, plan_autoregressive, plan_hierarchical, rollout, to_uint8
 from ramvid.sample.core import SamplerOptions
 from ramvid.sample.seeds import sample_generators
-from test_sample_kit import TINY, load_npz, load_script, make_checkpoint, make_videos, run_script
+from sample_fixtures import TINY, load_npz, load_script, make_checkpoint, make_videos, run_script
 
 SEQ_LEN = TINY["seq_len"]
 

@@ -1,21 +1,21 @@
-"""Flags shared by scripts/video_sample.py and scripts/video_sample_long.py.
+"""Flags of the sampling commands (ramvid-sample, ramvid-sample-long, ramvid-eval --model_path).
 
 Model flags default to the checkpoint's args.json, so naming the checkpoint is enough; flags
-written on the command line (or a --preset) win. Every user error ends with one line naming
-the flag and exit code 2, before any process group exists.
+written on the command line (or a --preset) win. A checkpoint without args.json (for instance
+one the original RaMViD code saved) takes --preset or explicit flags. Every user error ends
+with one line naming the flag and exit code 2, before any process group exists.
 """
 import math
 from pathlib import Path
 
 from ..checkpoint import CheckpointError
-from ..cli import (add_common_flags, check, check_model_flags, config_json, exit_if_dry_run,
+from ..cli import (UsageError, add_common_flags, check, check_model_flags, exit_if_dry_run,
                    make_parser, parse_flags)
 from ..config import model_and_diffusion_defaults
-from ..data import DataError
 from ..flags import add_flags, select
 from ..video_grid import FORMATS
+from .batch import SAMPLERS, SamplerOptions
 from .clips import ClipSource
-from .core import SamplerOptions
 from .compat import ModelFlagsMismatch
 from .loading import checkpoint_flags, load_state_dict, model_from_state_dict
 
@@ -24,6 +24,7 @@ SAMPLING_DEFAULTS = dict(
     num_samples=16,
     batch_size=8,
     seed=0,
+    sampler="",
     use_ddim=False,
     eta=0.0,
     clip_denoised=True,
@@ -33,38 +34,62 @@ SAMPLING_DEFAULTS = dict(
     samples_per_clip=1,
     cond_generation=True,
     save_gt=False,
+    chunk_size=256,
+    out_dir="",
+    overwrite=False,
     save_video="gif",
     fps=4,
     progress=True,
 )
 
 HELP = {
-    "model_path": "modelNNNNNN.pt or ema_RATE_NNNNNN.pt; model flags default to args.json beside it",
+    "model_path": "modelNNNNNN.pt or ema_RATE_NNNNNN.pt; model flags default to args.json beside "
+                  "it (a checkpoint without one: --preset or the model flags)",
     "num_samples": "exactly this many videos, over all ranks",
     "batch_size": "videos per batch on each rank",
     "seed": "sample i uses a generator seeded by hash(seed, i): reproducible alone",
-    "use_ddim": "DDIM instead of ancestral sampling",
-    "eta": "DDIM noise (0 = deterministic); needs --use_ddim True",
+    "sampler": f"{' | '.join(SAMPLERS)} (default: ddim with --use_ddim True, else ddpm)",
+    "use_ddim": "the seed's name for --sampler ddim",
+    "eta": "DDIM noise (0 = deterministic); needs --sampler ddim",
+    "clip_denoised": "clip each predicted clean video to [-1, 1]",
     "resample_steps": "denoise/re-noise repetitions per step (harmonises given and new frames)",
-    "guidance_scale": "frame guidance w: eps_uncond + w (eps_cond - eps_uncond); 1 = plain conditioning",
+    "guidance_scale": "frame guidance w: eps_uncond + w (eps_cond - eps_uncond); 1 = plain "
+                      "conditioning",
     "data_dir": "videos whose clips give the conditioning frames (clip i = i-th file, sorted)",
-    "samples_per_clip": "S: samples i*S .. i*S+S-1 share clip i (1: the samples loop over the clips)",
+    "samples_per_clip": "S: samples i*S .. i*S+S-1 share clip i (1: the samples loop over the "
+                        "clips)",
     "cond_generation": "condition on frames of --data_dir clips (False: unconditional)",
     "save_gt": "also save the ground-truth clips as gt_<shape>.npz",
+    "chunk_size": "samples per chunk file; finished chunks survive a preemption and a rerun of "
+                  "the same command skips them",
+    "out_dir": "write exactly here (default: <$OPENAI_LOGDIR, else samples/ beside the "
+               "checkpoint>/<task>_c<given frames>_<N>x<T>_<sampler><steps>_seed<seed>_<checkpoint>)",
+    "overwrite": "replace a finished run (its npz files) or an unfinished one with other settings",
     "save_video": "grid per batch beside the npz: " + ", ".join(FORMATS) + " or none",
     "fps": "frames per second of gif/mp4 grids",
     "progress": "progress bar over denoising steps (rank 0)",
-    "timestep_respacing": "sampling steps, e.g. 250, ddim50 or 50,30,20",
 }
 
 
-def build_parser(description, extra_defaults, extra_help=None, prog=None):
+def build_parser(description, extra_defaults=None, extra_help=None, prog=None):
     parser = make_parser(description, prog=prog)
     add_flags(parser, SAMPLING_DEFAULTS, HELP)
-    add_flags(parser, extra_defaults, extra_help or {})
-    add_flags(parser, model_and_diffusion_defaults(), HELP)
+    add_flags(parser, extra_defaults or {}, extra_help or {})
+    add_model_flags(parser)
     add_common_flags(parser)
     return parser
+
+
+def add_model_flags(parser):
+    group = parser.add_argument_group("model and diffusion flags (default: args.json beside "
+                                      "--model_path)")
+    add_flags(group, model_and_diffusion_defaults(), model_flag_help())
+
+
+def model_flag_help():
+    texts = {k: "as in training (see ramvid-train --help)" for k in model_and_diffusion_defaults()}
+    texts["timestep_respacing"] = "sampling steps, e.g. 250, ddim50 or 50,30,20 (default: training's)"
+    return texts
 
 
 def parse_sampling_flags(parser, argv=None):
@@ -88,20 +113,29 @@ def model_flags(args):
     return select(args, model_and_diffusion_defaults())
 
 
+def resolve_sampler(parser, args):
+    """--sampler, or the seed's --use_ddim; the two must agree."""
+    if not args.sampler:
+        args.sampler = "ddim" if args.use_ddim else "ddpm"
+    check(parser, args.sampler in SAMPLERS, "sampler", args.sampler,
+          f"must be one of {', '.join(SAMPLERS)}")
+    check(parser, not args.use_ddim or args.sampler == "ddim", "use_ddim", args.use_ddim,
+          f"contradicts --sampler {args.sampler}")
+
+
 def check_sampling_flags(parser, args):
-    check(parser, args.num_samples >= 1, "num_samples", args.num_samples, "must be >= 1")
-    check(parser, args.batch_size >= 1, "batch_size", args.batch_size, "must be >= 1")
+    for flag in ("num_samples", "batch_size", "samples_per_clip", "resample_steps", "chunk_size",
+                 "fps"):
+        check(parser, getattr(args, flag) >= 1, flag, getattr(args, flag), "must be >= 1")
     check(parser, args.seed >= 0, "seed", args.seed, "must be >= 0")
-    check(parser, args.samples_per_clip >= 1, "samples_per_clip", args.samples_per_clip, "must be >= 1")
-    check(parser, args.resample_steps >= 1, "resample_steps", args.resample_steps, "must be >= 1")
+    resolve_sampler(parser, args)
     check(parser, math.isfinite(args.eta) and args.eta >= 0, "eta", args.eta, "must be >= 0")
-    check(parser, args.eta == 0 or args.use_ddim, "eta", args.eta,
-          "only DDIM has eta; add --use_ddim True")
+    check(parser, args.eta == 0 or args.sampler == "ddim", "eta", args.eta,
+          "only DDIM has eta; add --sampler ddim")
     check(parser, math.isfinite(args.guidance_scale) and args.guidance_scale >= 0,
           "guidance_scale", args.guidance_scale, "must be a finite number >= 0")
     check(parser, args.save_video in FORMATS + ("none",), "save_video", args.save_video,
           f"must be one of {', '.join(FORMATS)}, none")
-    check(parser, args.fps >= 1, "fps", args.fps, "must be >= 1")
     flags = model_flags(args)
     if flags["class_cond"] and not flags["num_classes"]:
         flags["num_classes"] = 1  # the checkpoint's count is taken when it is loaded
@@ -109,7 +143,7 @@ def check_sampling_flags(parser, args):
 
 
 def sampler_options(args):
-    return SamplerOptions(use_ddim=args.use_ddim, eta=args.eta, clip_denoised=args.clip_denoised,
+    return SamplerOptions(sampler=args.sampler, eta=args.eta, clip_denoised=args.clip_denoised,
                           resample_steps=args.resample_steps, guidance_scale=args.guidance_scale)
 
 
@@ -124,43 +158,24 @@ def load_model_or_exit(parser, args):
     return model.eval(), flags
 
 
-def check_data_or_exit(parser, data_dir, flags, seq_len, purpose=""):
+def check_data(data_dir, flags, seq_len, purpose=""):
     """Scan --data_dir now, so a bad directory is a flag error rather than a failed job.
     `purpose` prefixes the error (e.g. why clips must be this long)."""
     try:
         ClipSource(data_dir, flags, seq_len)
-    except DataError as e:
+    except (UsageError, ValueError) as e:
         message = str(e).splitlines()[0]
         if not message.startswith("--data_dir"):
             message = f"--data_dir {data_dir!r}: {message}"
-        parser.error(f"{purpose}: {message}" if purpose else message)
+        raise UsageError(f"{purpose}: {message}" if purpose else message) from None
 
 
-def dry_run(args, flags):
-    config = {k: v for k, v in vars(args).items() if k not in flags}
-    exit_if_dry_run(args, {**config, **flags})
-
-
-def write_sample_args(logdir, args, flags):
-    """The resolved flags of a sampling run, beside its npz (never over training's args.json)."""
-    config = {k: v for k, v in vars(args).items() if k not in ("dry_run", "progress")}
-    config.update(flags)
-    path = Path(logdir) / "sample_args.json"
-    path.write_text(config_json(config) + "\n")
-    return path
-
-
-def print_outputs(paths):
-    for name in ("samples", "gt"):
-        if name in paths:
-            print(f"wrote {paths[name]}")
-    if paths["grids"]:
-        print(f"wrote {len(paths['grids'])} grid(s), e.g. {paths['grids'][0]}")
+def dry_run(args):
+    exit_if_dry_run(args, vars(args))
 
 
 __all__ = [
-    "HELP", "SAMPLING_DEFAULTS", "build_parser", "check_data_or_exit", "check_sampling_flags",
-    "dry_run", "load_model_or_exit", "model_flags", "parse_sampling_flags", "print_outputs",
-    "sampler_options",
-    "write_sample_args",
+    "HELP", "SAMPLING_DEFAULTS", "add_model_flags", "build_parser", "check_data",
+    "check_sampling_flags", "dry_run", "load_model_or_exit", "model_flags",
+    "parse_sampling_flags", "resolve_sampler", "sampler_options",
 ]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .core import SamplerOptions, denoise, model_video_shape
+from .batch import SamplerOptions, denoise, model_video_shape
 
 SCHEMES = ("autoregressive", "hierarchical")
 
@@ -28,20 +28,20 @@ SCHEMES = ("autoregressive", "hierarchical")
 @dataclass(frozen=True)
 class Window:
     frames: tuple  # video frame index of each window position, increasing, len = seq_len
-    given: tuple  # per position: True = a known frame, given clean
-    keep: tuple  # video frame indices this window writes back (new, < total_length)
+    obs_mask: tuple  # per position: True = a known frame, given clean
+    new_frames: tuple  # video frame indices this window writes back (new, < total_length)
 
     @property
     def num_given(self):
-        return sum(self.given)
+        return sum(self.obs_mask)
 
 
-def _window(frames, known, total_length, keep=None):
+def _window(frames, known, total_length, new_frames=None):
     frames = tuple(int(f) for f in frames)
-    given = tuple(f in known for f in frames)
-    if keep is None:
-        keep = tuple(f for f, g in zip(frames, given) if not g and f < total_length)
-    return Window(frames, given, tuple(keep))
+    obs_mask = tuple(f in known for f in frames)
+    if new_frames is None:
+        new_frames = tuple(f for f, g in zip(frames, obs_mask) if not g and f < total_length)
+    return Window(frames, obs_mask, tuple(new_frames))
 
 
 def check_long_flags(total_length, seq_len, max_cond_frames, prediction_step, num_start_frames):
@@ -93,12 +93,12 @@ def plan_hierarchical(total_length, seq_len, max_cond_frames, num_start_frames):
     first_keyframe = num_start_frames if num_keyframes > 1 else total_length - 1
     keyframes = np.round(np.linspace(first_keyframe, total_length - 1, num_keyframes))
     plan = [_window(context + [int(k) for k in keyframes], known, total_length)]
-    known |= set(plan[0].keep)
+    known |= set(plan[0].new_frames)
     while len(known) < total_length:
         first_missing = min(set(range(total_length)) - known)
         first = min(first_missing - min(max_cond_frames, first_missing), total_length - seq_len)
         plan.append(_window(range(first, first + seq_len), known, total_length))
-        known |= set(plan[-1].keep)
+        known |= set(plan[-1].new_frames)
     return plan
 
 
@@ -112,14 +112,13 @@ def plan_long_video(scheme, total_length, seq_len, max_cond_frames, prediction_s
     raise ValueError(f"scheme={scheme!r} is not one of: {', '.join(SCHEMES)}")
 
 
-def rollout(model, diffusion, plan, generators, total_length, *, start=None, labels=None,
-            options=SamplerOptions(), callback=None, on_window=None):
+def rollout(model, diffusion, plan, generators, total_length, *, start=None, y=None,
+            options=SamplerOptions(), callback=None):
     """Run `plan`: float (n, C, total_length, H, W) on the CPU.
 
     start: the known first frames, float (n, C, k, H, W) in [-1, 1] (k = the plan's start
-    frames). Each sample's generator carries on from window to window, so a sample depends
-    on its seed only. on_window(i, window, window_video (n, C, seq_len, H, W)) is called after
-    every window.
+    frames); y: class labels (n,). Each sample's generator carries on from window to window,
+    so a sample depends on its seed only.
     """
     channels, _, height, width = model_video_shape(model)
     n = len(generators)
@@ -127,19 +126,17 @@ def rollout(model, diffusion, plan, generators, total_length, *, start=None, lab
     video = torch.zeros(n, channels, length, height, width)  # (N, C, L', H, W)
     if start is not None:
         video[:, :, : start.shape[2]] = start
-    for i, window in enumerate(plan):
+    for window in plan:
         frames = list(window.frames)
         given = window.num_given > 0
-        obs_mask = torch.tensor(window.given).expand(n, -1)  # (n, seq_len)
+        obs_mask = torch.tensor(window.obs_mask).expand(n, -1)  # (n, seq_len)
         out = denoise(
             model, diffusion, generators, num_frames=len(frames),
             obs=video[:, :, frames] if given else None, obs_mask=obs_mask if given else None,
-            labels=labels, options=options, callback=callback,
+            y=y, options=options, callback=callback,
         )
-        positions = [frames.index(f) for f in window.keep]
-        video[:, :, list(window.keep)] = out[:, :, positions]
-        if on_window is not None:
-            on_window(i, window, out)
+        positions = [frames.index(f) for f in window.new_frames]
+        video[:, :, list(window.new_frames)] = out[:, :, positions]
     return video[:, :, :total_length]
 
 

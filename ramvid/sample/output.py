@@ -1,16 +1,15 @@
-"""Sample files: float videos -> uint8 arrays -> `np.savez` files named by their shape.
+"""Sample files: float videos -> uint8 arrays -> npz files named by their shape.
 
 A file holds `arr_0`, uint8 N x T x H x W x C (channels last), and, for class-conditional
 models, the labels as `arr_1`. Samples and ground truth go through the same `to_uint8`, so
 given frames (equal in float) are equal on disk too.
 """
-import datetime
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .npzfile import write_npz
 
 GT_PREFIX = "gt_"
 
@@ -42,23 +41,9 @@ def npz_name(shape, prefix=""):
 
 
 def save_npz(folder, videos, labels=None, prefix=""):
-    """np.savez(folder / <shape>.npz, videos[, labels]); returns the path."""
+    """folder / <shape>.npz holding videos (arr_0) [and labels (arr_1)]; returns the path."""
     path = Path(folder) / npz_name(videos.shape, prefix)
-    arrays = [videos] if labels is None else [videos, np.asarray(labels)]
-    np.savez(path, *arrays)
-    return path
+    return write_npz(path, [videos] if labels is None else [videos, np.asarray(labels)])
 
 
-def sample_logdir():
-    """$OPENAI_LOGDIR (created if needed), else a new folder in the temp directory."""
-    logdir = os.environ.get("OPENAI_LOGDIR")
-    if logdir:
-        path = Path(logdir)
-    else:
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S-%f")
-        path = Path(tempfile.gettempdir()) / f"ramvid-sample-{stamp}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-__all__ = ["GT_PREFIX", "from_uint8", "npz_name", "sample_logdir", "save_npz", "to_uint8"]
+__all__ = ["GT_PREFIX", "from_uint8", "npz_name", "save_npz", "to_uint8"]

@@ -1,0 +1,134 @@
+"""The sampling commands: ramvid-sample (scripts/video_sample.py) and ramvid-sample-long
+(scripts/video_sample_long.py). Flags -> a SampleJob -> sample_to_folder on every rank."""
+from pathlib import Path
+
+from .. import create_diffusion, dist
+from ..cli import check, entry_point
+from ..flags import int_list
+from .cli import (build_parser, check_data, check_sampling_flags, dry_run, load_model_or_exit,
+                  parse_sampling_flags, sampler_options)
+from .jobs import LongSettings, SampleJob, sample_to_folder
+from .long import SCHEMES, check_long_flags
+from .runner import COLLECTIVE_TIMEOUT_S
+
+SAMPLE_DESCRIPTION = "Sample videos from a trained ramvid model: prediction, infilling or " \
+                     "unconditional generation."
+LONG_DESCRIPTION = "Sample videos longer than the model's seq_len frames, window by window."
+
+LONG_DEFAULTS = dict(total_length=60, max_cond_frames=4, prediction_step=0, start_frames=-1,
+                     scheme="autoregressive")
+LONG_HELP = {
+    "total_length": "frames per output video (any length)",
+    "max_cond_frames": "known frames given to each window",
+    "prediction_step": "new frames kept per autoregressive window (0: seq_len - max_cond_frames)",
+    "start_frames": "first frames of each --data_dir clip taken as known (-1: max_cond_frames; "
+                    "0 or --cond_generation False: unconditional first window)",
+    "scheme": " or ".join(SCHEMES),
+}
+
+
+def _job(args, **extra):
+    return SampleJob(
+        model_path=args.model_path, num_samples=args.num_samples, batch_size=args.batch_size,
+        seed=args.seed, data_dir=args.data_dir, samples_per_clip=args.samples_per_clip,
+        save_gt=args.save_gt, chunk_size=args.chunk_size, options=sampler_options(args),
+        save_video=args.save_video, fps=args.fps, progress=args.progress, **extra)
+
+
+def run_job(model, flags, job, args):
+    """Sample `job` under the launcher's process group; rank 0 prints what it wrote."""
+    info = dist.setup_dist(timeout_s=COLLECTIVE_TIMEOUT_S)
+    model.to(info.device)
+    paths = dist.run_or_abort(sample_to_folder, model, create_diffusion(**flags), flags, job,
+                              info, out_dir=args.out_dir or None, overwrite=args.overwrite,
+                              announce=lambda text: print(text, flush=True))
+    if info.is_main:
+        for name in ("samples", "gt"):
+            if name in paths:
+                print(f"wrote {paths[name]}")
+        print(f"evaluate: python scripts/video_eval.py --samples {paths['folder']}")
+    dist.cleanup()
+    return paths
+
+
+def parse_sample_args(argv=None):
+    parser = build_parser(SAMPLE_DESCRIPTION, prog="video_sample.py")
+    parser.add_argument("--cond_frames", type=int_list, default="0,",
+                        help="given frame indices, e.g. 0,1, (prediction) or 0,19, (infilling)")
+    args = parse_sampling_flags(parser, argv)
+    check_sampling_flags(parser, args)
+    seq_len = args.seq_len
+    frames = ",".join(map(str, args.cond_frames))
+    bad = [f for f in args.cond_frames if not 0 <= f < seq_len]
+    check(parser, not bad, "cond_frames", frames, f"frames {bad} outside [0, seq_len={seq_len})")
+    check(parser, len(set(args.cond_frames)) == len(args.cond_frames), "cond_frames", frames,
+          "names a frame twice")
+    if args.cond_generation:
+        check(parser, bool(args.cond_frames), "cond_frames", "", "is empty; name the given frames "
+              "or pass --cond_generation False")
+        check(parser, len(args.cond_frames) < seq_len, "cond_frames", frames,
+              f"gives all {seq_len} frames; nothing is left to sample")
+        check(parser, bool(args.data_dir), "data_dir", "", "is needed for conditional sampling "
+              "(--cond_generation True takes the given frames from its clips)")
+    else:
+        check(parser, args.guidance_scale == 1.0, "guidance_scale", args.guidance_scale,
+              "frame guidance needs given frames (--cond_generation True)")
+    check(parser, not args.save_gt or bool(args.data_dir), "save_gt", args.save_gt,
+          "needs --data_dir (the ground truth are its clips)")
+    return parser, args
+
+
+@entry_point
+def sample_main(argv=None):
+    parser, args = parse_sample_args(argv)
+    dry_run(args)
+    model, flags = load_model_or_exit(parser, args)
+    if args.data_dir and (args.cond_generation or args.save_gt or flags["class_cond"]):
+        check_data(args.data_dir, flags, flags["seq_len"])
+    cond_frames = tuple(sorted(args.cond_frames)) if args.cond_generation else ()
+    return run_job(model, flags, _job(args, cond_frames=cond_frames), args)
+
+
+def parse_long_args(argv=None):
+    parser = build_parser(LONG_DESCRIPTION, LONG_DEFAULTS, LONG_HELP, prog="video_sample_long.py")
+    args = parse_sampling_flags(parser, argv)
+    check_sampling_flags(parser, args)
+    check(parser, args.scheme in SCHEMES, "scheme", args.scheme, f"must be one of {', '.join(SCHEMES)}")
+    if args.start_frames < 0:
+        args.start_frames = args.max_cond_frames
+    if not args.cond_generation:
+        args.start_frames = 0
+    if args.prediction_step == 0:
+        args.prediction_step = args.seq_len - args.max_cond_frames
+    try:
+        check_long_flags(args.total_length, args.seq_len, args.max_cond_frames,
+                         args.prediction_step, args.start_frames)
+    except ValueError as e:
+        flag, _, reason = str(e).partition("=")
+        parser.error(f"--{flag} {reason}")
+    check(parser, args.start_frames < args.total_length, "start_frames", args.start_frames,
+          f"must be fewer than --total_length {args.total_length}")
+    check(parser, not args.start_frames or bool(args.data_dir), "data_dir", "",
+          "is needed for the start frames (or pass --start_frames 0)")
+    check(parser, not args.save_gt or bool(args.data_dir), "save_gt", args.save_gt,
+          "needs --data_dir (the ground truth are its clips)")
+    return parser, args
+
+
+@entry_point
+def sample_long_main(argv=None):
+    parser, args = parse_long_args(argv)
+    dry_run(args)
+    model, flags = load_model_or_exit(parser, args)
+    if args.start_frames:
+        check_data(args.data_dir, flags, flags["seq_len"])
+    if args.save_gt:
+        check_data(args.data_dir, flags, args.total_length,
+                   f"--save_gt True needs videos of >= --total_length {args.total_length} frames")
+    settings = LongSettings(args.total_length, args.scheme, args.max_cond_frames,
+                            args.prediction_step, args.start_frames)
+    job = _job(args, cond_frames=tuple(range(args.start_frames)), long=settings)
+    return run_job(model, flags, job, args)
+
+
+__all__ = ["parse_long_args", "parse_sample_args", "run_job", "sample_long_main", "sample_main"]

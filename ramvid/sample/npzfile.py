@@ -1,0 +1,70 @@
+"""npz files written part by part, atomically, with the same bytes for the same arrays.
+
+`np.savez` needs every array in memory at once and stamps the current time into the zip, so
+two runs that sample the same videos write different bytes. `write_npz` takes each array as
+its shape, dtype and an iterator of consecutive row blocks (one sampling chunk at a time), writes
+`arr_0`, `arr_1`, ... as `np.load` reads them, with a fixed time stamp, to a temporary file
+that is renamed into place only when complete.
+"""
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
+
+
+class NpzArray:
+    """One array of an npz file: its full shape and dtype, and its rows block by block."""
+
+    def __init__(self, shape, dtype, blocks):
+        self.shape, self.dtype, self.blocks = tuple(int(s) for s in shape), np.dtype(dtype), blocks
+
+    @classmethod
+    def whole(cls, array):
+        array = np.asarray(array)
+        return cls(array.shape, array.dtype, [array])
+
+
+def _write_member(archive, name, item):
+    info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+    info.compress_type = zipfile.ZIP_STORED
+    rows = 0
+    with archive.open(info, "w", force_zip64=True) as out:
+        header = {"descr": np.lib.format.dtype_to_descr(item.dtype), "fortran_order": False,
+                  "shape": item.shape}
+        np.lib.format.write_array_header_1_0(out, header)
+        for block in item.blocks:
+            block = np.ascontiguousarray(block, dtype=item.dtype)
+            if block.shape[1:] != item.shape[1:]:
+                raise ValueError(f"{name}: block of shape {block.shape} does not fit {item.shape}")
+            out.write(block.tobytes())
+            rows += len(block)
+    if rows != item.shape[0]:
+        raise ValueError(f"{name}: {rows} rows written, the header says {item.shape[0]}")
+
+
+def write_npz(path, arrays):
+    """Write `arrays` (NpzArray or ndarray, in order: arr_0, arr_1, ...) to `path` atomically."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for k, item in enumerate(arrays):
+                if not isinstance(item, NpzArray):
+                    item = NpzArray.whole(item)
+                _write_member(archive, f"arr_{k}.npy", item)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def read_npz(path):
+    """[arr_0, arr_1, ...] of an npz file."""
+    with np.load(path) as archive:
+        return [archive[f"arr_{k}"] for k in range(len(archive.files))]
+
+
+__all__ = ["NpzArray", "read_npz", "write_npz"]
