@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ramvid import create_model, create_model_and_diffusion, model_and_diffusion_defaults
+from ramvid.accel import compile_model, configure_tf32
 from ramvid.unet import AttentionBlock, ResBlock
 
 TINY = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
@@ -135,3 +136,80 @@ def test_resblock_recomputed_norm_activation_matches_plain_composition(scale_shi
     torch.testing.assert_close(results[0][0], results[1][0])
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- accel
+SMALLEST = dict(TINY, image_size=8, channel_mult="1")  # one level: the quickest graph to compile
+
+
+def test_compiled_unet_trains_like_eager_and_saves_plain_weights(one_thread):
+    """torch.compile (Inductor, C++ on CPU) of a UNet: forward and gradients equal eager up to
+    float32 reordering in fused kernels (1e-5), and state_dict keys are the module's own.
+
+    Catches compile_model returning the bare torch.compile wrapper (`_orig_mod.` prefixes)."""
+    torch.manual_seed(0)
+    model = create_model(**SMALLEST)
+    for p in model.parameters():
+        if p.dim() > 1:  # the output layer is zero-initialised: make the output depend on input
+            torch.nn.init.normal_(p, std=0.05)
+    net = compile_model(model, True)
+    x, t = torch.randn(2, 3, 4, 8, 8), torch.tensor([10.0, 500.0])
+    results = []
+    for fn in (model, net):
+        model.zero_grad()
+        out = fn(x, t)
+        out.pow(2).mean().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert list(net.state_dict()) == list(model.state_dict())
+    assert not any("_orig_mod" in k for k in net.state_dict())
+
+
+def test_compile_failures_fall_back_to_eager_with_one_line(monkeypatch, capsys):
+    """Catches a fallback that stays silent, prints a traceback, or retries compiling each call."""
+    model = create_model(**SMALLEST).eval()
+    x, t = torch.randn(1, 3, 4, 8, 8), torch.tensor([3.0])
+    expected = model(x, t)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Dynamo is not supported on this Python\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    assert compile_model(model, True) is model
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "torch.compile failed" in err and "second line" not in err
+
+    calls = []
+
+    def broken_compiler(module, **kwargs):
+        def run(*args, **kw):  # compilation happens on the first call
+            calls.append(1)
+            raise torch._dynamo.exc.TorchDynamoException("C++ compiler not found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compiler)
+    net = compile_model(model, True)
+    torch.testing.assert_close(net(x, t), expected, atol=0, rtol=0)
+    torch.testing.assert_close(net(x, t), expected, atol=0, rtol=0)
+    assert len(calls) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "C++ compiler not found" in err
+    assert compile_model(model, False) is model
+
+
+def test_tf32_switch_sets_cuda_backends_only():
+    """Catches configure_tf32 touching the CPU (oneDNN) precision or ignoring `enabled`."""
+    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    cpu_before = torch.backends.mkldnn.fp32_precision
+    try:
+        configure_tf32(True)
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+        configure_tf32(False)
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+        assert torch.backends.mkldnn.fp32_precision == cpu_before
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before

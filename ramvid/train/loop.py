@@ -10,6 +10,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import create_model_and_diffusion
+from ..accel import compile_model, configure_tf32
 from ..checkpoint import CheckpointError
 from ..cli import write_args_json
 from ..data import load_data
@@ -83,6 +84,7 @@ def train(cfg, model_flags, info, logdir, log):
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model, diffusion = create_model_and_diffusion(**model_flags)
     model.to(device)
+    configure_tf32(cfg.tf32)  # CUDA only
     # Dropout differs per rank; everything else random is drawn from per-step generators.
     seed_everything(cfg.seed * info.world_size + info.rank)
     schedule_sampler = create_named_schedule_sampler(cfg.schedule_sampler, diffusion)
@@ -107,6 +109,7 @@ def train(cfg, model_flags, info, logdir, log):
     if info.world_size > 1:
         ddp_model = DDP(model, device_ids=[device] if device.type == "cuda" else None,
                         find_unused_parameters=False)  # also broadcasts rank 0's weights
+    net = compile_model(ddp_model, cfg.compile)  # what is called; `model` is what is saved
 
     global_batch = cfg.batch_size * info.world_size
     num_params = sum(p.numel() for p in model.parameters())
@@ -149,7 +152,7 @@ def train(cfg, model_flags, info, logdir, log):
                 group["lr"] = lr_at(cfg, step)
 
             inputs = draw_step_inputs(cfg, schedule_sampler, video, info.rank, step)
-            terms = forward_backward(ddp_model, diffusion, video, cond, inputs, cfg.microbatch,
+            terms = forward_backward(net, diffusion, video, cond, inputs, cfg.microbatch,
                                      exclude_conditional=cfg.exclude_conditional,
                                      autocast=autocast, scaler=scaler,
                                      schedule_sampler=schedule_sampler)
