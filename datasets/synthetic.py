@@ -10,7 +10,11 @@ shape is the clip's class and the file name's prefix (`circle_00012.mp4`).
     python datasets/synthetic.py --out_dir data/sprites --num_train 400 --num_test 64 --seed 0
 
 Every clip is drawn from its own generator seeded by (seed, split, index), so any single clip
-can be reproduced, and the train and test sets never share a clip.
+can be reproduced, and the train, test and (optional) val sets never share a clip.
+
+`--speed`, `--radius` (fractions of the frame size) and `--color_by_shape` make the motion
+easier to see and to learn; `make demo` uses one large sprite moving 2.4 px per frame in a
+16 x 16 frame, its colour fixed by its shape (docs/DEMO.md).
 """
 import argparse
 import sys
@@ -24,7 +28,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python datasets/synthetic.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import DatasetError, class_of, prepare_split_dir, run_cli  # noqa: E402
+from datasets.common import class_of, prepare_split_dir, run_cli  # noqa: E402
+from ramvid.cli import UsageError  # noqa: E402
 from ramvid.video_io import write_video  # noqa: E402
 from ramvid.flags import str2bool  # noqa: E402
 
@@ -34,10 +39,11 @@ PALETTE = np.array([  # saturated colours, far from the background and from each
     [230, 60, 50], [60, 200, 70], [70, 110, 240], [240, 210, 50],
     [200, 70, 220], [60, 210, 220], [245, 140, 40], [235, 235, 235],
 ], np.uint8)
-SPLIT_IDS = {"train": 0, "test": 1}
+SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
 # Sprite size and speed as fractions of the frame size, so the motion looks the same at any size.
 RADIUS_RANGE = (0.14, 0.22)  # circumradius: every shape fits in the circle of this radius
 SPEED_RANGE = (0.03, 0.07)  # pixels per frame / image_size
+SHAPE_COLORS = PALETTE[:len(SHAPES)]  # with color_by_shape: circle red, square green, ...
 
 
 @dataclass
@@ -74,15 +80,18 @@ def shape_mask(shape, dy, dx, radius):
     raise ValueError(f"unknown shape {shape}")
 
 
-def sample_clip(rng, image_size, num_frames, max_sprites):
+def sample_clip(rng, image_size, num_frames, max_sprites, speed=SPEED_RANGE, radius=RADIUS_RANGE,
+                color_by_shape=False):
     """Draw one clip's sprites and render it; returns a dict of per-clip arrays."""
     n = int(rng.integers(1, max_sprites + 1))
     shapes = rng.integers(0, len(SHAPES), n)
     colors = PALETTE[rng.choice(len(PALETTE), n, replace=False)]
-    radii = rng.uniform(*RADIUS_RANGE, n) * image_size
+    if color_by_shape:  # drawn anyway, so the other draws do not depend on this choice
+        colors = SHAPE_COLORS[shapes]
+    radii = rng.uniform(*radius, n) * image_size
     low, high = radii[:, None], image_size - radii[:, None]  # (n, 1): the centre stays inside
     start = rng.uniform(low, high, (n, 2))
-    speed = rng.uniform(*SPEED_RANGE, n) * image_size
+    speed = rng.uniform(*speed, n) * image_size
     angle = rng.uniform(0, 2 * np.pi, n)
     velocity = speed[:, None] * np.stack([np.sin(angle), np.cos(angle)], axis=1)  # (n, 2)
     t = np.arange(num_frames)[None, :, None]
@@ -100,9 +109,10 @@ def sample_clip(rng, image_size, num_frames, max_sprites):
                 velocities=velocity)
 
 
-def make_clips(num_clips, image_size=32, num_frames=20, seed=0, split="train", max_sprites=3):
+def make_clips(num_clips, image_size=32, num_frames=20, seed=0, split="train", max_sprites=3,
+               speed=SPEED_RANGE, radius=RADIUS_RANGE, color_by_shape=False):
     """Render `num_clips` clips as arrays, without writing files."""
-    check_sizes(image_size, num_frames, max_sprites)
+    check_sizes(image_size, num_frames, max_sprites, speed, radius)
     s, t = max_sprites, num_frames
     out = SpriteClips(
         videos=np.empty((num_clips, t, image_size, image_size, 3), np.uint8), labels=[],
@@ -111,7 +121,8 @@ def make_clips(num_clips, image_size=32, num_frames=20, seed=0, split="train", m
         centers=np.full((num_clips, s, t, 2), np.nan),
         velocities=np.full((num_clips, s, 2), np.nan))
     for i in range(num_clips):
-        clip = sample_clip(clip_rng(seed, split, i), image_size, num_frames, max_sprites)
+        clip = sample_clip(clip_rng(seed, split, i), image_size, num_frames, max_sprites, speed,
+                           radius, color_by_shape)
         n = len(clip["shapes"])
         out.videos[i] = clip["video"]
         out.labels.append(SHAPES[clip["shapes"][0]])
@@ -125,37 +136,56 @@ def clip_rng(seed, split, index):
     return np.random.default_rng([seed, SPLIT_IDS[split], index])
 
 
-def check_sizes(image_size, num_frames, max_sprites):
+def check_sizes(image_size, num_frames, max_sprites, speed=SPEED_RANGE, radius=RADIUS_RANGE):
     if image_size < 8:
-        raise DatasetError(f"--image_size must be at least 8, got {image_size}")
+        raise UsageError(f"--image_size must be at least 8, got {image_size}")
     if num_frames < 2:
-        raise DatasetError(f"--num_frames must be at least 2 (motion needs two), got {num_frames}")
+        raise UsageError(f"--num_frames must be at least 2 (motion needs two), got {num_frames}")
     if not 1 <= max_sprites <= len(PALETTE):
-        raise DatasetError(f"--max_sprites must be in 1..{len(PALETTE)}, got {max_sprites}")
+        raise UsageError(f"--max_sprites must be in 1..{len(PALETTE)}, got {max_sprites}")
+    if not 0 <= speed[0] <= speed[1]:
+        raise UsageError(f"--speed must be 'min,max' with 0 <= min <= max, got {speed}")
+    if not 0 < radius[0] <= radius[1] < 0.5:
+        raise UsageError(f"--radius must be 'min,max' with 0 < min <= max < 0.5, got {radius}")
 
 
 def generate(out_dir, num_train=400, num_test=64, image_size=32, num_frames=20, seed=0,
-             max_sprites=3, fps=10, overwrite=False):
-    """Write `out_dir/train` and `out_dir/test` as lossless .mp4 clips named `<shape>_<index>.mp4`.
-
-    Returns {split: [paths]}.
+             max_sprites=3, fps=10, overwrite=False, speed=SPEED_RANGE, radius=RADIUS_RANGE,
+             color_by_shape=False, num_val=0):
+    """Write `out_dir/train`, `out_dir/test` (and `out_dir/val` when num_val > 0) as lossless
+    .mp4 clips named `<shape>_<index>.mp4`. Returns {split: [paths]}.
     """
-    check_sizes(image_size, num_frames, max_sprites)
-    for flag, count in (("--num_train", num_train), ("--num_test", num_test)):
+    check_sizes(image_size, num_frames, max_sprites, speed, radius)
+    for flag, count in (("--num_train", num_train), ("--num_test", num_test),
+                        ("--num_val", num_val)):
         if not 0 <= count <= 99999:
-            raise DatasetError(f"{flag} must be in 0..99999, got {count}")
+            raise UsageError(f"{flag} must be in 0..99999, got {count}")
     counts = {"train": num_train, "test": num_test}
+    if num_val:
+        counts["val"] = num_val
     split_dirs = {split: prepare_split_dir(out_dir, split, overwrite) for split in counts}
     written = {}
     for split, count in counts.items():
         split_dir, written[split] = split_dirs[split], []
         for i in range(count):
             # One clip at a time keeps memory flat for large sets.
-            clip = sample_clip(clip_rng(seed, split, i), image_size, num_frames, max_sprites)
+            clip = sample_clip(clip_rng(seed, split, i), image_size, num_frames, max_sprites,
+                               speed, radius, color_by_shape)
             path = split_dir / f"{SHAPES[clip['shapes'][0]]}_{i:05d}.mp4"
             write_video(path, clip["video"], fps=fps)
             written[split].append(path)
     return written
+
+
+def fraction_pair(text):
+    """'a,b' -> (a, b) floats; a single number gives (a, a)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'min,max' numbers, got {text!r}") from None
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected 'min,max' numbers, got {text!r}")
+    return (values[0], values[-1])
 
 
 def main(argv=None):
@@ -163,9 +193,17 @@ def main(argv=None):
     parser.add_argument("--out_dir", required=True, help="writes out_dir/train and out_dir/test")
     parser.add_argument("--num_train", type=int, default=400)
     parser.add_argument("--num_test", type=int, default=64)
+    parser.add_argument("--num_val", type=int, default=0,
+                        help="also write out_dir/val: clips for choosing settings, not scoring")
     parser.add_argument("--image_size", type=int, default=32, help="frame height and width")
     parser.add_argument("--num_frames", type=int, default=20, help="frames per clip")
     parser.add_argument("--max_sprites", type=int, default=3, help="each clip shows 1..this many")
+    parser.add_argument("--speed", type=fraction_pair, default=SPEED_RANGE,
+                        help="'min,max' pixels per frame as a fraction of the frame size")
+    parser.add_argument("--radius", type=fraction_pair, default=RADIUS_RANGE,
+                        help="'min,max' sprite circumradius as a fraction of the frame size")
+    parser.add_argument("--color_by_shape", type=str2bool, default=False,
+                        help="each shape has one fixed colour instead of a random one")
     parser.add_argument("--fps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", type=str2bool, default=False,
@@ -176,7 +214,8 @@ def main(argv=None):
 
     start = time.time()
     written = generate(args.out_dir, args.num_train, args.num_test, args.image_size,
-                       args.num_frames, args.seed, args.max_sprites, args.fps, args.overwrite)
+                       args.num_frames, args.seed, args.max_sprites, args.fps, args.overwrite,
+                       args.speed, args.radius, args.color_by_shape, args.num_val)
     seconds = time.time() - start
     for split, paths in written.items():
         classes = Counter(class_of(p) for p in paths)
