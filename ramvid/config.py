@@ -1,13 +1,18 @@
 """Flags -> typed configs -> (model, diffusion).
 
-`model_and_diffusion_defaults()` and `create_model_and_diffusion(**flags)` are the stable surface
-with the flag names of the paper's commands; inside, one `UNetConfig` and one `DiffusionConfig`
-are built once and passed around.
+The model and diffusion flags are declared once, in `MODEL_AND_DIFFUSION_FLAGS` (name, default,
+help, choices, check); the training and sampling parsers, `--help`, args.json and the checks
+below are built from it. `model_and_diffusion_defaults()` and
+`create_model_and_diffusion(**flags)` are the stable surface with the flag names of the paper's
+commands; inside, one `UNetConfig` and one `DiffusionConfig` are built once and passed around.
 """
-from dataclasses import dataclass
+import argparse
+from dataclasses import dataclass, fields
 
 from .diffusion import (GaussianDiffusion, LossType, ModelMeanType, ModelVarType, SpacedDiffusion,
                         get_named_beta_schedule, space_timesteps)
+from .diffusion.schedules import NOISE_SCHEDULES
+from .flags import Flag, at_least, flag_values, in_range, int_list, positive
 from .unet import UNetConfig, UNetModel
 
 # channel_mult chosen by image size when --channel_mult is not given.
@@ -19,76 +24,94 @@ CHANNEL_MULT_BY_SIZE = {
 }
 
 
+def _ints(text):
+    """'16,8' -> (16, 8); ValueError with the reason otherwise."""
+    try:
+        return tuple(int_list(text))
+    except argparse.ArgumentTypeError:
+        raise ValueError("expected a comma list of integers") from None
+
+
+def _all_positive(values):
+    return None if all(v > 0 for v in values) else "every entry must be positive"
+
+
+# The paper code's defaults; the paper's own commands (presets bair64, kinetics600, ucf101)
+# change some of them.
+MODEL_AND_DIFFUSION_FLAGS = (
+    Flag("image_size", 64, "frame height and width in pixels (videos are resized and "
+         "center-cropped to it)", check=positive),
+    Flag("num_channels", 128, "channels of the first UNet level (and of the timestep embedding)",
+         check=positive),
+    Flag("num_res_blocks", 2, "residual blocks per UNet level", check=positive),
+    Flag("num_heads", 4, "attention heads", check=positive),
+    Flag("num_heads_upsample", -1, "attention heads on the upsampling path; -1 = --num_heads"),
+    Flag("attention_resolutions", "16,8", "comma list of downsampling factors r whose level "
+         "attends over all T*H*W positions (at image_size // r pixels); the middle block always "
+         "attends; empty = middle block only", convert=_ints, check=_all_positive),
+    Flag("channel_mult", "", "comma list of channel multipliers per UNet level, e.g. 1,2,3,4; "
+         f"empty = chosen by --image_size ({', '.join(map(str, CHANNEL_MULT_BY_SIZE))})",
+         convert=_ints, check=_all_positive),
+    Flag("dropout", 0.0, "dropout rate in the residual blocks", check=in_range(0.0, 1.0)),
+    Flag("learn_sigma", False, "the model also predicts the variance (2C output channels; "
+         "hybrid loss)"),
+    Flag("sigma_small", False, "fixed variance = the posterior variance (default: beta_t); "
+         "ignored with --learn_sigma True"),
+    Flag("class_cond", False, "condition on the class: the file name's prefix before the first "
+         "'_' (cat_03.mp4 -> cat)"),
+    Flag("num_classes", 0, "with --class_cond True: the number of classes (training takes it "
+         "from the data)", check=at_least(0)),
+    Flag("diffusion_steps", 1000, "T: steps of the forward (noising) process", check=positive),
+    Flag("noise_schedule", "linear", "beta schedule of the forward process",
+         choices=NOISE_SCHEDULES),
+    Flag("timestep_respacing", "", "steps kept for sampling: 'N' (e.g. 250), section counts "
+         "'a,b,c', or 'ddimN'; empty = all --diffusion_steps"),
+    Flag("use_kl", False, "train on the variational bound alone (with --learn_sigma True)"),
+    Flag("predict_xstart", False, "the model predicts the clean video x0 instead of the noise"),
+    Flag("rescale_timesteps", True, "feed the model t * 1000 / T, so respaced and full "
+         "schedules share one timestep range"),
+    Flag("rescale_learned_sigmas", True, "with --learn_sigma True: scale the variational-bound "
+         "term by T / 1000"),
+    Flag("use_checkpoint", False, "gradient checkpointing: recompute activations in the "
+         "backward pass (less memory, slower)"),
+    Flag("use_scale_shift_norm", True, "the timestep embedding scales and shifts the "
+         "normalised features (FiLM) instead of being added"),
+    Flag("scale_time_dim", 20, "S > 0: UNet levels also halve the time axis while S//2, S//4, "
+         "... stay positive; 0 = time is never downsampled. The default 20 is the paper code's; "
+         "the paper's own commands use 0", check=at_least(0)),
+    Flag("rgb", True, "3 colour channels; False = grayscale (1 channel)"),
+    Flag("seq_len", 20, "frames per training clip (and per sampled video)", check=positive),
+)
+
+
 def model_and_diffusion_defaults():
     """Every model and diffusion flag with its default (the paper code's defaults)."""
-    return dict(
-        image_size=64,
-        num_channels=128,
-        num_res_blocks=2,
-        num_heads=4,
-        num_heads_upsample=-1,
-        attention_resolutions="16,8",
-        channel_mult="",  # empty: chosen by image_size
-        dropout=0.0,
-        learn_sigma=False,
-        sigma_small=False,
-        class_cond=False,
-        num_classes=0,  # with class_cond: the number of classes (the training data sets it)
-        diffusion_steps=1000,
-        noise_schedule="linear",
-        timestep_respacing="",
-        use_kl=False,
-        predict_xstart=False,
-        rescale_timesteps=True,
-        rescale_learned_sigmas=True,
-        use_checkpoint=False,
-        use_scale_shift_norm=True,
-        scale_time_dim=20,
-        rgb=True,
-        seq_len=20,
-    )
-
-
-MODEL_FLAGS = (
-    "image_size", "num_channels", "num_res_blocks", "num_heads", "num_heads_upsample",
-    "attention_resolutions", "channel_mult", "dropout", "learn_sigma", "class_cond",
-    "num_classes", "use_checkpoint", "use_scale_shift_norm", "scale_time_dim", "rgb", "seq_len",
-)
-DIFFUSION_FLAGS = (
-    "diffusion_steps", "noise_schedule", "timestep_respacing", "learn_sigma", "sigma_small",
-    "use_kl", "predict_xstart", "rescale_timesteps", "rescale_learned_sigmas",
-)
+    return {f.name: f.default for f in MODEL_AND_DIFFUSION_FLAGS}
 
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    diffusion_steps: int = 1000
-    noise_schedule: str = "linear"
-    timestep_respacing: str = ""
-    learn_sigma: bool = False
-    sigma_small: bool = False
-    use_kl: bool = False
-    predict_xstart: bool = False
-    rescale_timesteps: bool = True
-    rescale_learned_sigmas: bool = True
+    """The diffusion flags (defaults in MODEL_AND_DIFFUSION_FLAGS)."""
+    diffusion_steps: int
+    noise_schedule: str
+    timestep_respacing: str
+    learn_sigma: bool
+    sigma_small: bool
+    use_kl: bool
+    predict_xstart: bool
+    rescale_timesteps: bool
+    rescale_learned_sigmas: bool
 
 
-def _parse_ints(flag, value):
-    if isinstance(value, (list, tuple)):
-        return tuple(int(v) for v in value)
-    try:
-        return tuple(int(v) for v in str(value).split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"{flag}={value!r} is not a comma list of integers") from None
+DIFFUSION_FLAGS = tuple(f.name for f in fields(DiffusionConfig))
 
 
 def unet_config_from_flags(flags):
     """Build the UNetConfig that the model flags describe (ValueError names a bad flag)."""
-    image_size = int(flags["image_size"])
-    if image_size < 1:
-        raise ValueError(f"image_size={image_size} must be positive")
-    if flags.get("channel_mult"):
-        channel_mult = _parse_ints("channel_mult", flags["channel_mult"])
+    v = flag_values(MODEL_AND_DIFFUSION_FLAGS, flags)
+    image_size = v["image_size"]
+    if v["channel_mult"]:
+        channel_mult = v["channel_mult"]
     elif image_size in CHANNEL_MULT_BY_SIZE:
         channel_mult = CHANNEL_MULT_BY_SIZE[image_size]
     else:
@@ -101,36 +124,28 @@ def unet_config_from_flags(flags):
             f"image_size={image_size} is not divisible by 2^{len(channel_mult) - 1} "
             f"(channel_mult={','.join(map(str, channel_mult))} downsamples that often)"
         )
-    resolutions = _parse_ints("attention_resolutions", flags["attention_resolutions"])
-    if any(r <= 0 for r in resolutions):
-        raise ValueError(f"attention_resolutions={flags['attention_resolutions']!r} must be positive")
     num_classes = None
-    if flags["class_cond"]:
-        num_classes = int(flags.get("num_classes") or 0)
+    if v["class_cond"]:
+        num_classes = v["num_classes"]
         if num_classes < 1:
             raise ValueError("class_cond=True needs num_classes >= 1 (set --num_classes)")
-    for flag in ("num_channels", "num_res_blocks", "seq_len"):
-        if int(flags[flag]) < 1:
-            raise ValueError(f"{flag}={flags[flag]} must be >= 1")
-    if not 0.0 <= float(flags["dropout"]) < 1.0:
-        raise ValueError(f"dropout={flags['dropout']} must lie in [0, 1)")
-    channels = 3 if flags["rgb"] else 1
+    channels = 3 if v["rgb"] else 1
     return UNetConfig(
         image_size=image_size,
         in_channels=channels,
-        model_channels=int(flags["num_channels"]),
-        out_channels=2 * channels if flags["learn_sigma"] else channels,
-        num_res_blocks=int(flags["num_res_blocks"]),
-        attention_resolutions=tuple(image_size // r for r in resolutions),
+        model_channels=v["num_channels"],
+        out_channels=2 * channels if v["learn_sigma"] else channels,
+        num_res_blocks=v["num_res_blocks"],
+        attention_resolutions=tuple(image_size // r for r in v["attention_resolutions"]),
         channel_mult=channel_mult,
-        dropout=float(flags["dropout"]),
+        dropout=v["dropout"],
         num_classes=num_classes,
-        use_checkpoint=bool(flags["use_checkpoint"]),
-        num_heads=int(flags["num_heads"]),
-        num_heads_upsample=int(flags["num_heads_upsample"]),
-        use_scale_shift_norm=bool(flags["use_scale_shift_norm"]),
-        scale_time_dim=int(flags["scale_time_dim"]),
-        seq_len=int(flags["seq_len"]),
+        use_checkpoint=v["use_checkpoint"],
+        num_heads=v["num_heads"],
+        num_heads_upsample=v["num_heads_upsample"],
+        use_scale_shift_norm=v["use_scale_shift_norm"],
+        scale_time_dim=v["scale_time_dim"],
+        seq_len=v["seq_len"],
     )
 
 
@@ -162,8 +177,8 @@ def create_gaussian_diffusion(config: DiffusionConfig):
 
 
 def create_diffusion(**flags):
-    merged = {**model_and_diffusion_defaults(), **flags}
-    return create_gaussian_diffusion(DiffusionConfig(**{k: merged[k] for k in DIFFUSION_FLAGS}))
+    declared = [f for f in MODEL_AND_DIFFUSION_FLAGS if f.name in DIFFUSION_FLAGS]
+    return create_gaussian_diffusion(DiffusionConfig(**flag_values(declared, flags)))
 
 
 def create_model_and_diffusion(**flags):
@@ -176,7 +191,7 @@ def create_model_and_diffusion(**flags):
 
 
 __all__ = [
-    "CHANNEL_MULT_BY_SIZE", "DiffusionConfig", "GaussianDiffusion", "MODEL_FLAGS",
+    "CHANNEL_MULT_BY_SIZE", "DiffusionConfig", "GaussianDiffusion", "MODEL_AND_DIFFUSION_FLAGS",
     "DIFFUSION_FLAGS", "create_diffusion", "create_gaussian_diffusion", "create_model",
     "create_model_and_diffusion", "model_and_diffusion_defaults", "unet_config_from_flags",
 ]

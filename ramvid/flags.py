@@ -1,9 +1,25 @@
-"""Command-line flag helpers shared by the scripts.
+"""Command-line flags, each declared once.
+
+A `Flag` holds everything about one flag: its name, its default as written on the command line,
+its help text, its allowed choices, how its text becomes the value the program uses, and what
+makes a value wrong. The parser, the defaults, `--help`, the checks and the config object are all
+built from these declarations (EDM-style), so they cannot disagree:
+
+    FLAGS = (
+        Flag("lr", 1e-4, "AdamW learning rate", check=positive),
+        Flag("ema_rate", "0.9999", "comma list of EMA rates", convert=ema_rates),
+    )
+    add_flags(parser, FLAGS)                     # --lr, --ema_rate with type, help, choices
+    values = flag_values(FLAGS, vars(args))      # converted and checked, or UsageError
 
 Flags keep the names, defaults and meanings of the seed README, so a command pasted from the
 paper works unchanged. Booleans are written `True`/`False`; lists as comma lists (`0,1,`).
 """
 import argparse
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from .cli import UsageError
 
 
 def str2bool(value):
@@ -17,36 +33,95 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
-def _comma_list(value, cast, kind):
-    if isinstance(value, (list, tuple)):
-        return [cast(v) for v in value]
-    parts = [p.strip() for p in str(value).split(",") if p.strip()]
-    try:
-        return [cast(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of {kind}, got {value!r}")
-
-
 def int_list(value):
     """'0,1,' -> [0, 1]; a trailing comma (as in the paper's commands) is tolerated."""
-    return _comma_list(value, int, "integers")
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    parts = [p.strip() for p in str(value).split(",") if p.strip()]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {value!r}")
 
 
-def float_list(value):
-    return _comma_list(value, float, "numbers")
+# Checks: value -> the reason it is wrong, or None.
+def positive(value):
+    return None if value > 0 else "must be positive"
 
 
-def add_flags(parser, defaults, help_texts=None):
-    """Add `--name` for every entry of `defaults`, typed by the default's type."""
-    help_texts = help_texts or {}
-    for name, default in defaults.items():
-        if isinstance(default, bool):
-            kind = str2bool
-        elif default is None:
-            kind = str
-        else:
-            kind = type(default)
-        parser.add_argument(f"--{name}", default=default, type=kind, help=help_texts.get(name))
+def at_least(low):
+    return lambda value: None if value >= low else f"must be >= {low}"
+
+
+def in_range(low, high):
+    """low <= value < high."""
+    return lambda value: None if low <= value < high else f"must lie in [{low}, {high})"
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    default: Any  # as written on the command line; also the value when the flag is not given
+    help: str
+    choices: Optional[tuple] = None
+    check: Optional[Callable[[Any], Optional[str]]] = None  # converted value -> reason or None
+    convert: Optional[Callable[[Any], Any]] = None  # parsed value -> the program's value
+    # (raises ValueError with the reason); e.g. "0.9999,0.99" -> ("0.9999", "0.99")
+
+    def parse_type(self):
+        if isinstance(self.default, bool):
+            return str2bool
+        if self.default is None:
+            return str
+        return type(self.default)
+
+    def value(self, raw):
+        """The program's value of `raw` (as parsed, or as text), or UsageError naming the flag."""
+        try:
+            value = raw
+            if isinstance(value, str) and self.parse_type() is not str:
+                value = self.parse_type()(value)
+            value = self.convert(value) if self.convert else value
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise UsageError(f"--{self.name} {raw!r}: {e}") from None
+        if self.choices is not None and value not in self.choices:
+            raise UsageError(f"--{self.name} {raw!r}: not one of: {', '.join(map(str, self.choices))}")
+        reason = self.check(value) if self.check else None
+        if reason:
+            raise UsageError(f"--{self.name} {raw!r}: {reason}")
+        return value
+
+    def to_json(self, value):
+        """The program's value as the command line writes it (args.json stays re-parseable)."""
+        if self.convert is None:
+            return value
+        if value is None:
+            return ""
+        if isinstance(value, (list, tuple)):
+            return ",".join(map(str, value))
+        return value
+
+
+def defaults(flags):
+    """{name: default} of the declarations, in order."""
+    return {f.name: f.default for f in flags}
+
+
+def add_flags(parser, flags, help_texts=None):
+    """Add `--name` for every declaration (or, older style, every entry of a {name: default}
+    dict with help from `help_texts`)."""
+    if isinstance(flags, dict):
+        help_texts = help_texts or {}
+        flags = [Flag(name, default, help_texts.get(name)) for name, default in flags.items()]
+    for flag in flags:
+        parser.add_argument(f"--{flag.name}", default=flag.default, type=flag.parse_type(),
+                            choices=flag.choices if flag.convert is None else None, help=flag.help)
+
+
+def flag_values(flags, raw):
+    """{name: the program's value} for every declaration, from `raw` ({name: parsed value},
+    missing names take their default); a bad value raises UsageError naming the flag."""
+    return {f.name: f.value(raw.get(f.name, f.default)) for f in flags}
 
 
 def select(args, keys):

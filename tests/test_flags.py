@@ -64,3 +64,56 @@ def test_entry_point_passes_return_value_and_other_errors():
     with pytest.raises(SystemExit) as stop:
         entry_point(lambda: (_ for _ in ()).throw(UsageError("x")))()
     assert stop.value.code == 2
+
+
+# ---------------------------------------------------------------- declared flags
+
+# The paper code's defaults for the model and diffusion flags (its script_util defaults, as the
+# spec's REFERENCE.md describes them), written here independently of ramvid/config.py.
+PAPER_CODE_DEFAULTS = dict(
+    image_size=64, num_channels=128, num_res_blocks=2, num_heads=4, num_heads_upsample=-1,
+    attention_resolutions="16,8", channel_mult="", dropout=0.0, learn_sigma=False,
+    sigma_small=False, class_cond=False, num_classes=0, diffusion_steps=1000,
+    noise_schedule="linear", timestep_respacing="", use_kl=False, predict_xstart=False,
+    rescale_timesteps=True, rescale_learned_sigmas=True, use_checkpoint=False,
+    use_scale_shift_norm=True, scale_time_dim=20, rgb=True, seq_len=20,
+)
+
+
+def test_model_flag_defaults_are_the_paper_codes():
+    """Catches: a default changed while moving the flags into one declaration table."""
+    from ramvid.config import model_and_diffusion_defaults
+    assert model_and_diffusion_defaults() == PAPER_CODE_DEFAULTS
+
+
+def test_every_training_flag_has_help():
+    """Catches: a flag added without a help text (break: drop one help string)."""
+    from ramvid.train.options import build_parser
+    missing = [a.option_strings[0] for a in build_parser()._actions if not a.help]
+    assert missing == []
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"image_size": 0}, "--image_size 0: must be positive"),
+    ({"attention_resolutions": "16,x"}, "--attention_resolutions '16,x': expected a comma list"),
+    ({"attention_resolutions": "16,0"}, "--attention_resolutions '16,0': every entry must be"),
+    ({"dropout": 1.0}, "--dropout 1.0: must lie in [0.0, 1.0)"),
+    ({"noise_schedule": "cosin"}, "--noise_schedule 'cosin': not one of: linear, cosine"),
+    ({"image_size": "abc"}, "--image_size 'abc': invalid literal"),
+])
+def test_declared_checks_name_the_flag(flags, message):
+    """Catches: a declaration's check or choices not applied when the model is built."""
+    from ramvid.config import create_model_and_diffusion
+    with pytest.raises(UsageError) as error:
+        create_model_and_diffusion(**flags)
+    assert str(error.value).startswith(message)
+
+
+def test_train_flag_error_from_declaration(capsys):
+    """Catches: declared checks skipped by the training parser (it must exit 2, one line)."""
+    from ramvid.train.options import parse_train_args
+    with pytest.raises(SystemExit) as stop:
+        parse_train_args(["--data_dir", str(REPO), "--seq_len", "0"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seq_len 0: must be positive" in err and err.count("\n") == 1

@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 
+NOISE_SCHEDULES = ("linear", "cosine")
+
 
 def get_named_beta_schedule(name, num_diffusion_timesteps):
     """Betas (float64, shape (T,)) of the `linear` or `cosine` schedule."""
@@ -22,7 +24,7 @@ def get_named_beta_schedule(name, num_diffusion_timesteps):
             num_diffusion_timesteps,
             lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2,
         )
-    raise ValueError(f"noise_schedule={name!r} is not one of: linear, cosine")
+    raise ValueError(f"noise_schedule={name!r} is not one of: {', '.join(NOISE_SCHEDULES)}")
 
 
 def betas_for_alpha_bar(num_diffusion_timesteps, alpha_bar, max_beta=0.999):

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import model_and_diffusion_defaults
+from ..config import MODEL_AND_DIFFUSION_FLAGS
 from ..checkpoint import step_from_model_path
 from ..cli import (add_common_flags, check, check_model_flags, exit_if_dry_run, flag_error,
                    make_parser, parse_flags)
@@ -155,7 +156,7 @@ def build_parser(prog="video_train.py"):
     parser.add_argument("--data_dir", required=True,
                         help="folder searched recursively for .mp4/.avi/.gif videos")
     add_flags(parser, training_defaults(), HELP)
-    add_flags(parser, model_and_diffusion_defaults())
+    add_flags(parser, MODEL_AND_DIFFUSION_FLAGS)
     for action in parser._actions:  # fixed vocabularies: argparse names the choices on error
         if action.dest == "anneal_type":
             action.choices = ANNEAL_TYPES
