@@ -5,7 +5,7 @@ Public API:
     probe(path) -> VideoInfo(num_frames, fps, width, height)
     read_window(path, start, length) -> uint8 (T, H, W, 3)
     VideoClipDataset(data_dir, image_size, seq_len, ...)[i] -> ((C, T, H, W), label or -1)
-    load_data(*, data_dir, batch_size, image_size, seq_len, ...) -> VideoLoader
+    load_data(*, data_dir, batch_size, image_size, seq_len, ...) -> VideoLoader (training)
 """
 from .clips import RandomClipDataset, VideoClipDataset
 from .decode import ShortVideoError, VideoInfo, VideoReadError, probe, read_window

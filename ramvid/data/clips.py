@@ -209,11 +209,10 @@ class VideoClipDataset(Dataset):
         rank: int = 0,
         world_size: int = 1,
         start: int = 0,
-        shard: Shard | None = None,
     ):
         if start < 0:
             raise UsageError(f"start frame must be >= 0, got {start}")
-        self.shard = shard or Shard.scan(data_dir, seq_len, class_cond, rank, world_size)
+        self.shard = Shard.scan(data_dir, seq_len, class_cond, rank, world_size)
         self.reader = _ClipReader(self.shard, image_size, rgb)
         self.start = start
         self.class_names = self.shard.class_names

@@ -1,8 +1,7 @@
-"""`load_data`: batches of clips for training (infinite, resumable) or sampling (one pass)."""
+"""`load_data`: the training batches (infinite, resumable). Sampling reads `VideoClipDataset`."""
 from __future__ import annotations
 
 import itertools
-import math
 import numbers
 import signal
 import warnings
@@ -11,7 +10,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from ..cli import UsageError
-from .clips import RandomClipDataset, Shard, VideoClipDataset
+from .clips import RandomClipDataset, Shard
 
 
 class _CountFrom(Sampler):
@@ -35,17 +34,15 @@ class VideoLoader:
     """Iterator of `(video, cond)`: video float32 (N, C, T, H, W) in [-1, 1], cond a dict
     (`{"y": LongTensor (N,)}` with class conditioning, else `{}`).
 
-    Training mode never ends; deterministic mode stops after one pass over the files.
-    `state_dict()` records how many items were delivered, so `load_state_dict()` on a fresh
-    loader with the same seed, rank and world size continues with exactly the next items.
+    It never ends. `state_dict()` records how many items were delivered, so
+    `load_state_dict()` on a fresh loader with the same seed, rank and world size continues with
+    exactly the next items.
     """
 
-    def __init__(self, dataset, *, batch_size, class_cond, deterministic, num_workers, seed,
-                 rank, world_size):
+    def __init__(self, dataset, *, batch_size, class_cond, num_workers, seed, rank, world_size):
         self.dataset = dataset
         self.batch_size = batch_size
         self.class_cond = class_cond
-        self.deterministic = deterministic
         self.num_workers = num_workers
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.class_names = dataset.shard.class_names
@@ -55,14 +52,11 @@ class VideoLoader:
         self._batches = None
 
     def _start(self):
-        if self.deterministic:
-            items = range(self._consumed, len(self.dataset))
-        else:
-            items = _CountFrom(self._consumed)
         return iter(
             DataLoader(
                 self.dataset,
-                batch_sampler=BatchSampler(items, self.batch_size, drop_last=False),
+                batch_sampler=BatchSampler(_CountFrom(self._consumed), self.batch_size,
+                                           drop_last=False),
                 num_workers=self.num_workers,
                 pin_memory=torch.cuda.is_available(),
                 worker_init_fn=_ignore_stop_signals,
@@ -81,11 +75,6 @@ class VideoLoader:
         video, label = next(self._batches)  # (N, C, T, H, W), (N,)
         self._consumed += video.shape[0]
         return video, ({"y": label} if self.class_cond else {})
-
-    def __len__(self) -> int:
-        if not self.deterministic:
-            raise TypeError("the training loader is infinite (deterministic=False)")
-        return math.ceil(len(self.dataset) / self.batch_size)
 
     def state_dict(self) -> dict:
         return {
@@ -122,20 +111,15 @@ def load_data(
     image_size: int,
     seq_len: int,
     class_cond: bool = False,
-    deterministic: bool = False,
     rgb: bool = True,
     rank: int = 0,
     world_size: int = 1,
     seed: int = 0,
     num_workers: int = 2,
-    start: int = 0,
 ) -> VideoLoader:
-    """Batches of `seq_len`-frame clips from the videos below `data_dir` (this rank's shard).
-
-    Training (`deterministic=False`): infinite; item k of rank r is a random window of a file,
-    drawn from `numpy.random.default_rng([seed, r, 0, k])` with the files reshuffled each epoch.
-    Sampling (`deterministic=True`): clip i = file i in sorted order, frames from `start`
-    (used in this mode only); one pass, the last batch may be smaller.
+    """Endless batches of `seq_len`-frame training clips from the videos below `data_dir` (this
+    rank's shard): item k of rank r is a random window of a file, drawn from
+    `numpy.random.default_rng([seed, r, 0, k])` with the files reshuffled each epoch.
     """
     _check_positive(batch_size=batch_size, image_size=image_size, seq_len=seq_len,
                     world_size=world_size)
@@ -148,11 +132,6 @@ def load_data(
     batch_size, image_size, seq_len = int(batch_size), int(image_size), int(seq_len)
     rank, world_size, num_workers, seed = int(rank), int(world_size), int(num_workers), int(seed)
     shard = Shard.scan(data_dir, seq_len, class_cond, rank, world_size)
-    if deterministic:
-        dataset = VideoClipDataset(data_dir, image_size, seq_len, rgb=rgb, start=start,
-                                   shard=shard)
-    else:
-        dataset = RandomClipDataset(shard, image_size, rgb, seed, rank)
+    dataset = RandomClipDataset(shard, image_size, rgb, seed, rank)
     return VideoLoader(dataset, batch_size=batch_size, class_cond=class_cond,
-                       deterministic=deterministic, num_workers=num_workers, seed=seed,
-                       rank=rank, world_size=world_size)
+                       num_workers=num_workers, seed=seed, rank=rank, world_size=world_size)
