@@ -1,5 +1,5 @@
-"""Shared set-up for the sampling tests (no tests here): a tiny checkpoint with its args.json,
-small real video files, and running the sampling scripts in-process or under mpirun."""
+"""Shared set-up for the sampling and evaluation tests (no tests here): a tiny checkpoint with
+its args.json, small real video files, and running the scripts in-process or under mpirun."""
 import importlib.util
 import json
 import os
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 import torch
 
 import ramvid
@@ -66,6 +67,13 @@ def make_videos(folder, prefixes=("a", "b", "c")):
     return folder
 
 
+@pytest.fixture
+def as_script(monkeypatch):
+    """as_script(name): sys.argv[0] as when scripts/<name>.py runs, so error lines start with
+    '<name>.py: error:' as on the command line."""
+    return lambda name: monkeypatch.setattr(sys, "argv", [str(SCRIPTS / f"{name}.py")])
+
+
 def load_script(name):
     """scripts/<name>.py as a module (its main(argv) runs in this process)."""
     spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
@@ -74,23 +82,28 @@ def load_script(name):
     return module
 
 
-def run_script(name, argv, logdir, monkeypatch, threads=None):
-    """Run a script's main in-process with OPENAI_LOGDIR=logdir; returns its logdir."""
-    monkeypatch.setenv("OPENAI_LOGDIR", str(logdir))
+def run_script(name, argv, out_dir, monkeypatch, threads=None):
+    """Run a sampling script's main in-process writing into exactly `out_dir`; returns it."""
+    monkeypatch.delenv("OPENAI_LOGDIR", raising=False)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        load_script(name).main([str(a) for a in argv])
+        load_script(name).main([str(a) for a in argv] + ["--out_dir", str(out_dir)])
     finally:
         torch.set_num_threads(before)
-    return Path(logdir)
+    return Path(out_dir)
 
 
-def mpirun_script(name, argv, logdir, ranks=2, timeout=240):
-    env = {**os.environ, "OPENAI_LOGDIR": str(logdir), "OMP_NUM_THREADS": "1"}
-    cmd = [str(VENV_BIN / "mpirun"), "-n", str(ranks), sys.executable,
-           str(SCRIPTS / f"{name}.py"), *map(str, argv)]
+def script_command(name, argv):
+    return [sys.executable, str(SCRIPTS / f"{name}.py"), *map(str, argv)]
+
+
+def mpirun_script(name, argv, out_dir, ranks=2, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("OPENAI_LOGDIR", None)
+    cmd = [str(VENV_BIN / "mpirun"), "-n", str(ranks),
+           *script_command(name, [*argv, "--out_dir", out_dir])]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 

@@ -6,10 +6,10 @@ from PIL import Image
 
 from ramvid.data import VideoClipDataset
 from ramvid.sample import load_model, sample_videos, to_uint8
-from ramvid.sample.core import SamplerOptions, denoise
+from ramvid.sample.batch import SamplerOptions, denoise
 from ramvid.sample.seeds import sample_generators
 from ramvid.video_grid import GENERATED_COLOR, GIVEN_COLOR
-from sample_fixtures import (TINY, load_npz, load_script, make_checkpoint, make_videos,
+from sample_fixtures import (TINY, as_script, load_npz, load_script, make_checkpoint, make_videos,
                              mpirun_script, run_script)
 
 NUM, BATCH = 5, 2  # 5 samples in batches of 2 over 2 ranks: nothing divides evenly
@@ -20,6 +20,11 @@ SHAPE = (NUM, TINY["seq_len"], 16, 16, 3)
 
 # Tiny models are fastest on one thread, above all when the 2 cores are shared.
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _argv0(as_script):
+    as_script("video_sample")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,8 @@ def test_mpirun_two_ranks_equals_single_process(setup, conditional_run, tmp_path
                                           "--cond_frames", "0,1,", "--save_gt", "True", *COMMON],
                          tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("sampling 5 videos on 2 rank(s)") == 1  # rank 0 speaks alone
+    assert done.stdout.count("plan: 5 videos") == 1  # rank 0 speaks alone
+    assert "on 2 rank(s)" in done.stdout
     for name in ("5x6x16x16x3.npz", "gt_5x6x16x16x3.npz"):
         assert np.array_equal(load_npz(tmp_path / name)["arr_0"],
                               load_npz(conditional_run / name)["arr_0"]), name
@@ -135,9 +141,9 @@ def test_sample_i_reproducible_alone(setup):
 
 def test_ddim_eta0_reproducible_and_seeded(setup):
     model, diffusion = _model(setup)
-    first = sample_videos(model, diffusion, 2, seed=3, use_ddim=True)
-    again = sample_videos(model, diffusion, 2, seed=3, use_ddim=True)
-    other = sample_videos(model, diffusion, 2, seed=4, use_ddim=True)
+    first = sample_videos(model, diffusion, 2, seed=3, sampler="ddim")
+    again = sample_videos(model, diffusion, 2, seed=3, sampler="ddim")
+    other = sample_videos(model, diffusion, 2, seed=4, sampler="ddim")
     assert np.array_equal(first, again)
     assert (first != other).mean() > 0.5
 
@@ -152,7 +158,7 @@ def test_guidance_scale_one_is_plain_conditioning(setup):
     mask[:, :2] = True
 
     def run(w):
-        options = SamplerOptions(use_ddim=True, guidance_scale=w)
+        options = SamplerOptions(sampler="ddim", guidance_scale=w)
         return denoise(model, diffusion, sample_generators(0, [0, 1]), obs=obs, obs_mask=mask,
                        options=options)
 

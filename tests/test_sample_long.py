@@ -5,15 +5,22 @@ import torch
 
 from ramvid.data import VideoClipDataset
 from ramvid.sample import load_model, plan_autoregressive, plan_hierarchical, rollout, to_uint8
-from ramvid.sample.core import SamplerOptions
+import ramvid.sample.long as long_module
+from ramvid.sample.batch import SamplerOptions
 from ramvid.sample.seeds import sample_generators
-from sample_fixtures import TINY, load_npz, load_script, make_checkpoint, make_videos, run_script
+from sample_fixtures import (TINY, as_script, load_npz, load_script, make_checkpoint, make_videos,
+                             run_script)
 
 SEQ_LEN = TINY["seq_len"]
 
 
 # Tiny models are fastest on one thread, above all when the 2 cores are shared.
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _argv0(as_script):
+    as_script("video_sample_long")
 
 
 def check_plan(plan, total_length, seq_len, start):
@@ -23,11 +30,11 @@ def check_plan(plan, total_length, seq_len, start):
     written = []
     for window in plan:
         assert len(window.frames) == seq_len and list(window.frames) == sorted(set(window.frames))
-        for frame, given in zip(window.frames, window.given):
+        for frame, given in zip(window.frames, window.obs_mask):
             assert given == (frame in known), (window, sorted(known))
-        assert set(window.keep) <= set(window.frames) - known and window.keep
-        known |= set(window.keep)
-        written += list(window.keep)
+        assert set(window.new_frames) <= set(window.frames) - known and window.new_frames
+        known |= set(window.new_frames)
+        written += list(window.new_frames)
     assert sorted(written) == list(range(start, total_length))
 
 
@@ -38,9 +45,9 @@ def test_autoregressive_plan(total, cond, step, start):
     plan = plan_autoregressive(total, SEQ_LEN, cond, step, start)
     check_plan(plan, total, SEQ_LEN, start)
     for window in plan[1:] if start == 0 else plan:
-        assert window.num_given == min(cond, window.keep[0])  # the last known frames
-        assert window.given[: window.num_given] == (True,) * window.num_given
-        assert len(window.keep) <= step
+        assert window.num_given == min(cond, window.new_frames[0])  # the last known frames
+        assert window.obs_mask[: window.num_given] == (True,) * window.num_given
+        assert len(window.new_frames) <= step
 
 
 @pytest.mark.parametrize("total, cond, start", [
@@ -50,7 +57,7 @@ def test_hierarchical_plan(total, cond, start):
     plan = plan_hierarchical(total, SEQ_LEN, cond, start)
     check_plan(plan, total, SEQ_LEN, start)
     if total - start > SEQ_LEN - min(cond, start):
-        keyframes = plan[0].keep
+        keyframes = plan[0].new_frames
         assert keyframes[-1] == total - 1  # the first window spans the whole length
         assert len(plan[0].frames) - len(keyframes) == min(cond, start)
 
@@ -69,25 +76,35 @@ def setup(tmp_path_factory):
 
 
 @pytest.mark.parametrize("scheme", ["autoregressive", "hierarchical"])
-def test_rollout_carries_known_frames_over_exactly(setup, scheme):
+def test_rollout_carries_known_frames_over_exactly(setup, scheme, monkeypatch):
+    """Spies on every window's denoise call. Catches a rollout that hands a window stale or
+    zero frames as given, or writes back other positions than the window's new frames."""
     model, diffusion, _ = load_model(setup["ckpt"], device="cpu", timestep_respacing="3")
     clips = VideoClipDataset(setup["data"], 16, SEQ_LEN)
     start = torch.stack([clips[i][0] for i in range(2)])[:, :, :2]  # (2, C, 2, H, W)
     total = 15
     plan = (plan_autoregressive(total, SEQ_LEN, 2, 3, 2) if scheme == "autoregressive"
             else plan_hierarchical(total, SEQ_LEN, 2, 2))
-    windows = []
+    calls, denoise = [], long_module.denoise
+
+    def spy(*args, **kwargs):
+        out = denoise(*args, **kwargs)
+        calls.append((kwargs["obs"], out))
+        return out
+
+    monkeypatch.setattr(long_module, "denoise", spy)
     video = rollout(model, diffusion, plan, sample_generators(0, [0, 1]), total, start=start,
-                    options=SamplerOptions(), on_window=lambda i, w, out: windows.append((w, out)))
+                    options=SamplerOptions())
     assert video.shape == (2, 3, total, 16, 16)
     assert torch.equal(video[:, :, :2], start)
-    for window, out in windows:
-        given = [f for f, g in zip(window.frames, window.given) if g]
-        frames = given + list(window.keep)
-        inside = [window.frames.index(f) for f in frames]
-        # Given frames entered the window unchanged, kept frames left it unchanged.
-        assert torch.equal(out[:, :, inside], video[:, :, frames])
-    assert len(windows) == len(plan)
+    assert len(calls) == len(plan)
+    for window, (obs, out) in zip(plan, calls):
+        given = [i for i, g in enumerate(window.obs_mask) if g]
+        # Given frames entered the window as the video held them, new frames left it unchanged.
+        assert given and torch.equal(obs[:, :, given],
+                                     video[:, :, [window.frames[i] for i in given]])
+        new = [window.frames.index(f) for f in window.new_frames]
+        assert torch.equal(out[:, :, new], video[:, :, list(window.new_frames)])
 
 
 def test_long_script_writes_requested_length_with_start_frames_from_clips(setup, tmp_path, monkeypatch):

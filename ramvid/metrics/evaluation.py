@@ -25,19 +25,34 @@ class Protocol:
     fvd_include_given: bool
     paper_fvd: float | None                  # RaMViD's reported number
     summary: str
+    source: str = ""                         # where the protocol and the paper number come from
+    frame_metrics: bool = True               # PSNR/SSIM against the clip (not for generation)
 
 
 PROTOCOLS = {
     "bair": Protocol(
         "bair", (0,), 16, 64, 256, 100, True, 84.2,
         "BAIR robot pushing: 1 given frame -> 15 predicted frames at 64x64; 256 test videos x "
-        "100 samples each (FitVid protocol)"),
+        "100 samples each; FVD over the 16 frames (given frame included), PSNR/SSIM best of 100",
+        "RaMViD (Höppe et al., TMLR 2022) reports BAIR FVD of about 84 with this protocol, "
+        "the one of the works it compares with (SAVP, Lee et al. 2018; Video Transformer, "
+        "Weissenborn et al. 2020; FitVid, Babaeizadeh et al. 2021)"),
     "kinetics600": Protocol(
         "kinetics600", (0, 1, 2, 3, 4), 16, 64, 50_000, 1, True, 16.5,
         "Kinetics-600: 5 given frames -> 11 predicted frames at 64x64; 50,000 test clips x 1 "
-        "sample"),
+        "sample; FVD over the 16 frames (given frames included)",
+        "RaMViD (Höppe et al., TMLR 2022) reports Kinetics-600 FVD of about 16.5 with this "
+        "protocol, the one of DVD-GAN (Clark et al., 2019) and Video Transformer (Weissenborn "
+        "et al., 2020)"),
+    "ucf101": Protocol(
+        "ucf101", (), 16, 64, None, 1, True, None,
+        "UCF-101: unconditional generation of 16 frames at 64x64; FVD of the samples against "
+        "real test clips (no PSNR/SSIM: nothing is given)",
+        "RaMViD (Höppe et al., TMLR 2022) evaluates UCF-101 unconditionally with the Inception "
+        "Score and FVD; ramvid computes FVD only", frame_metrics=False),
     "custom": Protocol("custom", None, None, None, None, None, True, None,
-                       "given frames and clip sizes as passed on the command line"),
+                       "given frames and clip sizes as recorded by the sample run or passed "
+                       "on the command line"),
 }
 
 
@@ -47,13 +62,16 @@ def describe(protocol: Protocol, num_clips, samples_per_clip, num_frames, image_
     (``fvd_frames`` None: FVD was not computed)."""
     predicted = num_frames - len(cond_frames)
     lines = [
-        f"Protocol {protocol.name}: {protocol.summary}.",
+        f"Protocol {protocol.name}: {protocol.summary}."
+        + (f" Source: {protocol.source}." if protocol.source else ""),
         f"Applied: {num_clips} test clips x {samples_per_clip} samples, {num_frames} frames of "
         f"{image_size}x{image_size}; given frames {list(cond_frames)} -> {predicted} predicted.",
-        f"PSNR/SSIM: per generated frame (given frames excluded), averaged over a sample's "
-        f"generated frames; per clip the best and the mean of its {samples_per_clip} samples; "
-        "then averaged over clips.",
     ]
+    if protocol.frame_metrics:
+        lines.append(
+            f"PSNR/SSIM: per generated frame (given frames excluded), averaged over a sample's "
+            f"generated frames; per clip the best and the mean of its {samples_per_clip} "
+            "samples; then averaged over clips.")
     if fvd_frames is None:
         lines.append("FVD: not computed.")
     else:
@@ -103,20 +121,21 @@ def _fvd_frames(mask: np.ndarray, include_given: bool, num_samples: int) -> list
 
 def evaluate_predictions(samples, gt, obs_mask, fvd_include_given: bool = True,
                          with_fvd: bool = True, batch_size: int = 16, device=None,
-                         i3d=None, progress=None) -> dict:
+                         i3d=None, progress=None, with_frame_metrics: bool = True) -> dict:
     """PSNR/SSIM (best- and mean-of-N) and FVD of sampled clips against ground truth.
 
     samples: (N_clips, N_samples, T, H, W, C), gt: (N_clips, T, H, W, C), uint8 or float in
     [-1, 1]; obs_mask: bool (N_clips, T), True = given frame. FVD compares all
     N_clips * N_samples samples with the N_clips ground-truth clips, on every frame
     (``fvd_include_given``) or on the predicted frames only (then the given frames must be
-    the same in every clip).
+    the same in every clip). with_frame_metrics False: FVD only (unconditional samples).
     """
     mask = np.asarray(obs_mask.cpu() if isinstance(obs_mask, torch.Tensor) else obs_mask,
                       dtype=bool)
     if with_fvd:  # before the slow frame metrics, so that a doomed run fails at once
         fvd_frames = _fvd_frames(mask, fvd_include_given, samples.shape[0] * samples.shape[1])
-    results = frame_metrics(samples, gt, mask, device=device, progress=progress)
+    results = frame_metrics(samples, gt, mask, device=device, progress=progress) \
+        if with_frame_metrics else {}
     if not with_fvd:
         return results
     if i3d is None:

@@ -81,6 +81,14 @@ class ChunkStore:
             paths["gt"] = self.folder / npz_name(shape, GT_PREFIX)
         return paths
 
+    def complete_files(self):
+        """The final npz files of a finished run ([] while chunks remain or files are missing:
+        an interrupted join is redone from the chunks)."""
+        paths = list(self.final_paths().values())
+        if self.chunk_dir.exists() or not all(p.exists() for p in paths):
+            return []
+        return paths
+
     def assemble(self):
         """Join the chunks into the final npz files (labels as arr_1), then remove the chunks."""
         missing = sorted(set(range(len(self.ranges()))) - set(self.finished()))

@@ -8,10 +8,11 @@ with one line naming the flag and exit code 2, before any process group exists.
 import math
 from pathlib import Path
 
+from ..accel import compile_model, configure_tf32
 from ..checkpoint import CheckpointError
 from ..cli import (UsageError, add_common_flags, check, check_model_flags, exit_if_dry_run,
                    make_parser, parse_flags)
-from ..config import model_and_diffusion_defaults
+from ..config import MODEL_AND_DIFFUSION_FLAGS, model_and_diffusion_defaults
 from ..flags import add_flags, select
 from ..video_grid import FORMATS
 from .batch import SAMPLERS, SamplerOptions
@@ -40,6 +41,8 @@ SAMPLING_DEFAULTS = dict(
     save_video="gif",
     fps=4,
     progress=True,
+    compile=False,
+    tf32=True,
 )
 
 HELP = {
@@ -68,11 +71,13 @@ HELP = {
     "save_video": "grid per batch beside the npz: " + ", ".join(FORMATS) + " or none",
     "fps": "frames per second of gif/mp4 grids",
     "progress": "progress bar over denoising steps (rank 0)",
+    "compile": "torch.compile the UNet (once per batch shape; falls back to eager with one line)",
+    "tf32": "TensorFloat-32 for float32 matmuls and convolutions (CUDA only; no effect on CPU)",
 }
 
 
-def build_parser(description, extra_defaults=None, extra_help=None, prog=None):
-    parser = make_parser(description, prog=prog)
+def build_parser(description, extra_defaults=None, extra_help=None):
+    parser = make_parser(description)  # prog: the script or installed command that runs
     add_flags(parser, SAMPLING_DEFAULTS, HELP)
     add_flags(parser, extra_defaults or {}, extra_help or {})
     add_model_flags(parser)
@@ -83,13 +88,7 @@ def build_parser(description, extra_defaults=None, extra_help=None, prog=None):
 def add_model_flags(parser):
     group = parser.add_argument_group("model and diffusion flags (default: args.json beside "
                                       "--model_path)")
-    add_flags(group, model_and_diffusion_defaults(), model_flag_help())
-
-
-def model_flag_help():
-    texts = {k: "as in training (see ramvid-train --help)" for k in model_and_diffusion_defaults()}
-    texts["timestep_respacing"] = "sampling steps, e.g. 250, ddim50 or 50,30,20 (default: training's)"
-    return texts
+    add_flags(group, MODEL_AND_DIFFUSION_FLAGS)
 
 
 def parse_sampling_flags(parser, argv=None):
@@ -147,6 +146,12 @@ def sampler_options(args):
                           resample_steps=args.resample_steps, guidance_scale=args.guidance_scale)
 
 
+def prepare_model(model, info, args):
+    """The model on this rank's device, with --tf32 set and --compile applied: what to call."""
+    configure_tf32(args.tf32)
+    return compile_model(model.to(info.device), args.compile)
+
+
 def load_model_or_exit(parser, args):
     """(model on the CPU in eval mode, resolved flags); a bad checkpoint is a one-line error."""
     try:
@@ -177,5 +182,5 @@ def dry_run(args):
 __all__ = [
     "HELP", "SAMPLING_DEFAULTS", "add_model_flags", "build_parser", "check_data",
     "check_sampling_flags", "dry_run", "load_model_or_exit", "model_flags",
-    "parse_sampling_flags", "resolve_sampler", "sampler_options",
+    "parse_sampling_flags", "prepare_model", "resolve_sampler", "sampler_options",
 ]

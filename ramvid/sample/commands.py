@@ -6,7 +6,7 @@ from .. import create_diffusion, dist
 from ..cli import check, entry_point
 from ..flags import int_list
 from .cli import (build_parser, check_data, check_sampling_flags, dry_run, load_model_or_exit,
-                  parse_sampling_flags, sampler_options)
+                  parse_sampling_flags, prepare_model, sampler_options)
 from .jobs import LongSettings, SampleJob, sample_to_folder
 from .long import SCHEMES, check_long_flags
 from .runner import COLLECTIVE_TIMEOUT_S
@@ -38,8 +38,7 @@ def _job(args, **extra):
 def run_job(model, flags, job, args):
     """Sample `job` under the launcher's process group; rank 0 prints what it wrote."""
     info = dist.setup_dist(timeout_s=COLLECTIVE_TIMEOUT_S)
-    model.to(info.device)
-    paths = dist.run_or_abort(sample_to_folder, model, create_diffusion(**flags), flags, job,
+    paths = dist.run_or_abort(sample_to_folder, prepare_model(model, info, args), create_diffusion(**flags), flags, job,
                               info, out_dir=args.out_dir or None, overwrite=args.overwrite,
                               announce=lambda text: print(text, flush=True))
     if info.is_main:
@@ -52,7 +51,7 @@ def run_job(model, flags, job, args):
 
 
 def parse_sample_args(argv=None):
-    parser = build_parser(SAMPLE_DESCRIPTION, prog="video_sample.py")
+    parser = build_parser(SAMPLE_DESCRIPTION)
     parser.add_argument("--cond_frames", type=int_list, default="0,",
                         help="given frame indices, e.g. 0,1, (prediction) or 0,19, (infilling)")
     args = parse_sampling_flags(parser, argv)
@@ -90,7 +89,7 @@ def sample_main(argv=None):
 
 
 def parse_long_args(argv=None):
-    parser = build_parser(LONG_DESCRIPTION, LONG_DEFAULTS, LONG_HELP, prog="video_sample_long.py")
+    parser = build_parser(LONG_DESCRIPTION, LONG_DEFAULTS, LONG_HELP)
     args = parse_sampling_flags(parser, argv)
     check_sampling_flags(parser, args)
     check(parser, args.scheme in SCHEMES, "scheme", args.scheme, f"must be one of {', '.join(SCHEMES)}")

@@ -148,9 +148,11 @@ def job_record(job, flags, diffusion, num_frames, data_clips):
 
 
 def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite=False,
-                     announce=print):
+                     reuse_finished=False, announce=print):
     """Sample `job` on every rank into its run folder; rank 0 returns
-    {"folder", "samples", "gt"?, "resumed"}, other ranks None. The model must be on info.device."""
+    {"folder", "samples", "gt"?, "state": new | resume | finished}, other ranks None.
+    reuse_finished: a finished run of the same settings is returned as it is (else an error).
+    The model must be on info.device."""
     build = long_video_work if job.long else fixed_length_work
     work, steps_per_batch, num_frames, data_clips = build(model, diffusion, job)
     record = job_record(job, flags, diffusion, num_frames, data_clips)
@@ -159,25 +161,30 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
                        _fields(model, num_frames, job.save_gt))
 
     def prepare():
-        resumed = prepare_folder(folder, record, list(store.final_paths().values()), overwrite)
+        state = prepare_folder(folder, record, store.complete_files(), overwrite, reuse_finished)
+        if state == "finished":
+            announce(f"reusing the finished run in {folder}")
+            return state, []
         if overwrite:
             store.discard()
-        done = store.finished() if resumed else []
+        done = store.finished() if state == "resume" else []
         calls = job.options.model_calls_per_step(bool(job.cond_frames)) * steps_per_batch
         announce(f"sampling into {folder}\nplan: {job.num_samples} videos of {num_frames} frames"
                  f" ({record['task']}, given frames {list(job.cond_frames)}); {calls} model "
                  f"calls per video; batches of {job.batch_size} on {info.world_size} rank(s); "
                  f"{len(store.ranges())} chunk(s) of {job.chunk_size}"
                  + (f", {len(done)} already finished" if done else ""))
-        return [k for k in range(len(store.ranges())) if k not in done]
+        return state, [k for k in range(len(store.ranges())) if k not in done]
 
-    todo = agree_on(prepare, info)
+    state, todo = agree_on(prepare, info)
+    if state == "finished":
+        return {"folder": folder, **store.final_paths(), "state": state} if info.is_main else None
     grids = grid_writer(folder, job.save_video, list(job.cond_frames), job.fps) if info.is_main else None
     run_chunks(work, store, batch_size=job.batch_size, steps_per_batch=steps_per_batch,
                todo=todo, grids=grids, info=info, progress=job.progress)
     if not info.is_main:
         return None
-    return {"folder": folder, **store.assemble(), "resumed": len(todo) < len(store.ranges())}
+    return {"folder": folder, **store.assemble(), "state": state}
 
 
 __all__ = ["LongSettings", "SampleJob", "fixed_length_work", "job_record", "long_video_work",

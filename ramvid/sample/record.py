@@ -66,21 +66,24 @@ def _differences(old, new):
     return [k for k in keys if old.get(k) != json.loads(config_json(new[k]))]
 
 
-def prepare_folder(folder, record, final_paths, overwrite):
+def prepare_folder(folder, record, finished, overwrite, reuse_finished=False):
     """Rank 0, before sampling: the folder is new, or holds an unfinished run of the same
-    record (resumed), or `overwrite` says to start again. Writes the record."""
+    record (resumed), or `overwrite` says to start again; with `reuse_finished` a finished run
+    of the same record (`finished`: its npz files, [] if it is not finished) is taken as it
+    is. Writes the record; returns "new", "resume" or "finished"."""
     folder = Path(folder)
     old = read_record(folder) if folder.is_dir() else None
-    finished = [p for p in final_paths if p.exists()]
-    if finished and not overwrite:
-        raise UsageError(f"{finished[0]} exists (a finished run); pass --overwrite True to "
-                         "sample it again, or --out_dir for another folder")
     if old is not None and not overwrite:
         changed = _differences(old, record)
         if changed:
             k = changed[0]
             raise UsageError(f"{folder} holds a run with {k}={old.get(k)!r}, not {record[k]!r}; "
                              "pass --out_dir for a new folder (or --overwrite True to replace it)")
+    if finished and not overwrite:
+        if reuse_finished and old is not None:
+            return "finished"
+        raise UsageError(f"{finished[0]} exists (a finished run); pass --overwrite True to "
+                         "sample it again, or --out_dir for another folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -93,7 +96,7 @@ def prepare_folder(folder, record, final_paths, overwrite):
     tmp = path.with_name(f".{RECORD_JSON}.tmp")
     tmp.write_text(config_json({**record, "versions": versions()}) + "\n")
     os.replace(tmp, path)
-    return old is not None and not overwrite
+    return "resume" if old is not None and not overwrite else "new"
 
 
 __all__ = ["RECORD_JSON", "prepare_folder", "read_record", "run_folder", "run_name", "task_of"]

@@ -1,0 +1,199 @@
+"""ramvid-eval (scripts/video_eval.py): PSNR/SSIM (best- and mean-of-N) and FVD of samples.
+
+Two modes: --samples (npz files or a sample run's folder, whose sample_args.json says which
+frames were given and how many samples each clip has), or --model_path with --data_dir, which
+samples the checkpoint through the same resumable pipeline as video_sample.py and then
+evaluates that run. Flags, reading and printing live here; the evaluation in inputs.py,
+report.py and evaluation.py.
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import create_diffusion, dist
+from ..cli import UsageError, add_common_flags, entry_point, make_parser
+from ..flags import int_list, str2bool
+from ..sample.clips import ClipSource
+from ..sample.cli import (add_model_flags, check_data, load_model_or_exit, parse_sampling_flags,
+                          prepare_model, resolve_sampler, sampler_options)
+from ..sample.jobs import SampleJob, sample_to_folder
+from ..sample.runner import COLLECTIVE_TIMEOUT_S
+from .evaluation import PROTOCOLS
+from .i3d_weights import I3DWeightsError
+from .inputs import load_inputs, protocol_setup
+from .report import run_evaluation, table
+
+DESCRIPTION = "Evaluate predicted videos: PSNR/SSIM (best- and mean-of-N) and FVD."
+
+
+def build_parser():
+    parser = make_parser(DESCRIPTION)
+    parser.add_argument("--samples", type=Path, nargs="+", default=None,
+                        help="npz file(s) of sampled clips (arr_0: N x T x H x W x C uint8), or "
+                        "the folder of a video_sample.py run")
+    parser.add_argument("--gt", type=Path, default=None,
+                        help="npz of the ground-truth clips (default: the run's own gt_ file)")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
+                        help="benchmark preset: bair (1 -> 15), kinetics600 (5 -> 11), ucf101 "
+                        "(unconditional), custom (default: the sample run's record)")
+    parser.add_argument("--samples_per_clip", type=int, default=None,
+                        help="samples per clip in each samples file (default: the sample run's "
+                        "record; required without one); with --model_path: samples drawn per "
+                        "clip (default: the protocol's, else 1)")
+    parser.add_argument("--cond_frames", type=int_list, default=None,
+                        help="given frame indices, e.g. 0, (default: the record's, else the "
+                        "protocol's)")
+    parser.add_argument("--fvd_include_given", type=str2bool, default=None,
+                        help="FVD on all frames (True) or the predicted frames only (False); "
+                        "default: the protocol's (True)")
+    parser.add_argument("--fvd", type=str2bool, default=True, help="compute FVD (True/False)")
+    parser.add_argument("--batch_size", type=int, default=16, help="I3D batch size")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON results (default: eval.json in the run folder, else "
+                        "<first samples file>_eval.json)")
+    sampling = parser.add_argument_group("sampling mode (instead of --samples/--gt)")
+    sampling.add_argument("--model_path", type=Path, default=None,
+                          help="checkpoint to sample from (model flags from args.json beside "
+                          "it, or --preset)")
+    sampling.add_argument("--data_dir", type=Path, default=None,
+                          help="test videos: clip i = first seq_len frames of the i-th file")
+    sampling.add_argument("--num_clips", type=int, default=None,
+                          help="evaluate the first N clips (default: the protocol's count, "
+                          "else all in --data_dir)")
+    sampling.add_argument("--seed", type=int, default=0,
+                          help="sample s of clip c uses a generator seeded by hash(seed, c*S+s)")
+    sampling.add_argument("--sampler", default="",
+                          help="ddpm | ddim | ... (default: ddim with --use_ddim True, else ddpm)")
+    sampling.add_argument("--use_ddim", type=str2bool, default=False,
+                          help="the seed's name for --sampler ddim")
+    sampling.add_argument("--eta", type=float, default=0.0, help="DDIM noise (with ddim)")
+    sampling.add_argument("--clip_denoised", type=str2bool, default=True,
+                          help="clip each predicted clean video to [-1, 1]")
+    sampling.add_argument("--resample_steps", type=int, default=1,
+                          help="denoise/re-noise repetitions per step")
+    sampling.add_argument("--guidance_scale", type=float, default=1.0,
+                          help="frame guidance w (1 = plain conditioning)")
+    sampling.add_argument("--sample_batch_size", type=int, default=8,
+                          help="videos per sampling batch on each rank")
+    sampling.add_argument("--chunk_clips", type=int, default=4,
+                          help="clips per chunk file; finished chunks are reused by a rerun")
+    sampling.add_argument("--work_dir", type=Path, default=None,
+                          help="the sample run's folder (default: as video_sample.py names it)")
+    sampling.add_argument("--overwrite", type=str2bool, default=False,
+                          help="sample again even if the run folder holds a finished run")
+    sampling.add_argument("--compile", type=str2bool, default=False,
+                          help="torch.compile the UNet (falls back to eager with one line)")
+    sampling.add_argument("--tf32", type=str2bool, default=True,
+                          help="TensorFloat-32 matmuls and convolutions while sampling (CUDA only)")
+    add_model_flags(parser)
+    add_common_flags(parser)
+    return parser
+
+
+def check_mode(args):
+    """Exactly one input mode: --samples (files) or --model_path/--data_dir (sampling)."""
+    if args.model_path is not None:
+        if args.samples is not None or args.gt is not None:
+            raise UsageError("--model_path samples the clips itself: drop --samples/--gt "
+                             "(or drop --model_path to evaluate files)")
+        if args.data_dir is None:
+            raise UsageError("--model_path needs --data_dir (the test videos)")
+        for flag in ("num_clips", "sample_batch_size", "chunk_clips", "samples_per_clip",
+                     "resample_steps"):
+            value = getattr(args, flag)
+            if value is not None and value < 1:
+                raise UsageError(f"--{flag} {value}: must be >= 1")
+        if args.seed < 0:
+            raise UsageError(f"--seed {args.seed}: must be >= 0")
+        return "model"
+    if args.samples is None:
+        raise UsageError("give --samples (npz files or a sample run's folder), or --model_path "
+                         "and --data_dir")
+    return "files"
+
+
+def sample_for_evaluation(parser, argv, args):
+    """Sample the protocol's clips from --model_path (all ranks, resumable); rank 0 returns
+    the run's paths, other ranks None."""
+    args = parse_sampling_flags(parser, argv)  # args.json beside the checkpoint, --preset
+    resolve_sampler(parser, args)
+    if args.eta != 0 and args.sampler != "ddim":
+        raise UsageError(f"--eta {args.eta}: only DDIM has eta; add --sampler ddim")
+    protocol = PROTOCOLS[args.protocol or "custom"]
+    given = args.cond_frames if args.cond_frames is not None else protocol.cond_frames
+    if given is None:
+        raise UsageError("--cond_frames is required with --protocol custom (e.g. 0,)")
+    per_clip = args.samples_per_clip or protocol.samples_per_clip or 1
+    if protocol.num_frames and "--seq_len" not in (argv or sys.argv) and not args.scale_time_dim:
+        args.seq_len = protocol.num_frames  # sample the protocol's clip length
+    bad = [f for f in given if not 0 <= f < args.seq_len]
+    if bad:
+        raise UsageError(f"--cond_frames {given}: frames {bad} outside [0, seq_len="
+                         f"{args.seq_len}) of the model")
+    model, flags = load_model_or_exit(parser, args)
+    check_data(str(args.data_dir), flags, flags["seq_len"])
+    available = len(ClipSource(str(args.data_dir), flags, flags["seq_len"]))
+    num_clips = args.num_clips or min(protocol.num_test_videos or available, available)
+    if num_clips > available:
+        raise UsageError(f"--num_clips {num_clips}: --data_dir {args.data_dir} has {available} clips")
+    job = SampleJob(
+        model_path=str(args.model_path), num_samples=num_clips * per_clip,
+        batch_size=args.sample_batch_size, seed=args.seed, cond_frames=tuple(sorted(given)),
+        data_dir=str(args.data_dir), samples_per_clip=per_clip, save_gt=True,
+        chunk_size=args.chunk_clips * per_clip, options=sampler_options(args),
+        save_video="none")
+    info = dist.setup_dist(timeout_s=COLLECTIVE_TIMEOUT_S)
+    paths = dist.run_or_abort(sample_to_folder, prepare_model(model, info, args), create_diffusion(**flags), flags, job,
+                              info, out_dir=args.work_dir, overwrite=args.overwrite,
+                              reuse_finished=True, announce=lambda text: print(text, flush=True))
+    dist.cleanup()
+    return paths
+
+
+@entry_point
+def eval_main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    mode = check_mode(args)
+    torch.set_grad_enabled(False)
+    if mode == "model":
+        paths = sample_for_evaluation(parser, argv, args)
+        if paths is None:  # ranks other than 0 only sample
+            return None
+        sample_paths, gt_path = [paths["samples"]], paths["gt"]
+        output = args.output or paths["folder"] / "eval.json"
+    else:
+        sample_paths, gt_path = args.samples, args.gt
+        first = args.samples[0]
+        output = args.output or (first / "eval.json" if first.is_dir()
+                                 else first.with_name(first.stem + "_eval.json"))
+    if not output.parent.is_dir():
+        raise UsageError(f"--output {output}: directory {output.parent} does not exist")
+    samples, gt, given, origin, gt_used = load_inputs(
+        sample_paths, gt_path, args.protocol, args.cond_frames, args.samples_per_clip)
+    setup = protocol_setup(args.protocol, given, gt.shape[0], gt.shape[1], args.fvd_include_given)
+    try:
+        results = run_evaluation(samples, gt, setup, given, origin, with_fvd=args.fvd,
+                                 skip_short_fvd=mode == "model", batch_size=args.batch_size,
+                                 device=args.device)
+    except (ValueError, I3DWeightsError) as err:
+        raise UsageError(str(err)) from None
+    results.update(samples=[str(p) for p in sample_paths], gt=str(gt_used))
+    if mode == "model":
+        results.update(model_path=str(args.model_path), data_dir=str(args.data_dir),
+                       seed=args.seed)
+    text = json.dumps(results, indent=2)
+    output.write_text(text + "\n")
+    print(text)
+    print()
+    print(table(results))
+    print()
+    print(results["protocol_description"])
+    print(f"\nwrote {output}")
+    return results
+
+
+__all__ = ["build_parser", "eval_main"]
