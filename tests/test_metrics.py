@@ -9,6 +9,7 @@ import importlib.util
 import json
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -319,7 +320,8 @@ def test_frame_metrics_rejects_bad_shapes():
 
 # ---------------------------------------------------------------- video_eval.py
 
-def test_video_eval_on_npz_files(tmp_path, capsys):
+def test_video_eval_on_npz_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["video_eval.py"])
     video_eval = load_script("video_eval")
     gt = moving_squares(num_videos=2, frames=10, size=32)
     rng = np.random.default_rng(3)
@@ -333,6 +335,7 @@ def test_video_eval_on_npz_files(tmp_path, capsys):
     out = tmp_path / "eval.json"
     video_eval.main(["--samples", str(tmp_path / "seed0.npz"), str(tmp_path / "seed1.npz"),
                      "--gt", str(tmp_path / "gt.npz"), "--cond_frames", "0,",
+                     "--samples_per_clip", "1",
                      "--fvd_include_given", "False", "--output", str(out)])
     stdout, stderr = capsys.readouterr()
     assert "FVD includes the given frames: False" in stderr
@@ -347,8 +350,9 @@ def test_video_eval_on_npz_files(tmp_path, capsys):
     assert results["fvd"] > 0
 
 
-def test_video_eval_accepts_ground_truth_repeated_per_sample(tmp_path, capsys):
+def test_video_eval_accepts_ground_truth_repeated_per_sample(tmp_path, capsys, monkeypatch):
     # video_sample.py --samples_per_clip S --save_gt True repeats every clip S times.
+    monkeypatch.setattr(sys, "argv", ["video_eval.py"])
     video_eval = load_script("video_eval")
     gt = moving_squares(num_videos=2, frames=10, size=24)
     samples = np.repeat(gt, 3, axis=0)
@@ -370,16 +374,18 @@ def test_video_eval_accepts_ground_truth_repeated_per_sample(tmp_path, capsys):
     ([], "--cond_frames is required"),
     (["--cond_frames", "0,20,"], "--cond_frames"),
     (["--protocol", "bair"], "needs 16 frames"),
-    (["--samples", "samples.npz", "gt.npz", "--cond_frames", "0,"], "same number of samples"),
+    (["--samples", "samples.npz", "gt.npz", "--cond_frames", "0,"],
+     "gt.npz: 2 clips are not 2 ground-truth clips"),
     (["--cond_frames", "0,1,2", "--fvd_include_given", "False"], "I3D needs at least 9"),
 ])
 def test_video_eval_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch, flags,
                                                   message):
+    monkeypatch.setattr(sys, "argv", ["video_eval.py"])
     video_eval = load_script("video_eval")
     monkeypatch.chdir(tmp_path)
     np.savez("gt.npz", np.zeros((2, 10, 8, 8, 3), np.uint8))
     np.savez("samples.npz", np.zeros((4, 10, 8, 8, 3), np.uint8))
-    argv = ["--samples", "samples.npz", "--gt", "gt.npz"] + flags
+    argv = ["--samples", "samples.npz", "--gt", "gt.npz", "--samples_per_clip", "2"] + flags
     with pytest.raises(SystemExit) as exit_info:
         video_eval.main(argv)
     assert exit_info.value.code == 2
