@@ -1,4 +1,5 @@
-"""GPU speed settings shared by training and sampling: TF32 math and torch.compile.
+"""GPU speed settings shared by training and sampling: TF32 math, torch.compile, and copies to
+the GPU that do not stall the host.
 
 `compile_model` returns what to call; the module itself stays what is trained, saved and loaded,
 so checkpoints are plain state dicts (no `_orig_mod.` prefixes).
@@ -57,6 +58,18 @@ class CompiledModel:
 
     def __getattr__(self, name):
         return getattr(self.module, name)
+
+
+def to_device(tensor, device):
+    """Copy a CPU tensor to `device` without making the host wait for the GPU.
+
+    A plain copy from pageable memory waits until the GPU has finished all queued work; from
+    pinned memory the copy is queued like a kernel. Elsewhere this is an ordinary `.to`.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _say_fallback(error):

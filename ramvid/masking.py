@@ -1,6 +1,8 @@
 """Which frames are given. One representation everywhere: a bool obs_mask (N, T), True = given."""
 import torch
 
+from .accel import to_device
+
 
 def sample_train_mask(batch, seq_len, uncondition_rate, max_num_mask_frames, mask_range=None,
                       generator=None, device=None):
@@ -19,14 +21,19 @@ def sample_train_mask(batch, seq_len, uncondition_rate, max_num_mask_frames, mas
         raise ValueError(f"uncondition_rate={uncondition_rate} must lie in [0, 1]")
     mask = torch.zeros(batch, seq_len, dtype=torch.bool)
     if max_num_mask_frames == 0:
-        return mask.to(device)
+        return _to(mask, device)
     unconditional = torch.rand(batch, generator=generator) < uncondition_rate
     counts = torch.randint(1, max_num_mask_frames + 1, (batch,), generator=generator)
     for i in range(batch):
         chosen = torch.randperm(hi - lo, generator=generator)[: counts[i]] + lo
         if not unconditional[i]:
             mask[i, chosen] = True
-    return mask.to(device)
+    return _to(mask, device)
+
+
+def _to(mask, device):
+    # Drawn on the CPU (the same masks on every device), copied without a host sync.
+    return mask if device is None else to_device(mask, device)
 
 
 def mask_from_frames(frames, batch, seq_len, device=None):

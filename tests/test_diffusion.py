@@ -6,6 +6,7 @@ import torch
 from ramvid import create_diffusion, mask_from_frames, sample_train_mask
 from ramvid.diffusion import create_named_schedule_sampler, space_timesteps
 from ramvid.diffusion.gaussian import GaussianDiffusion, LossType, ModelMeanType, ModelVarType
+from ramvid.diffusion.sampling import Conditioning, predict
 from ramvid.diffusion.schedules import get_named_beta_schedule
 
 SHAPE = (2, 3, 4, 8, 8)
@@ -186,12 +187,15 @@ def test_guided_output_is_the_linear_combination():
     t = torch.tensor([3, 7])
     model = Scrambler()
     gen = torch.Generator().manual_seed(0)
-    mixed = diffusion.guided_model_output(model, x, t, obs, obs_mask, 2.5, generator=gen)
+    cond = Conditioning.build(x, obs, obs_mask, guidance_scale=2.5)
+    mixed = predict(diffusion, model, x, t, cond, clip_denoised=False, generator=gen)
     gen = torch.Generator().manual_seed(0)
     noised = diffusion.q_sample(obs, t, torch.randn(obs.shape, generator=gen))
     uncond = model(torch.where(obs_mask[:, None, :, None, None], noised, x), diffusion.model_timesteps(t))
-    cond = model(x, diffusion.model_timesteps(t))
-    torch.testing.assert_close(mixed, uncond + 2.5 * (cond - uncond))
+    conditional = model(x, diffusion.model_timesteps(t))
+    expected = diffusion.p_mean_variance(None, x, t, clip_denoised=False,
+                                         model_output=uncond + 2.5 * (conditional - uncond))
+    torch.testing.assert_close(mixed["pred_xstart"], expected["pred_xstart"])
 
 
 # ----------------------------------------------------------------------------- losses
@@ -337,3 +341,55 @@ def test_variance_types_are_wired_from_flags():
     assert create_diffusion().model_var_type == ModelVarType.FIXED_LARGE
     assert create_diffusion(predict_xstart=True).model_mean_type == ModelMeanType.START_X
     assert isinstance(create_diffusion(), GaussianDiffusion)
+
+
+# ----------------------------------------------------------------------------- one sampling loop
+def test_lineage_loops_are_sample_loop():
+    """Catches p_sample_loop/ddim_sample_loop drifting from sample_loop (e.g. a lost argument)."""
+    diffusion = create_diffusion(timestep_respacing="5")
+    obs, obs_mask = video(20), mask_from_frames([0], SHAPE[0], SHAPE[2])
+    kwargs = dict(obs=obs, obs_mask=obs_mask, resample_steps=2, guidance_scale=2.0)
+    for lineage, sampler, extra in [("p_sample_loop", "ddpm", {}), ("ddim_sample_loop", "ddim", {"eta": 0.5})]:
+        a = getattr(diffusion, lineage)(Scrambler(), SHAPE, generator=torch.Generator().manual_seed(1),
+                                        **kwargs, **extra)
+        b = diffusion.sample_loop(Scrambler(), SHAPE, sampler=sampler,
+                                  generator=torch.Generator().manual_seed(1), **kwargs, **extra)
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    (dict(sampler="ddpm", eta=0.5), "eta"),
+    (dict(sampler="dpm++2m", eta=1.0), "eta"),
+    (dict(sampler="ddim", eta=1.5), "eta"),
+    (dict(sampler="euler"), "sampler"),
+    (dict(obs=video(21)), "obs_mask"),
+    (dict(obs_mask=mask_from_frames([0], 2, 4)), "no obs"),
+    (dict(obs=video(21)[:1], obs_mask=mask_from_frames([0], 2, 4)), "obs has shape"),
+    (dict(obs=video(21), obs_mask=mask_from_frames([0], 1, 4)), "obs_mask has shape"),
+    (dict(resample_steps=0), "resample_steps"),
+    (dict(noise=torch.zeros(1, 3, 4, 8, 8)), "noise"),
+])
+def test_bad_sampling_combinations_are_errors(kwargs, named):
+    """Catches a combination the loop would silently ignore (eta with ddpm was dropped once)."""
+    diffusion = create_diffusion(timestep_respacing="3")
+    with pytest.raises(ValueError, match=named):
+        diffusion.sample_loop(Scrambler(), SHAPE, **kwargs)
+
+
+def test_tables_are_read_on_the_device_without_numpy_copies(monkeypatch):
+    """After the first use every coefficient is a gather from cached tensors: no numpy ->
+    tensor copy per call. Catches `extract` converting its numpy table on each call."""
+    diffusion = create_diffusion(timestep_respacing="4", learn_sigma=True)
+    model = Scrambler(6)
+    obs, obs_mask = video(22), mask_from_frames([1], SHAPE[0], SHAPE[2])
+    assert diffusion.tables("cpu") is diffusion.tables(torch.device("cpu"))
+
+    def refuse(*args):
+        raise AssertionError("torch.from_numpy called after the tables were cached")
+
+    monkeypatch.setattr(torch, "from_numpy", refuse)
+    for sampler in ("ddpm", "ddim", "dpm++2m"):
+        diffusion.sample_loop(model, SHAPE, sampler=sampler, obs=obs, obs_mask=obs_mask,
+                              guidance_scale=2.0, resample_steps=2)
+    diffusion.training_losses(model, video(23), torch.tensor([0, 3]), obs_mask=obs_mask)
+    diffusion.q_mean_variance(video(23), torch.tensor([1, 2]))

@@ -8,12 +8,13 @@ Conditioning is a bool `obs_mask` of shape (N, T): True marks a given (clean) fr
 """
 import enum
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from . import sampling
 from .likelihood import discretized_gaussian_log_likelihood, normal_kl
-from .sampling import SamplingMixin
 from .tensors import broadcast_mask, extract, masked_mean
 
 
@@ -38,7 +39,7 @@ class LossType(enum.Enum):
         return self in (LossType.KL, LossType.RESCALED_KL)
 
 
-class GaussianDiffusion(SamplingMixin):
+class GaussianDiffusion:
     def __init__(self, *, betas, model_mean_type, model_var_type, loss_type,
                  rescale_timesteps=True, timestep_map=None, original_num_steps=None):
         self.model_mean_type = model_mean_type
@@ -74,38 +75,79 @@ class GaussianDiffusion(SamplingMixin):
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         )
+        self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
+        self.log_one_minus_alphas_cumprod = np.log(self.one_minus_alphas_cumprod)
+        self.log_betas = np.log(betas)
+        # The variance of p(x_{t-1} | x_t) when it is not learned.
+        if self.model_var_type == ModelVarType.FIXED_LARGE:
+            # beta_t, with the posterior variance at t=0 (beta_0 would make the last step too noisy)
+            self.model_variance = (np.append(self.posterior_variance[1], betas[1:])
+                                   if self.num_timesteps > 1 else betas)
+            self.model_log_variance = np.log(self.model_variance)
+        else:
+            self.model_variance = self.posterior_variance
+            self.model_log_variance = self.posterior_log_variance_clipped
+        self._device_tables = {}
+
+    TABLES = (
+        "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas", "sqrt_betas",
+        "sqrt_alphas_cumprod", "one_minus_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+        "log_one_minus_alphas_cumprod",
+        "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
+        "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+        "log_betas", "model_variance", "model_log_variance",
+    )
+
+    def tables(self, device):
+        """The float64 tables above (and the samplers' own) as float32 tensors on `device`.
+
+        They are copied once per device, so reading them at t (a tensor on that device) is one
+        gather: no numpy -> tensor copy and no host synchronisation per call.
+        """
+        device = torch.device(device)
+        if device not in self._device_tables:
+            arrays = {name: getattr(self, name) for name in self.TABLES}
+            arrays.update(sampling.sampler_tables(self.alphas_cumprod))
+            on_device = {name: torch.from_numpy(np.asarray(a, dtype=np.float64)).float().to(device)
+                         for name, a in arrays.items()}
+            on_device["timestep_map"] = torch.from_numpy(np.asarray(self.timestep_map)).to(device)
+            self._device_tables[device] = SimpleNamespace(**on_device)
+        return self._device_tables[device]
 
     # ----------------------------------------------------------------- forward process
     def q_mean_variance(self, x_start, t):
         """Mean, variance and log-variance of q(x_t | x_0)."""
-        mean = extract(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
-        variance = extract(1.0 - self.alphas_cumprod, t, x_start.ndim)
-        log_variance = extract(np.log(1.0 - self.alphas_cumprod), t, x_start.ndim)
+        tab = self.tables(t.device)
+        mean = extract(tab.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
+        variance = extract(tab.one_minus_alphas_cumprod, t, x_start.ndim)
+        log_variance = extract(tab.log_one_minus_alphas_cumprod, t, x_start.ndim)
         return mean, variance, log_variance
 
     def q_sample(self, x_start, t, noise=None):
         """Draw x_t ~ q(x_t | x_0)."""
         if noise is None:
             noise = torch.randn_like(x_start)
+        tab = self.tables(t.device)
         return (
-            extract(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
-            + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * noise
+            extract(tab.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
+            + extract(tab.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * noise
         )
 
     def q_posterior_mean_variance(self, x_start, x_t, t):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
+        tab = self.tables(t.device)
         mean = (
-            extract(self.posterior_mean_coef1, t, x_t.ndim) * x_start
-            + extract(self.posterior_mean_coef2, t, x_t.ndim) * x_t
+            extract(tab.posterior_mean_coef1, t, x_t.ndim) * x_start
+            + extract(tab.posterior_mean_coef2, t, x_t.ndim) * x_t
         )
-        variance = extract(self.posterior_variance, t, x_t.ndim)
-        log_variance = extract(self.posterior_log_variance_clipped, t, x_t.ndim)
+        variance = extract(tab.posterior_variance, t, x_t.ndim)
+        log_variance = extract(tab.posterior_log_variance_clipped, t, x_t.ndim)
         return mean, variance, log_variance
 
     # ----------------------------------------------------------------- the network
     def model_timesteps(self, t):
         """The timestep value the network sees for process index t."""
-        mapped = torch.from_numpy(self.timestep_map).to(t.device)[t]
+        mapped = self.tables(t.device).timestep_map[t]
         if self.rescale_timesteps:
             return mapped.float() * (1000.0 / self.original_num_steps)
         return mapped
@@ -113,8 +155,8 @@ class GaussianDiffusion(SamplingMixin):
     def learns_sigma(self):
         return self.model_var_type == ModelVarType.LEARNED_RANGE
 
-    def p_mean_variance(self, model, x, t, clip_denoised=True, denoised_fn=None,
-                        model_kwargs=None, model_output=None):
+    def p_mean_variance(self, model, x, t, clip_denoised=True, model_kwargs=None,
+                        model_output=None):
         """p(x_{t-1} | x_t): dict(mean, variance, log_variance, pred_xstart).
 
         `model_output` may be given precomputed (e.g. combined by guidance); otherwise the
@@ -123,6 +165,7 @@ class GaussianDiffusion(SamplingMixin):
         if model_output is None:
             model_output = model(x, self.model_timesteps(t), **(model_kwargs or {}))
         channels = x.shape[1]
+        tab = self.tables(t.device)
         if self.learns_sigma():
             if model_output.shape[1] != 2 * channels:
                 raise ValueError(
@@ -130,29 +173,19 @@ class GaussianDiffusion(SamplingMixin):
                     f"{model_output.shape[1]}"
                 )
             model_output, var_values = model_output.split(channels, dim=1)
-            min_log = extract(self.posterior_log_variance_clipped, t, x.ndim)
-            max_log = extract(np.log(self.betas), t, x.ndim)
+            min_log = extract(tab.posterior_log_variance_clipped, t, x.ndim)
+            max_log = extract(tab.log_betas, t, x.ndim)
             frac = (var_values + 1) / 2  # the network outputs [-1, 1]
             log_variance = frac * max_log + (1 - frac) * min_log
             variance = torch.exp(log_variance)
         else:
-            if self.model_var_type == ModelVarType.FIXED_LARGE:
-                var_table = np.append(self.posterior_variance[1], self.betas[1:])
-            else:
-                var_table = self.posterior_variance
-            log_table = (
-                np.log(var_table) if self.model_var_type == ModelVarType.FIXED_LARGE
-                else self.posterior_log_variance_clipped
-            )
-            variance = extract(var_table, t, x.ndim).expand_as(x)
-            log_variance = extract(log_table, t, x.ndim).expand_as(x)
+            variance = extract(tab.model_variance, t, x.ndim).expand_as(x)
+            log_variance = extract(tab.model_log_variance, t, x.ndim).expand_as(x)
 
         if self.model_mean_type == ModelMeanType.START_X:
             pred_xstart = model_output
         else:
             pred_xstart = self._predict_xstart_from_eps(x, t, model_output)
-        if denoised_fn is not None:
-            pred_xstart = denoised_fn(pred_xstart)
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
@@ -160,15 +193,43 @@ class GaussianDiffusion(SamplingMixin):
                 "pred_xstart": pred_xstart}
 
     def _predict_xstart_from_eps(self, x_t, t, eps):
+        tab = self.tables(t.device)
         return (
-            extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
-            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps
+            extract(tab.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
+            - extract(tab.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps
         )
 
     def _predict_eps_from_xstart(self, x_t, t, pred_xstart):
+        tab = self.tables(t.device)
         return (
-            extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - pred_xstart
-        ) / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim)
+            extract(tab.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - pred_xstart
+        ) / extract(tab.sqrt_recipm1_alphas_cumprod, t, x_t.ndim)
+
+    # ----------------------------------------------------------------- sampling (sampling.py)
+    def sample_loop(self, model, shape, **kwargs):
+        """The final (N, C, T, H, W) sample; see `sampling.sample_loop` for the arguments."""
+        return sampling.sample_loop(self, model, shape, **kwargs)
+
+    def p_sample_loop(self, model, shape, **kwargs):
+        """Ancestral sampling: `sample_loop(..., sampler="ddpm")`."""
+        return sampling.sample_loop(self, model, shape, sampler="ddpm", **kwargs)
+
+    def ddim_sample_loop(self, model, shape, **kwargs):
+        """DDIM sampling (eta=0 deterministic): `sample_loop(..., sampler="ddim")`."""
+        return sampling.sample_loop(self, model, shape, sampler="ddim", **kwargs)
+
+    def p_sample(self, model, x, t, clip_denoised=True, model_kwargs=None, generator=None):
+        """One ancestral step x_t -> x_{t-1}: dict(sample, pred_xstart)."""
+        out = self.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
+        return {"sample": sampling.ddpm_step(self, x, t, out, None, generator),
+                "pred_xstart": out["pred_xstart"]}
+
+    def ddim_sample(self, model, x, t, clip_denoised=True, model_kwargs=None, eta=0.0,
+                    generator=None):
+        """One DDIM step x_t -> x_{t-1}: dict(sample, pred_xstart)."""
+        out = self.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
+        return {"sample": sampling.ddim_step(self, x, t, out, None, generator, eta=eta),
+                "pred_xstart": out["pred_xstart"]}
 
     # ----------------------------------------------------------------- training
     def training_losses(self, model, x_start, t, obs_mask=None, model_kwargs=None, noise=None,

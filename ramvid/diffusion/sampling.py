@@ -1,170 +1,242 @@
-"""Ancestral (DDPM) and DDIM sampling with given frames, driven by one loop.
+"""The reverse process, top to bottom: from noise to videos, with given frames.
 
-Every step function has the signature `step(model, x, t, *, model_output, generator, ...)`
-and returns dict(sample, pred_xstart); `_sample_loop_progressive` runs either of them,
-overwrites the given frames with `obs` before every step, repeats each step
-`resample_steps` times, and optionally mixes conditional and unconditional predictions
-(frame guidance).
+    x = noise                                                  (N, C, T, H, W)
+    for i = num_timesteps - 1, ..., 0:
+        repeat resample_steps times:
+            x = impose(x)              given frames (obs_mask True) taken from obs
+            out = predict(x, i)        the network's x0 (two calls mixed with frame guidance)
+            x = step(x, i, out)        ddpm | ddim | dpm++2m: x_i -> x_{i-1}
+            x = re-noise x_{i-1} -> x_i, except after the last repetition
+    return impose(x)
+
+The network sees x as it is, given frames clean, the rest noised to step i; it was trained
+like that (random masks), so conditioning needs no second model. `Conditioning` carries what
+the samples are conditioned on; the samplers share one signature
+`step(diffusion, x, t, out, previous, generator) -> x_{t-1}`.
+
+Indices i run over the (possibly respaced) process of `diffusion`: alpha_bar_i is
+`diffusion.alphas_cumprod[i]`, and the last step (i = 0) lands on alpha_bar = 1, the clean video.
 """
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
+
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .tensors import broadcast_mask, extract
+from ..accel import to_device
+from .tensors import extract
+
+SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+
+
+# ----------------------------------------------------------------------------- the loop
+def sample_loop(diffusion, model, shape, *, sampler="ddpm", obs=None, obs_mask=None,
+                guidance_scale=1.0, resample_steps=1, eta=0.0, clip_denoised=True,
+                model_kwargs=None, generator=None, noise=None, progress=False, callback=None,
+                device=None):
+    """Sample a batch of videos; returns the final (N, C, T, H, W) sample.
+
+    sampler: "ddpm" (ancestral), "ddim" (eta = 0 deterministic, 1 ancestral-like) or
+        "dpm++2m" (DPM-Solver++(2M): deterministic, second order, for few steps).
+    obs (N, C, T, H, W), obs_mask (N, T) bool: the frames where obs_mask is True are given and
+        equal obs in the result. guidance_scale w: frame guidance (see `predict`).
+    resample_steps R: each step is done R times, re-noising in between, so that the generated
+        frames agree better with the given ones.
+    generator: one torch.Generator, or one per sample (then sample k's noise depends on its
+        generator alone, not on the batch); noise is drawn on the generators' device.
+    noise: the starting x_T (not modified); drawn from `generator` when None.
+    callback(dict(sample, pred_xstart, t)) is called after every step.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r} is not one of: {', '.join(SAMPLERS)}")
+    if eta != 0 and sampler != "ddim":
+        raise ValueError(f"eta={eta} is only read by the ddim sampler, not {sampler}")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta={eta} must lie in [0, 1]")
+    step = {"ddpm": ddpm_step, "ddim": partial(ddim_step, eta=eta), "dpm++2m": dpmpp_2m_step}[sampler]
+    device = torch.device(device) if device is not None else model_device(model)
+    shape = tuple(shape)
+    if noise is not None and tuple(noise.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, the samples {shape}")
+    # A fresh tensor: the caller's noise is never written to.
+    x = noise.to(device).clone() if noise is not None else randn(shape, generator, device)
+    cond = Conditioning.build(x, obs, obs_mask, guidance_scale, resample_steps)
+
+    previous = None  # the last step's prediction (the multistep solver's memory)
+    for i in tqdm(range(diffusion.num_timesteps - 1, -1, -1), desc="denoising",
+                  disable=not progress, leave=False):
+        t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+        with torch.no_grad():  # whatever the caller's context
+            for r in range(cond.resample_steps):
+                x = cond.impose(x)
+                out = predict(diffusion, model, x, t, cond, clip_denoised, model_kwargs, generator)
+                x = step(diffusion, x, t, out, previous, generator)
+                if r < cond.resample_steps - 1:
+                    x = diffuse_one_step(diffusion, x, t, generator)
+            x = cond.impose(x)
+        previous = out
+        if callback is not None:
+            callback({"sample": x, "pred_xstart": out["pred_xstart"], "t": i})
+    return x
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What the samples are conditioned on, on the sampling device."""
+
+    obs: Optional[torch.Tensor] = None  # (N, C, T, H, W): the video whose given frames are imposed
+    given: Optional[torch.Tensor] = None  # (N, 1, T, 1, 1) bool, True = given; None: no frame
+    guidance_scale: float = 1.0  # frame guidance weight w; 1 = plain conditioning
+    resample_steps: int = 1  # repetitions of every step
+
+    @classmethod
+    def build(cls, x, obs=None, obs_mask=None, guidance_scale=1.0, resample_steps=1):
+        """Checked and moved to the device and dtype of x (N, C, T, H, W) once.
+        obs_mask: (N, T) bool, True = given."""
+        shape = tuple(x.shape)
+        if int(resample_steps) != resample_steps or resample_steps < 1:
+            raise ValueError(f"resample_steps={resample_steps} must be an integer >= 1")
+        if obs is not None and obs_mask is None:
+            raise ValueError("obs was passed without obs_mask: which of its frames are given?")
+        given = None
+        if obs_mask is not None:
+            if tuple(obs_mask.shape) != (shape[0], shape[2]):
+                raise ValueError(f"obs_mask has shape {tuple(obs_mask.shape)}, expected "
+                                 f"(batch, frames) = {(shape[0], shape[2])}")
+            if bool(obs_mask.any()):  # the one host read of the loop, before it starts
+                if obs is None:
+                    raise ValueError("obs_mask marks given frames but no obs was passed")
+                if tuple(obs.shape) != shape:
+                    raise ValueError(f"obs has shape {tuple(obs.shape)}, the samples {shape}")
+                obs = to_device(obs, x.device).to(x.dtype)
+                given = to_device(obs_mask.bool(), x.device)[:, None, :, None, None]
+        return cls(obs if given is not None else None, given, float(guidance_scale),
+                   int(resample_steps))
+
+    @property
+    def guided(self):
+        # Without a given frame the unconditional input equals the conditional one: w is moot.
+        return self.given is not None and self.guidance_scale != 1.0
+
+    def impose(self, x):
+        return x if self.given is None else torch.where(self.given, self.obs, x)
+
+
+# ----------------------------------------------------------------------------- the network
+def predict(diffusion, model, x, t, cond, clip_denoised=True, model_kwargs=None, generator=None):
+    """The model's p(x_{t-1} | x_t): dict(mean, variance, log_variance, pred_xstart).
+
+    Frame guidance (w != 1): output = uncond + w (cond - uncond), where `cond` sees the given
+    frames clean and `uncond` sees them diffused to step t like every other frame (the input
+    of the videos trained without given frames, --uncondition_rate). Learned variance channels
+    come from the conditional call.
+    """
+    kwargs = model_kwargs or {}
+    timesteps = diffusion.model_timesteps(t)
+    output = model(x, timesteps, **kwargs)
+    if cond.guided:
+        noised_obs = diffusion.q_sample(cond.obs, t, randn(x.shape, generator, x.device, x.dtype))
+        uncond = model(torch.where(cond.given, noised_obs, x), timesteps, **kwargs)
+        c = x.shape[1]
+        mixed = uncond[:, :c] + cond.guidance_scale * (output[:, :c] - uncond[:, :c])
+        output = torch.cat([mixed, output[:, c:]], dim=1)
+    return diffusion.p_mean_variance(None, x, t, clip_denoised, model_output=output)
+
+
+# ----------------------------------------------------------------------------- samplers
+# step(diffusion, x, t, out, previous, generator) -> x_{t-1}
+#   x (N, C, T, H, W) at step t (N,); out = predict(x, t); previous = predict of the step
+#   before (None at the first); generator as in sample_loop.
+
+def ddpm_step(diffusion, x, t, out, previous, generator):
+    """Ancestral step: x_{t-1} ~ N(mean, variance) of the model; no noise at t = 0."""
+    noise = randn(x.shape, generator, x.device, x.dtype)
+    nonzero = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    return out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
+
+
+def ddim_step(diffusion, x, t, out, previous, generator, eta=0.0):
+    """DDIM: x_{t-1} = sqrt(ab') x0 + sqrt(1 - ab' - s^2) eps + s z, with ab' = alpha_bar_{t-1},
+    s = eta sqrt((1 - ab') / (1 - ab) (1 - ab / ab')); eta = 0 is deterministic."""
+    tab = diffusion.tables(x.device)
+    eps = diffusion._predict_eps_from_xstart(x, t, out["pred_xstart"])
+    alpha_bar = extract(tab.alphas_cumprod, t, x.ndim)
+    alpha_bar_prev = extract(tab.alphas_cumprod_prev, t, x.ndim)
+    sigma = (
+        eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
+        * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+    )
+    mean = out["pred_xstart"] * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps
+    if eta == 0:
+        return mean
+    noise = randn(x.shape, generator, x.device, x.dtype)
+    nonzero = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    return mean + nonzero * sigma * noise
+
+
+def dpmpp_2m_step(diffusion, x, t, out, previous, generator):
+    """DPM-Solver++(2M) (Lu et al. 2022), the probability-flow ODE in the data prediction x0.
+
+    With alpha = sqrt(ab), sigma = sqrt(1 - ab), lambda = log(alpha / sigma) and h = lambda' -
+    lambda the step's size in lambda (primes: at the target step t-1):
+
+        x' = sigma'/sigma x + alpha' (1 - e^-h) D,   D = x0 + (x0 - x0_prev) h / (2 h_prev)
+
+    D extrapolates the x0 of this step and the previous one (h_prev: that step's size) to the
+    middle of the step, which makes the solver second order. The first step has no previous x0
+    and the last one lands on sigma' = 0 (h infinite): both use D = x0, i.e. a DDIM step.
+    """
+    tab = diffusion.tables(x.device)
+    x0 = out["pred_xstart"]
+    if previous is not None:
+        x0 = x0 + extract(tab.dpm_correction, t, x.ndim) * (x0 - previous["pred_xstart"])
+    return extract(tab.dpm_x_coef, t, x.ndim) * x + extract(tab.dpm_x0_coef, t, x.ndim) * x0
+
+
+def sampler_tables(alphas_cumprod):
+    """The solver coefficients of every step i -> i-1, float64 (T,) (see dpmpp_2m_step)."""
+    ab = np.asarray(alphas_cumprod, dtype=np.float64)
+    ab_prev = np.append(1.0, ab[:-1])  # the target of step i
+    alpha, sigma = np.sqrt(ab), np.sqrt(1 - ab)
+    alpha_prev, sigma_prev = np.sqrt(ab_prev), np.sqrt(1 - ab_prev)
+    with np.errstate(divide="ignore"):
+        lam, lam_prev = np.log(alpha / sigma), np.log(alpha_prev / sigma_prev)  # +inf at i = 0
+    h = lam_prev - lam  # step i's size in lambda
+    correction = np.zeros_like(ab)  # h_i / (2 h_{i+1}); 0 at the last (i = 0) and first step
+    correction[1:-1] = h[1:-1] / (2 * h[2:])
+    return {
+        "dpm_x_coef": sigma_prev / sigma,
+        "dpm_x0_coef": alpha_prev - alpha * sigma_prev / sigma,  # = alpha' (1 - e^-h)
+        "dpm_correction": correction,
+    }
+
+
+# ----------------------------------------------------------------------------- noise
+def diffuse_one_step(diffusion, x, t, generator=None):
+    """x_{t-1} -> x_t: sqrt(1 - beta_t) x + sqrt(beta_t) z (resampling's re-noising)."""
+    tab = diffusion.tables(x.device)
+    noise = randn(x.shape, generator, x.device, x.dtype)
+    return extract(tab.sqrt_alphas, t, x.ndim) * x + extract(tab.sqrt_betas, t, x.ndim) * noise
 
 
 def randn(shape, generator=None, device=None, dtype=torch.float32):
-    """Standard normal noise; `generator` may be one torch.Generator or one per sample.
-
-    With one generator per sample, sample i's noise does not depend on the batch it is in,
-    so any single sample can be reproduced alone from its seed.
-    """
+    """Standard normal noise, drawn on the generator's device; `generator` may be one
+    torch.Generator or one per sample (then sample k's noise comes from generator k alone)."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != shape[0]:
             raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
-        return torch.stack([
-            torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype).to(device)
-            for g in generator
+        noise = torch.stack([
+            torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator
         ])
+        return to_device(noise, device)
     gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+    return to_device(torch.randn(shape, generator=generator, device=gen_device, dtype=dtype), device)
 
 
-class SamplingMixin:
-    """Sampling methods of GaussianDiffusion (see gaussian.py for the tables they read)."""
-
-    # ----------------------------------------------------------------- step functions
-    def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None,
-                 model_output=None, generator=None):
-        """One ancestral step x_t -> x_{t-1}."""
-
-        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs,
-                                   model_output=model_output)
-        noise = randn(x.shape, generator, x.device, x.dtype)
-        nonzero = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))  # no noise at t=0
-        sample = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
-        return {"sample": sample, "pred_xstart": out["pred_xstart"]}
-
-    def ddim_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None,
-                    eta=0.0, model_output=None, generator=None):
-        """One DDIM step x_t -> x_{t-1}; eta=0 is deterministic."""
-        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs,
-                                   model_output=model_output)
-        eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
-        alpha_bar = extract(self.alphas_cumprod, t, x.ndim)
-        alpha_bar_prev = extract(self.alphas_cumprod_prev, t, x.ndim)
-        sigma = (
-            eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
-            * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
-        )
-        mean = out["pred_xstart"] * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps
-        sample = mean
-        if eta != 0:
-            noise = randn(x.shape, generator, x.device, x.dtype)
-            nonzero = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-            sample = mean + nonzero * sigma * noise
-        return {"sample": sample, "pred_xstart": out["pred_xstart"]}
-
-    def diffuse_one_step(self, x, t, generator=None):
-        """x_{t-1} -> x_t: sqrt(1 - beta_t) x + sqrt(beta_t) eps (used by resampling)."""
-        noise = randn(x.shape, generator, x.device, x.dtype)
-        return extract(self.sqrt_alphas, t, x.ndim) * x + extract(self.sqrt_betas, t, x.ndim) * noise
-
-    # ----------------------------------------------------------------- guidance
-    def guided_model_output(self, model, x, t, obs, obs_mask, guidance_scale, model_kwargs=None,
-                            generator=None):
-        """eps_uncond + w (eps_cond - eps_uncond) from one network trained with unconditioning.
-
-        The unconditional input has no clean frames: the given frames are diffused to step t
-        like every other frame, as in the training videos drawn unconditional. Learned
-        variance channels are taken from the conditional prediction.
-        """
-        kwargs = model_kwargs or {}
-        timesteps = self.model_timesteps(t)
-        cond = model(x, timesteps, **kwargs)
-        noised_obs = self.q_sample(obs, t, randn(obs.shape, generator, obs.device, obs.dtype))
-        x_uncond = torch.where(broadcast_mask(obs_mask, x), noised_obs, x)
-        uncond = model(x_uncond, timesteps, **kwargs)
-        channels = x.shape[1]
-        mixed = uncond[:, :channels] + guidance_scale * (cond[:, :channels] - uncond[:, :channels])
-        return torch.cat([mixed, cond[:, channels:]], dim=1)
-
-    # ----------------------------------------------------------------- loops
-    def p_sample_loop(self, model, shape, **kwargs):
-        """Ancestral sampling; returns the final (N, C, T, H, W) sample."""
-        return _last(self.p_sample_loop_progressive(model, shape, **kwargs))["sample"]
-
-    def ddim_sample_loop(self, model, shape, **kwargs):
-        """DDIM sampling (eta=0 deterministic); returns the final (N, C, T, H, W) sample."""
-        return _last(self.ddim_sample_loop_progressive(model, shape, **kwargs))["sample"]
-
-    def p_sample_loop_progressive(self, model, shape, **kwargs):
-        kwargs.pop("eta", None)
-        return self._sample_loop_progressive(self.p_sample, model, shape, **kwargs)
-
-    def ddim_sample_loop_progressive(self, model, shape, eta=0.0, **kwargs):
-        def step(*args, **step_kwargs):
-            return self.ddim_sample(*args, eta=eta, **step_kwargs)
-
-        return self._sample_loop_progressive(step, model, shape, **kwargs)
-
-    def _sample_loop_progressive(self, step, model, shape, noise=None, obs=None, obs_mask=None,
-                                 clip_denoised=True, denoised_fn=None, resample_steps=1,
-                                 model_kwargs=None, progress=False, callback=None, device=None,
-                                 generator=None, guidance_scale=1.0):
-        """Yield dict(sample, pred_xstart, t) after every denoising step."""
-        if resample_steps < 1:
-            raise ValueError(f"resample_steps={resample_steps} must be >= 1")
-        if device is None:
-            device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else "cpu"
-        shape = tuple(shape)
-        # A fresh tensor: the caller's noise is never written to.
-        x = noise.to(device).clone() if noise is not None else randn(shape, generator, device)
-        given = None
-        if obs_mask is not None and bool(obs_mask.any()):
-            if obs is None:
-                raise ValueError("obs_mask marks given frames but no obs was passed")
-            obs = obs.to(device=device, dtype=x.dtype)
-            obs_mask = obs_mask.to(device)
-            given = broadcast_mask(obs_mask, x)
-        guided = given is not None and guidance_scale != 1.0
-
-        indices = range(self.num_timesteps - 1, -1, -1)
-        for i in tqdm(indices, desc="denoising", disable=not progress, leave=False):
-            with torch.no_grad():  # the caller's context is left as it is between yields
-                out = self._denoise_step(step, model, x, i, obs, obs_mask, given, guided,
-                                         guidance_scale, resample_steps, clip_denoised,
-                                         denoised_fn, model_kwargs, generator)
-            x = out["sample"]
-            if callback is not None:
-                callback(out)
-            yield out
-
-    def _denoise_step(self, step, model, x, i, obs, obs_mask, given, guided, guidance_scale,
-                      resample_steps, clip_denoised, denoised_fn, model_kwargs, generator):
-        """Step i -> i - 1, repeated `resample_steps` times, given frames imposed before each."""
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        for r in range(resample_steps):
-            if given is not None:
-                x = torch.where(given, obs, x)
-            model_output = None
-            if guided:
-                model_output = self.guided_model_output(
-                    model, x, t, obs, obs_mask, guidance_scale, model_kwargs, generator
-                )
-            out = step(model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                       model_kwargs=model_kwargs, model_output=model_output,
-                       generator=generator)
-            x = out["sample"]
-            if r < resample_steps - 1:
-                x = self.diffuse_one_step(x, t, generator)
-        if given is not None:
-            x = torch.where(given, obs, x)
-        return {"sample": x, "pred_xstart": out["pred_xstart"], "t": i}
-
-
-def _last(iterator):
-    out = None
-    for out in iterator:
-        pass
-    return out
-
+def model_device(model):
+    """The device of the model's parameters (the CPU for a plain function)."""
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if parameters is not None else None
+    return first.device if first is not None else torch.device("cpu")

@@ -3,9 +3,8 @@ import torch
 
 
 def extract(table, t, ndim):
-    """table[t] for a float64 numpy table and index tensor t (N,), as float32 (N, 1, ...)."""
-    out = torch.from_numpy(table).to(device=t.device)[t].float()
-    return out.reshape(-1, *([1] * (ndim - 1)))
+    """table[t] for a (T,) table on t's device and index tensor t (N,), shaped (N, 1, ...)."""
+    return table[t].reshape(-1, *([1] * (ndim - 1)))
 
 
 def broadcast_mask(obs_mask, x):

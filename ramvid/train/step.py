@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..accel import to_device
 from ..diffusion.resample import LossSecondMomentResampler
 from ..masking import sample_train_mask
 from ..seeding import derive_seed
@@ -41,7 +42,8 @@ def draw_step_inputs(cfg, schedule_sampler, video, rank, step):
 
     obs_mask = sample_train_mask(n, frames, cfg.uncondition_rate, cfg.max_num_mask_frames,
                                  cfg.mask_range, generator=generator(MASK_STREAM), device=device)
-    t, weights = schedule_sampler.sample(n, device, generator=generator(TIMESTEP_STREAM))
+    t, weights = schedule_sampler.sample(n, "cpu", generator=generator(TIMESTEP_STREAM))
+    t, weights = to_device(t, device), to_device(weights, device)  # no wait on the GPU
     noise = torch.randn(video.shape, generator=generator(NOISE_STREAM, device), device=device)
     return StepInputs(obs_mask, t, weights, noise)
 
