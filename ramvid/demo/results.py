@@ -1,18 +1,18 @@
 """Scoring the demo's samples: load the npz files, run the baselines on the same clips, write
-the comparison grids, and gather everything for the table and metrics.json."""
+the comparison grids and the frame strip, and gather everything for the table and metrics.json."""
 from pathlib import Path
 
 import numpy as np
 
+from ..cli import UsageError
 from ..video_grid import save_video_grid
 from .baselines import copy_last_given, linear_interpolation, mean_frame
 from .report import score_task
 
-OURS = "RaMViD (ours)"
 COPY_LAST = "copy last given"
 LINEAR = "linear interp."
 MEAN = "mean frame"
-METHODS = (OURS, COPY_LAST, LINEAR, MEAN)
+BASELINES = (COPY_LAST, LINEAR, MEAN)
 
 
 def training_reference(train_dir, image_size, seq_len, limit=256):
@@ -33,6 +33,25 @@ def load_videos(path):
         return data["arr_0"]
 
 
+def grouped_samples(samples, gt, given_frames, per_clip):
+    """Samples (N * S, T, H, W, C) in clip-major order and their ground truth (one row per
+    sample) -> (samples (N, S, T, H, W, C), gt (N, T, H, W, C)).
+
+    Checks what a silent mix-up would break: each clip's S truth rows are one clip, and every
+    sample shows its clip's given frames exactly (the sampler copies them)."""
+    if samples.shape != gt.shape or len(samples) % per_clip:
+        raise UsageError(f"samples {samples.shape} and ground truth {gt.shape} do not form "
+                         f"groups of {per_clip} samples per clip")
+    samples = samples.reshape(-1, per_clip, *samples.shape[1:])
+    gt = gt.reshape(-1, per_clip, *gt.shape[1:])
+    if not (gt == gt[:, :1]).all():
+        raise UsageError("the ground truth of one clip's samples differs: the sample order is "
+                         "not clip-major")
+    if not (samples[:, :, given_frames] == gt[:, :, given_frames]).all():
+        raise UsageError("samples do not show their clips' given frames")
+    return samples, gt[:, 0]
+
+
 def baseline_videos(gt, given_frames, reference):
     """{method: uint8 (N, T, H, W, C)} for the baselines that apply to these given frames;
     linear interpolation only where a missing frame lies between two given frames."""
@@ -46,38 +65,46 @@ def baseline_videos(gt, given_frames, reference):
     return out, mask
 
 
-def score_conditional_task(samples, gt, given_frames, reference):
-    """Scores of our samples and the baselines on the same clips: ({method: scores}, videos)."""
-    if samples.shape != gt.shape:
-        raise ValueError(f"samples {samples.shape} and ground truth {gt.shape} differ in shape")
+def score_conditional_task(ours, gt, given_frames, reference):
+    """Scores of our samples ({method: (N, S, T, H, W, C)}) and the baselines on the same clips:
+    ({method: scores}, {method: one video per clip})."""
     baselines, mask = baseline_videos(gt, given_frames, reference)
-    videos = {OURS: samples, **baselines}
-    return score_task(gt, mask, videos), videos
+    methods = {**ours, **{name: videos[:, None] for name, videos in baselines.items()}}
+    videos = {name: videos[:, 0] for name, videos in methods.items()}
+    return score_task(gt, mask, methods), videos
 
 
-def comparison_grid(path, gt, videos, given_frames, rows=(OURS, COPY_LAST), count=8, fps=3):
-    """An animated grid: first row the ground truth of `count` clips, then one row per method
-    in `rows`; given frames are outlined. Returns the path."""
-    stack = [gt[:count]] + [videos[name][:count] for name in rows if name in videos]
+def comparison_grid(path, gt, videos, given_frames, rows, count=8, fps=3):
+    """An animated grid (.gif) or a frame strip (.png): first the ground truth of `count`
+    clips, then each method in `rows`; given frames outlined. Returns the path."""
+    if Path(path).suffix == ".png":  # filmstrip: one row per video, clip by clip
+        stack = np.stack([v for i in range(count)
+                          for v in [gt[i]] + [videos[name][i] for name in rows]])
+        return save_video_grid(Path(path), stack, cond_frames=given_frames, scale=3)
+    stack = [gt[:count]] + [videos[name][:count] for name in rows]
     return save_video_grid(Path(path), np.concatenate(stack), cond_frames=given_frames, fps=fps,
                            columns=min(count, len(gt)))
 
 
-def margins(scores):
-    """PSNR / SSIM of ours minus the best baseline, per task: {task: {...}}."""
+def margins(scores, ours):
+    """PSNR / SSIM of `ours` (one-sample mean) minus the baselines, per task: {task: {...}}."""
     out = {}
     for task, by_method in scores.items():
-        baselines = {k: v for k, v in by_method.items() if k != OURS}
+        baselines = {k: v for k, v in by_method.items() if k in BASELINES}
         best = max(baselines, key=lambda k: baselines[k]["psnr"])
+        mine = by_method[ours]
         out[task] = {
             "best_baseline": best,
-            "psnr_gain_db": by_method[OURS]["psnr"] - baselines[best]["psnr"],
-            "psnr_gain_over_copy_last_db": by_method[OURS]["psnr"] - by_method[COPY_LAST]["psnr"],
-            "ssim_gain_over_copy_last": by_method[OURS]["ssim"] - by_method[COPY_LAST]["ssim"],
+            "psnr_gain_over_best_baseline_db": mine["psnr"] - baselines[best]["psnr"],
+            "psnr_gain_over_copy_last_db": mine["psnr"] - baselines[COPY_LAST]["psnr"],
+            "ssim_gain_over_copy_last": mine["ssim"] - baselines[COPY_LAST]["ssim"],
         }
+        if LINEAR in baselines:
+            out[task]["psnr_gain_over_linear_db"] = mine["psnr"] - baselines[LINEAR]["psnr"]
+            out[task]["ssim_gain_over_linear"] = mine["ssim"] - baselines[LINEAR]["ssim"]
     return out
 
 
-__all__ = ["COPY_LAST", "LINEAR", "MEAN", "METHODS", "OURS", "baseline_videos",
-           "comparison_grid", "load_videos", "margins", "score_conditional_task",
+__all__ = ["BASELINES", "COPY_LAST", "LINEAR", "MEAN", "baseline_videos", "comparison_grid",
+           "grouped_samples", "load_videos", "margins", "score_conditional_task",
            "training_reference"]

@@ -1,0 +1,57 @@
+"""The demo checkpoint shipped in the repository, and the command that trained it.
+
+A few minutes of CPU training shows the loss falling and the model learning; the shipped
+checkpoint shows what the same `demo` preset reaches with longer training on the same clips:
+SHIPPED_STEPS steps of one single-threaded process, about an hour on one laptop core.
+`python scripts/demo.py --retrain` runs `retrain_command` again and compares the result
+with SHIPPED_SHA256.
+"""
+import hashlib
+import sys
+from pathlib import Path
+
+from ..cli import UsageError
+from .pipeline import REPO
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+SHIPPED_STEPS = 4500
+SHIPPED_CHECKPOINT = SHIPPED_DIR / f"ema_0.99_{SHIPPED_STEPS:06d}.pt"  # args.json beside it
+SHIPPED_SHA256 = "to be filled in when the checkpoint is committed"
+RETRAIN_THREADS = 1  # the recorded run used one thread; more threads change float rounding
+
+
+def retrain_command(data_dir):
+    """The command that trained the shipped checkpoint (one process; global batch 8, as the
+    preset's 4 per rank on 2 ranks), on the demo's clips in `data_dir`."""
+    return [
+        sys.executable, str(REPO / "scripts" / "video_train.py"),
+        "--data_dir", str(Path(data_dir) / "train"), "--preset", "demo", "--batch_size", "8",
+        "--anneal_type", "linear", "--lr_anneal_steps", str(SHIPPED_STEPS),
+        "--save_interval", "500", "--log_interval", "10", "--seed", "0", "--num_workers", "1",
+        "--sample_interval", "500", "--val_data_dir", str(Path(data_dir) / "val"),
+    ]
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified_checkpoint():
+    """The shipped checkpoint's path, after checking its bytes against SHIPPED_SHA256."""
+    if not SHIPPED_CHECKPOINT.is_file():
+        raise UsageError(f"the shipped demo checkpoint {SHIPPED_CHECKPOINT} is missing; restore "
+                         "it from git or rebuild it with `python scripts/demo.py --retrain`")
+    found = sha256_of(SHIPPED_CHECKPOINT)
+    if found != SHIPPED_SHA256:
+        raise UsageError(f"{SHIPPED_CHECKPOINT} has sha256 {found}, not the recorded "
+                         f"{SHIPPED_SHA256}; restore it from git or rebuild it with "
+                         "`python scripts/demo.py --retrain`")
+    return SHIPPED_CHECKPOINT
+
+
+__all__ = ["RETRAIN_THREADS", "SHIPPED_CHECKPOINT", "SHIPPED_SHA256", "SHIPPED_STEPS",
+           "retrain_command", "sha256_of", "verified_checkpoint"]
