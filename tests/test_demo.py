@@ -1,5 +1,5 @@
-"""The demo's pieces: baselines, scoring table, loss plot, data caching and the commands it runs.
-(The full `make demo` trains for minutes and is not run here.)"""
+"""The demo's pieces: baselines, scoring (best-of-N), table, loss plot, data caching, the commands
+it runs and the shipped checkpoint. (The full `make demo` takes minutes and is not run here.)"""
 import json
 import sys
 
@@ -8,11 +8,13 @@ import pytest
 
 from datasets.synthetic import make_clips
 from ramvid.demo.baselines import copy_last_given, linear_interpolation, mean_frame, nearest_given
+from ramvid.cli import UsageError
+from ramvid.demo import pipeline, shipped
 from ramvid.demo.pipeline import (DemoConfig, launch_prefix, prepare_data, sample_command,
-                                  train_command)
+                                  sample_files, train_command)
 from ramvid.demo.report import format_table, plot_training_loss, read_progress, score
-from ramvid.demo.results import (COPY_LAST, LINEAR, MEAN, OURS, margins, score_conditional_task,
-                                 training_reference)
+from ramvid.demo.results import (COPY_LAST, LINEAR, MEAN, grouped_samples, margins,
+                                 score_conditional_task, training_reference)
 from ramvid.presets import preset_flags
 
 
@@ -77,34 +79,68 @@ def test_score_uses_generated_frames_only():
     gt = np.zeros((2, 8, 16, 16, 3), np.uint8)
     videos = np.full_like(gt, 51)  # 0.2 off on the [0, 1] scale everywhere: MSE 0.04
     videos[:, :2] = 255  # given frames are wildly wrong but must not count
-    result = score(videos, gt, mask_of([0, 1]))
+    result = score(videos[:, None], gt, mask_of([0, 1]))
     assert result["psnr"] == pytest.approx(-10 * np.log10(0.04), abs=1e-4)
     assert len(result["psnr_per_clip"]) == 2
-    assert score(gt, gt, mask_of([0, 1]))["ssim"] == pytest.approx(1.0)
+    assert score(gt[:, None], gt, mask_of([0, 1]))["ssim"] == pytest.approx(1.0)
+
+
+def test_best_of_n_takes_each_clips_best_sample_and_one_sample_the_mean():
+    """Catches best-of-N and the one-sample mean swapped or averaged over the wrong axis."""
+    gt = np.zeros((2, 8, 16, 16, 3), np.uint8)
+    samples = np.zeros((2, 2, 8, 16, 16, 3), np.uint8)
+    samples[:, 0] = 51  # MSE 0.04 on the [0, 1] scale: 13.98 dB
+    samples[0, 1] = 102  # MSE 0.16: 7.96 dB; clip 1's second sample is perfect (capped 100 dB)
+    result = score(samples, gt, mask_of([0, 1]))
+    good, bad = -10 * np.log10(0.04), -10 * np.log10(0.16)
+    assert result["psnr_best"] == pytest.approx((good + 100.0) / 2, abs=1e-4)
+    assert result["psnr"] == pytest.approx(((good + bad) / 2 + (good + 100.0) / 2) / 2, abs=1e-4)
+    assert result["samples_per_clip"] == 2
 
 
 def test_scoring_a_task_against_baselines_on_sprite_clips():
     gt = make_clips(4, image_size=16, num_frames=8, seed=3, split="test", max_sprites=1).videos
     reference = make_clips(6, image_size=16, num_frames=8, seed=3, max_sprites=1).videos
-    scores, _ = score_conditional_task(gt.copy(), gt, [0, 1], reference)
-    assert set(scores) == {OURS, COPY_LAST, MEAN}  # nothing lies between frames 0 and 1
-    assert scores[OURS]["psnr"] == pytest.approx(100.0)  # a perfect "model" hits the cap
-    assert scores[COPY_LAST]["psnr"] < 40
-    infill, _ = score_conditional_task(gt.copy(), gt, [0, 7], reference)
+    scores, videos = score_conditional_task({"ours": gt[:, None].copy()}, gt, [0, 1], reference)
+    assert set(scores) == {"ours", COPY_LAST, MEAN}  # nothing lies between frames 0 and 1
+    assert scores["ours"]["psnr"] == pytest.approx(100.0)  # a perfect "model" hits the cap
+    assert scores[COPY_LAST]["psnr"] < 40 and videos[COPY_LAST].shape == gt.shape
+    infill, _ = score_conditional_task({"ours": gt[:, None].copy()}, gt, [0, 7], reference)
     assert LINEAR in infill
-    gain = margins({"prediction": scores})["prediction"]
+    gain = margins({"prediction": scores}, "ours")["prediction"]
     assert gain["psnr_gain_over_copy_last_db"] > 60 and gain["best_baseline"] in (COPY_LAST, MEAN)
-    with pytest.raises(ValueError, match="differ in shape"):
-        score_conditional_task(gt[:2], gt, [0, 1], reference)
+    assert "psnr_gain_over_linear_db" in margins({"infilling": infill}, "ours")["infilling"]
 
 
-def test_format_table_lists_every_task_and_method():
-    scores = {"prediction": {"a": {"psnr": 20.5, "ssim": 0.81}},
-              "infilling": {"a": {"psnr": 22.25, "ssim": 0.9}, "b": {"psnr": 18.0, "ssim": 0.7}}}
-    lines = format_table(scores, ["a", "b"]).splitlines()
-    assert lines[0].split() == ["task", "a", "b"]
-    assert "20.50 / 0.810" in lines[3] and lines[3].rstrip().endswith("-")
-    assert "22.25 / 0.900" in lines[4] and "18.00 / 0.700" in lines[4]
+def test_samples_are_grouped_by_clip_and_checked_against_their_clips():
+    """Catches a sample order that is not clip-major (samples scored against another clip's
+    truth) and samples whose given frames are not their clip's."""
+    gt = make_clips(3, image_size=16, num_frames=8, seed=4, split="test", max_sprites=1).videos
+    truth_rows = np.repeat(gt, 2, axis=0)  # clip-major: clip i's samples are rows 2i, 2i + 1
+    samples = truth_rows.copy()
+    samples[:, 2:] = 0
+    grouped, truth = grouped_samples(samples, truth_rows, [0, 1], 2)
+    assert grouped.shape == (3, 2, 8, 16, 16, 3) and (truth == gt).all()
+    assert (grouped[1, 1] == samples[3]).all()
+    with pytest.raises(UsageError, match="clip-major"):
+        grouped_samples(samples, np.tile(gt, (2, 1, 1, 1, 1)), [0, 1], 2)  # clips interleaved
+    wrong = samples.copy()
+    wrong[4, 1] = 0
+    with pytest.raises(UsageError, match="given frames"):
+        grouped_samples(wrong, truth_rows, [0, 1], 2)
+    with pytest.raises(UsageError, match="groups of 4"):
+        grouped_samples(samples, truth_rows, [0, 1], 4)
+
+
+def test_format_table_has_one_row_per_method_and_two_columns_per_task():
+    rows = [("ours", {"prediction": {"psnr": 20.5, "ssim": 0.81},
+                      "infilling": {"psnr": 22.25, "ssim": 0.9}}),
+            ("linear", {"prediction": None, "infilling": {"psnr": 18.0, "ssim": 0.7}})]
+    lines = format_table(rows, ["prediction", "infilling"]).splitlines()
+    assert lines[0].split() == ["method", "prediction", "infilling"]
+    assert lines[1].split() == ["PSNR", "dB", "SSIM", "PSNR", "dB", "SSIM"]
+    assert lines[3].split() == ["ours", "20.50", "0.810", "22.25", "0.900"]
+    assert lines[4].split() == ["linear", "-", "-", "18.00", "0.700"]
 
 
 def test_loss_plot_from_progress_csv(tmp_path):
@@ -121,20 +157,23 @@ def test_loss_plot_from_progress_csv(tmp_path):
 
 
 def demo_config(tmp_path, **changes):
-    fields = dict(run_dir=tmp_path / "run", data_dir=tmp_path / "data", max_steps=7, seq_len=8,
-                  image_size=16, num_train=3, num_test=2, num_unconditional=4,
-                  max_sprites=1, seed=0, procs=2, respacing="ddim25", eta=1.0)
+    fields = dict(run_dir=tmp_path / "run", data_dir=tmp_path / "data", max_steps=7, num_test=2,
+                  samples_per_clip=3, num_unconditional=4, seed=0, procs=2, respacing="ddim25",
+                  eta=1.0, sample_interval=5)
     fields.update(changes)
     return DemoConfig(**fields)
 
 
-def test_data_is_drawn_once_and_reused_while_settings_match(tmp_path):
+def test_data_is_drawn_once_and_reused_while_settings_match(tmp_path, monkeypatch):
+    monkeypatch.setitem(pipeline.DEMO_DATA, "num_train", 3)  # the demo's 2000 take seconds
+    monkeypatch.setitem(pipeline.DEMO_DATA, "num_val", 2)
     cfg = demo_config(tmp_path)
     _, reused = prepare_data(cfg)
     assert not reused
-    assert len(list((cfg.data_dir / "train").glob("*.mp4"))) == 3
-    assert len(list((cfg.data_dir / "test").glob("*.mp4"))) == 2
-    assert json.loads((cfg.data_dir / "demo_data.json").read_text())["image_size"] == 16
+    counts = {split: len(list((cfg.data_dir / split).glob("*.mp4")))
+              for split in ("train", "val", "test")}
+    assert counts == {"train": 3, "val": 2, "test": 2}
+    assert json.loads((cfg.data_dir / "demo_data.json").read_text())["speed"] == [0.125, 0.125]
     assert prepare_data(cfg) == (0.0, True)
     _, reused = prepare_data(demo_config(tmp_path, num_test=1))  # other settings: drawn anew
     assert not reused and len(list((cfg.data_dir / "test").glob("*.mp4"))) == 1
@@ -152,6 +191,7 @@ def test_commands_use_the_real_scripts_and_flags(tmp_path):
     flags = dict(zip(train[5::2], train[6::2]))
     assert flags["--preset"] == "demo" and flags["--max_steps"] == "7"
     assert flags["--save_interval"] == "7"  # the final checkpoint is the one sampled
+    assert flags["--sample_interval"] == "5" and flags["--val_data_dir"].endswith("val")
     assert "--batch_size" not in flags  # the preset's, per rank
     single = train_command(cfg, [sys.executable])
     single = dict(zip(single[2::2], single[3::2]))
@@ -164,11 +204,73 @@ def test_commands_use_the_real_scripts_and_flags(tmp_path):
     assert pred[pred.index("--save_gt") + 1] == "True"
     assert pred[pred.index("--timestep_respacing") + 1] == "ddim25"
     assert pred[pred.index("--use_ddim") + 1] == "True" and pred[pred.index("--eta") + 1] == "1.0"
+    # N samples for each of the test clips, clip-major.
+    assert pred[pred.index("--samples_per_clip") + 1] == "3"
+    assert pred[pred.index("--num_samples") + 1] == "6"
     infill = sample_command(cfg, mpi, "ckpt.pt", "infilling")
     assert infill[infill.index("--cond_frames") + 1] == "0,7,"
     uncond = sample_command(cfg, mpi, "ckpt.pt", "unconditional")
     assert uncond[uncond.index("--cond_generation") + 1] == "False"
     assert uncond[uncond.index("--num_samples") + 1] == "4" and "--data_dir" not in uncond
+
+
+def test_sample_files_are_found_in_the_samplers_run_folder(tmp_path):
+    run = tmp_path / "task" / "predict_c0-1_8x8_ddim25_seed0"
+    run.mkdir(parents=True)
+    for name in ("8x8x16x16x3.npz", "gt_8x8x16x16x3.npz"):
+        np.savez(run / name, np.zeros(1))
+    assert sample_files(tmp_path / "task") == (run / "8x8x16x16x3.npz",
+                                               run / "gt_8x8x16x16x3.npz")
+    np.savez(tmp_path / "task" / "16x8x16x16x3.npz", np.zeros(1))  # a second run's samples
+    with pytest.raises(UsageError, match="expected one samples"):
+        sample_files(tmp_path / "task")
+
+
+def test_shipped_checkpoint_matches_its_recorded_sha256_and_loads_as_weights():
+    """Catches a shipped checkpoint replaced or corrupted without updating SHIPPED_SHA256, and
+    one that no longer fits the demo preset (args.json beside it)."""
+    import torch
+
+    from ramvid.sample.loading import resolve_flags
+    from ramvid.config import create_model
+
+    path = shipped.verified_checkpoint()
+    assert path.stat().st_size < 10 * 2**20  # the repository ships at most 10 MB
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    flags = resolve_flags(path)
+    for name in ("image_size", "num_channels", "channel_mult", "seq_len", "predict_xstart"):
+        assert flags[name] == preset_flags("demo")[name], name
+    create_model(**flags).load_state_dict(state)  # strict: every weight fits
+
+
+def test_a_changed_or_missing_shipped_checkpoint_is_refused(tmp_path, monkeypatch):
+    fake = tmp_path / "ema_0.99_000001.pt"
+    fake.write_bytes(b"not the shipped weights")
+    monkeypatch.setattr(shipped, "SHIPPED_CHECKPOINT", fake)
+    with pytest.raises(UsageError, match="not the recorded"):
+        shipped.verified_checkpoint()
+    monkeypatch.setattr(shipped, "SHIPPED_SHA256", shipped.sha256_of(fake))
+    assert shipped.verified_checkpoint() == fake
+    monkeypatch.setattr(shipped, "SHIPPED_CHECKPOINT", tmp_path / "gone.pt")
+    with pytest.raises(UsageError, match="missing"):
+        shipped.verified_checkpoint()
+
+
+def test_recorded_retrain_command_is_a_valid_training_command(tmp_path):
+    """The command that trained the shipped checkpoint passes the training flag checks and ends
+    at the shipped step."""
+    from ramvid.train.options import parse_train_args
+    from ramvid.train.schedules import last_step
+
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+    command = shipped.retrain_command(tmp_path)
+    assert command[1].endswith("scripts/video_train.py")
+    cfg, model_flags, _ = parse_train_args(command[2:])
+    assert last_step(cfg) == shipped.SHIPPED_STEPS
+    assert cfg.batch_size == 2 * preset_flags("demo")["batch_size"]  # the demo's 2 ranks
+    assert model_flags["seq_len"] == preset_flags("demo")["seq_len"]
+    assert shipped.SHIPPED_CHECKPOINT.name == f"ema_{cfg.ema_rate[0]}_{shipped.SHIPPED_STEPS:06d}.pt"
 
 
 def test_demo_preset_passes_the_training_flag_checks(tmp_path):
@@ -189,10 +291,10 @@ def test_commands_are_shown_relative_to_the_repository():
 
 
 def test_demo_flags_are_checked_in_one_line(capsys):
-    sys.path.insert(0, str(__import__("ramvid.demo.pipeline", fromlist=["REPO"]).REPO / "scripts"))
-    import demo
+    from ramvid.demo import command as demo
 
     for argv, flag in ((["--max_steps", "0"], "--max_steps"), (["--eta", "2"], "--eta"),
+                       (["--samples_per_clip", "0"], "--samples_per_clip"),
                        (["--timestep_respacing", "100"], "--timestep_respacing"),
                        (["--timestep_respacing", "ddimx"], "--timestep_respacing")):
         with pytest.raises(SystemExit) as info:
