@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 MODEL_NAME = re.compile(r"^model(\d{6,})\.pt$")
+# Any file of a checkpoint set, whatever the EMA rates: group 1 is the step.
+CHECKPOINT_NAME = re.compile(r"^(?:model|opt|ema_.+_)(\d{6,})\.pt$")
 
 
 class CheckpointError(RuntimeError):
@@ -130,8 +132,9 @@ def save_checkpoint(folder, step, model_state, ema_states, opt_state):
 
 
 # --------------------------------------------------------------------------- reading
-def load_checkpoint_file(path):
-    """torch.load(path, map_location="cpu", weights_only=True) with one-line errors naming the file.
+def load_checkpoint_file(path, map_location="cpu"):
+    """torch.load(path, map_location=map_location, weights_only=True) with one-line errors naming
+    the file.
 
     A file holding anything but tensors, numbers, strings and containers (e.g. pickled code) is
     refused without being executed.
@@ -142,7 +145,7 @@ def load_checkpoint_file(path):
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it may not read
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         detail = str(e).strip().splitlines()
         detail = next((line for line in detail if "Unsupported" in line or "global" in line.lower()),
@@ -160,30 +163,34 @@ def load_checkpoint_file(path):
 
 @dataclass
 class TrainingCheckpoint:
-    """Everything a resumed run needs, loaded to CPU."""
+    """What a resumed run needs (of it, what this rank needs), loaded to one device."""
     step: int
     folder: Path
-    model: dict
+    model: dict = None  # None when not loaded (ranks > 0 receive rank 0's weights from DDP)
     emas: dict = field(default_factory=dict)  # rate string -> state dict (missing rates absent)
     opt: dict = None  # None when the opt file is missing (explicit resume only)
 
 
-def load_training_checkpoint(folder, step, ema_rates, require_all=True):
-    """Load the model, every EMA and the opt file of `step` from `folder`.
+def load_training_checkpoint(folder, step, ema_rates, require_all=True, map_location="cpu",
+                             model=True):
+    """Load the model (unless model=False), the EMAs of `ema_rates` and the opt file of `step`
+    from `folder`, to `map_location`.
 
     require_all=True: any missing or unreadable file raises CheckpointError. False (a resume
     the user asked for explicitly): a missing opt or EMA file is a warning, the EMA then starts
     from the model weights and the optimiser from scratch; unreadable files still raise.
     """
     paths = checkpoint_paths(folder, step, ema_rates)
-    ckpt = TrainingCheckpoint(step=step, folder=Path(folder), model=load_checkpoint_file(paths["model"]))
+    ckpt = TrainingCheckpoint(step=step, folder=Path(folder))
+    if model:
+        ckpt.model = load_checkpoint_file(paths["model"], map_location)
     for rate, path in paths["ema"].items():
         if path.exists() or require_all:
-            ckpt.emas[rate] = load_checkpoint_file(path)
+            ckpt.emas[rate] = load_checkpoint_file(path, map_location)
         else:
             warnings.warn(f"{path} not found: EMA {rate} restarts from the model weights")
     if paths["opt"].exists() or require_all:
-        ckpt.opt = load_checkpoint_file(paths["opt"])
+        ckpt.opt = load_checkpoint_file(paths["opt"], map_location)
         if not isinstance(ckpt.opt, dict) or "optimizer" not in ckpt.opt:
             raise CheckpointError(f"{paths['opt']} does not hold an optimizer state")
     else:
@@ -200,21 +207,61 @@ def candidate_steps(folder):
     return sorted(steps, reverse=True)
 
 
-def load_latest_checkpoint(folder, ema_rates):
+def is_complete(folder, step, ema_rates):
+    """Whether the model, opt and every EMA file of `step` exist (not whether they load)."""
+    paths = checkpoint_paths(folder, step, ema_rates)
+    return all(p.is_file() for p in (paths["model"], paths["opt"], *paths["ema"].values()))
+
+
+def complete_steps(folder, ema_rates):
+    """Steps of `folder` whose model, opt and every EMA file exist, newest first."""
+    return [s for s in candidate_steps(folder) if is_complete(folder, s, ema_rates)]
+
+
+def load_latest_checkpoint(folder, ema_rates, map_location="cpu"):
     """The newest complete checkpoint in `folder` (model, opt and every EMA present and readable),
     or None. Incomplete or unreadable sets are skipped with a warning."""
     for step in candidate_steps(folder):
         try:
-            return load_training_checkpoint(folder, step, ema_rates, require_all=True)
+            return load_training_checkpoint(folder, step, ema_rates, require_all=True,
+                                            map_location=map_location)
         except CheckpointError as e:
             warnings.warn(f"skipping checkpoint step {step}: {e}")
     return None
 
 
-def find_resume_step(logdir, ema_rates):
-    """Newest step whose model, opt and every EMA file exist and load; None if there is none."""
-    ckpt = load_latest_checkpoint(logdir, ema_rates)
-    return None if ckpt is None else ckpt.step
+def checkpoint_files(folder):
+    """{step: [paths]} of every checkpoint file in `folder` (any EMA rate), steps ascending."""
+    folder = Path(folder)
+    files = {}
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            match = CHECKPOINT_NAME.match(path.name)
+            if match and path.is_file():
+                files.setdefault(int(match.group(1)), []).append(path)
+    return dict(sorted(files.items()))
+
+
+def delete_checkpoint_set(folder, step):
+    """Delete every file of `step` (opt first: a half-deleted set is never complete)."""
+    paths = checkpoint_files(folder).get(step, [])
+    for path in sorted(paths, key=lambda p: not p.name.startswith("opt")):
+        path.unlink(missing_ok=True)
+    return paths
+
+
+def steps_to_prune(folder, ema_rates, keep, keep_every=0):
+    """Steps whose files go when only the newest `keep` complete sets stay (plus every step that
+    is a multiple of `keep_every`). Only steps older than the oldest kept complete set go, so an
+    incomplete set being written now is never touched. keep=0: nothing goes."""
+    if keep <= 0:
+        return []
+    complete = complete_steps(folder, ema_rates)
+    if len(complete) <= keep:
+        return []
+    oldest_kept = complete[keep - 1]
+    return [s for s in checkpoint_files(folder)
+            if s < oldest_kept and not (keep_every and s % keep_every == 0)]
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -235,21 +282,23 @@ def rng_state():
 
 def set_rng_state(state):
     """Inverse of rng_state()."""
-    torch.set_rng_state(state["torch"])
+    # The opt file may have been loaded onto a GPU; RNG states live on the CPU.
+    torch.set_rng_state(state["torch"].cpu())
     npst = state["numpy"]
-    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+    np.random.set_state((npst["name"], npst["keys"].cpu().numpy().astype(np.uint32), npst["pos"],
                          npst["has_gauss"], npst["gauss"]))
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"]
         if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
 
 
 __all__ = [
-    "CheckpointError", "TrainingCheckpoint", "atomic_save", "candidate_steps", "checkpoint_paths",
-    "ema_filename", "find_resume_step", "load_checkpoint_file", "load_latest_checkpoint",
-    "load_training_checkpoint", "model_filename", "opt_filename", "remove_stale_temp_files",
-    "rng_state", "save_checkpoint", "set_rng_state", "step_from_model_path",
+    "CheckpointError", "TrainingCheckpoint", "atomic_save", "candidate_steps", "checkpoint_files",
+    "checkpoint_paths", "complete_steps", "delete_checkpoint_set", "ema_filename", "is_complete",
+    "load_checkpoint_file", "load_latest_checkpoint", "load_training_checkpoint",
+    "model_filename", "opt_filename", "remove_stale_temp_files", "rng_state", "save_checkpoint",
+    "set_rng_state", "step_from_model_path", "steps_to_prune",
 ]

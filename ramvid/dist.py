@@ -1,35 +1,60 @@
-"""Distributed set-up for one process per device, launched by `mpirun`, `torchrun` or plain python.
+"""Distributed set-up for one process per device, launched by `srun`, `mpirun`, `torchrun` or
+plain python.
 
     info = setup_dist()            # DistInfo(rank, world_size, local_rank, device, launcher)
     run_or_abort(main, info)       # an exception in any rank ends the whole job, never a hang
     cleanup()
 
-Under `mpirun -n N`, rank and world size come from MPI, the local rank from the ranks that
-share a node (`Split_type(COMM_TYPE_SHARED)`), and rank 0 picks the rendezvous address (its
-own host) and a free port and broadcasts both over MPI, so nothing about the cluster is
-hard-coded ($MASTER_ADDR / $MASTER_PORT override the choice when set). Under `torchrun` the
-usual RANK/WORLD_SIZE/LOCAL_RANK variables are read. A plain `python` run is one process without a process group; mpi4py is imported only when an MPI
-launcher set its variables, so it is never needed otherwise.
+Who started this process is read from the launcher's environment variables (`detect_launch`):
+
+- torchrun (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`; env:// rendezvous). Its variables win over MPI
+  or Slurm variables inherited from an enclosing `srun`/`mpirun`, as in `srun torchrun ...`.
+- Slurm `srun` (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID` in a job step): the rendezvous
+  host is the first host of the step's node list, the port is derived from `SLURM_JOB_ID`, so
+  every task computes the same address without talking to the others. No MPI is needed. A PMI
+  rank that `srun --mpi=pmi2/pmix` sets is the same launch when it agrees with `SLURM_PROCID`.
+- MPI `mpirun` (MPICH/Hydra, Intel MPI, Open MPI, PMIx variables): rank and world size come from
+  mpi4py, the local rank from the ranks that share a node, and rank 0 broadcasts its address and
+  a free port over MPI. When the launcher said N > 1 processes but MPI comes up as a singleton
+  (an mpirun of another MPI than the one mpi4py is built on), start-up fails with one line that
+  names the fix, instead of N copies of a one-process job writing into one folder.
+- otherwise one process without a process group; mpi4py is never imported.
+
+$MASTER_ADDR / $MASTER_PORT override the rendezvous address for Slurm and MPI when set. Each rank
+uses `cuda:(local_rank % device_count)`: with one visible GPU per rank (`CUDA_VISIBLE_DEVICES`
+set per task, `srun --gpus-per-task=1`) every rank gets `cuda:0`.
 
 Every collective has a timeout (`timeout_s`, default 10 minutes): when one rank dies or stalls
-the others fail in bounded time instead of waiting forever.
+the others fail in bounded time instead of waiting forever. Work that only rank 0 does (reading
+or writing a multi-GB checkpoint on a network file system) is wrapped in `run_on_main`, where the
+other ranks wait on a separate CPU group with a much longer bound (`MAIN_WORK_TIMEOUT_S`).
 """
 import datetime
 import os
+import re
 import socket
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = 600.0
-# Variables that MPI launchers (MPICH/Hydra, Intel MPI, Open MPI, PMIx) set in every rank.
-MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
-MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+# How long the other ranks wait while rank 0 alone reads or writes a checkpoint.
+MAIN_WORK_TIMEOUT_S = 2 * 3600.0
+# Slurm: the rendezvous port is PORT_BASE + job id % PORT_RANGE (same on every task of a job).
+SLURM_PORT_BASE, SLURM_PORT_RANGE = 15000, 20000
 
-_launcher = "none"  # how this process was started: none | mpi | torchrun
+# Rank and size variables that MPI launchers (MPICH/Hydra, Intel MPI, Open MPI, PMIx) set.
+MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+MPI_OTHER_VARS = ("MPI_LOCALRANKID",)
+MPI_REBUILD = "MPICC=$(which mpicc) pip install --no-binary mpi4py --force-reinstall mpi4py"
+
+_launcher = "none"  # how this process was started: none | mpi | torchrun | slurm
+_main_work_group = None  # CPU (gloo) group with MAIN_WORK_TIMEOUT_S, for `run_on_main`
 
 
 @dataclass(frozen=True)
@@ -38,29 +63,123 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
-    launcher: str = "none"  # none | mpi | torchrun
+    launcher: str = "none"  # none | mpi | torchrun | slurm
 
     @property
     def is_main(self):
         return self.rank == 0
 
 
-def launched_by_mpi():
-    return any(v in os.environ for v in MPI_RANK_VARS)
+@dataclass(frozen=True)
+class Launch:
+    """What the environment says about this process (MPI's own numbers come later, from MPI)."""
+    launcher: str  # none | mpi | torchrun | slurm
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    size_var: str = ""  # the variable that gave world_size, for error messages
 
 
-def launched_by_torchrun():
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and not launched_by_mpi()
+def _int(environ, name, default=None):
+    value = environ.get(name, "")
+    return int(value) if value.strip().lstrip("-").isdigit() else default
+
+
+def _in_slurm_step(environ):
+    # SLURM_PROCID alone is also set in the batch script itself; a step launched by srun also
+    # has a step id.
+    return "SLURM_PROCID" in environ and ("SLURM_STEP_ID" in environ or "SLURM_STEPID" in environ)
+
+
+def detect_launch(environ=None):
+    """The launcher and this process's rank, world size and local rank, from the environment."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return Launch("torchrun", _int(env, "RANK", 0), _int(env, "WORLD_SIZE", 1),
+                      _int(env, "LOCAL_RANK", 0), "WORLD_SIZE")
+    mpi_ranks = {v: _int(env, v) for v in MPI_RANK_VARS if v in env}
+    mpi_sizes = {v: _int(env, v) for v in MPI_SIZE_VARS if v in env}
+    if _in_slurm_step(env):
+        rank = _int(env, "SLURM_PROCID", 0)
+        size_var = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
+        world_size = _int(env, size_var, 1)
+        # srun --mpi=pmi2/pmix also sets PMI variables; they describe the same tasks. Different
+        # numbers mean an mpirun inside the allocation started this process.
+        if all(r == rank for r in mpi_ranks.values()) and \
+                all(s == world_size for s in mpi_sizes.values()):
+            return Launch("slurm", rank, world_size, _int(env, "SLURM_LOCALID", 0), size_var)
+    if mpi_ranks or any(v in env for v in MPI_OTHER_VARS):
+        size_var, world_size = next(((v, s) for v, s in mpi_sizes.items() if s), ("", 1))
+        rank = next((r for r in mpi_ranks.values() if r is not None), 0)
+        return Launch("mpi", rank, world_size, 0, size_var)
+    return Launch("none")
 
 
 def env_rank():
     """This process's rank as the launcher's environment says, without importing MPI (0 if none).
 
     For deciding who prints before the process group exists (e.g. flag errors)."""
-    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
+    return detect_launch().rank
+
+
+def expand_nodelist(nodelist):
+    """Slurm's compressed host list -> host names: "gpu[01-03,07],cpu1" -> gpu01 gpu02 gpu03
+    gpu07 cpu1 (zero padding kept; several bracket groups in one name are expanded in order)."""
+    hosts, name, depth = [], "", 0
+    for char in nodelist + ",":  # split at the commas outside brackets
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            if name:
+                hosts.extend(_expand_host(name))
+            name = ""
+        else:
+            name += char
+    return hosts
+
+
+def _expand_host(pattern):
+    match = re.search(r"\[([^\]]*)\]", pattern)
+    if match is None:
+        return [pattern]
+    head, tail = pattern[:match.start()], pattern[match.end():]
+    names = []
+    for part in match.group(1).split(","):
+        lo, _, hi = part.partition("-")
+        if hi:
+            width = len(lo)
+            names += [f"{head}{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
+        else:
+            names.append(f"{head}{lo}")
+    return [host for name in names for host in _expand_host(name + tail)]
+
+
+def slurm_rendezvous(environ=None):
+    """(host, port) every task of a Slurm step computes alike: $MASTER_ADDR/$MASTER_PORT when
+    set, else the first host of the step (job) node list and a port derived from the job id."""
+    env = os.environ if environ is None else environ
+    host = env.get("MASTER_ADDR")
+    if not host:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or \
+            env.get("SLURM_NODELIST", "")
+        hosts = expand_nodelist(nodelist)
+        if not hosts:
+            raise RuntimeError("srun launch without SLURM_STEP_NODELIST or SLURM_JOB_NODELIST: "
+                               "set MASTER_ADDR to the host of task 0")
+        host = hosts[0]
+    port = _int(env, "MASTER_PORT")
+    if port is None:
+        port = SLURM_PORT_BASE + _int(env, "SLURM_JOB_ID", 0) % SLURM_PORT_RANGE
+    return host, port
+
+
+def choose_device(local_rank, device=None):
+    """device None -> cuda:(local_rank % visible GPUs) when CUDA is available, else cpu."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
 
 
 def _free_port():
@@ -92,12 +211,16 @@ def _host_address(single_node):
     return address
 
 
-def _mpi_rendezvous():
+def _mpi_rendezvous(launch):
     """(rank, world_size, local_rank, init_method) from MPI; rank 0 chooses address and port."""
-    from mpi4py import MPI  # only under an MPI launcher
+    with warnings.catch_warnings():  # a mismatched launcher gets our one-line error below
+        warnings.filterwarnings("ignore", message="suspicious MPI execution environment")
+        from mpi4py import MPI  # only under an MPI launcher
 
     comm = MPI.COMM_WORLD
     rank, world_size = comm.Get_rank(), comm.Get_size()
+    if world_size == 1 and launch.world_size > 1:
+        _mpi_mismatch(launch, MPI)
     node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
     local_rank, node_size = node_comm.Get_rank(), node_comm.Get_size()
     node_comm.Free()
@@ -110,31 +233,41 @@ def _mpi_rendezvous():
     return rank, world_size, local_rank, f"tcp://{host}:{port}"
 
 
+def _mpi_mismatch(launch, MPI):
+    from .cli import exit_with_usage_error  # cli imports this module
+
+    library = MPI.Get_library_version().strip().splitlines()[0]
+    exit_with_usage_error(
+        f"the launcher started {launch.world_size} processes ({launch.size_var}="
+        f"{launch.world_size}) but MPI sees only this one: mpirun and mpi4py come from different "
+        f"MPI libraries (mpi4py uses {library}). Launch with the mpirun of that MPI "
+        f"({os.path.join(os.path.dirname(sys.executable), 'mpirun')} for the venv's MPICH), or "
+        f"rebuild mpi4py against the MPI of your mpirun: {MPI_REBUILD}")
+
+
 def setup_dist(backend=None, timeout_s=DEFAULT_TIMEOUT_S, device=None):
     """Join the job's process group (if there is more than one process) and pick the device.
 
-    backend: None -> "nccl" on CUDA, "gloo" on CPU. device: None -> cuda:local_rank when CUDA
-    is available, else cpu; pass "cpu" to force CPU on a GPU machine.
+    backend: None -> "nccl" on CUDA, "gloo" on CPU. device: None -> see `choose_device`; pass
+    "cpu" to force CPU on a GPU machine.
     """
-    global _launcher
-    if launched_by_mpi():
-        _launcher = "mpi"
-        rank, world_size, local_rank, init_method = _mpi_rendezvous()
-    elif launched_by_torchrun():
-        _launcher = "torchrun"
-        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    global _launcher, _main_work_group
+    launch = detect_launch()
+    _launcher = launch.launcher
+    if launch.launcher == "mpi":
+        rank, world_size, local_rank, init_method = _mpi_rendezvous(launch)
+    elif launch.launcher == "torchrun":
+        rank, world_size, local_rank = launch.rank, launch.world_size, launch.local_rank
         init_method = "env://"
+    elif launch.launcher == "slurm":
+        rank, world_size, local_rank = launch.rank, launch.world_size, launch.local_rank
+        host, port = slurm_rendezvous()
+        init_method = f"tcp://{host}:{port}"
     else:
-        _launcher = "none"
         rank, world_size, local_rank, init_method = 0, 1, 0, None
 
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = choose_device(local_rank, device)
     if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
 
     if world_size > 1 and not dist.is_initialized():
@@ -144,6 +277,8 @@ def setup_dist(backend=None, timeout_s=DEFAULT_TIMEOUT_S, device=None):
         if backend == "nccl":
             kwargs["device_id"] = device  # binds the communicator to this rank's GPU eagerly
         dist.init_process_group(**kwargs)
+        _main_work_group = dist.new_group(
+            backend="gloo", timeout=datetime.timedelta(seconds=max(timeout_s, MAIN_WORK_TIMEOUT_S)))
     return DistInfo(rank, world_size, local_rank, device, _launcher)
 
 
@@ -155,13 +290,11 @@ def get_world_size():
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def is_main():
-    return get_rank() == 0
-
-
-def barrier():
+def barrier(long_wait=False):
+    """Wait for every rank; long_wait=True: for up to MAIN_WORK_TIMEOUT_S (after file work that
+    takes some ranks much longer than others), not the collective timeout."""
     if get_world_size() > 1:
-        dist.barrier()
+        dist.barrier(group=_main_work_group if long_wait else None)
 
 
 def all_gather_object(obj):
@@ -173,13 +306,32 @@ def all_gather_object(obj):
     return gathered
 
 
-def broadcast_object(obj, src=0):
+def broadcast_object(obj, src=0, group=None):
     """`obj` of rank `src`, returned on every rank (every rank must call this)."""
     if get_world_size() == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
+
+
+def run_on_main(fn, *args, **kwargs):
+    """Rank 0 calls fn(*args, **kwargs) while the other ranks wait for its (picklable) result,
+    which every rank returns. The others wait up to MAIN_WORK_TIMEOUT_S, not the collective
+    timeout: a checkpoint of several GB on a network file system may take longer than that.
+    An exception on rank 0 is raised on every rank. Every rank must call this."""
+    if get_world_size() == 1:
+        return fn(*args, **kwargs)
+    outcome = None
+    if get_rank() == 0:
+        try:
+            outcome = (True, fn(*args, **kwargs))
+        except Exception as e:
+            outcome = (False, e)
+    ok, value = broadcast_object(outcome, group=_main_work_group)
+    if not ok:
+        raise value
+    return value
 
 
 def all_gather_tensor(tensor):
@@ -189,15 +341,6 @@ def all_gather_tensor(tensor):
     parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
-
-
-def all_reduce_mean(tensor):
-    """Mean of `tensor` over ranks (in place on a copy)."""
-    if get_world_size() == 1:
-        return tensor
-    out = tensor.clone()
-    dist.all_reduce(out)
-    return out / get_world_size()
 
 
 def abort_job(exit_code=1):
@@ -233,5 +376,7 @@ def run_or_abort(fn, *args, **kwargs):
 
 
 def cleanup():
+    global _main_work_group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _main_work_group = None

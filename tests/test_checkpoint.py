@@ -124,15 +124,15 @@ def _write_set(folder, step, rates, skip=()):
     return files
 
 
-def test_find_resume_step_skips_incomplete_sets(tmp_path):
+def test_latest_checkpoint_skips_incomplete_sets(tmp_path):
     rates = ["0.9999", "0.99"]
-    assert ck.find_resume_step(tmp_path, rates) is None
+    assert ck.load_latest_checkpoint(tmp_path, rates) is None
     _write_set(tmp_path, 2, rates)
     _write_set(tmp_path, 4, rates, skip=("ema_0.99",))
     files = _write_set(tmp_path, 6, rates)
     files["opt"].write_bytes(files["opt"].read_bytes()[:100])  # truncated opt
     with pytest.warns(UserWarning) as record:
-        assert ck.find_resume_step(tmp_path, rates) == 2
+        assert ck.load_latest_checkpoint(tmp_path, rates).step == 2
     text = " ".join(str(w.message) for w in record)
     assert "step 6" in text and "step 4" in text and "ema_0.99_000004.pt" in text
     ckpt = ck.load_latest_checkpoint(tmp_path, rates)

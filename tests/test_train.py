@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ramvid import create_model_and_diffusion
-from ramvid.checkpoint import find_resume_step, load_checkpoint_file
+from ramvid.checkpoint import load_checkpoint_file, load_latest_checkpoint
 from ramvid.diffusion.resample import create_named_schedule_sampler
 from ramvid.dist import setup_dist
 from ramvid.train import EMA, TrainConfig, last_step, lr_at, main, parse_train_args
@@ -23,6 +23,12 @@ from ramvid.train import loop as train_loop
 from ramvid.train.step import LossStats, draw_step_inputs, forward_backward
 from train_fixtures import (PYTHON, TINY, TRAIN_SCRIPT, assert_all_final_files_load, finite,
                             make_videos, progress_rows, script_env)
+
+def resume_step(folder, rates):
+    """The step `--resume_checkpoint auto` would continue from (newest complete, loadable set)."""
+    ckpt = load_latest_checkpoint(folder, rates)
+    return None if ckpt is None else ckpt.step
+
 
 TINY_MODEL = dict(image_size=8, num_channels=32, channel_mult="1,2", num_res_blocks=1,
                   attention_resolutions="4", seq_len=4, scale_time_dim=0, diffusion_steps=50)
@@ -193,7 +199,7 @@ def test_consecutive_nonfinite_steps_stop_the_run(videos, tmp_path, monkeypatch)
     assert "3 consecutive steps" in (tmp_path / "log.txt").read_text()
     # Step 4's checkpoint was written during the bad streak: it holds step 2's weights, since
     # steps 3, 4 and 5 changed neither the weights nor the EMA; nothing was saved after.
-    assert find_resume_step(tmp_path, ["0.9", "0.99"]) == 4
+    assert resume_step(tmp_path, ["0.9", "0.99"]) == 4
     assert not list(tmp_path.glob("model00000[5-9].pt"))
     live = seen["model"].state_dict()
     for name in ("model00000{}.pt", "ema_0.9_00000{}.pt"):
@@ -240,7 +246,7 @@ def test_disk_full_stops_with_one_line_and_keeps_previous_checkpoint(videos, tmp
     err = capsys.readouterr().err
     assert "could not write checkpoint" in err and "000002.pt: No space left on device" in err
     assert "Traceback" not in err
-    assert find_resume_step(tmp_path, ["0.9", "0.99"]) == 1
+    assert resume_step(tmp_path, ["0.9", "0.99"]) == 1
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -274,15 +280,15 @@ def _wait_for_rows(proc, logdir, rows, timeout=60, after_step=-1, runs=1):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_0(videos, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_75(videos, tmp_path):
     proc = _start(videos, tmp_path, "--save_interval", "1000")
     _wait_for_rows(proc, tmp_path, 2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == train_loop.EXIT_STOPPED == 75, err[-2000:]
     stopped = int(re.search(r"stopped by signal after step (\d+)", out).group(1))
     assert stopped >= 2
-    assert find_resume_step(tmp_path, ["0.9999"]) == stopped
+    assert resume_step(tmp_path, ["0.9999"]) == stopped
     assert "Traceback" not in err
 
 
@@ -301,7 +307,7 @@ def test_sigkill_at_random_moments_always_resumes(videos, tmp_path):
         proc.communicate()
         kills += 1
         assert_all_final_files_load(tmp_path)  # never a truncated file under a final name
-        step = find_resume_step(tmp_path, ["0.99"])
+        step = resume_step(tmp_path, ["0.99"])
         if last_complete is not None:  # the resume point never goes backwards
             assert step is not None and step >= last_complete
         last_complete = step
@@ -312,6 +318,6 @@ def test_sigkill_at_random_moments_always_resumes(videos, tmp_path):
     assert f"resuming from step {last_complete}" in out
     resumed = [int(m) for m in re.findall(r"resuming from step (\d+)", (tmp_path / "log.txt").read_text())]
     assert len(resumed) == kills and resumed == sorted(resumed)
-    assert find_resume_step(tmp_path, ["0.99"]) == last_complete + 1
+    assert resume_step(tmp_path, ["0.99"]) == last_complete + 1
     steps = [int(r["step"]) for r in progress_rows(tmp_path)]
     assert steps == list(range(1, last_complete + 2))  # rows after a checkpoint were replayed once

@@ -25,9 +25,10 @@ class _CountFrom(Sampler):
 
 def _ignore_stop_signals(worker_id):
     # Launchers (mpirun, SLURM, timeout) signal the whole process group: a worker must not die
-    # of the SIGTERM/SIGINT that asks the main process to finish its step and checkpoint.
+    # of the SIGTERM/SIGINT/SIGUSR1 that asks the main process to finish its step and checkpoint.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # Slurm's --signal=USR1@seconds
 
 
 class VideoLoader:

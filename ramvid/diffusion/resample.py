@@ -3,6 +3,8 @@
 `sample` returns (t, weights) with weights = 1 / (T p(t)), so the weighted loss is an unbiased
 estimate of the uniform-t objective whatever p is.
 """
+import math
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -83,7 +85,11 @@ class LossSecondMomentResampler(ScheduleSampler):
         self.update_with_all_losses(ts.cpu().numpy().tolist(), losses.cpu().numpy().tolist())
 
     def update_with_all_losses(self, ts, losses):
+        """Record each (t, loss); a non-finite loss is dropped: one inf would make every later
+        weight inf or NaN and `sample` fail."""
         for t, loss in zip(ts, losses):
+            if not math.isfinite(loss):
+                continue
             t = int(t)
             if self._loss_counts[t] == self.history_per_term:
                 self._loss_history[t, :-1] = self._loss_history[t, 1:]

@@ -21,11 +21,11 @@ class EMA:
             torch._foreach_lerp_(self.params[rate], current, 1.0 - float(rate))
 
     def state_dict(self, rate):
-        """A plain model state dict holding the EMA weights (buffers from the live model)."""
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        for name, value in zip(self.names, self.params[rate]):
-            state[name] = value.detach().clone()
-        return state
+        """A plain model state dict holding the EMA weights (buffers from the live model), on the
+        CPU: copied one tensor at a time, never a second full model on the GPU."""
+        live = dict(zip(self.names, self.params[rate]))
+        return {k: live.get(k, v).detach().to("cpu", copy=True)
+                for k, v in self.model.state_dict().items()}
 
     @torch.no_grad()
     def load_state_dict(self, rate, state):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .. import create_model_and_diffusion
+from .. import create_model_and_diffusion, dist
 from ..accel import compile_model, configure_tf32
 from ..checkpoint import CheckpointError
 from ..cli import write_args_json
@@ -18,38 +18,46 @@ from ..diffusion.resample import create_named_schedule_sampler
 from .ema import EMA
 from .preview import make_preview
 from .schedules import last_step, lr_at
-from .state import find_checkpoint_to_resume, restore_training_state, save_training_state
+from .rundir import prepare_run
+from .state import restore_training_state, save_training_state
 from .step import LossStats, draw_step_inputs, forward_backward, gradient_norm
 
-EXIT_OK, EXIT_DIVERGED = 0, 3
+# Exit codes. EXIT_STOPPED (EX_TEMPFAIL of sysexits.h): a stop signal ended the run with a
+# complete checkpoint of the step it stopped at; rerunning the command continues it (requeue).
+EXIT_OK, EXIT_DIVERGED, EXIT_STOPPED = 0, 3, 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class StopRequest:
-    """SIGTERM / SIGINT ask the loop to finish the current step, save and exit 0.
+    """SIGTERM, SIGINT and SIGUSR1 ask the loop to finish the current step, save and exit with
+    EXIT_STOPPED. Repeats change nothing: Slurm signals every process of a step and torchrun
+    forwards the signal again, so one stop often arrives twice. (SIGKILL or Ctrl-\\ stop at once.)
 
-    A second SIGINT interrupts at once (the default handler is back after the first)."""
+    The handler only sets a flag: the loop logs, so a signal never re-enters a log write."""
 
-    def __init__(self, log):
-        self.log = log
-        self.requested = False
+    def __init__(self):
+        self.signal_name = None  # the first stop signal received
         self._previous = {}
         self._pid = os.getpid()
 
+    @property
+    def requested(self):
+        return self.signal_name is not None
+
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if os.getpid() != self._pid:  # a data-loader worker forked with this handler: the
             return  # main process decides when to stop, and its exit ends the workers
-        self.requested = True
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-        # Launchers (mpirun, SLURM) signal the data-loader workers too. The loader's SIGCHLD
-        # handler would raise in the middle of the step when one dies; this run reads no
-        # more batches, so a dying worker no longer matters.
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        self.log.info(f"received {signal.Signals(signum).name}: finishing this step, then saving")
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
+            # Launchers (mpirun, SLURM) signal the data-loader workers too. The loader's SIGCHLD
+            # handler would raise in the middle of the step when one dies; this run reads no
+            # more batches, so a dying worker no longer matters.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -70,10 +78,16 @@ def fused_adamw_supported(device):
     return device.type == "cpu" and (major, minor) >= (2, 4)
 
 
-def train(cfg, model_flags, info, logdir, log):
+def train(cfg, model_flags, info, logdir, log, start=None):
     """Train until --max_steps (or the end of a linear lr schedule), a stop signal, or
-    --max_bad_steps consecutive non-finite steps. Returns the process exit code."""
+    --max_bad_steps consecutive non-finite steps. Returns the process exit code.
+
+    start: where to start (`rundir.prepare_run`); None decides it here."""
     device = info.device
+    if start is None:
+        start = prepare_run(cfg, model_flags, logdir, info)
+        for line in start.plan.messages:
+            log.info(line)
     data = load_data(data_dir=cfg.data_dir, batch_size=cfg.batch_size,
                      image_size=model_flags["image_size"], seq_len=model_flags["seq_len"],
                      class_cond=model_flags["class_cond"], rgb=model_flags["rgb"], rank=info.rank,
@@ -94,15 +108,15 @@ def train(cfg, model_flags, info, logdir, log):
     autocast = torch.autocast(device.type, dtype=torch.float16 if cfg.use_fp16 else torch.bfloat16,
                               enabled=cfg.use_fp16 or cfg.bf16)
 
-    step = 0
-    ckpt = find_checkpoint_to_resume(cfg.resume_checkpoint, logdir, cfg.ema_rate, info, log)
+    step, ckpt = start.plan.step, start.ckpt
     if ckpt is not None:
         restore_training_state(ckpt, model, opt, scaler, schedule_sampler, data, info, log)
-        step = ckpt.step
-    ema = EMA(model, cfg.ema_rate)  # a rate without a checkpoint starts from the model weights
+    # Only rank 0 saves, so only rank 0 keeps EMAs; a rate without a checkpoint starts from the
+    # model weights.
+    ema = EMA(model, cfg.ema_rate if info.is_main else ())
     for rate, state in (ckpt.emas.items() if ckpt is not None else ()):
-        ema.load_state_dict(rate, {k: v.to(device) for k, v in state.items()})
-    del ckpt
+        ema.load_state_dict(rate, state)
+    del ckpt, start
     log.keep_rows_up_to(step)
 
     ddp_model = model
@@ -138,7 +152,16 @@ def train(cfg, model_flags, info, logdir, log):
     interval_start, interval_steps = time.time(), 0
     preview = make_preview(cfg, model_flags, model, logdir, log, info)  # rank 0, or None
     log.start_bar(step, end)
-    with StopRequest(log) as stop:
+
+    def save():
+        pruned = save_training_state(logdir, step, model, ema, opt, scaler, schedule_sampler,
+                                     data, info, cfg.keep_checkpoints, cfg.keep_every)
+        log.info(f"saved checkpoint of step {step}" + (
+            f"; deleted the checkpoints of step {', '.join(map(str, pruned))} "
+            f"(--keep_checkpoints {cfg.keep_checkpoints})" if pruned else ""))
+        return step
+
+    with StopRequest() as stop:
         while end is None or step < end:
             try:
                 video, cond = next(data)  # (N, C, T, H, W) in [-1, 1], {"y": (N,)} or {}
@@ -165,6 +188,9 @@ def train(cfg, model_flags, info, logdir, log):
             if all_reduce is not None:
                 all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
             bad, stop_now = (bool(v) for v in flags.tolist())
+            if stop_now:
+                log.info(f"received {stop.signal_name or 'a stop signal (on another rank)'}: "
+                         f"finishing step {step + 1}, then saving")
             if not bad:
                 scaler.step(opt)
             scaler.update()  # with fp16, an overflow lowers the loss scale
@@ -200,16 +226,15 @@ def train(cfg, model_flags, info, logdir, log):
                 log.write_row(row)
                 interval_start, interval_steps = time.time(), 0
             if step % cfg.save_interval == 0 or stop_now:
-                save_training_state(logdir, step, model, ema, opt, scaler, schedule_sampler, data, info)
-                saved_step = step
-                log.info(f"saved checkpoint of step {step}")
-            if preview is not None and step % cfg.sample_interval == 0:
-                interval_start += preview.run(step, ema)  # previewing is not training time
+                saved_step = save()
+            if cfg.sample_interval and step % cfg.sample_interval == 0:
+                # Rank 0 previews while the others wait without the collective timeout.
+                interval_start += dist.run_on_main(lambda: preview.run(step, ema))  # not training time
             if stop_now:
-                log.info(f"stopped by signal after step {step}")
-                break
-    if saved_step != step:
-        save_training_state(logdir, step, model, ema, opt, scaler, schedule_sampler, data, info)
-        log.info(f"saved checkpoint of step {step}")
+                log.info(f"stopped by signal after step {step}; exit code {EXIT_STOPPED}: run "
+                         f"the same command with --resume_checkpoint auto to continue")
+                return EXIT_STOPPED
+        if saved_step != step:  # still under StopRequest: a signal now cannot cut the write
+            saved_step = save()
     log.info(f"done: step {step}")
     return EXIT_OK

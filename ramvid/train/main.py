@@ -1,28 +1,23 @@
-"""`python scripts/video_train.py ...`: flags -> distributed set-up -> log dir -> train."""
-import os
+"""`python scripts/video_train.py ...`: flags -> distributed set-up -> log dir -> train.
+
+Exit codes: 0 done (--max_steps reached), 1 a failure (e.g. a checkpoint could not be written),
+2 a user mistake (bad flag; a log dir this run may not start in), 3 diverged (--max_bad_steps),
+75 stopped by a signal with a complete checkpoint (rerun to continue; see docs/TRAINING.md).
+"""
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 from .. import dist
-from ..checkpoint import CheckpointError, remove_stale_temp_files
+from ..checkpoint import CheckpointError
+from ..cli import UsageError, entry_point
 from ..data import DataError
 from ..memory import limit_heap_fragmentation
 from .logs import RunLogger
 from .loop import train
 from .options import parse_train_args
+from .rundir import prepare_run, resolve_logdir
 
 
-def resolve_logdir(info):
-    """$OPENAI_LOGDIR, else a new timestamped folder in the temp dir (chosen by rank 0)."""
-    logdir = os.environ.get("OPENAI_LOGDIR")
-    if not logdir and info.is_main:
-        stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
-        logdir = tempfile.mkdtemp(prefix=f"ramvid-{stamp}-")
-    return Path(dist.broadcast_object(logdir))
-
-
+@entry_point
 def main(argv=None, prog="video_train.py"):
     cfg, model_flags, parser = parse_train_args(argv, prog)
     limit_heap_fragmentation()
@@ -32,19 +27,29 @@ def main(argv=None, prog="video_train.py"):
     return code
 
 
-def _run(cfg, model_flags, info, parser):
-    logdir = resolve_logdir(info)
+def _error(info, parser, message):
     if info.is_main:
-        try:
-            logdir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            parser.error(f"log dir {logdir} ($OPENAI_LOGDIR) cannot be created: {e.strerror}")
-        for tmp in remove_stale_temp_files(logdir):
-            print(f"removed {tmp}, left by a run killed while writing a checkpoint")
-    dist.barrier()
+        sys.stderr.write(f"{parser.prog}: error: {message}\n")
+
+
+def _run(cfg, model_flags, info, parser):
+    logdir, source = resolve_logdir(cfg, info)
+    try:
+        # Decided on rank 0 before anything in the log dir is touched; the same on every rank.
+        start = prepare_run(cfg, model_flags, logdir, info, source)
+    except UsageError as e:
+        _error(info, parser, e)
+        return 2
+    except CheckpointError as e:  # the checkpoint named by --resume_checkpoint cannot be read
+        _error(info, parser, e)
+        return 1
     log = RunLogger(logdir, enabled=info.is_main)
     try:
-        return train(cfg, model_flags, info, logdir, log)
+        for line in start.plan.messages:
+            log.info(line)
+        code = train(cfg, model_flags, info, logdir, log, start)
+        dist.barrier()  # leave together: a launcher may end the job when the first rank exits
+        return code
     except DataError as e:  # a data problem is a bad --data_dir: one line, exit 2
         where = f"[rank {info.rank}] " if info.world_size > 1 else ""
         sys.stderr.write(f"{where}{parser.prog}: error: {str(e).splitlines()[0]}\n")
