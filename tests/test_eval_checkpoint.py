@@ -1,12 +1,17 @@
-"""scripts/video_eval.py --model_path: sample a tiny checkpoint in resumable chunks, then
-evaluate PSNR/SSIM as for npz files."""
+"""scripts/video_eval.py --model_path: sample a tiny checkpoint through the sampling pipeline
+(resumable run folder with its record), then evaluate that run as for npz files."""
 import json
 
 import pytest
 
-from sample_fixtures import load_script, make_checkpoint, make_videos
+from sample_fixtures import as_script, load_script, make_checkpoint, make_videos
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _argv0(as_script):
+    as_script("video_eval")
 
 
 @pytest.fixture(scope="module")
@@ -30,25 +35,27 @@ def headline(results):
                                     "per_clip")}
 
 
-def test_sample_then_evaluate_reuses_chunks_and_chunking_changes_nothing(setup, tmp_path,
-                                                                         capsys):
+def test_sample_then_evaluate_reuses_the_run_and_chunking_changes_nothing(setup, tmp_path,
+                                                                          capsys):
+    """Catches a rerun that samples again instead of reusing the finished run, and chunk
+    boundaries that change samples (a batch crossing a chunk, seeds by chunk position)."""
     first, out = evaluate(setup, tmp_path / "a", 1, capsys)
     assert first["num_clips"] == 3 and first["samples_per_clip"] == 2
     assert first["num_frames"] == 6 and first["cond_frames"] == [0, 1]
+    assert first["settings_from"] == str(tmp_path / "a" / "sample_args.json")
     for metric in ("psnr", "ssim"):
         assert first[f"{metric}_best"] >= first[f"{metric}_mean"]
     assert first["psnr_best"] > first["psnr_mean"]  # two different samples per clip
-    assert "reusing chunk" not in out
-    assert sorted(p.name for p in (tmp_path / "a").glob("chunk_*")) == [
-        "chunk_0000", "chunk_0001", "chunk_0002"]
+    assert "3 chunk(s) of 2" in out
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "6x6x16x16x3.npz", "eval.json", "gt_6x6x16x16x3.npz", "sample_args.json"]
 
     again, out = evaluate(setup, tmp_path / "a", 1, capsys)
-    assert all(f"reusing chunk {k}" in out for k in range(3))
-    assert again["reused_chunks"] == [0, 1, 2]
+    assert "reusing the finished run" in out and "plan:" not in out
     assert headline(again) == headline(first)
 
     whole, out = evaluate(setup, tmp_path / "b", 10, capsys)
-    assert sorted(p.name for p in (tmp_path / "b").glob("chunk_*")) == ["chunk_0000"]
+    assert "1 chunk(s) of 20" in out
     assert headline(whole) == headline(first)
 
 
@@ -61,7 +68,7 @@ def test_short_clips_skip_fvd_with_a_reason(setup, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model_path", "x.pt", "--samples", "s.npz", "--data_dir", "d"], "drop --samples/--gt"),
-    (["--protocol", "bair"], "give --samples and --gt"),
+    (["--protocol", "bair"], "give --samples"),
     (["--model_path", "x.pt"], "--model_path needs --data_dir"),
 ])
 def test_exactly_one_input_mode(argv, message, capsys):
