@@ -1,0 +1,61 @@
+"""Checkpoints saved by the original RaMViD code: a plain tensor dict with the reference's
+parameter names and no args.json beside it. The model flags come from the command line or a
+--preset, as docs/EVALUATION.md shows for the published BAIR, Kinetics-600 and UCF-101 files."""
+import pytest
+import torch
+
+import ramvid
+from ramvid.config import model_and_diffusion_defaults
+from ramvid.presets import preset_flags
+from sample_fixtures import as_script, load_npz, run_script
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+COMMON = ["--cond_generation", "False", "--num_samples", 2, "--timestep_respacing", 2,
+          "--save_video", "none", "--progress", "False"]
+
+
+@pytest.fixture(autouse=True)
+def _argv0(as_script):
+    as_script("video_sample")
+
+
+def _save_as_the_reference_does(state_dict, folder):
+    """torch.save of the bare state dict (the reference saves model.state_dict() this way)."""
+    folder.mkdir(parents=True)
+    path = folder / "ema_0.9999_000000.pt"
+    torch.save({k: v.float() for k, v in state_dict.items()}, path)
+    return path
+
+
+def test_reference_recorded_state_dict_samples_with_its_flags(reference, tmp_path, monkeypatch):
+    """The weights and names recorded from the reference code (fixture UNet A) load by name and
+    sample. Catches a renamed parameter (load_state_dict would name missing keys)."""
+    unet = reference["unet"]["A"]
+    path = _save_as_the_reference_does(unet["state_dict"], tmp_path / "official")
+    config = unet["config"]
+    flags = ["--image_size", config["image_size"], "--num_channels", config["num_channels"],
+             "--num_res_blocks", config["num_res_blocks"], "--learn_sigma", config["learn_sigma"],
+             "--attention_resolutions", config["attention_resolutions"],
+             "--num_heads", config["num_heads"], "--seq_len", config["seq_len"],
+             "--use_scale_shift_norm", config["use_scale_shift_norm"],
+             "--scale_time_dim", config["scale_time_dim"]]
+    out = run_script("video_sample", ["--model_path", path, *flags, *COMMON], tmp_path / "out",
+                     monkeypatch)
+    samples = load_npz(out / "2x4x32x32x3.npz")["arr_0"]
+    assert samples.shape == (2, 4, 32, 32, 3) and samples.std() > 0
+
+
+def test_preset_alone_rebuilds_a_checkpoint_without_args_json(tmp_path, monkeypatch, capsys):
+    """--preset supplies every model flag of a bare checkpoint (as --preset bair64 does for the
+    published BAIR file); without it the defaults do not fit and the error names a flag."""
+    defaults = model_and_diffusion_defaults()
+    flags = {**defaults, **{k: v for k, v in preset_flags("demo").items() if k in defaults}}
+    path = _save_as_the_reference_does(ramvid.create_model(**flags).state_dict(),
+                                       tmp_path / "bare")
+    out = run_script("video_sample", ["--model_path", path, "--preset", "demo", *COMMON],
+                     tmp_path / "out", monkeypatch)
+    assert load_npz(out / f"2x{flags['seq_len']}x16x16x3.npz")["arr_0"].dtype == "uint8"
+    with pytest.raises(SystemExit):
+        run_script("video_sample", ["--model_path", path, *COMMON], tmp_path / "no_preset",
+                   monkeypatch)
+    assert "num_channels: flags give 128, the checkpoint has 32" in capsys.readouterr().err
