@@ -18,6 +18,7 @@ from ..flags import int_list, str2bool
 from ..sample.clips import ClipSource
 from ..sample.cli import (add_model_flags, check_data, load_model_or_exit, parse_sampling_flags,
                           prepare_model, resolve_sampler, sampler_options)
+from ..sample.batch import SAMPLERS
 from ..sample.jobs import SampleJob, sample_to_folder
 from ..sample.runner import COLLECTIVE_TIMEOUT_S
 from .evaluation import PROTOCOLS
@@ -66,7 +67,8 @@ def build_parser():
     sampling.add_argument("--seed", type=int, default=0,
                           help="sample s of clip c uses a generator seeded by hash(seed, c*S+s)")
     sampling.add_argument("--sampler", default="",
-                          help="ddpm | ddim | ... (default: ddim with --use_ddim True, else ddpm)")
+                          help=f"{' | '.join(SAMPLERS)} (default: ddim with --use_ddim True, "
+                          "else ddpm)")
     sampling.add_argument("--use_ddim", type=str2bool, default=False,
                           help="the seed's name for --sampler ddim")
     sampling.add_argument("--eta", type=float, default=0.0, help="DDIM noise (with ddim)")
@@ -122,6 +124,8 @@ def sample_for_evaluation(parser, argv, args):
     resolve_sampler(parser, args)
     if args.eta != 0 and args.sampler != "ddim":
         raise UsageError(f"--eta {args.eta}: only DDIM has eta; add --sampler ddim")
+    if not 0 <= args.eta <= 1:
+        raise UsageError(f"--eta {args.eta}: must lie in [0, 1]")
     protocol = PROTOCOLS[args.protocol or "custom"]
     given = args.cond_frames if args.cond_frames is not None else protocol.cond_frames
     if given is None:

@@ -9,12 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import diffusion as _diffusion
+from ..diffusion import SAMPLERS
 from .output import to_uint8
 from .seeds import sample_generators, sample_labels
-
-
-SAMPLERS = getattr(_diffusion, "SAMPLERS", ("ddpm", "ddim"))
 
 
 @dataclass(frozen=True)
@@ -32,6 +29,8 @@ class SamplerOptions:
             raise ValueError(f"sampler={self.sampler!r} is not one of: {', '.join(SAMPLERS)}")
         if self.eta != 0 and self.sampler != "ddim":
             raise ValueError(f"eta={self.eta}: only the ddim sampler has eta")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta={self.eta} must lie in [0, 1]")
 
     def model_calls_per_step(self, guided):
         """Network evaluations per denoising step (guidance doubles them)."""
@@ -74,14 +73,13 @@ def denoise(model, diffusion, generators, *, num_frames=None, obs=None, obs_mask
     channels, seq_len, height, width = model_video_shape(model)
     shape = (len(generators), channels, num_frames or seq_len, height, width)
     device = model_device(model)
-    loop = diffusion.ddim_sample_loop if options.sampler == "ddim" else diffusion.p_sample_loop
-    extra = {"eta": options.eta} if options.sampler == "ddim" else {}
     with torch.inference_mode():
-        videos = loop(
-            model, shape, obs=obs, obs_mask=obs_mask, clip_denoised=options.clip_denoised,
-            resample_steps=options.resample_steps, guidance_scale=options.guidance_scale,
+        videos = diffusion.sample_loop(
+            model, shape, sampler=options.sampler, obs=obs, obs_mask=obs_mask,
+            guidance_scale=options.guidance_scale, resample_steps=options.resample_steps,
+            eta=options.eta, clip_denoised=options.clip_denoised,
             model_kwargs=None if y is None else {"y": y.to(device)},
-            generator=generators, callback=callback, device=device, **extra,
+            generator=generators, callback=callback, device=device,
         )
     return videos.cpu()
 

@@ -53,7 +53,7 @@ HELP = {
     "seed": "sample i uses a generator seeded by hash(seed, i): reproducible alone",
     "sampler": f"{' | '.join(SAMPLERS)} (default: ddim with --use_ddim True, else ddpm)",
     "use_ddim": "the seed's name for --sampler ddim",
-    "eta": "DDIM noise (0 = deterministic); needs --sampler ddim",
+    "eta": "DDIM noise in [0, 1] (0 = deterministic, 1 = ancestral-like); needs --sampler ddim",
     "clip_denoised": "clip each predicted clean video to [-1, 1]",
     "resample_steps": "denoise/re-noise repetitions per step (harmonises given and new frames)",
     "guidance_scale": "frame guidance w: eps_uncond + w (eps_cond - eps_uncond); 1 = plain "
@@ -128,7 +128,8 @@ def check_sampling_flags(parser, args):
         check(parser, getattr(args, flag) >= 1, flag, getattr(args, flag), "must be >= 1")
     check(parser, args.seed >= 0, "seed", args.seed, "must be >= 0")
     resolve_sampler(parser, args)
-    check(parser, math.isfinite(args.eta) and args.eta >= 0, "eta", args.eta, "must be >= 0")
+    check(parser, math.isfinite(args.eta) and 0 <= args.eta <= 1, "eta", args.eta,
+          "must lie in [0, 1]")
     check(parser, args.eta == 0 or args.sampler == "ddim", "eta", args.eta,
           "only DDIM has eta; add --sampler ddim")
     check(parser, math.isfinite(args.guidance_scale) and args.guidance_scale >= 0,
