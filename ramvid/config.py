@@ -65,7 +65,8 @@ MODEL_AND_DIFFUSION_FLAGS = (
     Flag("noise_schedule", "linear", "beta schedule of the forward process",
          choices=NOISE_SCHEDULES),
     Flag("timestep_respacing", "", "steps kept for sampling: 'N' (e.g. 250), section counts "
-         "'a,b,c', or 'ddimN'; empty = all --diffusion_steps"),
+         "'a,b,c', 'ddimN', or 'logsnrN' (N steps evenly spread in log-SNR: for --sampler "
+         "dpm++2m); empty = all --diffusion_steps"),
     Flag("use_kl", False, "train on the variational bound alone (with --learn_sigma True)"),
     Flag("predict_xstart", False, "the model predicts the clean video x0 instead of the noise"),
     Flag("rescale_timesteps", True, "feed the model t * 1000 / T, so respaced and full "
@@ -167,7 +168,7 @@ def create_gaussian_diffusion(config: DiffusionConfig):
         var_type = ModelVarType.FIXED_SMALL if config.sigma_small else ModelVarType.FIXED_LARGE
     respacing = config.timestep_respacing or [config.diffusion_steps]
     return SpacedDiffusion(
-        space_timesteps(config.diffusion_steps, respacing),
+        space_timesteps(config.diffusion_steps, respacing, betas),
         betas=betas,
         model_mean_type=ModelMeanType.START_X if config.predict_xstart else ModelMeanType.EPSILON,
         model_var_type=var_type,

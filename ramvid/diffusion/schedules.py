@@ -36,15 +36,19 @@ def betas_for_alpha_bar(num_diffusion_timesteps, alpha_bar, max_beta=0.999):
     return np.array(betas, dtype=np.float64)
 
 
-def space_timesteps(num_timesteps, section_counts):
+def space_timesteps(num_timesteps, section_counts, betas=None):
     """The original steps kept by `--timestep_respacing`.
 
     "ddimN": N evenly strided steps starting at 0 (the stride must divide evenly).
+    "logsnrN": N steps evenly spread in log signal-to-noise ratio, first and last step
+    included (needs the schedule's `betas`); what few-step solvers such as dpm++2m want.
     "a,b,c" (or one number): the process is cut into equal sections and section i keeps
     a (b, c) steps spread evenly over it, first and last step of the section included.
     """
     if isinstance(section_counts, str):
         spec = section_counts.strip()
+        if spec.startswith("logsnr"):
+            return logsnr_timesteps(spec, betas)
         if spec.startswith("ddim"):
             try:
                 desired = int(spec[len("ddim"):])
@@ -80,3 +84,29 @@ def space_timesteps(num_timesteps, section_counts):
         kept += [start + round(j * stride) for j in range(count)]
         start += size
     return set(kept)
+
+
+def logsnr_timesteps(spec, betas):
+    """The steps of "logsnrN": the step nearest to each of N log-SNR values evenly spaced from
+    the first step's to the last's. Where the schedule is too coarse for that (two values
+    nearest to one step), the widest remaining log-SNR gaps are split until N steps are kept."""
+    try:
+        desired = int(spec[len("logsnr"):])
+    except ValueError:
+        raise ValueError(f"timestep_respacing={spec!r}: 'logsnr' must be followed by a number "
+                         "of steps, e.g. logsnr25") from None
+    if betas is None:
+        raise ValueError(f"timestep_respacing={spec!r} needs the noise schedule's betas")
+    alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
+    log_snr = np.log(alphas_cumprod / (1.0 - alphas_cumprod))  # decreasing in t
+    if not 2 <= desired <= len(log_snr):
+        raise ValueError(f"timestep_respacing={spec!r}: needs 2 to {len(log_snr)} steps")
+    targets = np.linspace(log_snr[0], log_snr[-1], desired)
+    kept = {int(np.argmin(np.abs(log_snr - target))) for target in targets}
+    while len(kept) < desired:
+        steps = sorted(kept)
+        splittable = [(log_snr[a] - log_snr[b], a, b) for a, b in zip(steps, steps[1:]) if b - a > 1]
+        _, a, b = max(splittable)
+        middle = (log_snr[a] + log_snr[b]) / 2
+        kept.add(a + 1 + int(np.argmin(np.abs(log_snr[a + 1:b] - middle))))
+    return kept
