@@ -28,7 +28,7 @@ def parse_args(argv=None):
                         help="given frame indices to outline, e.g. 0,1,")
     parser.add_argument("--per_grid", type=int, default=8, help="videos per grid file")
     parser.add_argument("--max_videos", type=int, default=0, help="only the first N videos (0: all)")
-    parser.add_argument("--fps", type=int, default=4)
+    parser.add_argument("--fps", type=int, default=4, help="frames per second of gif/mp4 grids")
     parser.add_argument("--scale", type=int, default=0, help="integer upscaling (0: automatic)")
     parser.add_argument("--out_dir", default="", help="where the grids go (default: beside the npz)")
     args = parser.parse_args(argv)

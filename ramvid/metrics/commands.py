@@ -14,8 +14,9 @@ import torch
 
 from .. import create_diffusion, dist
 from ..cli import UsageError, add_common_flags, entry_point, make_parser
-from ..flags import int_list, str2bool
+from ..flags import add_flags, int_list, str2bool
 from ..sample.clips import ClipSource
+from ..sample.cli import HELP as SAMPLE_HELP
 from ..sample.cli import (add_model_flags, check_data, load_model_or_exit, parse_sampling_flags,
                           prepare_model, resolve_sampler, sampler_options)
 from ..sample.batch import SAMPLERS
@@ -27,6 +28,24 @@ from .inputs import load_inputs, protocol_setup
 from .report import run_evaluation, table
 
 DESCRIPTION = "Evaluate predicted videos: PSNR/SSIM (best- and mean-of-N) and FVD."
+
+# --model_path mode: video_sample.py's flags of the same name mean the same (their help is
+# shared); --batch_size stays I3D's, so sampling batches are --sample_batch_size.
+SAMPLING_MODE_DEFAULTS = dict(
+    model_path="", data_dir="", num_clips=0, seed=0, sampler="", use_ddim=False, eta=0.0,
+    clip_denoised=True, resample_steps=1, guidance_scale=1.0, sample_batch_size=8,
+    chunk_clips=4, work_dir="", overwrite=False, compile=False, tf32=True,
+)
+SAMPLING_MODE_HELP = {
+    "model_path": "checkpoint to sample from (model flags from args.json beside it, or --preset)",
+    "data_dir": "test videos: clip i = first seq_len frames of the i-th file",
+    "num_clips": "evaluate the first N clips (0: the protocol's count, else all in --data_dir)",
+    "seed": "sample s of clip c uses a generator seeded by hash(seed, c*S+s)",
+    "sample_batch_size": "videos per sampling batch on each rank",
+    "chunk_clips": "clips per chunk file; finished chunks are reused by a rerun",
+    "work_dir": "the sample run's folder (default: named as video_sample.py names it)",
+    "overwrite": "sample again even if the run folder holds a finished run",
+}
 
 
 def build_parser():
@@ -56,40 +75,7 @@ def build_parser():
                         help="JSON results (default: eval.json in the run folder, else "
                         "<first samples file>_eval.json)")
     sampling = parser.add_argument_group("sampling mode (instead of --samples/--gt)")
-    sampling.add_argument("--model_path", type=Path, default=None,
-                          help="checkpoint to sample from (model flags from args.json beside "
-                          "it, or --preset)")
-    sampling.add_argument("--data_dir", type=Path, default=None,
-                          help="test videos: clip i = first seq_len frames of the i-th file")
-    sampling.add_argument("--num_clips", type=int, default=None,
-                          help="evaluate the first N clips (default: the protocol's count, "
-                          "else all in --data_dir)")
-    sampling.add_argument("--seed", type=int, default=0,
-                          help="sample s of clip c uses a generator seeded by hash(seed, c*S+s)")
-    sampling.add_argument("--sampler", default="",
-                          help=f"{' | '.join(SAMPLERS)} (default: ddim with --use_ddim True, "
-                          "else ddpm)")
-    sampling.add_argument("--use_ddim", type=str2bool, default=False,
-                          help="the seed's name for --sampler ddim")
-    sampling.add_argument("--eta", type=float, default=0.0, help="DDIM noise (with ddim)")
-    sampling.add_argument("--clip_denoised", type=str2bool, default=True,
-                          help="clip each predicted clean video to [-1, 1]")
-    sampling.add_argument("--resample_steps", type=int, default=1,
-                          help="denoise/re-noise repetitions per step")
-    sampling.add_argument("--guidance_scale", type=float, default=1.0,
-                          help="frame guidance w (1 = plain conditioning)")
-    sampling.add_argument("--sample_batch_size", type=int, default=8,
-                          help="videos per sampling batch on each rank")
-    sampling.add_argument("--chunk_clips", type=int, default=4,
-                          help="clips per chunk file; finished chunks are reused by a rerun")
-    sampling.add_argument("--work_dir", type=Path, default=None,
-                          help="the sample run's folder (default: as video_sample.py names it)")
-    sampling.add_argument("--overwrite", type=str2bool, default=False,
-                          help="sample again even if the run folder holds a finished run")
-    sampling.add_argument("--compile", type=str2bool, default=False,
-                          help="torch.compile the UNet (falls back to eager with one line)")
-    sampling.add_argument("--tf32", type=str2bool, default=True,
-                          help="TensorFloat-32 matmuls and convolutions while sampling (CUDA only)")
+    add_flags(sampling, SAMPLING_MODE_DEFAULTS, {**SAMPLE_HELP, **SAMPLING_MODE_HELP})
     add_model_flags(parser)
     add_common_flags(parser)
     return parser
@@ -97,17 +83,18 @@ def build_parser():
 
 def check_mode(args):
     """Exactly one input mode: --samples (files) or --model_path/--data_dir (sampling)."""
-    if args.model_path is not None:
+    if args.model_path:
         if args.samples is not None or args.gt is not None:
             raise UsageError("--model_path samples the clips itself: drop --samples/--gt "
                              "(or drop --model_path to evaluate files)")
-        if args.data_dir is None:
+        if not args.data_dir:
             raise UsageError("--model_path needs --data_dir (the test videos)")
-        for flag in ("num_clips", "sample_batch_size", "chunk_clips", "samples_per_clip",
-                     "resample_steps"):
+        for flag in ("sample_batch_size", "chunk_clips", "resample_steps", "samples_per_clip"):
             value = getattr(args, flag)
             if value is not None and value < 1:
                 raise UsageError(f"--{flag} {value}: must be >= 1")
+        if args.num_clips < 0:
+            raise UsageError(f"--num_clips {args.num_clips}: must be >= 0")
         if args.seed < 0:
             raise UsageError(f"--seed {args.seed}: must be >= 0")
         return "model"
@@ -138,20 +125,20 @@ def sample_for_evaluation(parser, argv, args):
         raise UsageError(f"--cond_frames {given}: frames {bad} outside [0, seq_len="
                          f"{args.seq_len}) of the model")
     model, flags = load_model_or_exit(parser, args)
-    check_data(str(args.data_dir), flags, flags["seq_len"])
-    available = len(ClipSource(str(args.data_dir), flags, flags["seq_len"]))
+    check_data(args.data_dir, flags, flags["seq_len"])
+    available = len(ClipSource(args.data_dir, flags, flags["seq_len"]))
     num_clips = args.num_clips or min(protocol.num_test_videos or available, available)
     if num_clips > available:
         raise UsageError(f"--num_clips {num_clips}: --data_dir {args.data_dir} has {available} clips")
     job = SampleJob(
-        model_path=str(args.model_path), num_samples=num_clips * per_clip,
+        model_path=args.model_path, num_samples=num_clips * per_clip,
         batch_size=args.sample_batch_size, seed=args.seed, cond_frames=tuple(sorted(given)),
-        data_dir=str(args.data_dir), samples_per_clip=per_clip, save_gt=True,
+        data_dir=args.data_dir, samples_per_clip=per_clip, save_gt=True,
         chunk_size=args.chunk_clips * per_clip, options=sampler_options(args),
         save_video="none")
     info = dist.setup_dist(timeout_s=COLLECTIVE_TIMEOUT_S)
     paths = dist.run_or_abort(sample_to_folder, prepare_model(model, info, args), create_diffusion(**flags), flags, job,
-                              info, out_dir=args.work_dir, overwrite=args.overwrite,
+                              info, out_dir=args.work_dir or None, overwrite=args.overwrite,
                               reuse_finished=True, announce=lambda text: print(text, flush=True))
     dist.cleanup()
     return paths
@@ -187,8 +174,7 @@ def eval_main(argv=None):
         raise UsageError(str(err)) from None
     results.update(samples=[str(p) for p in sample_paths], gt=str(gt_used))
     if mode == "model":
-        results.update(model_path=str(args.model_path), data_dir=str(args.data_dir),
-                       seed=args.seed)
+        results.update(model_path=args.model_path, data_dir=args.data_dir, seed=args.seed)
     text = json.dumps(results, indent=2)
     output.write_text(text + "\n")
     print(text)

@@ -136,6 +136,8 @@ def check_sampling_flags(parser, args):
           "guidance_scale", args.guidance_scale, "must be a finite number >= 0")
     check(parser, args.save_video in FORMATS + ("none",), "save_video", args.save_video,
           f"must be one of {', '.join(FORMATS)}, none")
+    check(parser, not args.save_gt or bool(args.data_dir), "save_gt", args.save_gt,
+          "needs --data_dir (the ground truth are its clips)")
     flags = model_flags(args)
     if flags["class_cond"] and not flags["num_classes"]:
         flags["num_classes"] = 1  # the checkpoint's count is taken when it is loaded

@@ -72,16 +72,20 @@ def parse_sample_args(argv=None):
     else:
         check(parser, args.guidance_scale == 1.0, "guidance_scale", args.guidance_scale,
               "frame guidance needs given frames (--cond_generation True)")
-    check(parser, not args.save_gt or bool(args.data_dir), "save_gt", args.save_gt,
-          "needs --data_dir (the ground truth are its clips)")
     return parser, args
+
+
+def _load(parse, argv):
+    """Flags checked (--dry_run prints them and exits), then the checkpoint loaded."""
+    parser, args = parse(argv)
+    dry_run(args)
+    model, flags = load_model_or_exit(parser, args)
+    return args, model, flags
 
 
 @entry_point
 def sample_main(argv=None):
-    parser, args = parse_sample_args(argv)
-    dry_run(args)
-    model, flags = load_model_or_exit(parser, args)
+    args, model, flags = _load(parse_sample_args, argv)
     if args.data_dir and (args.cond_generation or args.save_gt or flags["class_cond"]):
         check_data(args.data_dir, flags, flags["seq_len"])
     cond_frames = tuple(sorted(args.cond_frames)) if args.cond_generation else ()
@@ -109,16 +113,12 @@ def parse_long_args(argv=None):
           f"must be fewer than --total_length {args.total_length}")
     check(parser, not args.start_frames or bool(args.data_dir), "data_dir", "",
           "is needed for the start frames (or pass --start_frames 0)")
-    check(parser, not args.save_gt or bool(args.data_dir), "save_gt", args.save_gt,
-          "needs --data_dir (the ground truth are its clips)")
     return parser, args
 
 
 @entry_point
 def sample_long_main(argv=None):
-    parser, args = parse_long_args(argv)
-    dry_run(args)
-    model, flags = load_model_or_exit(parser, args)
+    args, model, flags = _load(parse_long_args, argv)
     if args.start_frames:
         check_data(args.data_dir, flags, flags["seq_len"])
     if args.save_gt:
