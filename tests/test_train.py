@@ -9,13 +9,15 @@ import re
 import signal
 import subprocess
 import time
+import types
 
+import numpy as np
 import pytest
 import torch
 
 from ramvid import create_model_and_diffusion
 from ramvid.checkpoint import load_checkpoint_file, load_latest_checkpoint
-from ramvid.diffusion.resample import create_named_schedule_sampler
+from ramvid.diffusion.resample import LossSecondMomentResampler, create_named_schedule_sampler
 from ramvid.dist import setup_dist
 from ramvid.train import EMA, TrainConfig, last_step, lr_at, main, parse_train_args
 from ramvid.train.logs import RunLogger
@@ -96,6 +98,20 @@ def test_lr_schedules():
     assert last_step(dataclasses.replace(base, max_steps=7)) == 7
     assert last_step(dataclasses.replace(linear, max_steps=500)) == 100
     assert last_step(dataclasses.replace(linear, max_steps=50)) == 50
+
+
+def test_nonfinite_loss_never_enters_the_loss_second_moment_history():
+    """An inf or NaN loss (an fp16 overflow) is dropped: the weights stay the closed form
+    sqrt(E[loss_t^2]) of the finite losses, mixed with uniform_prob. Catches the inf entering
+    the history, which made every weight inf/NaN and torch.multinomial fail."""
+    sampler = LossSecondMomentResampler(types.SimpleNamespace(num_timesteps=4), history_per_term=2)
+    sampler.update_with_all_losses([0, 1, 2, 3] * 2, [1.0, 2.0, 3.0, 4.0] * 2)
+    sampler.update_with_all_losses([0, 2], [math.inf, math.nan])
+    expected = np.array([1.0, 2.0, 3.0, 4.0]) / 10 * (1 - sampler.uniform_prob) + \
+        sampler.uniform_prob / 4
+    np.testing.assert_allclose(sampler.weights(), expected)
+    t, weights = sampler.sample(64, "cpu", generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(weights).all() and t.min() >= 0 and t.max() <= 3
 
 
 def test_step_inputs_depend_only_on_seed_rank_and_step():

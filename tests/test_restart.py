@@ -1,0 +1,238 @@
+"""Stopping and restarting a run as a cluster does: stop signals delivered twice, a slow
+checkpoint write on rank 0, re-running the same command in a used log dir, pruning checkpoints."""
+import hashlib
+import re
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ramvid.checkpoint import checkpoint_files, complete_steps, load_checkpoint_file
+from ramvid.train import main
+from ramvid.train.loop import EXIT_STOPPED
+from train_fixtures import PYTHON, REPO, TINY, TRAIN_SCRIPT, make_videos, progress_rows, script_env
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return make_videos(tmp_path_factory.mktemp("videos"), num_mp4=3, extras=False)
+
+
+def _flags(videos, logdir, *extra):
+    return ["--data_dir", str(videos), *TINY, "--batch_size", "2", "--log_interval", "1",
+            "--ema_rate", "0.9", "--seed", "4", "--log_dir", str(logdir), *map(str, extra)]
+
+
+def _hashes(folder):
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def _same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- signals
+def _popen(args, env):
+    return subprocess.Popen([PYTHON, *map(str, args)], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_rows(procs, logdir, rows, timeout=90):
+    deadline = time.time() + timeout
+    while len(progress_rows(logdir)) < rows:
+        for proc in procs:
+            if proc.poll() is not None:
+                pytest.fail(f"training exited early ({proc.returncode}): "
+                            f"{proc.stderr.read()[-3000:]}")
+        if time.time() > deadline:
+            for proc in procs:
+                proc.kill()
+            pytest.fail("training made no progress")
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_double_sigterm_then_resume_equals_uninterrupted_run(videos, tmp_path):
+    """SIGTERM delivered twice (Slurm signals the step's processes, torchrun forwards it again)
+    ends with exit 75 and a complete checkpoint of the step it stopped at; re-running with
+    --resume_checkpoint auto ends bit-for-bit where an uninterrupted run ends. Catches the second
+    SIGTERM killing the process (the old handler was restored after the first) and any state a
+    resume does not restore (dropout RNG, schedule-sampler history, optimiser, EMA)."""
+    stopped_dir, straight_dir = tmp_path / "stopped", tmp_path / "straight"
+    extra = ("--dropout", "0.1", "--schedule_sampler", "loss-second-moment",
+             "--save_interval", "1000")
+    env = script_env()
+    # The checkpoint write takes 3 x 1.5 s, so the second SIGTERM surely arrives during it.
+    proc = _popen([_slow_write_wrapper(tmp_path), *_flags(videos, stopped_dir, *extra)],
+                  script_env(SLOW_S="1.5", SLOW_STEP=""))
+    _wait_for_rows([proc], stopped_dir, 2)
+    proc.send_signal(signal.SIGTERM)
+    _wait_for_log(proc, stopped_dir, "received SIGTERM")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_STOPPED, err[-3000:]
+    stop = int(re.search(r"stopped by signal after step (\d+)", out).group(1))
+    assert complete_steps(stopped_dir, ["0.9"]) == [stop]
+
+    end = stop + 2
+    resumed = _popen([TRAIN_SCRIPT, *_flags(videos, stopped_dir, *extra, "--max_steps", end,
+                                            "--resume_checkpoint", "auto")], env)
+    straight = _popen([TRAIN_SCRIPT, *_flags(videos, straight_dir, *extra, "--max_steps", end)], env)
+    for p in (resumed, straight):
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+    log = (stopped_dir / "log.txt").read_text()
+    assert (f"resuming from step {stop}: model{stop:06d}.pt, ema_0.9_{stop:06d}.pt, "
+            f"opt{stop:06d}.pt") in log
+    for name in (f"model{end:06d}.pt", f"ema_0.9_{end:06d}.pt"):
+        assert _same_state(load_checkpoint_file(stopped_dir / name),
+                           load_checkpoint_file(straight_dir / name)), name
+    opts = [load_checkpoint_file(d / f"opt{end:06d}.pt") for d in (stopped_dir, straight_dir)]
+    for a, b in zip(*(o["optimizer"]["state"].values() for o in opts)):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    assert _same_state(*(o["schedule_sampler"] for o in opts))
+
+
+# video_train.py whose checkpoint files take SLOW_S seconds each to write (only those of step
+# SLOW_STEP when it is set): a slow network file system.
+SLOW_WRITE = textwrap.dedent("""
+    import os, sys, time
+    import ramvid.checkpoint as ck
+    from ramvid.train.main import main
+
+    real_save = ck.atomic_save
+
+    def slow_save(obj, path):
+        if f"{os.environ['SLOW_STEP']}.pt" in str(path):
+            time.sleep(float(os.environ["SLOW_S"]))
+        return real_save(obj, path)
+
+    ck.atomic_save = slow_save
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _slow_write_wrapper(folder):
+    path = Path(folder) / "slow_write.py"
+    path.write_text(SLOW_WRITE)
+    return path
+
+
+def _wait_for_log(proc, logdir, text, timeout=60):
+    deadline = time.time() + timeout
+    while text not in (Path(logdir) / "log.txt").read_text():
+        if proc.poll() is not None or time.time() > deadline:
+            pytest.fail(f"no {text!r} in the log ({proc.returncode})")
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_two_ranks_slow_checkpoint_write_and_stop_signals(videos, tmp_path):
+    """2 ranks (RANK/WORLD_SIZE set per process, as torchrun does) with --dist_timeout 6: rank
+    0's step-2 checkpoint takes 3 x 2.5 s to write, and the run must go on (the other rank
+    waits on the long-timeout group, not in the next step's all-reduce). Then rank 0 gets
+    SIGUSR1 and rank 1 SIGTERM twice: both stop at the same step, exit 75, and the checkpoint
+    of that step is complete. Catches the write tripping the collective timeout and ranks
+    disagreeing on the stop step."""
+    wrapper = _slow_write_wrapper(tmp_path)
+    logdir = tmp_path / "run"
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = script_env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), SLOW_S="2.5",
+                         SLOW_STEP="000002")
+        procs.append(_popen([wrapper, *_flags(videos, logdir, "--save_interval", "2",
+                                              "--dist_timeout", "6")], env))
+    _wait_for_rows(procs, logdir, 3, timeout=120)  # step 3 ran after the slow step-2 write
+    procs[0].send_signal(signal.SIGUSR1)
+    procs[1].send_signal(signal.SIGTERM)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=90) for p in procs]
+    assert [p.returncode for p in procs] == [EXIT_STOPPED] * 2, outs[0][1][-3000:] + outs[1][1][-3000:]
+    stop = int(re.search(r"stopped by signal after step (\d+)", outs[0][0]).group(1))
+    assert "received SIGUSR1" in outs[0][0]
+    assert complete_steps(logdir, ["0.9"])[0] == stop > 2
+    opt = load_checkpoint_file(logdir / f"opt{stop:06d}.pt")
+    assert opt["world_size"] == 2 and [r["data"]["items_consumed"] for r in opt["ranks"]] == \
+        [2 * stop, 2 * stop]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- log dir reuse
+def test_restart_in_a_used_folder_is_refused_and_touches_nothing(videos, tmp_path, capsys):
+    """Each refused restart exits 2 with one line naming the folder or the flags, and every
+    file of the folder stays byte-identical (sha256): no truncated progress.csv, no deleted or
+    overwritten checkpoint, no log line. --overwrite True then starts over. Catches a start at
+    step 0 over another run's checkpoints, a resume with other model flags, and a check made
+    after the folder was already modified."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    assert main(_flags(videos, run, "--max_steps", 2, "--save_interval", 1)) == 0
+    assert main(_flags(videos, other, "--max_steps", 1)) == 0
+    assert "no checkpoint in" in (run / "log.txt").read_text()
+    before = _hashes(run)
+    assert len(progress_rows(run)) == 2 and len(before) >= 9
+    capsys.readouterr()
+
+    refused = {
+        # other EMA rates: no complete set, so this would start at step 0 over the old files
+        "another run": (["--ema_rate", "0.99"], [str(run), "another run", "ema_0.99_000002.pt"]),
+        "model flags": (["--num_channels", "64", "--resume_checkpoint", "auto"],
+                        ["--num_channels 64", "(the run used 32)"]),
+        "foreign resume": (["--resume_checkpoint", other / "model000001.pt"],
+                           [str(run), "another run"]),
+        "older step": (["--resume_checkpoint", run / "model000001.pt"],
+                       [str(run), "after step 1", "model000002.pt"]),
+    }
+    for case, (extra, named) in refused.items():
+        args = _flags(videos, run, "--max_steps", 4, *extra)
+        if "--ema_rate" in extra:
+            args.remove("0.9"), args.remove("--ema_rate")
+        assert main(args) == 2, case
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("video_train.py: error:"), (case, err)
+        assert all(n in err for n in named), (case, err)
+        assert _hashes(run) == before, case
+
+    args = _flags(videos, run, "--max_steps", 1, "--overwrite", "True")
+    args[args.index("0.9")] = "0.99"
+    assert main(args) == 0
+    assert sorted(checkpoint_files(run)) == [1]
+    assert sorted(p.name for p in checkpoint_files(run)[1]) == [
+        "ema_0.99_000001.pt", "model000001.pt", "opt000001.pt"]
+    assert [r["step"] for r in progress_rows(run)] == ["1"]
+    assert "--overwrite True: deleted 6 checkpoint file(s)" in (run / "log.txt").read_text()
+
+
+def test_changed_training_flags_are_logged_on_resume(videos, tmp_path):
+    assert main(_flags(videos, tmp_path, "--max_steps", 1)) == 0
+    assert main(_flags(videos, tmp_path, "--max_steps", 2, "--lr", "2e-4",
+                       "--resume_checkpoint", "auto")) == 0
+    log = (tmp_path / "log.txt").read_text()
+    assert "training flags changed since the resumed run: --lr 0.0001 -> 0.0002, --max_steps 1 -> 2" in log
+
+
+@pytest.mark.parametrize("keep_every,kept", [(0, [4, 5]), (2, [2, 4, 5])])
+def test_keep_checkpoints(videos, tmp_path, keep_every, kept):
+    """--keep_checkpoints 2 leaves exactly the two newest complete sets (and, with --keep_every
+    2, every even step too); nothing else of the pruned steps remains."""
+    extra = ["--keep_every", keep_every] if keep_every else []
+    assert main(_flags(videos, tmp_path, "--max_steps", 5, "--save_interval", 1,
+                       "--keep_checkpoints", 2, *extra)) == 0
+    assert sorted(checkpoint_files(tmp_path)) == kept
+    assert sorted(complete_steps(tmp_path, ["0.9"])) == kept
+    assert all(len(paths) == 3 for paths in checkpoint_files(tmp_path).values())
