@@ -4,6 +4,9 @@
 """
 
 # The paper's configurations (seed README): model, diffusion and training flags.
+# No --max_steps: neither source this project has for the paper (the seed README and
+# spec/REFERENCE.md) states how many steps the published models were trained for (the README's
+# `model200000.pt` only illustrates the file name). Pass --max_steps yourself, or stop the run.
 PAPER_COMMON = dict(
     image_size=64, num_channels=128, scale_time_dim=0,
     diffusion_steps=1000, noise_schedule="linear",
