@@ -89,13 +89,13 @@ class GaussianDiffusion:
             self.model_log_variance = self.posterior_log_variance_clipped
         self._device_tables = {}
 
+    # The (T,) tables read at t by the maths (copied to each device once, see `tables`).
     TABLES = (
-        "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas", "sqrt_betas",
+        "betas", "log_betas", "sqrt_betas", "sqrt_alphas", "alphas_cumprod", "alphas_cumprod_prev",
         "sqrt_alphas_cumprod", "one_minus_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-        "log_one_minus_alphas_cumprod",
-        "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
-        "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
-        "log_betas", "model_variance", "model_log_variance",
+        "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+        "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1",
+        "posterior_mean_coef2", "model_variance", "model_log_variance",
     )
 
     def tables(self, device):
@@ -137,8 +137,8 @@ class GaussianDiffusion:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         tab = self.tables(t.device)
         mean = (
-            extract(tab.posterior_mean_coef1, t, x_t.ndim) * x_start
-            + extract(tab.posterior_mean_coef2, t, x_t.ndim) * x_t
+            extract(tab.posterior_mean_coef1, (t - 1).clamp(min=0), x_t.ndim) * x_start
+            + extract(tab.posterior_mean_coef2, (t - 1).clamp(min=0), x_t.ndim) * x_t
         )
         variance = extract(tab.posterior_variance, t, x_t.ndim)
         log_variance = extract(tab.posterior_log_variance_clipped, t, x_t.ndim)
