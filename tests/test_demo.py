@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from datasets.synthetic import make_clips
-from ramvid.demo.baselines import copy_last_given, linear_interpolation, mean_frame, nearest_given
 from ramvid.cli import UsageError
+from ramvid.demo.baselines import copy_last_given, linear_interpolation, mean_frame, nearest_given
 from ramvid.demo import pipeline, shipped
 from ramvid.demo.pipeline import (DemoConfig, launch_prefix, prepare_data, sample_command,
                                   sample_files, train_command)
@@ -231,8 +231,8 @@ def test_shipped_checkpoint_matches_its_recorded_sha256_and_loads_as_weights():
     one that no longer fits the demo preset (args.json beside it)."""
     import torch
 
-    from ramvid.sample.loading import resolve_flags
     from ramvid.config import create_model
+    from ramvid.sample.loading import resolve_flags
 
     path = shipped.verified_checkpoint()
     assert path.stat().st_size < 10 * 2**20  # the repository ships at most 10 MB
@@ -270,7 +270,8 @@ def test_recorded_retrain_command_is_a_valid_training_command(tmp_path):
     assert last_step(cfg) == shipped.SHIPPED_STEPS
     assert cfg.batch_size == 2 * preset_flags("demo")["batch_size"]  # the demo's 2 ranks
     assert model_flags["seq_len"] == preset_flags("demo")["seq_len"]
-    assert shipped.SHIPPED_CHECKPOINT.name == f"ema_{cfg.ema_rate[0]}_{shipped.SHIPPED_STEPS:06d}.pt"
+    name = f"ema_{cfg.ema_rate[0]}_{shipped.SHIPPED_STEPS:06d}.pt"
+    assert shipped.SHIPPED_CHECKPOINT.name == name
 
 
 def test_demo_preset_passes_the_training_flag_checks(tmp_path):

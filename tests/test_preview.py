@@ -1,4 +1,4 @@
-"""Held-out previews during training (--sample_interval, --val_data_dir; ramvid/train/preview.py)."""
+"""Held-out previews while training: --sample_interval, --val_data_dir (ramvid/train/preview.py)."""
 import csv
 import subprocess
 import sys

@@ -13,7 +13,7 @@ See docs/DEMO.md.
 import time
 from pathlib import Path
 
-from ..cli import UsageError, entry_point, make_parser
+from ..cli import entry_point, make_parser
 from ..diffusion import space_timesteps
 from ..presets import preset_flags
 from .pipeline import (REPO, TASKS, DemoConfig, child_env, ema_checkpoint, find_mpirun,
