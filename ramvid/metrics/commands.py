@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import create_diffusion, dist
-from ..cli import UsageError, add_common_flags, entry_point, make_parser
+from ..cli import UsageError, add_common_flags, entry_point, exit_if_dry_run, make_parser
 from ..flags import add_flags, int_list, str2bool
 from ..sample.clips import ClipSource
 from ..sample.cli import HELP as SAMPLE_HELP
@@ -124,6 +124,7 @@ def sample_for_evaluation(parser, argv, args):
     if bad:
         raise UsageError(f"--cond_frames {given}: frames {bad} outside [0, seq_len="
                          f"{args.seq_len}) of the model")
+    exit_if_dry_run(args, {**vars(args), "cond_frames": list(given), "samples_per_clip": per_clip})
     model, flags = load_model_or_exit(parser, args)
     check_data(args.data_dir, flags, flags["seq_len"])
     available = len(ClipSource(args.data_dir, flags, flags["seq_len"]))
@@ -149,6 +150,8 @@ def eval_main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     mode = check_mode(args)
+    if mode == "files":
+        exit_if_dry_run(args, vars(args))
     torch.set_grad_enabled(False)
     if mode == "model":
         paths = sample_for_evaluation(parser, argv, args)
