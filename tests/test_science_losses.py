@@ -32,7 +32,6 @@ class ShiftedX0(torch.nn.Module):
     def __init__(self, prediction):
         super().__init__()
         self.register_buffer("prediction", prediction)
-        self.unused = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, x, t, **kwargs):
         return self.prediction

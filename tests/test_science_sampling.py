@@ -53,7 +53,6 @@ class Oracle(torch.nn.Module):
     def __init__(self, x0, betas, predicts="eps"):
         super().__init__()
         self.register_buffer("x0", x0)
-        self.unused = torch.nn.Parameter(torch.zeros(()))  # samplers find the device here
         self.abar = alpha_bar(betas)
         self.predicts = predicts
         self.calls = []
@@ -173,7 +172,6 @@ class FrameMixer(torch.nn.Module):
     def __init__(self, mix):
         super().__init__()
         self.register_buffer("mix", mix)
-        self.unused = torch.nn.Parameter(torch.zeros(()))  # samplers find the device here
 
     def forward(self, x, t, **kwargs):
         return torch.einsum("fg,ncghw->ncfhw", self.mix, x)
