@@ -16,11 +16,13 @@ COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException,)
 def configure_tf32(enabled):
     """TensorFloat-32 for float32 matmuls and cuDNN convolutions on CUDA.
 
-    Only the CUDA backends are set: CPU arithmetic is unchanged either way.
+    Only the CUDA backends are set: CPU arithmetic is unchanged either way. These setters keep
+    both flag APIs readable; since torch 2.9, a flag set through the new `fp32_precision`
+    API raises when read through `allow_tf32` / `get_float32_matmul_precision()`, as parts of
+    torch and other libraries still do.
     """
-    precision = "tf32" if enabled else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = precision
-    torch.backends.cudnn.conv.fp32_precision = precision
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def compile_model(model, enabled):

@@ -200,16 +200,21 @@ def test_compile_failures_fall_back_to_eager_with_one_line(monkeypatch, capsys):
 
 
 def test_tf32_switch_sets_cuda_backends_only():
-    """Catches configure_tf32 touching the CPU (oneDNN) precision or ignoring `enabled`."""
-    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
-    cpu_before = torch.backends.mkldnn.fp32_precision
+    """Both flag APIs read back what was set (torch >= 2.9 raises on reads through the legacy
+    API after a set through the new one) and the CPU (oneDNN) precision is untouched.
+    Catches setting the new per-backend API, or the global float32 precision (which also
+    switches oneDNN matmuls to TF32)."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    cpu_before = (torch.backends.mkldnn.matmul.fp32_precision,
+                  torch.backends.mkldnn.conv.fp32_precision)
     try:
-        configure_tf32(True)
-        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
-        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
-        configure_tf32(False)
-        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
-        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
-        assert torch.backends.mkldnn.fp32_precision == cpu_before
+        for enabled in (True, False):
+            configure_tf32(enabled)
+            assert torch.backends.cuda.matmul.allow_tf32 is enabled
+            assert torch.backends.cudnn.allow_tf32 is enabled
+            assert torch.get_float32_matmul_precision() == ("high" if enabled else "highest")
+            assert (torch.backends.cuda.matmul.fp32_precision == "tf32") is enabled
+            assert (torch.backends.mkldnn.matmul.fp32_precision,
+                    torch.backends.mkldnn.conv.fp32_precision) == cpu_before
     finally:
-        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
