@@ -30,8 +30,11 @@ CONFIGS = {
                         attention_resolutions="16,8", scale_time_dim=0, num_heads=4),
 }
 
-# Dense bf16 peak of the cards we have measured on, for MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
+# Dense peak FLOP/s of the cards we measure on (SXM), by arithmetic, for MFU.
+PEAK_FLOPS = {
+    "H100": {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12},
+    "H200": {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12},
+}
 
 
 def parse_args(argv=None):
@@ -46,6 +49,18 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
     parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--tf32", default="on", choices=["on", "off"],
+                        help="TF32 for fp32 matmuls/convolutions on CUDA (the training default)")
+    parser.add_argument("--microbatch", type=int, default=0, help="videos per forward/backward "
+                        "(gradient accumulation); 0 = the whole batch")
+    parser.add_argument("--channels_last", action="store_true",
+                        help="channels_last_3d weights and inputs (cuDNN conv3d layout)")
+    parser.add_argument("--cudnn_benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark: time conv algorithms per shape")
+    parser.add_argument("--generators", default="device", choices=["device", "cpu"],
+                        help="where the per-sample sampling noise generators live")
+    parser.add_argument("--sync_check", action="store_true",
+                        help="CUDA: count host synchronisations in one training and sampling step")
     parser.add_argument("--default_heap", action="store_true",
                         help="leave glibc's mmap threshold alone (the scripts fix it)")
     parser.add_argument("--batch_size", type=int, default=0, help="override the config's batch")
@@ -77,6 +92,7 @@ def run_one(name, args):
     from torch.utils.flop_counter import FlopCounterMode
 
     from ramvid import create_model_and_diffusion, model_and_diffusion_defaults
+    from ramvid.accel import compile_model, configure_tf32
     from ramvid.diffusion import create_named_schedule_sampler
     from ramvid.memory import limit_heap_fragmentation
     from ramvid.train.ema import EMA
@@ -87,22 +103,26 @@ def run_one(name, args):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    configure_tf32(args.tf32 == "on")
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     cfg = dict(CONFIGS[name])
     batch = args.batch_size or cfg.pop("batch_size")
     cfg.pop("batch_size", None)
     flags = {**model_and_diffusion_defaults(), **cfg, "use_checkpoint": args.use_checkpoint}
     model, diffusion = create_model_and_diffusion(**flags)
-    model.to(device).train()
+    layout = torch.channels_last_3d if args.channels_last else torch.contiguous_format
+    model.to(device, memory_format=layout).train()
     n_params = sum(p.numel() for p in model.parameters())
     autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    net = torch.compile(model) if args.compile else model
+    net = compile_model(model, args.compile)
 
     def autocast():
         return torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
 
     shape = (batch, 3, flags["seq_len"], flags["image_size"], flags["image_size"])
     gen = torch.Generator().manual_seed(0)
-    x0 = (torch.rand(shape, generator=gen) * 2 - 1).to(device)  # (N, C, T, H, W)
+    x0 = (torch.rand(shape, generator=gen) * 2 - 1).to(device, memory_format=layout)  # (N, C, T, H, W)
+    microbatch = args.microbatch or batch
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw_supported(device))
     scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
     ema = EMA(model, ["0.9999"])
@@ -114,7 +134,8 @@ def run_one(name, args):
         # The training loop's own pieces: per-step random inputs, masked loss + backward,
         # clipping of the unscaled gradients, AdamW, EMA.
         inputs = draw_step_inputs(step_cfg, sampler, x0, 0, step_count[0])
-        forward_backward(net, diffusion, x0, {}, inputs, batch, autocast=autocast(), scaler=scaler)
+        forward_backward(net, diffusion, x0, {}, inputs, microbatch, autocast=autocast(),
+                         scaler=scaler)
         scaler.unscale_(opt)
         gradient_norm(model.parameters(), 1.0)
         scaler.step(opt)
@@ -140,25 +161,32 @@ def run_one(name, args):
         with FlopCounterMode(display=False) as counter:
             net(x0, diffusion.model_timesteps(t))
         fwd_flops = counter.get_total_flops()
+        # One noise generator per sample, as the sampling scripts use.
+        gen_device = device if args.generators == "device" else torch.device("cpu")
+        gens = [torch.Generator(device=gen_device).manual_seed(i) for i in range(batch)]
         sampling = {}
         for kind, step in (("ddpm", diffusion.p_sample), ("ddim", diffusion.ddim_sample)):
-            x = torch.randn(shape, device=device)
+            x = torch.randn(shape, device=device).contiguous(memory_format=layout)
             step_times = []
             for i in range(1 + args.sample_steps):
                 # Walk down from the noisiest step, as a sampler does.
                 t = torch.full((batch,), diffusion.num_timesteps - 1 - i, device=device, dtype=torch.long)
                 synchronize(args.device)
                 start = time.perf_counter()
-                x = step(net, x, t)["sample"]
+                x = step(net, x, t, generator=gens)["sample"]
                 synchronize(args.device)
                 if i:
                     step_times.append(time.perf_counter() - start)
             sampling[kind] = statistics.median(step_times)
+    syncs = count_host_syncs(train_step, lambda: diffusion.p_sample(net, x0, t, generator=gens),
+                             model) if args.sync_check and args.device == "cuda" else {}
 
     record = {
         "config": name, "device": args.device, "dtype": args.dtype, "batch_size": batch,
         "params_M": round(n_params / 1e6, 2), "use_checkpoint": args.use_checkpoint,
         "compile": args.compile, "threads": torch.get_num_threads(), "heap_tuned": heap_tuned,
+        "tf32": args.tf32, "microbatch": microbatch, "channels_last": args.channels_last,
+        "cudnn_benchmark": args.cudnn_benchmark, "generators": args.generators, **syncs,
         "train_step_s": round(train_s, 4), "videos_per_s": round(batch / train_s, 3),
         "peak_mem_MB": round(max(train_peak, peak_memory_mb(args.device)), 1),
         "sample_step_ddpm_s": round(sampling["ddpm"], 4),
@@ -172,10 +200,38 @@ def run_one(name, args):
     if args.device == "cuda":
         card = torch.cuda.get_device_name()
         record["card"] = card
-        peak = next((v for k, v in PEAK_FLOPS.items() if k in card), None)
-        if peak and args.dtype != "fp32":
-            record["mfu"] = round(3 * fwd_flops / train_s / peak, 4)
+        peaks = next((v for k, v in PEAK_FLOPS.items() if k in card), None)
+        precision = args.dtype if args.dtype != "fp32" else ("tf32" if args.tf32 == "on" else "fp32")
+        if peaks:
+            record["mfu"] = round(3 * fwd_flops / train_s / peaks[precision], 4)
+            record["mfu_peak"] = f"{precision} {peaks[precision] / 1e12:.0f} TFLOP/s"
     print(json.dumps(record), flush=True)
+
+
+def count_host_syncs(train_step, sample_step, model):
+    """Synchronising CUDA calls in one training step and one sampling step (after warm-up)."""
+    import warnings
+
+    import torch
+
+    counts = {}
+    for name, fn, mode in (("host_syncs_train_step", train_step, model.train),
+                           ("host_syncs_sample_step", sample_step, model.eval)):
+        mode()
+        fn()  # warm-up: first-use copies (e.g. the diffusion tables) are allowed once
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                with torch.inference_mode(name == "host_syncs_sample_step"):
+                    fn()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        messages = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+        counts[name] = len(messages)
+        counts[name + "_where"] = sorted(set(messages))[:5]
+    return counts
 
 
 def main():

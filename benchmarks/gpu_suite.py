@@ -1,0 +1,288 @@
+"""Every GPU measurement of the performance work in one run, written to one JSON file.
+
+    python benchmarks/gpu_suite.py --out gpu_results.json            # one H100/H200, ~10 min
+    python benchmarks/gpu_suite.py --tiny --out /tmp/tiny.json       # CPU: proves it runs
+
+Measurements run in order of importance and the JSON is rewritten after each one, so a run
+stopped by a time limit keeps what it measured; `--budget_s` skips the rest once spent.
+
+  train     bair64 training step (benchmark.py): fp32 with TF32 off and on, bf16, bf16 + compile,
+            at batch 4 (also microbatch 2, the paper's setting) and 8: seconds, MFU, peak memory;
+            the sampling step at batch 8 comes with the batch-8 rows
+  variants  bf16 at batch 4 with channels_last_3d, with cudnn.benchmark; sampling noise from CPU
+            generators instead of generators on the GPU
+  syncs     host synchronisations counted in one training step and one sampling step
+  script    torchrun scripts/video_train.py on 64-px synthetic videos: progress.csv samples_per_s
+            against the benchmark's step at the same settings
+  quality   with --model_path and --clips_npz: PSNR (and FVD when the I3D weights are available)
+            of DDPM, DDIM and dpm++2m at several step counts, on the same clips and seeds
+  protocol  GPU-hours of the BAIR protocol (256 clips x 100 samples), computed from the
+            measured sampling steps (arithmetic, not a measurement)
+"""
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARK = REPO / "benchmarks" / "benchmark.py"
+
+# (name, benchmark.py flags); the config and device are added per run.
+TRAIN_RUNS = [
+    ("fp32_tf32_b4", "--dtype fp32 --tf32 on"),
+    ("bf16_compile_b4", "--dtype bf16 --compile"),
+    ("bf16_compile_b8", "--dtype bf16 --compile --batch_size 8"),
+    ("bf16_b4", "--dtype bf16"),
+    ("bf16_b4_mb2", "--dtype bf16 --microbatch 2"),
+    ("fp32_ieee_b4", "--dtype fp32 --tf32 off"),
+    ("fp32_tf32_b4_mb2", "--dtype fp32 --tf32 on --microbatch 2"),
+    ("fp32_tf32_b8", "--dtype fp32 --tf32 on --batch_size 8"),
+    ("bf16_b8", "--dtype bf16 --batch_size 8"),
+]
+VARIANT_RUNS = [
+    ("bf16_b4_channels_last", "--dtype bf16 --channels_last"),
+    ("bf16_b4_cudnn_benchmark", "--dtype bf16 --cudnn_benchmark"),
+    ("bf16_b8_cpu_generators", "--dtype bf16 --batch_size 8 --generators cpu"),
+]
+SYNC_RUN = ("fp32_tf32_b4_syncs", "--dtype fp32 --tf32 on --sync_check")
+# (sampler, --timestep_respacing) pairs of the quality sweep, cheapest first.
+QUALITY_RUNS = [("dpm++2m", "logsnr10"), ("dpm++2m", "logsnr15"), ("dpm++2m", "logsnr25"),
+                ("dpm++2m", "25"), ("ddim", "ddim25"), ("dpm++2m", "logsnr50"), ("ddim", "ddim50"),
+                ("ddpm", "250"), ("ddpm", "")]
+TINY_QUALITY_RUNS = [("dpm++2m", "logsnr5"), ("ddim", "ddim5"), ("ddpm", "10")]
+# The paper code's sampling step, measured on an H200 (issue 14): ancestral, batch 8, fp32.
+PAPER_SAMPLE_STEP_S = 0.191
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="gpu_results.json", help="JSON file to write")
+    parser.add_argument("--tiny", action="store_true",
+                        help="CPU with the tiny config and few steps: checks the suite end to end")
+    parser.add_argument("--sections", default="train,variants,syncs,script,quality,protocol")
+    parser.add_argument("--budget_s", type=float, default=0,
+                        help="skip the remaining measurements after this many seconds; 0 = none")
+    parser.add_argument("--model_path", default="", help="checkpoint for the quality sweep")
+    parser.add_argument("--clips_npz", default="",
+                        help="held-out clips, uint8 N x T x H x W x C (e.g. a gt_*.npz)")
+    parser.add_argument("--cond_frames", default="0,1", help="given frames in the quality sweep")
+    parser.add_argument("--quality_runs", default="",
+                        help="comma list of sampler:respacing, e.g. 'dpm++2m:logsnr25,ddim:ddim50'")
+    parser.add_argument("--num_clips", type=int, default=64, help="clips of the quality sweep")
+    parser.add_argument("--script_steps", type=int, default=60,
+                        help="training steps of the script check (the first interval is warm-up)")
+    return parser.parse_args(argv)
+
+
+class Suite:
+    """Collects results and rewrites the JSON file after each of them."""
+
+    def __init__(self, args):
+        self.args = args
+        self.start = time.time()
+        self.device = "cpu" if args.tiny else "cuda"
+        self.config = "tiny" if args.tiny else "bair64"
+        self.results = {"suite": "benchmarks/gpu_suite.py", "tiny": args.tiny,
+                        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
+                        "load_avg_1min_at_start": round(os.getloadavg()[0], 2)}
+        self.save()
+
+    def over_budget(self):
+        return self.args.budget_s and time.time() - self.start > self.args.budget_s
+
+    def record(self, section, name, value):
+        self.results.setdefault(section, {})[name] = value
+        self.results["elapsed_s"] = round(time.time() - self.start, 1)
+        self.save()
+
+    def save(self):
+        path = Path(self.args.out)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.results, indent=1, default=str))
+        tmp.replace(path)
+
+    def benchmark(self, section, name, flags):
+        """One benchmark.py row, or the reason it has none."""
+        if self.over_budget():
+            return self.record(section, name, {"skipped": "over --budget_s"})
+        small = "--steps 1 --warmup 1 --sample_steps 1 --threads 2" if self.args.tiny else \
+            "--steps 5 --warmup 3 --sample_steps 5"
+        if self.args.tiny:  # the tiny config's batch is 2; keep microbatches meaningful
+            flags = flags.replace("--batch_size 8", "--batch_size 4").replace("--microbatch 2",
+                                                                              "--microbatch 1")
+        cmd = [sys.executable, str(BENCHMARK), "--configs", self.config, "--device", self.device,
+               *small.split(), *flags.split()]
+        started = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        value = rows[-1] if rows else {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+        value["wall_s"] = round(time.time() - started, 1)
+        value["command"] = " ".join(["python", "benchmarks/benchmark.py", *cmd[2:]])
+        self.record(section, name, value)
+        return value
+
+
+def run_script_check(suite, args):
+    """The training script's own throughput against the benchmark's step at the same settings."""
+    work = Path(tempfile.mkdtemp(prefix="ramvid_script_check_"))
+    size, frames = (32, 8) if args.tiny else (64, 20)
+    subprocess.run([sys.executable, "datasets/synthetic.py", "--out_dir", str(work / "data"),
+                    "--num_train", "16", "--num_test", "1", "--image_size", str(size),
+                    "--num_frames", str(frames)], check=True, cwd=REPO, capture_output=True)
+    if args.tiny:
+        model = ("--image_size 32 --num_channels 32 --num_res_blocks 1 --seq_len 8 "
+                 "--attention_resolutions 16,8 --scale_time_dim 0 --batch_size 2 --microbatch -1")
+        steps, interval, reference = 6, 2, "bf16_b4"
+    else:
+        model = "--preset bair64 --microbatch -1"
+        steps, interval, reference = args.script_steps, 10, "bf16_b4"
+    runs = [("script_bf16_b4", f"{model} --bf16 True", reference),
+            ("script_bf16_compile_b4", f"{model} --bf16 True --compile True", "bf16_compile_b4")]
+    for name, flags, bench_name in runs:
+        if suite.over_budget():
+            suite.record("script", name, {"skipped": "over --budget_s"})
+            continue
+        logdir = work / name
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "1", "scripts/video_train.py", "--data_dir", str(work / "data" / "train"),
+               *flags.split(), "--max_steps", str(steps), "--log_interval", str(interval),
+               "--save_interval", "100000", "--num_workers", "2", "--log_dir", str(logdir)]
+        started = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        value = {"command": " ".join(["torchrun", "--standalone", "--nproc_per_node", "1",
+                                      *cmd[6:]]), "rc": proc.returncode,
+                 "wall_s": round(time.time() - started, 1)}
+        rows = list(csv.DictReader((logdir / "progress.csv").open())) \
+            if (logdir / "progress.csv").exists() else []
+        steady = [float(r["samples_per_s"]) for r in rows[1:] if r.get("samples_per_s")]
+        if steady:
+            batch = 2 if args.tiny else 4
+            value["samples_per_s"] = round(sum(steady) / len(steady), 3)
+            value["step_s"] = round(batch / value["samples_per_s"], 4)
+            bench = suite.results.get("train", {}).get(bench_name, {})
+            if "train_step_s" in bench:
+                value["benchmark_step_s"] = bench["train_step_s"]
+                value["script_over_benchmark"] = round(value["step_s"] / bench["train_step_s"], 3)
+        else:
+            value["error"] = (proc.stderr.strip().splitlines() or ["no progress.csv rows"])[-1]
+        suite.record("script", name, value)
+
+
+def run_quality(suite, args):
+    """PSNR (and FVD) of each sampler and step count on the same clips, seeds and given frames."""
+    import numpy as np
+    import torch
+
+    from ramvid.masking import mask_from_frames
+    from ramvid.metrics.frame_metrics import frame_metrics
+    from ramvid.sample.loading import load_model
+    from ramvid.sample.output import from_uint8, to_uint8
+
+    clips = np.load(args.clips_npz)["arr_0"][:args.num_clips]  # (N, T, H, W, C) uint8
+    frames = [int(f) for f in args.cond_frames.split(",") if f.strip()]
+    runs = TINY_QUALITY_RUNS if args.tiny else QUALITY_RUNS
+    if args.quality_runs:
+        runs = [tuple(item.split(":", 1)) for item in args.quality_runs.split(",")]
+    fvd = None
+    try:
+        from ramvid.metrics.fvd import compute_fvd, load_i3d
+        i3d = load_i3d(suite.device)
+        fvd = lambda a, b: compute_fvd(a, b, model=i3d, device=suite.device)["fvd"]  # noqa: E731
+    except Exception as error:  # no weights on an offline machine
+        suite.record("quality", "fvd_unavailable", f"{type(error).__name__}: {error}"[:300])
+    for sampler, respacing in runs:
+        name = f"{sampler}:{respacing or 'full'}"
+        if suite.over_budget():
+            suite.record("quality", name, {"skipped": "over --budget_s"})
+            continue
+        model, diffusion, _ = load_model(args.model_path, device=suite.device,
+                                         timestep_respacing=respacing)
+        out, started = [], time.time()
+        for first in range(0, len(clips), 8):
+            batch = from_uint8(clips[first:first + 8])  # (n, C, T, H, W)
+            n = batch.shape[0]
+            mask = mask_from_frames(frames, n, batch.shape[2])
+            gens = [torch.Generator(device=suite.device).manual_seed(first + k) for k in range(n)]
+            with torch.inference_mode():
+                videos = diffusion.sample_loop(model, tuple(batch.shape), sampler=sampler,
+                                               obs=batch, obs_mask=mask, generator=gens)
+            out.append(to_uint8(videos.cpu()))
+        samples = np.concatenate(out)
+        metrics = frame_metrics(samples[:, None], clips, mask_from_frames(frames, 1, clips.shape[1])[0].numpy())
+        value = {"steps": diffusion.num_timesteps, "seconds": round(time.time() - started, 1),
+                 "psnr_mean": round(metrics["psnr_mean"], 3), "ssim_mean": round(metrics["ssim_mean"], 4)}
+        if fvd is not None and len(clips) >= 16:
+            value["fvd"] = round(float(fvd(samples, clips)), 2)
+        suite.record("quality", name, value)
+
+
+def tiny_quality_inputs(args):
+    """--tiny: the script check's checkpoint and random clips, to run the quality code path."""
+    import numpy as np
+
+    checkpoints = sorted(Path(tempfile.gettempdir()).glob("ramvid_script_check_*/script_bf16_b4/model*.pt"),
+                         key=lambda p: p.stat().st_mtime)
+    if not checkpoints:
+        return
+    args.model_path = str(checkpoints[-1])
+    args.clips_npz = str(Path(tempfile.mkdtemp(prefix="ramvid_tiny_clips_")) / "clips.npz")
+    clips = np.random.default_rng(0).integers(0, 256, (4, 8, 32, 32, 3), dtype=np.uint8)
+    np.savez(args.clips_npz, clips)
+
+
+def protocol_cost(suite):
+    """GPU-hours of 256 clips x 100 samples, from per-step times (computed, not measured)."""
+    samples, batch = 256 * 100, 8
+    rows = suite.results.get("train", {})
+    costs = {"paper_code_ddpm1000": {"steps": 1000, "step_s": PAPER_SAMPLE_STEP_S,
+                                     "source": "issue 14, H200, fp32, batch 8"}}
+    for name in ("fp32_tf32_b8", "bf16_b8", "bf16_compile_b8"):
+        step_s = rows.get(name, {}).get("sample_step_ddpm_s")
+        if step_s is None:
+            continue
+        for label, steps in (("ddpm1000", 1000), ("ddpm250", 250), ("dpm++2m_25", 25)):
+            costs[f"ramvid_{name}_{label}"] = {"steps": steps, "step_s": step_s,
+                                                "source": f"measured row {name}"}
+    for value in costs.values():
+        value["gpu_hours"] = round(samples / batch * value["steps"] * value["step_s"] / 3600, 2)
+    suite.record("protocol", "computed_from_step_times", costs)
+
+
+def main():
+    args = parse_args()
+    suite = Suite(args)
+    sections = set(args.sections.split(","))
+    if args.tiny:
+        suite.results["note"] = "--tiny: CPU, tiny config; checks the suite, not a measurement"
+    if "train" in sections:
+        for name, flags in TRAIN_RUNS:
+            if args.tiny and name == "bf16_compile_b8":  # one CPU compile proves the path
+                continue
+            suite.benchmark("train", name, flags)
+    if "variants" in sections:
+        for name, flags in VARIANT_RUNS:
+            suite.benchmark("variants", name, flags)
+    if "syncs" in sections and not args.tiny:  # counting needs CUDA
+        suite.benchmark("syncs", *SYNC_RUN)
+    if "script" in sections:
+        run_script_check(suite, args)
+    if "quality" in sections and args.tiny and not args.model_path:
+        tiny_quality_inputs(args)
+    if "quality" in sections and args.model_path and args.clips_npz:
+        run_quality(suite, args)
+    if "protocol" in sections:
+        protocol_cost(suite)
+    suite.results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    suite.save()
+    print(json.dumps({"out": args.out, "elapsed_s": round(time.time() - suite.start, 1)}))
+
+
+if __name__ == "__main__":
+    main()
