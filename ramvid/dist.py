@@ -31,6 +31,7 @@ other ranks wait on a separate CPU group with a much longer bound (`MAIN_WORK_TI
 """
 import datetime
 import os
+import pickle
 import re
 import socket
 import sys
@@ -322,15 +323,19 @@ def run_on_main(fn, *args, **kwargs):
     An exception on rank 0 is raised on every rank. Every rank must call this."""
     if get_world_size() == 1:
         return fn(*args, **kwargs)
-    outcome = None
+    outcome, error = None, None
     if get_rank() == 0:
         try:
             outcome = (True, fn(*args, **kwargs))
         except Exception as e:
-            outcome = (False, e)
+            outcome, error = (False, e), e
+        try:
+            pickle.dumps(outcome)
+        except Exception:  # the others must still learn that rank 0 failed, and why
+            outcome = (False, RuntimeError(f"rank 0: {outcome[1]!r} cannot be sent to the others"))
     ok, value = broadcast_object(outcome, group=_main_work_group)
     if not ok:
-        raise value
+        raise error or value
     return value
 
 

@@ -4,6 +4,7 @@ import os
 import random
 import signal
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -17,8 +18,8 @@ from ..data import load_data
 from ..diffusion.resample import create_named_schedule_sampler
 from .ema import EMA
 from .preview import make_preview
-from .schedules import last_step, lr_at
 from .rundir import prepare_run
+from .schedules import last_step, lr_at
 from .state import restore_training_state, save_training_state
 from .step import LossStats, draw_step_inputs, forward_backward, gradient_norm
 
@@ -78,11 +79,13 @@ def fused_adamw_supported(device):
     return device.type == "cpu" and (major, minor) >= (2, 4)
 
 
-def train(cfg, model_flags, info, logdir, log, start=None):
+def train(cfg, model_flags, info, logdir, log, start=None, stop=None):
     """Train until --max_steps (or the end of a linear lr schedule), a stop signal, or
     --max_bad_steps consecutive non-finite steps. Returns the process exit code.
 
-    start: where to start (`rundir.prepare_run`); None decides it here."""
+    start: where to start (`rundir.prepare_run`); None decides it here. stop: a StopRequest
+    the caller entered earlier (a signal during start-up then stops after the first step);
+    None listens from the first step on."""
     device = info.device
     if start is None:
         start = prepare_run(cfg, model_flags, logdir, info)
@@ -161,7 +164,7 @@ def train(cfg, model_flags, info, logdir, log, start=None):
             f"(--keep_checkpoints {cfg.keep_checkpoints})" if pruned else ""))
         return step
 
-    with StopRequest() as stop:
+    with StopRequest() if stop is None else nullcontext(stop) as stop:
         while end is None or step < end:
             try:
                 video, cond = next(data)  # (N, C, T, H, W) in [-1, 1], {"y": (N,)} or {}

@@ -12,7 +12,7 @@ from ..cli import UsageError, entry_point
 from ..data import DataError
 from ..memory import limit_heap_fragmentation
 from .logs import RunLogger
-from .loop import train
+from .loop import StopRequest, train
 from .options import parse_train_args
 from .rundir import prepare_run, resolve_logdir
 
@@ -33,6 +33,12 @@ def _error(info, parser, message):
 
 
 def _run(cfg, model_flags, info, parser):
+    # A stop signal from here on ends the run with a checkpoint after its first step.
+    with StopRequest() as stop:
+        return _start_and_train(cfg, model_flags, info, parser, stop)
+
+
+def _start_and_train(cfg, model_flags, info, parser, stop):
     logdir, source = resolve_logdir(cfg, info)
     try:
         # Decided on rank 0 before anything in the log dir is touched; the same on every rank.
@@ -47,7 +53,7 @@ def _run(cfg, model_flags, info, parser):
     try:
         for line in start.plan.messages:
             log.info(line)
-        code = train(cfg, model_flags, info, logdir, log, start)
+        code = train(cfg, model_flags, info, logdir, log, start, stop)
         dist.barrier()  # leave together: a launcher may end the job when the first rank exits
         return code
     except DataError as e:  # a data problem is a bad --data_dir: one line, exit 2
