@@ -119,7 +119,7 @@ def train(cfg, model_flags, info, logdir, log, start=None, stop=None):
     ema = EMA(model, cfg.ema_rate if info.is_main else ())
     for rate, state in (ckpt.emas.items() if ckpt is not None else ()):
         ema.load_state_dict(rate, state)
-    del ckpt, start
+    start.ckpt = ckpt = None  # frees the loaded tensors (the caller still holds `start`)
     log.keep_rows_up_to(step)
 
     ddp_model = model
