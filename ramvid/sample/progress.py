@@ -1,5 +1,4 @@
-"""What a sampling run tells its user: the plan, the measured speed, a bar with ETA."""
-import time
+"""What a sampling run shows its user: a bar with ETA over the denoising steps, durations."""
 
 from tqdm.auto import tqdm
 
@@ -10,24 +9,6 @@ def step_bar(total, enabled, desc="sampling"):
     return bar, (lambda _out: bar.update(1))
 
 
-class StepTimer:
-    """Seconds per denoising step of the first batch, not counting its first step (start-up,
-    kernel selection, compilation): `callback` is chained in front of the bar's."""
-
-    def __init__(self, then):
-        self.then, self.stamps = then, []
-
-    def __call__(self, out):
-        if len(self.stamps) < 1_000_000:
-            self.stamps.append(time.perf_counter())
-        self.then(out)
-
-    def seconds_per_step(self):
-        if len(self.stamps) >= 2:
-            return (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
-        return None
-
-
 def format_duration(seconds):
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -36,4 +17,4 @@ def format_duration(seconds):
     return f"{seconds / 3600:.1f} h"
 
 
-__all__ = ["StepTimer", "format_duration", "step_bar"]
+__all__ = ["format_duration", "step_bar"]

@@ -20,6 +20,7 @@ from .progress import format_duration, step_bar
 # One rank may wait for another's whole batch at a gather; batches of 1000 steps on large
 # models take long, so every sampling run (scripts and evaluation) uses this collective timeout.
 COLLECTIVE_TIMEOUT_S = 6 * 3600
+WARMUP_STEPS = 20
 
 
 class _ChunkCollector:
@@ -65,25 +66,27 @@ def run_chunks(work, store, *, batch_size, steps_per_batch, todo, grids=None, in
     batches_before = np.cumsum([0] + [len(global_batches(len(r), batch_size)) for r in ranges])
     total_steps = sum(num_rounds(len(ranges[k]), batch_size, info.world_size) for k in todo)
     bar, advance = step_bar(total_steps * steps_per_batch, progress and info.is_main)
-    stamps = []  # rank 0's step times during its first batch
+    # Rank 0 times up to WARMUP_STEPS steps of its first batch after the first step (start-up,
+    # kernel selection, compilation) and then prints the estimate; a one-step batch is timed
+    # from the start.
+    measure = max(1, min(steps_per_batch - 1, WARMUP_STEPS))
+    stamps = None
+    if info.is_main and todo:
+        stamps = [time.perf_counter()] if steps_per_batch == 1 else []
 
     def callback(out):
-        if stamps is not None and len(stamps) <= steps_per_batch:
-            stamps.append(time.perf_counter())
-        advance(out)
-
-    def timed_work(indices):
         nonlocal stamps
-        result = work(indices, callback)
-        if stamps is not None and info.is_main:
-            if len(stamps) >= 2:
-                per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-                # Rank 0 takes one batch per round, so its steps set the pace of the run.
-                bar.write(f"measured {per_step:.3g} s per step (batch of {len(indices)}, first "
-                          f"step not counted): estimated total {format_duration(per_step * bar.total)}"
-                          f" for {bar.total} steps on rank 0")
+        advance(out)
+        if stamps is None:
+            return
+        stamps.append(time.perf_counter())
+        if len(stamps) > measure:
+            per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+            # Rank 0 takes one batch per round, so its steps set the pace of the run.
+            bar.write(f"measured {per_step:.3g} s per step (first batch, after its first step): "
+                      f"estimated total {format_duration(per_step * bar.total)} for "
+                      f"{bar.total} steps on rank 0")
             stamps = None
-        return result
 
     spec = _torch_spec(store)
     with bar:
@@ -91,7 +94,7 @@ def run_chunks(work, store, *, batch_size, steps_per_batch, todo, grids=None, in
             chunk = ranges[k]
             collect = _ChunkCollector(store, int(batches_before[k]), grids) if info.is_main else None
             run_in_order(len(chunk), batch_size,
-                         lambda local: timed_work([chunk.start + i for i in local]), spec,
+                         lambda local: work([chunk.start + i for i in local], callback), spec,
                          collect, rank=info.rank, world_size=info.world_size, device=info.device)
             if info.is_main:
                 store.save(k, collect.arrays())
