@@ -369,12 +369,12 @@ def run_or_abort(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except SystemExit as e:
-        if e.code in (0, None) or (get_world_size() == 1 and _launcher == "none"):
+        if e.code in (0, None) or get_world_size() == 1:
             raise
         sys.stderr.write(f"[rank {get_rank()}] exiting with code {e.code}; aborting the job\n")
         abort_job(e.code if isinstance(e.code, int) else 1)
     except BaseException:
-        if get_world_size() == 1 and _launcher == "none":
+        if get_world_size() == 1:
             raise
         sys.stderr.write(f"[rank {get_rank()}] failed; aborting the job:\n{traceback.format_exc()}")
         abort_job(1)
