@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -210,8 +211,6 @@ def _write_npz(path, argv):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny model checkpoint (demo preset, 20 frames) with its args.json."""
-    import torch
-
     import ramvid
     from ramvid.cli import write_args_json
     from ramvid.presets import preset_flags
@@ -269,6 +268,18 @@ def test_documented_video_extensions_are_the_loaders():
                 line = text[:text.index(paragraph)].count("\n") + 1
                 wrong.append(f"{doc.relative_to(REPO)}:{line}: {sorted(named)}")
     assert not wrong, "\n".join(wrong) + f"\nthe loader reads {sorted(VIDEO_EXTENSIONS)}"
+
+
+def test_readme_library_example_runs(one_thread):
+    """Catches: the README's library example drifting from the API (break: rename an argument
+    of sample_loop)."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Library"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope = {}
+    exec(compile(code, "README.md (Library)", "exec"), scope)
+    video, x0 = scope["video"], scope["x0"]
+    assert video.shape == x0.shape and torch.equal(video[:, :, :2], x0[:, :, :2])
 
 
 def test_the_docs_have_commands():
