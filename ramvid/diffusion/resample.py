@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment", "harmonic")  # --schedule_sampler
+
 
 def create_named_schedule_sampler(name, diffusion, harmonic_power=1.0):
     if name == "uniform":
@@ -17,9 +19,7 @@ def create_named_schedule_sampler(name, diffusion, harmonic_power=1.0):
         return LossSecondMomentResampler(diffusion)
     if name == "harmonic":
         return HarmonicSampler(diffusion, harmonic_power)
-    raise ValueError(
-        f"schedule_sampler={name!r} is not one of: uniform, loss-second-moment, harmonic"
-    )
+    raise ValueError(f"schedule_sampler={name!r} is not one of: {', '.join(SCHEDULE_SAMPLERS)}")
 
 
 class ScheduleSampler:

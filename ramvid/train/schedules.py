@@ -1,5 +1,7 @@
 """Learning-rate schedules, as a function of the number of optimiser steps already taken."""
 
+ANNEAL_TYPES = ("none", "linear", "step", "time_based")  # --anneal_type
+
 
 def lr_at(cfg, step):
     """The learning rate for the update that follows `step` completed steps."""
@@ -11,7 +13,7 @@ def lr_at(cfg, step):
         return cfg.lr * cfg.drop ** (step // cfg.steps_drop)
     if cfg.anneal_type == "time_based":
         return cfg.lr / (1.0 + cfg.decay * step)
-    raise ValueError(f"anneal_type={cfg.anneal_type!r} is not one of: none, linear, step, time_based")
+    raise ValueError(f"anneal_type={cfg.anneal_type!r} is not one of: {', '.join(ANNEAL_TYPES)}")
 
 
 def last_step(cfg):
