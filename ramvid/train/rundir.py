@@ -52,10 +52,10 @@ def resolve_logdir(cfg, info):
     rank 0); returns (folder, the name of where it came from)."""
     source = "--log_dir" if cfg.log_dir else "$OPENAI_LOGDIR"
     logdir = cfg.log_dir or os.environ.get("OPENAI_LOGDIR")
-    if not logdir and info.is_main:
+    if not logdir:
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
-        logdir = tempfile.mkdtemp(prefix=f"ramvid-{stamp}-")
-    return Path(dist.broadcast_object(logdir)), source
+        logdir = dist.run_on_main(tempfile.mkdtemp, prefix=f"ramvid-{stamp}-")
+    return Path(logdir), source
 
 
 def prepare_run(cfg, model_flags, logdir, info, source="--log_dir"):
