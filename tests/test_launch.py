@@ -61,7 +61,8 @@ def test_detect_launch(case, env, expected):
 def test_slurm_rendezvous_address():
     """Every task derives the same host (first of the step's nodes) and port (from the job id);
     MASTER_ADDR / MASTER_PORT win."""
-    assert dist.slurm_rendezvous(SRUN) == ("gpu07", dist.SLURM_PORT_BASE + 123456 % dist.SLURM_PORT_RANGE)
+    port = dist.SLURM_PORT_BASE + 123456 % dist.SLURM_PORT_RANGE
+    assert dist.slurm_rendezvous(SRUN) == ("gpu07", port)
     job_only = {k: v for k, v in SRUN.items() if k != "SLURM_STEP_NODELIST"}
     assert dist.slurm_rendezvous({**job_only, "SLURM_JOB_NODELIST": "a[3-4]"})[0] == "a3"
     assert dist.slurm_rendezvous({**SRUN, "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "2222"}) == \

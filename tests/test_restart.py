@@ -84,7 +84,8 @@ def test_double_sigterm_then_resume_equals_uninterrupted_run(videos, tmp_path):
     end = stop + 2
     resumed = _popen([TRAIN_SCRIPT, *_flags(videos, stopped_dir, *extra, "--max_steps", end,
                                             "--resume_checkpoint", "auto")], env)
-    straight = _popen([TRAIN_SCRIPT, *_flags(videos, straight_dir, *extra, "--max_steps", end)], env)
+    straight = _popen([TRAIN_SCRIPT, *_flags(videos, straight_dir, *extra, "--max_steps", end)],
+                      env)
     for p in (resumed, straight):
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err[-3000:]
@@ -96,7 +97,7 @@ def test_double_sigterm_then_resume_equals_uninterrupted_run(videos, tmp_path):
                            load_checkpoint_file(straight_dir / name)), name
     opts = [load_checkpoint_file(d / f"opt{end:06d}.pt") for d in (stopped_dir, straight_dir)]
     for a, b in zip(*(o["optimizer"]["state"].values() for o in opts)):
-        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+        assert all(torch.equal(a[k], b[k]) for k in ("exp_avg", "exp_avg_sq"))
     assert _same_state(*(o["schedule_sampler"] for o in opts))
 
 
@@ -156,7 +157,8 @@ def test_two_ranks_slow_checkpoint_write_and_stop_signals(videos, tmp_path):
     procs[1].send_signal(signal.SIGTERM)
     procs[1].send_signal(signal.SIGTERM)
     outs = [p.communicate(timeout=90) for p in procs]
-    assert [p.returncode for p in procs] == [EXIT_STOPPED] * 2, outs[0][1][-3000:] + outs[1][1][-3000:]
+    assert [p.returncode for p in procs] == [EXIT_STOPPED] * 2, \
+        outs[0][1][-3000:] + outs[1][1][-3000:]
     stop = int(re.search(r"stopped by signal after step (\d+)", outs[0][0]).group(1))
     assert "received SIGUSR1" in outs[0][0]
     assert complete_steps(logdir, ["0.9"])[0] == stop > 2
@@ -223,7 +225,8 @@ def test_changed_training_flags_are_logged_on_resume(videos, tmp_path):
     assert main(_flags(videos, tmp_path, "--max_steps", 2, "--lr", "2e-4",
                        "--resume_checkpoint", "auto")) == 0
     log = (tmp_path / "log.txt").read_text()
-    assert "training flags changed since the resumed run: --lr 0.0001 -> 0.0002, --max_steps 1 -> 2" in log
+    assert ("training flags changed since the resumed run: --lr 0.0001 -> 0.0002, "
+            "--max_steps 1 -> 2") in log
 
 
 @pytest.mark.parametrize("keep_every,kept", [(0, [4, 5]), (2, [2, 4, 5])])

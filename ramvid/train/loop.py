@@ -231,8 +231,9 @@ def train(cfg, model_flags, info, logdir, log, start=None, stop=None):
             if step % cfg.save_interval == 0 or stop_now:
                 saved_step = save()
             if cfg.sample_interval and step % cfg.sample_interval == 0:
-                # Rank 0 previews while the others wait without the collective timeout.
-                interval_start += dist.run_on_main(lambda: preview.run(step, ema))  # not training time
+                # Rank 0 previews (not training time) while the others wait without the
+                # collective timeout.
+                interval_start += dist.run_on_main(lambda: preview.run(step, ema))
             if stop_now:
                 log.info(f"stopped by signal after step {step}; exit code {EXIT_STOPPED}: run "
                          f"the same command with --resume_checkpoint auto to continue")

@@ -141,11 +141,13 @@ def _make_ready(plan, source):
     try:
         plan.logdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"log dir {plan.logdir} ({source}) cannot be created: {e.strerror}") from None
+        raise UsageError(f"log dir {plan.logdir} ({source}) cannot be created: "
+                         f"{e.strerror}") from None
     for step in sorted({_step_of(p) for p in plan.foreign}):
         delete_checkpoint_set(plan.logdir, step)
     if plan.foreign:
-        plan.messages.append(f"--overwrite True: deleted {_describe(plan.foreign)} from {plan.logdir}")
+        plan.messages.append(f"--overwrite True: deleted {_describe(plan.foreign)} from "
+                             f"{plan.logdir}")
     for tmp in remove_stale_temp_files(plan.logdir):
         plan.messages.append(f"removed {tmp}, left by a run killed while writing a checkpoint")
 
@@ -210,4 +212,6 @@ def _check_flags_against_args_json(cfg, model_flags, plan):
     training_names = [k for k in ("data_dir", *training_defaults()) if k not in START_FLAGS]
     changed = [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in training_names
                if k in saved and k in current and _as_json(current[k]) != saved[k]]
-    return [f"training flags changed since the resumed run: {', '.join(changed)}"] if changed else []
+    if not changed:
+        return []
+    return [f"training flags changed since the resumed run: {', '.join(changed)}"]

@@ -52,8 +52,9 @@ def restore_training_state(ckpt, model, opt, scaler, schedule_sampler, data, inf
         try:
             model.load_state_dict(ckpt.model)
         except RuntimeError as e:
+            reason = str(e).splitlines()[0]
             raise CheckpointError(f"{ckpt.folder}: model checkpoint of step {ckpt.step} does not "
-                                  f"fit the model these flags build: {str(e).splitlines()[0]}") from None
+                                  f"fit the model these flags build: {reason}") from None
     if ckpt.opt is None:
         return
     try:
@@ -64,7 +65,8 @@ def restore_training_state(ckpt, model, opt, scaler, schedule_sampler, data, inf
     if ckpt.opt.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(ckpt.opt["scaler"])
     if ckpt.opt.get("schedule_sampler") and hasattr(schedule_sampler, "load_state_dict"):
-        schedule_sampler.load_state_dict({k: v.cpu() for k, v in ckpt.opt["schedule_sampler"].items()})
+        history = ckpt.opt["schedule_sampler"]
+        schedule_sampler.load_state_dict({k: v.cpu() for k, v in history.items()})
     ranks = ckpt.opt.get("ranks", [])
     if len(ranks) == info.world_size:
         set_rng_state(ranks[info.rank]["rng"])
