@@ -390,6 +390,26 @@ def test_video_eval_accepts_ground_truth_repeated_per_sample(tmp_path, capsys, m
     assert "fvd" not in results
 
 
+def test_video_eval_leaves_autograd_as_it_found_it(tmp_path, monkeypatch):
+    """The evaluation entry point also runs in-process (notebooks, tests): switching autograd
+    off for the whole process breaks every later backward pass of the caller (in the full
+    suite: tests/test_train.py and the training tests after this file). Red while eval_main
+    calls torch.set_grad_enabled(False) instead of evaluating under no_grad/inference_mode.
+    """
+    monkeypatch.setattr(sys, "argv", ["video_eval.py"])
+    gt = moving_squares(num_videos=2, frames=10, size=24)
+    np.savez(tmp_path / "s.npz", gt)
+    np.savez(tmp_path / "gt.npz", gt)
+    assert torch.is_grad_enabled()
+    try:
+        load_script("video_eval").main(["--samples", str(tmp_path / "s.npz"), "--gt",
+                                        str(tmp_path / "gt.npz"), "--cond_frames", "0,",
+                                        "--samples_per_clip", "1", "--fvd", "False"])
+        assert torch.is_grad_enabled()
+    finally:
+        torch.set_grad_enabled(True)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--samples", "missing.npz", "--cond_frames", "0,"], "--samples missing.npz: no such"),
     (["--cond_frames", "0,", "--samples_per_clip", "3"], "--samples_per_clip 3"),
