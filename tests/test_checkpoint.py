@@ -157,3 +157,25 @@ def test_rng_state_round_trips_through_weights_only(tmp_path):
     assert torch.equal(expected[0], again[0])
     assert np.array_equal(expected[1], again[1])
     assert expected[2:] == again[2:]
+
+
+def test_a_rank_loads_only_what_it_needs(tmp_path):
+    """Ranks > 0 read only the opt file (model=False, no EMA rates): no model or EMA tensors
+    are loaded onto their device. Catches a load that ignores the selection."""
+    _write_set(tmp_path, 5, ["0.9"])
+    ckpt = ck.load_training_checkpoint(tmp_path, 5, (), model=False, map_location="cpu")
+    assert ckpt.model is None and ckpt.emas == {} and ckpt.opt["step"] == 5
+
+
+def test_pruning_keeps_the_newest_complete_sets_and_never_a_newer_incomplete_one(tmp_path):
+    """Expected from the rule: the newest `keep` complete sets stay, every multiple of
+    keep_every stays, older sets go; a set still being written (incomplete, newest) stays.
+    Catches counting incomplete sets as kept ones or deleting the set being written."""
+    for step in (1, 2, 3, 4, 5):
+        _write_set(tmp_path, step, ["0.9"])
+    _write_set(tmp_path, 6, ["0.9"], skip=("opt",))  # being written
+    assert ck.steps_to_prune(tmp_path, ["0.9"], keep=2) == [1, 2, 3]
+    assert ck.steps_to_prune(tmp_path, ["0.9"], keep=2, keep_every=2) == [1, 3]
+    assert ck.steps_to_prune(tmp_path, ["0.9"], keep=0) == []
+    ck.delete_checkpoint_set(tmp_path, 3)
+    assert sorted(ck.checkpoint_files(tmp_path)) == [1, 2, 4, 5, 6]
