@@ -29,7 +29,7 @@ HELP = {
     "log_interval": "steps between log lines / progress.csv rows",
     "save_interval": "steps between checkpoints",
     "resume_checkpoint": "path/modelNNNNNN.pt, or 'auto' (newest complete checkpoint in the log "
-                         "dir; also the default when $OPENAI_LOGDIR already holds checkpoints)",
+                         "dir, printed at start; an empty value does the same)",
     "use_fp16": "float16 autocast with a GradScaler (CUDA only)",
     "bf16": "bfloat16 autocast (CPU or CUDA)",
     "fp16_scale_growth": "accepted for compatibility; the GradScaler adapts the loss scale itself",
