@@ -15,6 +15,7 @@ from .pipeline import REPO
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 SHIPPED_STEPS = 4500
+LR_ANNEAL_STEPS = 4500  # the learning rate falls linearly from 5e-4 towards 0 at this step
 SHIPPED_CHECKPOINT = SHIPPED_DIR / f"ema_0.99_{SHIPPED_STEPS:06d}.pt"  # args.json beside it
 SHIPPED_SHA256 = "to be filled in when the checkpoint is committed"
 RETRAIN_THREADS = 1  # the recorded run used one thread; more threads change float rounding
@@ -22,11 +23,14 @@ RETRAIN_THREADS = 1  # the recorded run used one thread; more threads change flo
 
 def retrain_command(data_dir):
     """The command that trained the shipped checkpoint (one process; global batch 8, as the
-    preset's 4 per rank on 2 ranks), on the demo's clips in `data_dir`."""
+    preset's 4 per rank on 2 ranks), on the demo's clips in `data_dir`. It ends at
+    SHIPPED_STEPS, where the checkpoint was taken (docs/DEMO.md says why not at the end of the
+    learning-rate schedule)."""
     return [
         sys.executable, str(REPO / "scripts" / "video_train.py"),
         "--data_dir", str(Path(data_dir) / "train"), "--preset", "demo", "--batch_size", "8",
-        "--anneal_type", "linear", "--lr_anneal_steps", str(SHIPPED_STEPS),
+        "--anneal_type", "linear", "--lr_anneal_steps", str(LR_ANNEAL_STEPS),
+        "--max_steps", str(SHIPPED_STEPS),
         "--save_interval", "500", "--log_interval", "10", "--seed", "0", "--num_workers", "1",
         "--sample_interval", "500", "--val_data_dir", str(Path(data_dir) / "val"),
     ]
