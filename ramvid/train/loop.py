@@ -240,5 +240,8 @@ def train(cfg, model_flags, info, logdir, log, start=None, stop=None):
                 return EXIT_STOPPED
         if saved_step != step:  # still under StopRequest: a signal now cannot cut the write
             saved_step = save()
+    if end is None or step < end:  # left the loop at the loader's break
+        log.info(f"stopped by signal after step {step}; exit code {EXIT_STOPPED}")
+        return EXIT_STOPPED
     log.info(f"done: step {step}")
     return EXIT_OK
