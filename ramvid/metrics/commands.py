@@ -19,7 +19,6 @@ from ..sample.clips import ClipSource
 from ..sample.cli import HELP as SAMPLE_HELP
 from ..sample.cli import (add_model_flags, check_data, load_model_or_exit, parse_sampling_flags,
                           prepare_model, resolve_sampler, sampler_options)
-from ..sample.batch import SAMPLERS
 from ..sample.jobs import SampleJob, sample_to_folder
 from ..sample.runner import COLLECTIVE_TIMEOUT_S
 from .evaluation import PROTOCOLS
@@ -138,7 +137,7 @@ def sample_for_evaluation(parser, argv, args):
         chunk_size=args.chunk_clips * per_clip, options=sampler_options(args),
         save_video="none")
     info = dist.setup_dist(timeout_s=COLLECTIVE_TIMEOUT_S)
-    paths = dist.run_or_abort(sample_to_folder, prepare_model(model, info, args), create_diffusion(**flags), flags, job,
+    paths = sample_to_folder(prepare_model(model, info, args), create_diffusion(**flags), flags, job,
                               info, out_dir=args.work_dir or None, overwrite=args.overwrite,
                               reuse_finished=True, announce=lambda text: print(text, flush=True))
     dist.cleanup()

@@ -1,7 +1,5 @@
 """The sampling commands: ramvid-sample (scripts/video_sample.py) and ramvid-sample-long
 (scripts/video_sample_long.py). Flags -> a SampleJob -> sample_to_folder on every rank."""
-from pathlib import Path
-
 from .. import create_diffusion, dist
 from ..cli import check, entry_point
 from ..flags import int_list
@@ -38,7 +36,7 @@ def _job(args, **extra):
 def run_job(model, flags, job, args):
     """Sample `job` under the launcher's process group; rank 0 prints what it wrote."""
     info = dist.setup_dist(timeout_s=COLLECTIVE_TIMEOUT_S)
-    paths = dist.run_or_abort(sample_to_folder, prepare_model(model, info, args), create_diffusion(**flags), flags, job,
+    paths = sample_to_folder(prepare_model(model, info, args), create_diffusion(**flags), flags, job,
                               info, out_dir=args.out_dir or None, overwrite=args.overwrite,
                               announce=lambda text: print(text, flush=True))
     if info.is_main:

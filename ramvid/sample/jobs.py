@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import dist
 from ..masking import mask_from_frames
 from .batch import SamplerOptions, is_class_conditional, labels_for, model_video_shape, sample_batch
 from .chunks import ChunkStore
@@ -149,7 +150,8 @@ def job_record(job, flags, diffusion, num_frames, data_clips):
 
 def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite=False,
                      reuse_finished=False, announce=print):
-    """Sample `job` on every rank into its run folder; rank 0 returns
+    """Sample `job` on every rank into its run folder (every rank calls this; a user mistake
+    raises the same UsageError on every rank before any sampling); rank 0 returns
     {"folder", "samples", "gt"?, "state": new | resume | finished}, other ranks None.
     reuse_finished: a finished run of the same settings is returned as it is (else an error).
     The model must be on info.device."""
@@ -180,8 +182,10 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
     if state == "finished":
         return {"folder": folder, **store.final_paths(), "state": state} if info.is_main else None
     grids = grid_writer(folder, job.save_video, list(job.cond_frames), job.fps) if info.is_main else None
-    run_chunks(work, store, batch_size=job.batch_size, steps_per_batch=steps_per_batch,
-               todo=todo, grids=grids, info=info, progress=job.progress)
+    # From here on an error in one rank must end all of them (no rank left in a gather).
+    dist.run_or_abort(run_chunks, work, store, batch_size=job.batch_size,
+                      steps_per_batch=steps_per_batch, todo=todo, grids=grids, info=info,
+                      progress=job.progress)
     if not info.is_main:
         return None
     return {"folder": folder, **store.assemble(), "state": state}

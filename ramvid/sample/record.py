@@ -14,8 +14,10 @@ from pathlib import Path
 from ..cli import UsageError, config_json, versions
 
 RECORD_JSON = "sample_args.json"
-# Keys that may differ when a run is resumed (they change no sample).
-_RESUMABLE_KEYS = ("versions", "world_size", "save_video", "fps")
+# Keys that may differ when a run is resumed (they change no sample), and also when a finished
+# run is reused (batches and chunks only move float rounding).
+_RESUMABLE_KEYS = ("versions", "save_video", "fps")
+_REUSABLE_KEYS = _RESUMABLE_KEYS + ("batch_size", "chunk_size")
 
 
 def task_of(cond_frames, num_frames, long_scheme=None):
@@ -61,8 +63,8 @@ def read_record(folder):
     return record
 
 
-def _differences(old, new):
-    keys = [k for k in new if k not in _RESUMABLE_KEYS]
+def _differences(old, new, ignored=_RESUMABLE_KEYS):
+    keys = [k for k in new if k not in ignored]
     return [k for k in keys if old.get(k) != json.loads(config_json(new[k]))]
 
 
@@ -74,14 +76,15 @@ def prepare_folder(folder, record, finished, overwrite, reuse_finished=False):
     folder = Path(folder)
     old = read_record(folder) if folder.is_dir() else None
     if old is not None and not overwrite:
-        changed = _differences(old, record)
+        reuse = reuse_finished and bool(finished)
+        changed = _differences(old, record, _REUSABLE_KEYS if reuse else _RESUMABLE_KEYS)
         if changed:
             k = changed[0]
             raise UsageError(f"{folder} holds a run with {k}={old.get(k)!r}, not {record[k]!r}; "
                              "pass --out_dir for a new folder (or --overwrite True to replace it)")
     if finished and not overwrite:
         if reuse_finished and old is not None:
-            return "finished"
+            return "finished"  # the record on disk stays the one the files were sampled with
         raise UsageError(f"{finished[0]} exists (a finished run); pass --overwrite True to "
                          "sample it again, or --out_dir for another folder")
     try:
