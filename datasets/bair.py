@@ -20,10 +20,10 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python datasets/bair.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import prepare_split_dir  # noqa: E402
+from datasets.common import OUT_DIR, OVERWRITE, prepare_split_dir, workers_flag  # noqa: E402
 from datasets.tfrecord import TFRecordError, parse_example, read_records  # noqa: E402
-from ramvid.cli import UsageError, entry_point, make_parser  # noqa: E402
-from ramvid.flags import str2bool  # noqa: E402
+from ramvid.cli import UsageError, entry_point  # noqa: E402
+from ramvid.flags import Flag, existing_dir, parse  # noqa: E402
 from ramvid.video_io import write_video  # noqa: E402
 
 FRAME_SHAPE = (64, 64, 3)
@@ -105,23 +105,19 @@ class _NoPool:
         return False
 
 
+FLAGS = (
+    Flag("bair_dir", None, "softmotion30_44k folder holding train/ and test/ *.tfrecords",
+         check=existing_dir, required=True),
+    OUT_DIR,
+    Flag("camera", "image_aux1", "image feature to read: <i>/<camera>/encoded"),
+    workers_flag("record files"),
+    OVERWRITE,
+)
+
+
 @entry_point
 def main(argv=None):
-    parser = make_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--bair_dir", required=True,
-                        help="softmotion30_44k folder holding train/ and test/ *.tfrecords")
-    parser.add_argument("--out_dir", required=True, help="writes out_dir/train and out_dir/test")
-    parser.add_argument("--camera", default="image_aux1",
-                        help="image feature to read: <i>/<camera>/encoded")
-    parser.add_argument("--workers", type=int, default=1, help="record files converted in parallel")
-    parser.add_argument("--overwrite", type=str2bool, default=False,
-                        help="replace videos already in out_dir/train and out_dir/test")
-    args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1, got {args.workers}")
-    if not Path(args.bair_dir).is_dir():
-        parser.error(f"--bair_dir {args.bair_dir} is not a folder")
-
+    args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
     start = time.time()
     written = convert(args.bair_dir, args.out_dir, camera=args.camera, workers=args.workers,
                       overwrite=args.overwrite)

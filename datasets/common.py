@@ -9,9 +9,16 @@ from pathlib import Path
 
 from ramvid.cli import UsageError, entry_point
 from ramvid.data.files import class_name_of, is_video
+from ramvid.flags import Flag, positive
 
-# Until datasets/synthetic.py uses ramvid.cli directly, its old names for the same two things.
-DatasetError = UsageError
+# The flags every preparation script shares.
+OUT_DIR = Flag("out_dir", None, "writes out_dir/train and out_dir/test", required=True)
+OVERWRITE = Flag("overwrite", False, "replace videos already in out_dir/train and out_dir/test")
+
+
+def workers_flag(items):
+    return Flag("workers", 1, f"{items} converted in parallel", check=positive)
+
 
 
 def class_of(path):
@@ -54,4 +61,6 @@ def warn(message):
 
 
 def run_cli(main):
+    """`main()` with UsageError reported as one line (datasets/synthetic.py's old spelling of
+    `@ramvid.cli.entry_point`)."""
     entry_point(main)()

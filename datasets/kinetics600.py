@@ -29,9 +29,9 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python datasets/kinetics600.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import class_token, warn  # noqa: E402
-from ramvid.cli import UsageError, entry_point, make_parser  # noqa: E402
-from ramvid.flags import str2bool  # noqa: E402
+from datasets.common import class_token, warn, workers_flag  # noqa: E402
+from ramvid.cli import UsageError, entry_point  # noqa: E402
+from ramvid.flags import Flag, existing_dir, existing_file, in_range, parse  # noqa: E402
 from ramvid.video_io import VideoWriter  # noqa: E402
 
 SOURCE_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
@@ -191,34 +191,27 @@ def convert(csv_path, clips_dir, out_dir, short_side=128, crf=18, split="train",
     return outcomes
 
 
+def _even_size(value):
+    return None if value >= 2 and value % 2 == 0 else "must be a positive even number"
+
+
+FLAGS = (
+    Flag("csv", None, "annotation csv: label,youtube_id,time_start,time_end,split",
+         check=existing_file, required=True),
+    Flag("clips_dir", None, "folder of downloaded clips (searched recursively)",
+         check=existing_dir, required=True),
+    Flag("out_dir", None, "writes out_dir/<split>/", required=True),
+    Flag("short_side", 128, "resize so the short side is this", check=_even_size),
+    Flag("crf", 18, "H.264 quality (0 best .. 51 worst)", check=in_range(0, 52)),
+    Flag("split", "train", "output folder when the csv has no split column"),
+    workers_flag("clips"),
+    Flag("overwrite", False, "re-encode clips whose output exists; False keeps them, so a rerun resumes"),
+)
+
+
 @entry_point
 def main(argv=None):
-    parser = make_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--csv", required=True,
-                        help="annotation csv: label,youtube_id,time_start,time_end,split")
-    parser.add_argument("--clips_dir", required=True,
-                        help="folder of downloaded clips (searched recursively)")
-    parser.add_argument("--out_dir", required=True, help="writes out_dir/<split>/")
-    parser.add_argument("--short_side", type=int, default=128,
-                        help="resize so the short side is this")
-    parser.add_argument("--crf", type=int, default=18, help="H.264 quality (0 best .. 51 worst)")
-    parser.add_argument("--split", default="train",
-                        help="output folder when the csv has no split column")
-    parser.add_argument("--workers", type=int, default=1, help="clips converted in parallel")
-    parser.add_argument("--overwrite", type=str2bool, default=False,
-                        help="re-encode clips whose output exists (default: keep them, resume)")
-    args = parser.parse_args(argv)
-    if args.short_side < 2 or args.short_side % 2:
-        parser.error(f"--short_side must be a positive even number, got {args.short_side}")
-    if not 0 <= args.crf <= 51:
-        parser.error(f"--crf must be in 0..51, got {args.crf}")
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1, got {args.workers}")
-    if not Path(args.clips_dir).is_dir():
-        parser.error(f"--clips_dir {args.clips_dir} is not a folder")
-    if not Path(args.csv).is_file():
-        parser.error(f"--csv {args.csv} is not a file")
-
+    args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
     outcomes = convert(args.csv, args.clips_dir, args.out_dir, args.short_side, args.crf,
                        args.split, args.workers, args.overwrite)
     print(f"{outcomes['written']} clips written to {args.out_dir}, {outcomes['existing']} already "

@@ -19,9 +19,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python datasets/ucf101.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import prepare_split_dir, warn  # noqa: E402
-from ramvid.cli import UsageError, entry_point, make_parser  # noqa: E402
-from ramvid.flags import str2bool  # noqa: E402
+from datasets.common import OUT_DIR, OVERWRITE, prepare_split_dir, warn  # noqa: E402
+from ramvid.cli import UsageError, entry_point  # noqa: E402
+from ramvid.flags import Flag, existing_dir, parse  # noqa: E402
 
 SPLIT_LISTS = {"train": "trainlist0{}.txt", "test": "testlist0{}.txt"}
 _UCF_NAME = re.compile(r"^v_[^_]+_(?P<rest>g\d+_c\d+)$")
@@ -91,23 +91,22 @@ def arrange(ucf_dir, split_dir, out_dir, split=1, mode="symlink", overwrite=Fals
     return {name: written[name] for name in lists}, missing
 
 
+FLAGS = (
+    Flag("ucf_dir", None, "the unpacked UCF-101 folder (one folder per class)",
+         check=existing_dir, required=True),
+    Flag("split_dir", None, "folder of trainlist0N.txt and testlist0N.txt", check=existing_dir,
+         required=True),
+    OUT_DIR,
+    Flag("split", 1, "official split", choices=(1, 2, 3)),
+    Flag("mode", "symlink", "symlink (no extra disk) or copy the videos",
+         choices=("symlink", "copy")),
+    OVERWRITE,
+)
+
+
 @entry_point
 def main(argv=None):
-    parser = make_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--ucf_dir", required=True,
-                        help="the unpacked UCF-101 folder (one folder per class)")
-    parser.add_argument("--split_dir", required=True,
-                        help="folder of trainlist0N.txt and testlist0N.txt")
-    parser.add_argument("--out_dir", required=True, help="writes out_dir/train and out_dir/test")
-    parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="official split")
-    parser.add_argument("--mode", default="symlink", choices=("symlink", "copy"),
-                        help="symlink (no extra disk) or copy the videos")
-    parser.add_argument("--overwrite", type=str2bool, default=False,
-                        help="replace videos already in out_dir/train and out_dir/test")
-    args = parser.parse_args(argv)
-    if not Path(args.ucf_dir).is_dir():
-        parser.error(f"--ucf_dir {args.ucf_dir} is not a folder")
-
+    args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
     written, missing = arrange(args.ucf_dir, args.split_dir, args.out_dir, args.split, args.mode,
                                args.overwrite)
     for name, count in written.items():

@@ -11,15 +11,18 @@ built from these declarations (EDM-style), so they cannot disagree:
     )
     add_flags(parser, FLAGS)                     # --lr, --ema_rate with type, help, choices
     values = flag_values(FLAGS, vars(args))      # converted and checked, or UsageError
+    Config = config_class("Config", FLAGS)       # frozen dataclass: Config(**values).lr
 
 Flags keep the names, defaults and meanings of the seed README, so a command pasted from the
 paper works unchanged. Booleans are written `True`/`False`; lists as comma lists (`0,1,`).
 """
 import argparse
-from dataclasses import dataclass
+import types
+from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .cli import UsageError
+from .cli import UsageError, make_parser
 
 
 def str2bool(value):
@@ -58,6 +61,14 @@ def in_range(low, high):
     return lambda value: None if low <= value < high else f"must lie in [{low}, {high})"
 
 
+def existing_dir(path):
+    return None if Path(path).is_dir() else "is not an existing directory"
+
+
+def existing_file(path):
+    return None if Path(path).is_file() else "is not an existing file"
+
+
 @dataclass(frozen=True)
 class Flag:
     name: str
@@ -67,6 +78,7 @@ class Flag:
     check: Optional[Callable[[Any], Optional[str]]] = None  # converted value -> reason or None
     convert: Optional[Callable[[Any], Any]] = None  # parsed value -> the program's value
     # (raises ValueError with the reason); e.g. "0.9999,0.99" -> ("0.9999", "0.99")
+    required: bool = False  # no default: the command line must give it
 
     def parse_type(self):
         if isinstance(self.default, bool):
@@ -114,14 +126,38 @@ def add_flags(parser, flags, help_texts=None):
         help_texts = help_texts or {}
         flags = [Flag(name, default, help_texts.get(name)) for name, default in flags.items()]
     for flag in flags:
-        parser.add_argument(f"--{flag.name}", default=flag.default, type=flag.parse_type(),
-                            choices=flag.choices if flag.convert is None else None, help=flag.help)
+        default = argparse.SUPPRESS if flag.required else flag.default  # no "(default: None)"
+        parser.add_argument(f"--{flag.name}", default=default, type=flag.parse_type(),
+                            choices=flag.choices if flag.convert is None else None,
+                            required=flag.required, help=flag.help)
 
 
 def flag_values(flags, raw):
     """{name: the program's value} for every declaration, from `raw` ({name: parsed value},
     missing names take their default); a bad value raises UsageError naming the flag."""
     return {f.name: f.value(raw.get(f.name, f.default)) for f in flags}
+
+
+def config_class(name, flags):
+    """A frozen dataclass with one field per declaration (required ones first, without a
+    default; the others default to the program's value of their default) and `to_json()`, the
+    values as the command line writes them (so args.json re-parses to the same config)."""
+    ordered = sorted(flags, key=lambda f: not f.required)
+    fields = [(f.name, Any) if f.required else (f.name, Any, field(default=f.value(f.default)))
+              for f in ordered]
+
+    def to_json(self):
+        return {f.name: f.to_json(getattr(self, f.name)) for f in flags}
+
+    return make_dataclass(name, fields, frozen=True, namespace={"to_json": to_json})
+
+
+def parse(description, flags, argv=None):
+    """The command line `argv` of a program whose flags are all `flags`, parsed and checked:
+    an object with one attribute per flag (UsageError for a bad value)."""
+    parser = make_parser(description)
+    add_flags(parser, flags)
+    return types.SimpleNamespace(**flag_values(flags, vars(parser.parse_args(argv))))
 
 
 def select(args, keys):
