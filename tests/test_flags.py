@@ -117,3 +117,33 @@ def test_train_flag_error_from_declaration(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "--seq_len 0: must be positive" in err and err.count("\n") == 1
+
+
+PROGRAMS = sorted(str(p.relative_to(REPO)) for folder in ("scripts", "datasets", "benchmarks")
+                  for p in (REPO / folder).glob("*.py")
+                  if "__main__" in p.read_text() and p.name != "make_i3d_fixture.py")
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_every_program_flag_has_help(program, monkeypatch, capsys):
+    """Catches: a flag of any script without a help text (break: drop one help string)."""
+    import argparse
+    import runpy
+    import sys
+
+    silent = []
+    add_argument = argparse._ActionsContainer.add_argument
+
+    def recording(self, *names, **kwargs):
+        action = add_argument(self, *names, **kwargs)
+        if not action.help and action.option_strings:
+            silent.append(action.option_strings[0])
+        return action
+
+    monkeypatch.setattr(argparse._ActionsContainer, "add_argument", recording)
+    monkeypatch.setattr(sys, "argv", [str(REPO / program), "--help"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(REPO / program), run_name="__main__")
+    assert stop.value.code == 0, capsys.readouterr().err
+    assert "usage:" in capsys.readouterr().out
+    assert silent == [], f"{program}: flags without help: {silent}"
