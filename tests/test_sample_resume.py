@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sample_fixtures import (REPO, as_script, load_npz, load_script, make_checkpoint, make_videos,
-                             run_script, script_command)
+                             mpirun_script, run_script, script_command)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,3 +111,14 @@ def test_unfinished_run_with_other_settings_is_refused(setup, tmp_path, capsys):
     err = _error(argv, capsys)
     assert f"{tmp_path} holds a run with" in err and "pass --out_dir for a new folder" in err
     assert (chunks / "chunk_0000.npz").exists()
+
+
+def test_finished_run_under_mpirun_is_one_line_exit_2(setup, tmp_path, monkeypatch):
+    """Catches a user mistake raised inside the ranks' job (traceback and MPI_Abort, exit 1)."""
+    argv = ["--model_path", setup["ckpt"], "--cond_generation", "False", "--num_samples", 2,
+            "--timestep_respacing", 1, "--save_video", "none", "--progress", "False"]
+    run_script("video_sample", argv, tmp_path, monkeypatch)
+    done = mpirun_script("video_sample", argv, tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "exists (a finished run)" in lines[0], done.stderr
