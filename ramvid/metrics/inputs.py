@@ -15,7 +15,7 @@ import numpy as np
 from ..cli import UsageError
 from ..masking import mask_from_frames
 from ..sample.output import GT_PREFIX
-from ..sample.record import RECORD_JSON, read_record
+from ..sample.record import RECORD_JSON, read_record, run_files
 from .evaluation import PROTOCOLS
 
 
@@ -54,11 +54,10 @@ class SampleFile:
 def find_sample_file(path: Path) -> SampleFile:
     """--samples names an npz or a sample run's folder (its one samples npz)."""
     if path.is_dir():
-        found = [p for p in path.glob("*.npz") if not p.name.startswith(GT_PREFIX)]
-        if len(found) != 1:
-            raise UsageError(f"--samples {path}: a run folder holds one samples npz, found "
-                             f"{len(found)} (an unfinished run? rerun its sampling command)")
-        path = found[0]
+        try:
+            path = run_files(path)[0]
+        except UsageError as e:
+            raise UsageError(f"--samples {e}") from None
     elif not path.is_file():
         raise UsageError(f"--samples {path}: no such file")
     record = read_record(path.parent)

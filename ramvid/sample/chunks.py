@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .npzfile import NpzArray, read_npz, write_npz
+from .ordered import global_batches
 from .output import GT_PREFIX, npz_name
 
 CHUNK_DIR = "chunks"
@@ -35,9 +36,8 @@ class ChunkStore:
         return self.folder / CHUNK_DIR
 
     def ranges(self):
-        """[range of sample indices] of every chunk, in order."""
-        return [range(k, min(self.num_samples, k + self.chunk_size))
-                for k in range(0, self.num_samples, self.chunk_size)]
+        """[range of sample indices] of every chunk, in order (cut as batches are)."""
+        return global_batches(self.num_samples, self.chunk_size)
 
     def path(self, k):
         return self.chunk_dir / f"chunk_{k:04d}.npz"

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ..cli import UsageError, config_json, versions
+from .output import GT_PREFIX
 
 RECORD_JSON = "sample_args.json"
 # Keys that may differ when a run is resumed (they change no sample), and also when a finished
@@ -63,6 +64,17 @@ def read_record(folder):
     return record
 
 
+def run_files(folder):
+    """(samples npz, its gt_ npz or None) of a finished run folder."""
+    folder = Path(folder)
+    found = [p for p in sorted(folder.glob("*.npz")) if not p.name.startswith(GT_PREFIX)]
+    if len(found) != 1:
+        raise UsageError(f"{folder}: a run folder holds one samples npz, found {len(found)} (an "
+                         "unfinished run? rerun its sampling command)")
+    gt = found[0].with_name(GT_PREFIX + found[0].name)
+    return found[0], (gt if gt.exists() else None)
+
+
 def _differences(old, new, ignored=_RESUMABLE_KEYS):
     keys = [k for k in new if k not in ignored]
     return [k for k in keys if old.get(k) != json.loads(config_json(new[k]))]
@@ -102,4 +114,5 @@ def prepare_folder(folder, record, finished, overwrite, reuse_finished=False):
     return "resume" if old is not None and not overwrite else "new"
 
 
-__all__ = ["RECORD_JSON", "prepare_folder", "read_record", "run_folder", "run_name", "task_of"]
+__all__ = ["RECORD_JSON", "prepare_folder", "read_record", "run_files", "run_folder", "run_name",
+           "task_of"]
