@@ -167,6 +167,39 @@ def test_two_ranks_slow_checkpoint_write_and_stop_signals(videos, tmp_path):
         [2 * stop, 2 * stop]
 
 
+# video_train.py that receives SIGUSR1 while rank 0 is still deciding where to start (reading
+# the log dir), before the first step.
+SIGNAL_AT_START = textwrap.dedent("""
+    import os, signal, sys
+    import ramvid.train.rundir as rundir
+    from ramvid.train.main import main
+
+    real_plan = rundir.plan_start
+
+    def plan_start(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return real_plan(*args, **kwargs)
+
+    rundir.plan_start = plan_start
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+def test_a_signal_during_start_up_stops_after_the_first_step(videos, tmp_path):
+    """Slurm's --signal can arrive while the run is still starting (rank 0 reading a large
+    checkpoint). The run must not die of it (SIGUSR1's default action) but stop after its
+    first step with a complete checkpoint and exit 75. Catches stop handlers installed only
+    when the training loop starts."""
+    wrapper = tmp_path / "signal_at_start.py"
+    wrapper.write_text(SIGNAL_AT_START)
+    proc = _popen([wrapper, *_flags(videos, tmp_path / "run", "--max_steps", 5)], script_env())
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_STOPPED, err[-3000:]
+    assert "stopped by signal after step 1" in out
+    assert complete_steps(tmp_path / "run", ["0.9"]) == [1]
+
+
 def _free_port():
     import socket
 
