@@ -9,11 +9,11 @@ setup(
     python_requires=">=3.10",
     # GPU users install their CUDA build of torch first; the Makefile pins the CPU build.
     install_requires=[
-        # The oldest torch with every API ramvid calls: torch.backends.cuda.matmul.fp32_precision
-        # and torch.backends.cudnn.conv.fp32_precision (2.9, --tf32), torch.nn.utils.get_total_norm
-        # (2.6), torch.amp.GradScaler(device) and init_process_group(device_id=) (2.3),
-        # torch.compile (2.0), torch.load(weights_only=True) (1.13).
-        "torch>=2.9",
+        # The oldest torch with every API ramvid calls: torch.nn.utils.get_total_norm (2.6),
+        # torch.amp.GradScaler(device) and init_process_group(device_id=) (2.3), torch.compile and
+        # scaled_dot_product_attention (2.0), torch.load(weights_only=True) (1.13). Newer APIs are
+        # used only where present: fused AdamW on CPU (2.4), cudnn.conv.fp32_precision (2.9).
+        "torch>=2.6",
         "numpy>=1.24",
         "scipy>=1.13",  # sqrtm is wrong on rank-deficient covariances before 1.13 (FVD)
         "blobfile>=0.11.0",
