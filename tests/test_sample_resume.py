@@ -37,8 +37,9 @@ def _argv(setup, *extra):
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(setup, tmp_path, monkeypatch):
     """Catches chunks that are not reused (the rerun prints no 'already finished'), a chunk
-    file written half (np.load fails or samples differ), batches that depend on where the run
-    resumed, and npz bytes that depend on the time of writing."""
+    file written half (np.load fails or samples differ), leftovers of a killed write that stop
+    the final join, batches that depend on where the run resumed, and npz bytes that depend on
+    the time of writing."""
     whole = run_script("video_sample", _argv(setup), tmp_path / "whole", monkeypatch)
 
     killed = tmp_path / "killed"
@@ -54,6 +55,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(setup, tmp_path, monkeyp
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert chunk.exists() and not list(killed.glob("*.npz"))
+    # What a kill in the middle of a chunk write leaves (whether or not this one did).
+    (killed / "chunks" / ".chunk_0001.npz.99999.partial").write_bytes(b"PK\x03\x04 half")
 
     rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
                            timeout=240)

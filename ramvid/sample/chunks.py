@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .npzfile import NpzArray, read_npz, write_npz
+from .npzfile import PARTIAL_GLOB, NpzArray, read_npz, write_npz
 from .ordered import global_batches
 from .output import GT_PREFIX, npz_name
 
@@ -100,6 +100,9 @@ class ChunkStore:
             write_npz(path, [self._column(n) for n in [name, *extra]])
         for k in range(len(self.ranges())):
             self.path(k).unlink()
+        # Files half-written when an earlier attempt was killed (write_npz's temporary names).
+        for stale in [*self.chunk_dir.glob(PARTIAL_GLOB), *self.folder.glob(PARTIAL_GLOB)]:
+            stale.unlink()
         self.chunk_dir.rmdir()
         return paths
 

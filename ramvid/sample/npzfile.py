@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
+PARTIAL_GLOB = ".*.npz.*.partial"  # what a killed write leaves behind
 
 
 class NpzArray:
@@ -67,4 +68,4 @@ def read_npz(path):
         return [archive[f"arr_{k}"] for k in range(len(archive.files))]
 
 
-__all__ = ["NpzArray", "read_npz", "write_npz"]
+__all__ = ["PARTIAL_GLOB", "NpzArray", "read_npz", "write_npz"]
