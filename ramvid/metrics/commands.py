@@ -151,7 +151,6 @@ def eval_main(argv=None):
     mode = check_mode(args)
     if mode == "files":
         exit_if_dry_run(args, vars(args))
-    torch.set_grad_enabled(False)
     if mode == "model":
         paths = sample_for_evaluation(parser, argv, args)
         if paths is None:  # ranks other than 0 only sample
@@ -169,9 +168,10 @@ def eval_main(argv=None):
         sample_paths, gt_path, args.protocol, args.cond_frames, args.samples_per_clip)
     setup = protocol_setup(args.protocol, given, gt.shape[0], gt.shape[1], args.fvd_include_given)
     try:
-        results = run_evaluation(samples, gt, setup, given, origin, with_fvd=args.fvd,
-                                 skip_short_fvd=mode == "model", batch_size=args.batch_size,
-                                 device=args.device)
+        with torch.inference_mode():  # not set_grad_enabled: an in-process caller keeps autograd
+            results = run_evaluation(samples, gt, setup, given, origin, with_fvd=args.fvd,
+                                     skip_short_fvd=mode == "model", batch_size=args.batch_size,
+                                     device=args.device)
     except (ValueError, I3DWeightsError) as err:
         raise UsageError(str(err)) from None
     results.update(samples=[str(p) for p in sample_paths], gt=str(gt_used))

@@ -145,6 +145,12 @@ def load_samples(paths, gt: np.ndarray, per_clip, first=None) -> np.ndarray:
     """Files of clip-major samples -> one (N_clips, S, T, H, W, C) array, filled file by file
     so that the peak memory is the result plus one file (``first``: paths[0], loaded)."""
     num_clips = gt.shape[0]
+    if len(paths) == 1 and first is not None:  # a view of the one file, no second copy
+        if first.shape[1:] != gt.shape[1:]:
+            raise UsageError(f"--samples {paths[0]}: clips of shape {first.shape[1:]} (T x H x W "
+                             f"x C) differ from --gt {gt.shape[1:]}")
+        count = _per_clip(first.shape[0], num_clips, per_clip, paths[0])
+        return first.reshape(num_clips, count, *gt.shape[1:])
     combined, filled = None, 0
     for i, path in enumerate(paths):
         clips = first if i == 0 and first is not None else load_clips(path, "--samples")
