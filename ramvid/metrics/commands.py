@@ -12,15 +12,14 @@ from pathlib import Path
 
 import torch
 
-from .. import create_diffusion, dist
 from ..cli import UsageError, add_common_flags, entry_point, exit_if_dry_run, make_parser
 from ..flags import add_flags, int_list, str2bool
 from ..sample.clips import ClipSource
 from ..sample.cli import HELP as SAMPLE_HELP
 from ..sample.cli import (add_model_flags, check_data, load_model_or_exit, parse_sampling_flags,
-                          prepare_model, resolve_sampler, sampler_options)
-from ..sample.jobs import SampleJob, sample_to_folder
-from ..sample.runner import COLLECTIVE_TIMEOUT_S
+                          resolve_sampler, sampler_options)
+from ..sample.commands import sample_under_launcher
+from ..sample.jobs import SampleJob
 from .evaluation import PROTOCOLS
 from .i3d_weights import I3DWeightsError
 from .inputs import load_inputs, protocol_setup
@@ -136,12 +135,7 @@ def sample_for_evaluation(parser, argv, args):
         data_dir=args.data_dir, samples_per_clip=per_clip, save_gt=True,
         chunk_size=args.chunk_clips * per_clip, options=sampler_options(args),
         save_video="none")
-    info = dist.setup_dist(timeout_s=COLLECTIVE_TIMEOUT_S)
-    paths = sample_to_folder(prepare_model(model, info, args), create_diffusion(**flags), flags, job,
-                              info, out_dir=args.work_dir or None, overwrite=args.overwrite,
-                              reuse_finished=True, announce=lambda text: print(text, flush=True))
-    dist.cleanup()
-    return paths
+    return sample_under_launcher(model, flags, job, args, args.work_dir, reuse_finished=True)
 
 
 @entry_point

@@ -33,18 +33,27 @@ def _job(args, **extra):
         save_video=args.save_video, fps=args.fps, progress=args.progress, **extra)
 
 
-def run_job(model, flags, job, args):
-    """Sample `job` under the launcher's process group; rank 0 prints what it wrote."""
+def sample_under_launcher(model, flags, job, args, out_dir, reuse_finished=False):
+    """sample_to_folder on every rank of the launcher's job (the long collective timeout); the
+    process group is closed however it ends, so a user mistake exits cleanly on every rank."""
     info = dist.setup_dist(timeout_s=COLLECTIVE_TIMEOUT_S)
-    paths = sample_to_folder(prepare_model(model, info, args), create_diffusion(**flags), flags, job,
-                              info, out_dir=args.out_dir or None, overwrite=args.overwrite,
-                              announce=lambda text: print(text, flush=True))
-    if info.is_main:
+    try:
+        return sample_to_folder(prepare_model(model, info, args), create_diffusion(**flags),
+                                flags, job, info, out_dir=out_dir or None,
+                                overwrite=args.overwrite, reuse_finished=reuse_finished,
+                                announce=lambda text: print(text, flush=True))
+    finally:
+        dist.cleanup()
+
+
+def run_job(model, flags, job, args):
+    """Sample `job`; rank 0 prints what it wrote and how to evaluate it."""
+    paths = sample_under_launcher(model, flags, job, args, args.out_dir)
+    if paths is not None:
         for name in ("samples", "gt"):
             if name in paths:
                 print(f"wrote {paths[name]}")
         print(f"evaluate: python scripts/video_eval.py --samples {paths['folder']}")
-    dist.cleanup()
     return paths
 
 
@@ -128,4 +137,5 @@ def sample_long_main(argv=None):
     return run_job(model, flags, job, args)
 
 
-__all__ = ["parse_long_args", "parse_sample_args", "run_job", "sample_long_main", "sample_main"]
+__all__ = ["parse_long_args", "parse_sample_args", "run_job", "sample_long_main", "sample_main",
+           "sample_under_launcher"]
