@@ -64,7 +64,8 @@ HELP = {
     "cond_generation": "condition on frames of --data_dir clips (False: unconditional)",
     "save_gt": "also save the ground-truth clips as gt_<shape>.npz",
     "chunk_size": "samples per chunk file; finished chunks survive a preemption and a rerun of "
-                  "the same command skips them",
+                  "the same command skips them (a multiple of --batch_size x ranks keeps every "
+                  "rank busy)",
     "out_dir": "write exactly here (default: <$OPENAI_LOGDIR, else samples/ beside the "
                "checkpoint>/<task>_c<given frames>_<N>x<T>_<sampler><steps>_seed<seed>_<checkpoint>)",
     "overwrite": "replace a finished run (its npz files) or an unfinished one with other settings",
