@@ -15,6 +15,7 @@ from .. import dist
 from ..cli import UsageError
 from ..video_grid import save_video_grid
 from .ordered import BatchSpec, global_batches, num_rounds, run_in_order
+from .output import GT_PREFIX
 from .progress import format_duration, step_bar
 
 # One rank may wait for another's whole batch at a gather; batches of 1000 steps on large
@@ -26,9 +27,9 @@ WARMUP_STEPS = 20
 class _ChunkCollector:
     """Rank 0: the arrays of one chunk, batch by batch, and a grid per batch."""
 
-    def __init__(self, store, first_batch_number, grids):
-        self.store, self.first_batch_number, self.grids = store, first_batch_number, grids
-        self.parts = {name: [] for name in store.fields}
+    def __init__(self, fields, first_batch_number, grids):
+        self.first_batch_number, self.grids = first_batch_number, grids
+        self.parts = {name: [] for name in fields}
 
     def __call__(self, b, _indices, result):
         for name in self.parts:
@@ -46,7 +47,7 @@ def grid_writer(folder, save_video, given_frames, fps):
         return None
 
     def write(number, result):
-        for name, prefix in (("samples", "samples_"), ("gt", "gt_")):
+        for name, prefix in (("samples", "samples_"), ("gt", GT_PREFIX)):
             if name in result:
                 save_video_grid(folder / f"{prefix}{number:03d}.{save_video}",
                                 np.asarray(result[name]), cond_frames=given_frames, fps=fps)
@@ -92,7 +93,8 @@ def run_chunks(work, store, *, batch_size, steps_per_batch, todo, grids=None, in
     with bar:
         for k in todo:
             chunk = ranges[k]
-            collect = _ChunkCollector(store, int(batches_before[k]), grids) if info.is_main else None
+            collect = (_ChunkCollector(store.fields, int(batches_before[k]), grids)
+                       if info.is_main else None)
             run_in_order(len(chunk), batch_size,
                          lambda local: work([chunk.start + i for i in local], callback), spec,
                          collect, rank=info.rank, world_size=info.world_size, device=info.device)
