@@ -131,7 +131,7 @@ def job_record(job, flags, diffusion, num_frames, data_clips):
     if data_clips:
         num_clips = min(-(-job.num_samples // job.samples_per_clip), data_clips)
     return {
-        "task": task_of(job.cond_frames, num_frames, job.long and job.long.scheme),
+        "task": task_of(job.cond_frames, job.long and job.long.scheme),
         "checkpoint": str(Path(job.model_path).resolve()),
         "cond_frames": list(job.cond_frames), "seq_len": num_frames,
         "num_samples": job.num_samples, "num_clips": num_clips, "data_clips": data_clips,

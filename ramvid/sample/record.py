@@ -21,7 +21,7 @@ _RESUMABLE_KEYS = ("versions", "save_video", "fps")
 _REUSABLE_KEYS = _RESUMABLE_KEYS + ("batch_size", "chunk_size")
 
 
-def task_of(cond_frames, num_frames, long_scheme=None):
+def task_of(cond_frames, long_scheme=None):
     """uncond | predict (the first frames given) | infill | long-<scheme>."""
     if long_scheme:
         return f"long-{long_scheme}"
