@@ -324,3 +324,40 @@ def _run_in_process(argv, monkeypatch):
     except SystemExit as stop:
         return stop.code
     return result if isinstance(result, int) else 0
+
+
+def test_training_flag_table_matches_the_declarations():
+    """Catches: docs/TRAINING.md's flag table naming a flag the parser lacks, missing one it
+    has, or stating another default (break: change a default in TRAIN_FLAGS)."""
+    from ramvid.train.options import TRAIN_FLAGS
+
+    text = (REPO / "docs" / "TRAINING.md").read_text()
+    table = text[text.index("## Flags"):].split("\n\n")[2]
+    declared = {f.name: f for f in TRAIN_FLAGS}
+    problems, seen = [], set()
+    for row in table.splitlines()[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        names = re.findall(r"`--(\w+)`", cells[0])
+        defaults = re.findall(r"`([^`]*)`", cells[1])
+        for i, name in enumerate(names):
+            seen.add(name)
+            if name in ("preset", "dry_run"):
+                continue
+            if name not in declared:
+                problems.append(f"--{name}: in the table, not a training flag")
+            elif i < len(defaults) and not defaults[i].startswith("$") \
+                    and not _same_default(defaults[i], declared[name].default):
+                problems.append(f"--{name}: table says {defaults[i]!r}, the flag "
+                                f"{declared[name].default!r}")
+    problems += [f"--{name}: a training flag missing from the table"
+                 for name in declared if name not in seen]
+    assert not problems, "\n".join(problems)
+
+
+def _same_default(written, default):
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return written == str(default)
+    try:
+        return float(written) == default
+    except ValueError:
+        return False
