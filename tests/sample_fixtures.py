@@ -67,11 +67,14 @@ def make_videos(folder, prefixes=("a", "b", "c")):
     return folder
 
 
-@pytest.fixture
-def as_script(monkeypatch):
-    """as_script(name): sys.argv[0] as when scripts/<name>.py runs, so error lines start with
-    '<name>.py: error:' as on the command line."""
-    return lambda name: monkeypatch.setattr(sys, "argv", [str(SCRIPTS / f"{name}.py")])
+def runs_as(name):
+    """An autouse fixture for a test module: sys.argv[0] as when scripts/<name>.py runs, so
+    error lines start with '<name>.py: error:' as on the command line.
+    Use: `_argv0 = runs_as("video_sample")`."""
+    @pytest.fixture(autouse=True)
+    def _argv0(monkeypatch):
+        monkeypatch.setattr(sys, "argv", [str(SCRIPTS / f"{name}.py")])
+    return _argv0
 
 
 def load_script(name):

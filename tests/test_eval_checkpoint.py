@@ -4,14 +4,12 @@ import json
 
 import pytest
 
-from sample_fixtures import as_script, load_script, make_checkpoint, make_videos
+from sample_fixtures import load_script, make_checkpoint, make_videos, runs_as
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _argv0(as_script):
-    as_script("video_eval")
+_argv0 = runs_as("video_eval")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from sample_fixtures import as_script, load_npz, load_script, make_checkpoint, make_videos, run_script
+from sample_fixtures import load_npz, load_script, make_checkpoint, make_videos, run_script, runs_as
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PER_CLIP, CLIPS = 2, 3
@@ -30,9 +30,7 @@ def run(tmp_path_factory):
         monkeypatch.undo()
 
 
-@pytest.fixture(autouse=True)
-def _argv0(as_script):
-    as_script("video_eval")
+_argv0 = runs_as("video_eval")
 
 
 def _psnr_by_hand(samples, gt, first_scored):

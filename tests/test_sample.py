@@ -9,8 +9,8 @@ from ramvid.sample import load_model, sample_videos, to_uint8
 from ramvid.sample.batch import SamplerOptions, denoise
 from ramvid.sample.seeds import sample_generators
 from ramvid.video_grid import GENERATED_COLOR, GIVEN_COLOR
-from sample_fixtures import (TINY, as_script, load_npz, load_script, make_checkpoint, make_videos,
-                             mpirun_script, run_script)
+from sample_fixtures import (TINY, load_npz, load_script, make_checkpoint, make_videos,
+                             mpirun_script, run_script, runs_as)
 
 NUM, BATCH = 5, 2  # 5 samples in batches of 2 over 2 ranks: nothing divides evenly
 COMMON = ["--timestep_respacing", "4", "--num_samples", NUM, "--batch_size", BATCH,
@@ -22,9 +22,7 @@ SHAPE = (NUM, TINY["seq_len"], 16, 16, 3)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _argv0(as_script):
-    as_script("video_sample")
+_argv0 = runs_as("video_sample")
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from ramvid.sample import load_model, plan_autoregressive, plan_hierarchical, ro
 import ramvid.sample.long as long_module
 from ramvid.sample.batch import SamplerOptions
 from ramvid.sample.seeds import sample_generators
-from sample_fixtures import (TINY, as_script, load_npz, load_script, make_checkpoint, make_videos,
-                             run_script)
+from sample_fixtures import (TINY, load_npz, load_script, make_checkpoint, make_videos, run_script,
+                             runs_as)
 
 SEQ_LEN = TINY["seq_len"]
 
@@ -18,9 +18,7 @@ SEQ_LEN = TINY["seq_len"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _argv0(as_script):
-    as_script("video_sample_long")
+_argv0 = runs_as("video_sample_long")
 
 
 def check_plan(plan, total_length, seq_len, start):

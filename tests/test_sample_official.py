@@ -7,16 +7,14 @@ import torch
 import ramvid
 from ramvid.config import model_and_diffusion_defaults
 from ramvid.presets import preset_flags
-from sample_fixtures import as_script, load_npz, run_script
+from sample_fixtures import load_npz, run_script, runs_as
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 COMMON = ["--cond_generation", "False", "--num_samples", 2, "--timestep_respacing", 2,
           "--save_video", "none", "--progress", "False"]
 
 
-@pytest.fixture(autouse=True)
-def _argv0(as_script):
-    as_script("video_sample")
+_argv0 = runs_as("video_sample")
 
 
 def _save_as_the_reference_does(state_dict, folder):

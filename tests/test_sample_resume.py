@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from sample_fixtures import (REPO, as_script, load_npz, load_script, make_checkpoint, make_videos,
-                             mpirun_script, run_script, script_command)
+from sample_fixtures import (REPO, load_npz, load_script, make_checkpoint, make_videos,
+                             mpirun_script, run_script, runs_as, script_command)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,9 +20,7 @@ ARGS = ["--cond_frames", "0,1,", "--save_gt", "True", "--num_samples", NUM, "--b
         "--progress", "False"]
 
 
-@pytest.fixture(autouse=True)
-def _argv0(as_script):
-    as_script("video_sample")
+_argv0 = runs_as("video_sample")
 
 
 @pytest.fixture(scope="module")
