@@ -36,13 +36,18 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
+def comma_items(text):
+    """'0, 1,' -> ['0', '1']: the items of a comma list; a trailing comma (as in the paper's
+    commands) and spaces are tolerated."""
+    return [item.strip() for item in str(text).split(",") if item.strip()]
+
+
 def int_list(value):
-    """'0,1,' -> [0, 1]; a trailing comma (as in the paper's commands) is tolerated."""
+    """'0,1,' -> [0, 1]."""
     if isinstance(value, (list, tuple)):
         return [int(v) for v in value]
-    parts = [p.strip() for p in str(value).split(",") if p.strip()]
     try:
-        return [int(p) for p in parts]
+        return [int(p) for p in comma_items(value)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {value!r}")
 

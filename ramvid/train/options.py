@@ -18,14 +18,15 @@ from ..cli import (UsageError, add_common_flags, check_model_flags, exit_if_dry_
 from ..config import MODEL_AND_DIFFUSION_FLAGS
 from ..data.files import VIDEO_EXTENSIONS
 from ..diffusion.resample import SCHEDULE_SAMPLERS
-from ..flags import Flag, add_flags, at_least, config_class, flag_values, positive, select
+from ..flags import (Flag, add_flags, at_least, comma_items, config_class, flag_values, positive,
+                     select)
 from .schedules import ANNEAL_TYPES
 
 
 def _ema_rates(text):
     """'0.9999,0.99' -> ('0.9999', '0.99'): rates as written, since they name the
     ema_RATE_NNNNNN.pt files."""
-    rates = [r.strip() for r in str(text).split(",") if r.strip()]
+    rates = comma_items(text)
     if not rates:
         raise ValueError("needs at least one rate")
     if len(set(rates)) != len(rates):
@@ -42,7 +43,7 @@ def _ema_rates(text):
 
 def _mask_range(text):
     """'a,b' -> (a, b), the half-open range given frames are drawn from; '' -> None (all)."""
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    parts = comma_items(text)
     if not parts:
         return None
     try:
