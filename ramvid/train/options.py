@@ -18,8 +18,8 @@ from ..cli import (UsageError, add_common_flags, check_model_flags, exit_if_dry_
 from ..config import MODEL_AND_DIFFUSION_FLAGS
 from ..data.files import VIDEO_EXTENSIONS
 from ..diffusion.resample import SCHEDULE_SAMPLERS
-from ..flags import (Flag, add_flags, at_least, comma_items, config_class, flag_values, positive,
-                     select)
+from ..flags import (Flag, add_flags, at_least, comma_items, config_class, existing_dir,
+                     flag_values, positive, select)
 from .schedules import ANNEAL_TYPES
 
 
@@ -54,13 +54,11 @@ def _mask_range(text):
 
 
 def _video_folder(path):
-    if not path:
-        return "must name a folder of videos"
-    return None if Path(path).is_dir() else "is not an existing directory"
+    return existing_dir(path) if path else "must name a folder of videos"
 
 
 def _optional_folder(path):
-    return None if not path or Path(path).is_dir() else "is not an existing directory"
+    return existing_dir(path) if path else None
 
 
 def _resume_source(path):
