@@ -1,17 +1,17 @@
 """Every GPU measurement of the performance work in one run, written to one JSON file.
 
-    python benchmarks/gpu_suite.py --out gpu_results.json            # one H100/H200, ~10 min
+    python benchmarks/gpu_suite.py --out gpu_results.json --budget_s 480   # one H100/H200
     python benchmarks/gpu_suite.py --tiny --out /tmp/tiny.json       # CPU: proves it runs
 
 Measurements run in order of importance and the JSON is rewritten after each one, so a run
 stopped by a time limit keeps what it measured; `--budget_s` skips the rest once spent.
 
+  syncs     host synchronisations counted in one training step and one sampling step
   train     bair64 training step (benchmark.py): fp32 with TF32 off and on, bf16, bf16 + compile,
             at batch 4 (also microbatch 2, the paper's setting) and 8: seconds, MFU, peak memory;
             the sampling step at batch 8 comes with the batch-8 rows
   variants  bf16 at batch 4 with channels_last_3d, with cudnn.benchmark; sampling noise from CPU
             generators instead of generators on the GPU
-  syncs     host synchronisations counted in one training step and one sampling step
   script    torchrun scripts/video_train.py on 64-px synthetic videos: progress.csv samples_per_s
             against the benchmark's step at the same settings
   quality   with --model_path and --clips_npz: PSNR (and FVD when the I3D weights are available)
@@ -66,7 +66,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="gpu_results.json", help="JSON file to write")
     parser.add_argument("--tiny", action="store_true",
                         help="CPU with the tiny config and few steps: checks the suite end to end")
-    parser.add_argument("--sections", default="train,variants,syncs,script,quality,protocol")
+    parser.add_argument("--sections", default="syncs,train,variants,script,quality,protocol")
     parser.add_argument("--budget_s", type=float, default=0,
                         help="skip the remaining measurements after this many seconds; 0 = none")
     parser.add_argument("--model_path", default="", help="checkpoint for the quality sweep")
@@ -261,6 +261,8 @@ def main():
     sections = set(args.sections.split(","))
     if args.tiny:
         suite.results["note"] = "--tiny: CPU, tiny config; checks the suite, not a measurement"
+    if "syncs" in sections and not args.tiny:  # counting needs CUDA; cheap, so first
+        suite.benchmark("syncs", *SYNC_RUN)
     if "train" in sections:
         for name, flags in TRAIN_RUNS:
             if args.tiny and name == "bf16_compile_b8":  # one CPU compile proves the path
@@ -269,8 +271,6 @@ def main():
     if "variants" in sections:
         for name, flags in VARIANT_RUNS:
             suite.benchmark("variants", name, flags)
-    if "syncs" in sections and not args.tiny:  # counting needs CUDA
-        suite.benchmark("syncs", *SYNC_RUN)
     if "script" in sections:
         run_script_check(suite, args)
     if "quality" in sections and args.tiny and not args.model_path:
