@@ -80,9 +80,19 @@ def make_parser(description, prog=None):
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
+def _preset_name(name):
+    if name:
+        try:
+            preset_flags(name)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 def add_common_flags(parser):
-    parser.add_argument("--preset", default="", help=f"named flag set: {', '.join(sorted(PRESETS))}; "
-                        "flags given explicitly override it")
+    parser.add_argument("--preset", default="", type=_preset_name, metavar="NAME",
+                        help=f"named flag set: {', '.join(sorted(PRESETS))}; flags given "
+                        "explicitly override it")
     parser.add_argument("--dry_run", action="store_true",
                         help="print the resolved configuration as JSON and exit")
 
@@ -94,8 +104,6 @@ def parse_flags(parser, argv=None):
     name = getattr(args, "preset", "")
     if not name:
         return args
-    if name not in PRESETS:
-        flag_error(parser, "preset", name, f"not one of: {', '.join(sorted(PRESETS))}")
     preset = preset_flags(name)
     known = {action.dest for action in parser._actions}
     parser.set_defaults(**{k: v for k, v in preset.items() if k in known})
