@@ -137,8 +137,8 @@ class GaussianDiffusion:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         tab = self.tables(t.device)
         mean = (
-            extract(tab.posterior_mean_coef1, (t - 1).clamp(min=0), x_t.ndim) * x_start
-            + extract(tab.posterior_mean_coef2, (t - 1).clamp(min=0), x_t.ndim) * x_t
+            extract(tab.posterior_mean_coef1, t, x_t.ndim) * x_start
+            + extract(tab.posterior_mean_coef2, t, x_t.ndim) * x_t
         )
         variance = extract(tab.posterior_variance, t, x_t.ndim)
         log_variance = extract(tab.posterior_log_variance_clipped, t, x_t.ndim)
