@@ -72,7 +72,7 @@ class FlagParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        exit_with_usage_error(f"{message} (see --help)", self.prog)
+        exit_with_usage_error(message, self.prog)
 
 
 def make_parser(description, prog=None):
