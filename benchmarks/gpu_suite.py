@@ -239,9 +239,9 @@ def tiny_quality_inputs(args):
 
 def protocol_cost(suite):
     """GPU-hours of 256 clips x 100 samples, from per-step times (computed, not measured)."""
-    samples, batch = 256 * 100, 8
+    samples = 256 * 100
     rows = suite.results.get("train", {})
-    costs = {"paper_code_ddpm1000": {"steps": 1000, "step_s": PAPER_SAMPLE_STEP_S,
+    costs = {"paper_code_ddpm1000": {"steps": 1000, "step_s": PAPER_SAMPLE_STEP_S, "batch": 8,
                                      "source": "issue 14, H200, fp32, batch 8"}}
     for name in ("fp32_tf32_b8", "bf16_b8", "bf16_compile_b8"):
         step_s = rows.get(name, {}).get("sample_step_ddpm_s")
@@ -249,9 +249,11 @@ def protocol_cost(suite):
             continue
         for label, steps in (("ddpm1000", 1000), ("ddpm250", 250), ("dpm++2m_25", 25)):
             costs[f"ramvid_{name}_{label}"] = {"steps": steps, "step_s": step_s,
+                                                "batch": rows[name]["batch_size"],
                                                 "source": f"measured row {name}"}
     for value in costs.values():
-        value["gpu_hours"] = round(samples / batch * value["steps"] * value["step_s"] / 3600, 2)
+        value["gpu_hours"] = round(samples / value["batch"] * value["steps"] * value["step_s"]
+                                   / 3600, 2)
     suite.record("protocol", "computed_from_step_times", costs)
 
 
