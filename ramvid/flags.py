@@ -3,7 +3,7 @@
 A `Flag` holds everything about one flag: its name, its default as written on the command line,
 its help text, its allowed choices, how its text becomes the value the program uses, and what
 makes a value wrong. The parser, the defaults, `--help`, the checks and the config object are all
-built from these declarations (EDM-style), so they cannot disagree:
+built from these declarations, so they cannot disagree:
 
     FLAGS = (
         Flag("lr", 1e-4, "AdamW learning rate", check=positive),
@@ -12,6 +12,7 @@ built from these declarations (EDM-style), so they cannot disagree:
     add_flags(parser, FLAGS)                     # --lr, --ema_rate with type, help, choices
     values = flag_values(FLAGS, vars(args))      # converted and checked, or UsageError
     Config = config_class("Config", FLAGS)       # frozen dataclass: Config(**values).lr
+    args = parse("What the program does.", FLAGS)   # all three at once, for a small tool
 
 Flags keep the names, defaults and meanings of the seed README, so a command pasted from the
 paper works unchanged. Booleans are written `True`/`False`; lists as comma lists (`0,1,`).
