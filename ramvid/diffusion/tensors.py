@@ -1,5 +1,4 @@
 """Small tensor helpers shared by the diffusion maths."""
-import torch
 
 
 def extract(table, t, ndim):
