@@ -9,17 +9,11 @@ Public API:
 """
 from .clips import RandomClipDataset, VideoClipDataset
 from .decode import ShortVideoError, VideoInfo, VideoReadError, probe, read_window
-from ..cli import UsageError
 from .files import VIDEO_EXTENSIONS, VideoSkippedWarning, list_videos
 from .loader import VideoLoader, load_data
 from .preprocess import preprocess_frame, resize_and_crop
 
-# A bad --data_dir or video is a ramvid.cli.UsageError; the old name stays until ramvid/train/main.py
-# and ramvid/sample catch UsageError (or let @entry_point report it).
-DataError = UsageError
-
 __all__ = [
-    "DataError",
     "RandomClipDataset",
     "ShortVideoError",
     "VIDEO_EXTENSIONS",

@@ -9,7 +9,6 @@ import sys
 from .. import dist
 from ..checkpoint import CheckpointError
 from ..cli import UsageError, entry_point
-from ..data import DataError
 from ..memory import limit_heap_fragmentation
 from .logs import RunLogger
 from .loop import StopRequest, train
@@ -56,7 +55,7 @@ def _start_and_train(cfg, model_flags, info, parser, stop):
         code = train(cfg, model_flags, info, logdir, log, start, stop)
         dist.barrier()  # leave together: a launcher may end the job when the first rank exits
         return code
-    except DataError as e:  # a data problem is a bad --data_dir: one line, exit 2
+    except UsageError as e:  # a data problem is a bad --data_dir: one line, exit 2
         where = f"[rank {info.rank}] " if info.world_size > 1 else ""
         sys.stderr.write(f"{where}{parser.prog}: error: {str(e).splitlines()[0]}\n")
         raise SystemExit(2) from None
