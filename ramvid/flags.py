@@ -104,7 +104,10 @@ class Flag:
             raise UsageError(f"--{self.name} {raw!r}: {e}") from None
         if self.choices is not None and value not in self.choices:
             raise UsageError(f"--{self.name} {raw!r}: not one of: {', '.join(map(str, self.choices))}")
-        reason = self.check(value) if self.check else None
+        try:
+            reason = self.check(value) if self.check else None
+        except TypeError:  # e.g. None from an old args.json
+            reason = f"is a {type(value).__name__}, expected {self.parse_type().__name__}"
         if reason:
             raise UsageError(f"--{self.name} {raw!r}: {reason}")
         return value

@@ -274,3 +274,11 @@ def test_microbatch_minus_one_is_the_whole_batch():
     from ramvid.train.options import TrainConfig
     assert TrainConfig(data_dir="videos", batch_size=4).microbatch == 4
     assert TrainConfig(data_dir="videos", batch_size=4, microbatch=2).microbatch == 2
+
+
+def test_wrong_type_from_a_file_names_the_flag():
+    """Catches: a null in an old args.json ending in a TypeError traceback instead of a
+    message naming the flag (break: let the check's TypeError through)."""
+    from ramvid.config import create_model
+    with pytest.raises(UsageError, match="^--num_classes None: is a NoneType, expected int$"):
+        create_model(num_classes=None)
