@@ -14,6 +14,8 @@ stopped by a time limit keeps what it measured; `--budget_s` skips the rest once
             generators instead of generators on the GPU
   script    torchrun scripts/video_train.py on 64-px synthetic videos: progress.csv samples_per_s
             against the benchmark's step at the same settings
+  curves    (not run by default) loss curves of fp32 (TF32) and bf16 training through the
+            script, same config, data and seed: does bf16 train as well as fp32?
   quality   with --model_path and --clips_npz: PSNR (and FVD when the I3D weights are available)
             of DDPM, DDIM and dpm++2m at several step counts, on the same clips and seeds
   protocol  GPU-hours of the BAIR protocol (256 clips x 100 samples), computed from the
@@ -78,6 +80,8 @@ def parse_args(argv=None):
     parser.add_argument("--num_clips", type=int, default=64, help="clips of the quality sweep")
     parser.add_argument("--script_steps", type=int, default=60,
                         help="training steps of the script check (the first interval is warm-up)")
+    parser.add_argument("--curve_steps", type=int, default=400,
+                        help="training steps of each loss curve (section curves)")
     return parser.parse_args(argv)
 
 
@@ -129,38 +133,52 @@ class Suite:
         return value
 
 
-def run_script_check(suite, args):
-    """The training script's own throughput against the benchmark's step at the same settings."""
+def synthetic_videos(args):
+    """A folder of synthetic training videos of the benchmark's frame size and length."""
     work = Path(tempfile.mkdtemp(prefix="ramvid_script_check_"))
     size, frames = (32, 8) if args.tiny else (64, 20)
     subprocess.run([sys.executable, "datasets/synthetic.py", "--out_dir", str(work / "data"),
                     "--num_train", "16", "--num_test", "1", "--image_size", str(size),
                     "--num_frames", str(frames)], check=True, cwd=REPO, capture_output=True)
+    return work
+
+
+def model_flags(args):
     if args.tiny:
-        model = ("--image_size 32 --num_channels 32 --num_res_blocks 1 --seq_len 8 "
-                 "--attention_resolutions 16,8 --scale_time_dim 0 --batch_size 2 --microbatch -1")
-        steps, interval, reference = 6, 2, "bf16_b4"
-    else:
-        model = "--preset bair64 --microbatch -1"
-        steps, interval, reference = args.script_steps, 10, "bf16_b4"
-    runs = [("script_bf16_b4", f"{model} --bf16 True", reference),
-            ("script_bf16_compile_b4", f"{model} --bf16 True --compile True", "bf16_compile_b4")]
+        return ("--image_size 32 --num_channels 32 --num_res_blocks 1 --seq_len 8 "
+                "--attention_resolutions 16,8 --scale_time_dim 0 --batch_size 2 --microbatch -1")
+    return "--preset bair64 --microbatch -1"
+
+
+def train_with_script(work, name, flags, steps, interval):
+    """torchrun scripts/video_train.py on the synthetic videos: (summary, progress.csv rows)."""
+    logdir = work / name
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "1", "scripts/video_train.py", "--data_dir", str(work / "data" / "train"),
+           *flags.split(), "--max_steps", str(steps), "--log_interval", str(interval),
+           "--save_interval", "100000", "--num_workers", "2", "--log_dir", str(logdir)]
+    started = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    value = {"command": " ".join(["torchrun", "--standalone", "--nproc_per_node", "1", *cmd[6:]]),
+             "rc": proc.returncode, "wall_s": round(time.time() - started, 1)}
+    rows = list(csv.DictReader((logdir / "progress.csv").open())) \
+        if (logdir / "progress.csv").exists() else []
+    if not rows:
+        value["error"] = (proc.stderr.strip().splitlines() or ["no progress.csv rows"])[-1]
+    return value, rows
+
+
+def run_script_check(suite, args, work):
+    """The training script's own throughput against the benchmark's step at the same settings."""
+    steps, interval = (6, 2) if args.tiny else (args.script_steps, 10)
+    runs = [("script_bf16_b4", f"{model_flags(args)} --bf16 True", "bf16_b4"),
+            ("script_bf16_compile_b4", f"{model_flags(args)} --bf16 True --compile True",
+             "bf16_compile_b4")]
     for name, flags, bench_name in runs:
         if suite.over_budget():
             suite.record("script", name, {"skipped": "over --budget_s"})
             continue
-        logdir = work / name
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "1", "scripts/video_train.py", "--data_dir", str(work / "data" / "train"),
-               *flags.split(), "--max_steps", str(steps), "--log_interval", str(interval),
-               "--save_interval", "100000", "--num_workers", "2", "--log_dir", str(logdir)]
-        started = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        value = {"command": " ".join(["torchrun", "--standalone", "--nproc_per_node", "1",
-                                      *cmd[6:]]), "rc": proc.returncode,
-                 "wall_s": round(time.time() - started, 1)}
-        rows = list(csv.DictReader((logdir / "progress.csv").open())) \
-            if (logdir / "progress.csv").exists() else []
+        value, rows = train_with_script(work, name, flags, steps, interval)
         steady = [float(r["samples_per_s"]) for r in rows[1:] if r.get("samples_per_s")]
         if steady:
             batch = 2 if args.tiny else 4
@@ -170,9 +188,23 @@ def run_script_check(suite, args):
             if "train_step_s" in bench:
                 value["benchmark_step_s"] = bench["train_step_s"]
                 value["script_over_benchmark"] = round(value["step_s"] / bench["train_step_s"], 3)
-        else:
-            value["error"] = (proc.stderr.strip().splitlines() or ["no progress.csv rows"])[-1]
         suite.record("script", name, value)
+
+
+def run_curves(suite, args, work):
+    """Loss curves of fp32 (TF32) and bf16 training: same config, data and seed."""
+    steps, interval = (8, 2) if args.tiny else (args.curve_steps, 20)
+    for name, flags in (("curve_fp32_tf32", f"{model_flags(args)} --bf16 False"),
+                        ("curve_bf16", f"{model_flags(args)} --bf16 True")):
+        if suite.over_budget():
+            suite.record("curves", name, {"skipped": "over --budget_s"})
+            continue
+        value, rows = train_with_script(work, name, flags, steps, interval)
+        value["step_loss"] = [[int(r["step"]), float(r["loss"])] for r in rows if r.get("loss")]
+        last = value["step_loss"][len(value["step_loss"]) * 3 // 4:]
+        if last:
+            value["mean_loss_last_quarter"] = round(sum(v for _, v in last) / len(last), 5)
+        suite.record("curves", name, value)
 
 
 def run_quality(suite, args):
@@ -227,7 +259,7 @@ def tiny_quality_inputs(args):
     """--tiny: the script check's checkpoint and random clips, to run the quality code path."""
     import numpy as np
 
-    checkpoints = sorted(Path(tempfile.gettempdir()).glob("ramvid_script_check_*/script_bf16_b4/model*.pt"),
+    checkpoints = sorted(Path(tempfile.gettempdir()).glob("ramvid_script_check_*/*/model*.pt"),
                          key=lambda p: p.stat().st_mtime)
     if not checkpoints:
         return
@@ -273,8 +305,12 @@ def main():
     if "variants" in sections:
         for name, flags in VARIANT_RUNS:
             suite.benchmark("variants", name, flags)
-    if "script" in sections:
-        run_script_check(suite, args)
+    if sections & {"script", "curves"}:
+        work = synthetic_videos(args)
+        if "script" in sections:
+            run_script_check(suite, args, work)
+        if "curves" in sections:
+            run_curves(suite, args, work)
     if "quality" in sections and args.tiny and not args.model_path:
         tiny_quality_inputs(args)
     if "quality" in sections and args.model_path and args.clips_npz:
