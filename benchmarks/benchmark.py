@@ -41,11 +41,15 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="tiny,medium",
                         help=f"comma list of: {', '.join(CONFIGS)}")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where the model runs")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="fp32, or bf16/fp16 autocast")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps (median reported)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--sample_steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps first (allocator, cuDNN autotuning, compilation)")
+    parser.add_argument("--sample_steps", type=int, default=5,
+                        help="timed sampling steps (median reported)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
     parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")

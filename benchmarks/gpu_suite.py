@@ -68,7 +68,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="gpu_results.json", help="JSON file to write")
     parser.add_argument("--tiny", action="store_true",
                         help="CPU with the tiny config and few steps: checks the suite end to end")
-    parser.add_argument("--sections", default="syncs,train,variants,script,quality,protocol")
+    parser.add_argument("--sections", default="syncs,train,variants,script,quality,protocol",
+                        help="comma list of the measurements to run, in this order (curves: only when named)")
     parser.add_argument("--budget_s", type=float, default=0,
                         help="skip the remaining measurements after this many seconds; 0 = none")
     parser.add_argument("--model_path", default="", help="checkpoint for the quality sweep")

@@ -120,20 +120,21 @@ def cpu_model() -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cache_dir", type=Path,
-                        default=Path(tempfile.gettempdir()) / "ramvid_loader_benchmark")
-    parser.add_argument("--minutes", type=float, default=5.0)
-    parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--fps", type=int, default=30)
-    parser.add_argument("--gop", type=int, default=250)
-    parser.add_argument("--seq_len", type=int, default=20)
+                        default=Path(tempfile.gettempdir()) / "ramvid_loader_benchmark",
+                        help="where the generated test video is kept between runs")
+    parser.add_argument("--minutes", type=float, default=5.0, help="length of the test video")
+    parser.add_argument("--width", type=int, default=1280, help="test video width in pixels")
+    parser.add_argument("--height", type=int, default=720, help="test video height in pixels")
+    parser.add_argument("--fps", type=int, default=30, help="test video frame rate")
+    parser.add_argument("--gop", type=int, default=250, help="frames between keyframes (H.264 GOP size)")
+    parser.add_argument("--seq_len", type=int, default=20, help="frames per clip")
     parser.add_argument("--starts", type=int, default=11,
                         help="random windows to time, one per equal part of the file")
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--num_workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image_size", type=int, default=64, help="clip frames are resized to this")
+    parser.add_argument("--batch_size", type=int, default=4, help="clips per batch")
+    parser.add_argument("--batches", type=int, default=10, help="timed batches through the training loader")
+    parser.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random window starts")
     args = parser.parse_args()
 
     video_dir = args.cache_dir / "videos"

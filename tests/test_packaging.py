@@ -15,7 +15,7 @@ from conftest import REPO
 
 # Until the sampling, evaluation and demo commands land in the library, their rows fail here.
 COMMANDS = {
-    "ramvid-train": "ramvid.train.main:main",
+    "ramvid-train": "ramvid.train.main:command",
     "ramvid-sample": "ramvid.sample.commands:sample_main",
     "ramvid-sample-long": "ramvid.sample.commands:sample_long_main",
     "ramvid-eval": "ramvid.metrics.commands:eval_main",

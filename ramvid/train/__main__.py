@@ -3,4 +3,4 @@ import sys
 
 from .main import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m ramvid.train"))

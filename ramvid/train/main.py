@@ -5,6 +5,7 @@ Exit codes: 0 done (--max_steps reached), 1 a failure (e.g. a checkpoint could n
 75 stopped by a signal with a complete checkpoint (rerun to continue; see docs/TRAINING.md).
 """
 import sys
+from pathlib import Path
 
 from .. import dist
 from ..checkpoint import CheckpointError
@@ -14,6 +15,11 @@ from .logs import RunLogger
 from .loop import StopRequest, train
 from .options import parse_train_args
 from .rundir import prepare_run, resolve_logdir
+
+
+def command():
+    """The installed `ramvid-train`: its --help and error lines name the command typed."""
+    return main(prog=Path(sys.argv[0]).name)
 
 
 @entry_point
