@@ -67,6 +67,11 @@ def in_range(low, high):
     return lambda value: None if low <= value < high else f"must lie in [{low}, {high})"
 
 
+def one_of(choices):
+    """A check for a flag whose choices are also written in its help (no argparse choices)."""
+    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
+
+
 def existing_dir(path):
     return None if Path(path).is_dir() else "is not an existing directory"
 

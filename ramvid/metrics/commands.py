@@ -8,15 +8,15 @@ report.py and evaluation.py.
 """
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..cli import UsageError, add_common_flags, entry_point, exit_if_dry_run, make_parser
-from ..flags import add_flags, int_list, str2bool
+from ..flags import Flag, add_flags, at_least, flag_values, int_list, str2bool
 from ..sample.clips import ClipSource
-from ..sample.cli import HELP as SAMPLE_HELP
-from ..sample.cli import (add_model_flags, check_data, load_model_or_exit, parse_sampling_flags,
+from ..sample.cli import (SAMPLING_FLAG, add_model_flags, check_data, load_model_or_exit, parse_sampling_flags,
                           resolve_sampler, sampler_options)
 from ..sample.commands import sample_under_launcher
 from ..sample.jobs import SampleJob
@@ -27,23 +27,28 @@ from .report import run_evaluation, table
 
 DESCRIPTION = "Evaluate predicted videos: PSNR/SSIM (best- and mean-of-N) and FVD."
 
-# --model_path mode: video_sample.py's flags of the same name mean the same (their help is
-# shared); --batch_size stays I3D's, so sampling batches are --sample_batch_size.
-SAMPLING_MODE_DEFAULTS = dict(
-    model_path="", data_dir="", num_clips=0, seed=0, sampler="", use_ddim=False, eta=0.0,
-    clip_denoised=True, resample_steps=1, guidance_scale=1.0, sample_batch_size=8,
-    chunk_clips=4, work_dir="", overwrite=False, compile=False, tf32=True,
+# --model_path mode: video_sample.py's flags of the same name mean the same (they are the
+# same declarations); --batch_size stays I3D's, so sampling batches are --sample_batch_size.
+SAMPLING_MODE_FLAGS = (
+    replace(SAMPLING_FLAG["model_path"], help="checkpoint to sample from (model flags from "
+            "args.json beside it, or --preset)"),
+    replace(SAMPLING_FLAG["data_dir"], help="test videos: clip i = first seq_len frames of the "
+            "i-th file"),
+    Flag("num_clips", 0, "evaluate the first N clips (0: the protocol's count, else all in "
+         "--data_dir)", check=at_least(0)),
+    replace(SAMPLING_FLAG["seed"], help="sample s of clip c uses a generator seeded by "
+            "hash(seed, c*S+s)"),
+    *(SAMPLING_FLAG[name] for name in ("sampler", "use_ddim", "eta", "clip_denoised",
+                                       "resample_steps", "guidance_scale")),
+    Flag("sample_batch_size", 8, "videos per sampling batch on each rank", check=at_least(1)),
+    Flag("chunk_clips", 4, "clips per chunk file; finished chunks are reused by a rerun",
+         check=at_least(1)),
+    Flag("work_dir", "", "the sample run's folder (default: named as video_sample.py names it)"),
+    replace(SAMPLING_FLAG["overwrite"], help="sample again even if the run folder holds a "
+            "finished run"),
+    SAMPLING_FLAG["compile"],
+    SAMPLING_FLAG["tf32"],
 )
-SAMPLING_MODE_HELP = {
-    "model_path": "checkpoint to sample from (model flags from args.json beside it, or --preset)",
-    "data_dir": "test videos: clip i = first seq_len frames of the i-th file",
-    "num_clips": "evaluate the first N clips (0: the protocol's count, else all in --data_dir)",
-    "seed": "sample s of clip c uses a generator seeded by hash(seed, c*S+s)",
-    "sample_batch_size": "videos per sampling batch on each rank",
-    "chunk_clips": "clips per chunk file; finished chunks are reused by a rerun",
-    "work_dir": "the sample run's folder (default: named as video_sample.py names it)",
-    "overwrite": "sample again even if the run folder holds a finished run",
-}
 
 
 def build_parser():
@@ -73,7 +78,7 @@ def build_parser():
                         help="JSON results (default: eval.json in the run folder, else "
                         "<first samples file>_eval.json)")
     sampling = parser.add_argument_group("sampling mode (instead of --samples/--gt)")
-    add_flags(sampling, SAMPLING_MODE_DEFAULTS, {**SAMPLE_HELP, **SAMPLING_MODE_HELP})
+    add_flags(sampling, SAMPLING_MODE_FLAGS)
     add_model_flags(parser)
     add_common_flags(parser)
     return parser
@@ -87,14 +92,9 @@ def check_mode(args):
                              "(or drop --model_path to evaluate files)")
         if not args.data_dir:
             raise UsageError("--model_path needs --data_dir (the test videos)")
-        for flag in ("sample_batch_size", "chunk_clips", "resample_steps", "samples_per_clip"):
-            value = getattr(args, flag)
-            if value is not None and value < 1:
-                raise UsageError(f"--{flag} {value}: must be >= 1")
-        if args.num_clips < 0:
-            raise UsageError(f"--num_clips {args.num_clips}: must be >= 0")
-        if args.seed < 0:
-            raise UsageError(f"--seed {args.seed}: must be >= 0")
+        flag_values(SAMPLING_MODE_FLAGS, vars(args))  # each flag's declared check
+        if args.samples_per_clip is not None and args.samples_per_clip < 1:
+            raise UsageError(f"--samples_per_clip {args.samples_per_clip}: must be >= 1")
         return "model"
     if args.samples is None:
         raise UsageError("give --samples (npz files or a sample run's folder), or --model_path "
@@ -109,8 +109,6 @@ def sample_for_evaluation(parser, argv, args):
     resolve_sampler(parser, args)
     if args.eta != 0 and args.sampler != "ddim":
         raise UsageError(f"--eta {args.eta}: only DDIM has eta; add --sampler ddim")
-    if not 0 <= args.eta <= 1:
-        raise UsageError(f"--eta {args.eta}: must lie in [0, 1]")
     protocol = PROTOCOLS[args.protocol or "custom"]
     given = args.cond_frames if args.cond_frames is not None else protocol.cond_frames
     if given is None:

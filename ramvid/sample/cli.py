@@ -13,74 +13,67 @@ from ..checkpoint import CheckpointError
 from ..cli import (UsageError, add_common_flags, check, check_model_flags, exit_if_dry_run,
                    make_parser, parse_flags)
 from ..config import MODEL_AND_DIFFUSION_FLAGS, model_and_diffusion_defaults
-from ..flags import add_flags, select
+from ..flags import Flag, add_flags, at_least, flag_values, one_of, select
 from ..video_grid import FORMATS
 from .batch import SAMPLERS, SamplerOptions
 from .clips import ClipSource
 from .compat import ModelFlagsMismatch
 from .loading import checkpoint_flags, load_state_dict, model_from_state_dict
 
-SAMPLING_DEFAULTS = dict(
-    model_path="",
-    num_samples=16,
-    batch_size=8,
-    seed=0,
-    sampler="",
-    use_ddim=False,
-    eta=0.0,
-    clip_denoised=True,
-    resample_steps=1,
-    guidance_scale=1.0,
-    data_dir="",
-    samples_per_clip=1,
-    cond_generation=True,
-    save_gt=False,
-    chunk_size=256,
-    out_dir="",
-    overwrite=False,
-    save_video="gif",
-    fps=4,
-    progress=True,
-    compile=False,
-    tf32=True,
+def _unit_interval(value):
+    return None if math.isfinite(value) and 0 <= value <= 1 else "must lie in [0, 1]"
+
+
+def _finite_non_negative(value):
+    return None if math.isfinite(value) and value >= 0 else "must be a finite number >= 0"
+
+
+SAMPLING_FLAGS = (
+    Flag("model_path", "", "modelNNNNNN.pt or ema_RATE_NNNNNN.pt; model flags default to "
+         "args.json beside it (a checkpoint without one: --preset or the model flags)"),
+    Flag("num_samples", 16, "exactly this many videos, over all ranks", check=at_least(1)),
+    Flag("batch_size", 8, "videos per batch on each rank", check=at_least(1)),
+    Flag("seed", 0, "sample i uses a generator seeded by hash(seed, i): reproducible alone",
+         check=at_least(0)),
+    Flag("sampler", "", f"{' | '.join(SAMPLERS)} (default: ddim with --use_ddim True, else "
+         "ddpm)"),
+    Flag("use_ddim", False, "the seed's name for --sampler ddim"),
+    Flag("eta", 0.0, "DDIM noise in [0, 1] (0 = deterministic, 1 = ancestral-like); needs "
+         "--sampler ddim", check=_unit_interval),
+    Flag("clip_denoised", True, "clip each predicted clean video to [-1, 1]"),
+    Flag("resample_steps", 1, "denoise/re-noise repetitions per step (harmonises given and new "
+         "frames)", check=at_least(1)),
+    Flag("guidance_scale", 1.0, "frame guidance w: eps_uncond + w (eps_cond - eps_uncond); 1 = "
+         "plain conditioning", check=_finite_non_negative),
+    Flag("data_dir", "", "videos whose clips give the conditioning frames (clip i = i-th file, "
+         "sorted)"),
+    Flag("samples_per_clip", 1, "S: samples i*S .. i*S+S-1 share clip i (1: the samples loop "
+         "over the clips)", check=at_least(1)),
+    Flag("cond_generation", True, "condition on frames of --data_dir clips (False: "
+         "unconditional)"),
+    Flag("save_gt", False, "also save the ground-truth clips as gt_<shape>.npz"),
+    Flag("chunk_size", 256, "samples per chunk file; finished chunks survive a preemption and a "
+         "rerun of the same command skips them (a multiple of --batch_size x ranks keeps every "
+         "rank busy)", check=at_least(1)),
+    Flag("out_dir", "", "write exactly here (default: <$OPENAI_LOGDIR, else samples/ beside the "
+         "checkpoint>/<task>_c<given frames>_<N>x<T>_<sampler><steps>_seed<seed>_<checkpoint>)"),
+    Flag("overwrite", False, "replace a finished run (its npz files) or an unfinished one with "
+         "other settings"),
+    Flag("save_video", "gif", "grid per batch beside the npz: " + ", ".join(FORMATS) + " or none",
+         check=one_of(FORMATS + ("none",))),
+    Flag("fps", 4, "frames per second of gif/mp4 grids", check=at_least(1)),
+    Flag("progress", True, "progress bar over denoising steps (rank 0)"),
+    Flag("compile", False, "torch.compile the UNet (once per batch shape; falls back to eager "
+         "with one line)"),
+    Flag("tf32", True, "TensorFloat-32 for float32 matmuls and convolutions (CUDA only; no "
+         "effect on CPU)"),
 )
-
-HELP = {
-    "model_path": "modelNNNNNN.pt or ema_RATE_NNNNNN.pt; model flags default to args.json beside "
-                  "it (a checkpoint without one: --preset or the model flags)",
-    "num_samples": "exactly this many videos, over all ranks",
-    "batch_size": "videos per batch on each rank",
-    "seed": "sample i uses a generator seeded by hash(seed, i): reproducible alone",
-    "sampler": f"{' | '.join(SAMPLERS)} (default: ddim with --use_ddim True, else ddpm)",
-    "use_ddim": "the seed's name for --sampler ddim",
-    "eta": "DDIM noise in [0, 1] (0 = deterministic, 1 = ancestral-like); needs --sampler ddim",
-    "clip_denoised": "clip each predicted clean video to [-1, 1]",
-    "resample_steps": "denoise/re-noise repetitions per step (harmonises given and new frames)",
-    "guidance_scale": "frame guidance w: eps_uncond + w (eps_cond - eps_uncond); 1 = plain "
-                      "conditioning",
-    "data_dir": "videos whose clips give the conditioning frames (clip i = i-th file, sorted)",
-    "samples_per_clip": "S: samples i*S .. i*S+S-1 share clip i (1: the samples loop over the "
-                        "clips)",
-    "cond_generation": "condition on frames of --data_dir clips (False: unconditional)",
-    "save_gt": "also save the ground-truth clips as gt_<shape>.npz",
-    "chunk_size": "samples per chunk file; finished chunks survive a preemption and a rerun of "
-                  "the same command skips them (a multiple of --batch_size x ranks keeps every "
-                  "rank busy)",
-    "out_dir": "write exactly here (default: <$OPENAI_LOGDIR, else samples/ beside the "
-               "checkpoint>/<task>_c<given frames>_<N>x<T>_<sampler><steps>_seed<seed>_<checkpoint>)",
-    "overwrite": "replace a finished run (its npz files) or an unfinished one with other settings",
-    "save_video": "grid per batch beside the npz: " + ", ".join(FORMATS) + " or none",
-    "fps": "frames per second of gif/mp4 grids",
-    "progress": "progress bar over denoising steps (rank 0)",
-    "compile": "torch.compile the UNet (once per batch shape; falls back to eager with one line)",
-    "tf32": "TensorFloat-32 for float32 matmuls and convolutions (CUDA only; no effect on CPU)",
-}
+SAMPLING_FLAG = {f.name: f for f in SAMPLING_FLAGS}  # for commands that share some of them
 
 
-def build_parser(description, extra_defaults=None, extra_help=None):
+def build_parser(description, extra_flags=()):
     parser = make_parser(description)  # prog: the script or installed command that runs
-    add_flags(parser, SAMPLING_DEFAULTS, HELP)
-    add_flags(parser, extra_defaults or {}, extra_help or {})
+    add_flags(parser, SAMPLING_FLAGS + tuple(extra_flags))
     add_model_flags(parser)
     add_common_flags(parser)
     return parser
@@ -123,20 +116,20 @@ def resolve_sampler(parser, args):
           f"contradicts --sampler {args.sampler}")
 
 
-def check_sampling_flags(parser, args):
-    for flag in ("num_samples", "batch_size", "samples_per_clip", "resample_steps", "chunk_size",
-                 "fps"):
-        check(parser, getattr(args, flag) >= 1, flag, getattr(args, flag), "must be >= 1")
-    check(parser, args.seed >= 0, "seed", args.seed, "must be >= 0")
+def check_declared(parser, flags, args):
+    """Each flag's own check (its declaration), as a one-line flag error."""
+    try:
+        flag_values(flags, vars(args))
+    except UsageError as e:
+        parser.error(str(e))
+
+
+def check_sampling_flags(parser, args, extra_flags=()):
+    """The declared checks, then those that read more than one flag."""
+    check_declared(parser, SAMPLING_FLAGS + tuple(extra_flags), args)
     resolve_sampler(parser, args)
-    check(parser, math.isfinite(args.eta) and 0 <= args.eta <= 1, "eta", args.eta,
-          "must lie in [0, 1]")
     check(parser, args.eta == 0 or args.sampler == "ddim", "eta", args.eta,
           "only DDIM has eta; add --sampler ddim")
-    check(parser, math.isfinite(args.guidance_scale) and args.guidance_scale >= 0,
-          "guidance_scale", args.guidance_scale, "must be a finite number >= 0")
-    check(parser, args.save_video in FORMATS + ("none",), "save_video", args.save_video,
-          f"must be one of {', '.join(FORMATS)}, none")
     check(parser, not args.save_gt or bool(args.data_dir), "save_gt", args.save_gt,
           "needs --data_dir (the ground truth are its clips)")
     flags = model_flags(args)
@@ -184,7 +177,7 @@ def dry_run(args):
 
 
 __all__ = [
-    "HELP", "SAMPLING_DEFAULTS", "add_model_flags", "build_parser", "check_data",
-    "check_sampling_flags", "dry_run", "load_model_or_exit", "model_flags",
+    "SAMPLING_FLAG", "SAMPLING_FLAGS", "add_model_flags", "build_parser", "check_data",
+    "check_declared", "check_sampling_flags", "dry_run", "load_model_or_exit", "model_flags",
     "parse_sampling_flags", "prepare_model", "resolve_sampler", "sampler_options",
 ]

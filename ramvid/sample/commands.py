@@ -2,7 +2,7 @@
 (scripts/video_sample_long.py). Flags -> a SampleJob -> sample_to_folder on every rank."""
 from .. import create_diffusion, dist
 from ..cli import check, entry_point
-from ..flags import int_list
+from ..flags import Flag, int_list, one_of
 from .cli import (build_parser, check_data, check_sampling_flags, dry_run, load_model_or_exit,
                   parse_sampling_flags, prepare_model, sampler_options)
 from .jobs import LongSettings, SampleJob, sample_to_folder
@@ -13,16 +13,15 @@ SAMPLE_DESCRIPTION = "Sample videos from a trained ramvid model: prediction, inf
                      "unconditional generation."
 LONG_DESCRIPTION = "Sample videos longer than the model's seq_len frames, window by window."
 
-LONG_DEFAULTS = dict(total_length=60, max_cond_frames=4, prediction_step=0, start_frames=-1,
-                     scheme="autoregressive")
-LONG_HELP = {
-    "total_length": "frames per output video (any length)",
-    "max_cond_frames": "known frames given to each window",
-    "prediction_step": "new frames kept per autoregressive window (0: seq_len - max_cond_frames)",
-    "start_frames": "first frames of each --data_dir clip taken as known (-1: max_cond_frames; "
-                    "0 or --cond_generation False: unconditional first window)",
-    "scheme": " or ".join(SCHEMES),
-}
+LONG_FLAGS = (
+    Flag("total_length", 60, "frames per output video (any length)"),
+    Flag("max_cond_frames", 4, "known frames given to each window"),
+    Flag("prediction_step", 0, "new frames kept per autoregressive window (0: seq_len - "
+         "max_cond_frames)"),
+    Flag("start_frames", -1, "first frames of each --data_dir clip taken as known (-1: "
+         "max_cond_frames; 0 or --cond_generation False: unconditional first window)"),
+    Flag("scheme", "autoregressive", " or ".join(SCHEMES), check=one_of(SCHEMES)),
+)
 
 
 def _job(args, **extra):
@@ -100,10 +99,9 @@ def sample_main(argv=None):
 
 
 def parse_long_args(argv=None):
-    parser = build_parser(LONG_DESCRIPTION, LONG_DEFAULTS, LONG_HELP)
+    parser = build_parser(LONG_DESCRIPTION, LONG_FLAGS)
     args = parse_sampling_flags(parser, argv)
-    check_sampling_flags(parser, args)
-    check(parser, args.scheme in SCHEMES, "scheme", args.scheme, f"must be one of {', '.join(SCHEMES)}")
+    check_sampling_flags(parser, args, LONG_FLAGS)
     if args.start_frames < 0:
         args.start_frames = args.max_cond_frames
     if not args.cond_generation:
