@@ -25,9 +25,10 @@ VIDEO_FRAMES = 16  # long enough for the long-video ground truth
 NUM_VIDEOS = 3
 
 
-def make_checkpoint(folder, write_args_json=True, **overrides):
-    """A freshly created model with its zero-initialised layers perturbed (so outputs depend on
-    every input), saved as ema_0.9999_000010.pt, plus args.json as training writes it."""
+def make_checkpoint(folder, write_args_json=True, perturbation=0.02, **overrides):
+    """A freshly created model with its zero-initialised layers perturbed by `perturbation` x N(0, 1)
+    (so outputs depend on every input), saved as ema_0.9999_000010.pt, plus args.json as
+    training writes it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     flags = {**TINY, **overrides}
@@ -35,7 +36,7 @@ def make_checkpoint(folder, write_args_json=True, **overrides):
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+            p.add_(perturbation * torch.randn(p.shape, generator=gen))
     path = folder / "ema_0.9999_000010.pt"
     torch.save(model.state_dict(), path)
     if write_args_json:

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from ramvid.cli import UsageError, entry_point, make_parser
+from ramvid.cli import UsageError, entry_point
 
 from conftest import REPO
 

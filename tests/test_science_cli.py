@@ -5,19 +5,14 @@ must (1) equal `ramvid.sample.sample_videos` called with that option on the same
 and given frames, and (2) differ from the script's run without the flag. (1) alone would pass
 if both ignored the option; (2) alone if the script applied it wrongly.
 """
-import importlib.util
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-import ramvid
 from ramvid.sample import load_model, sample_videos
 from ramvid.video_io import write_video
+from sample_fixtures import load_script, make_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 FLAGS = dict(image_size=8, num_channels=32, channel_mult="1,2", num_res_blocks=1,
              attention_resolutions="4", seq_len=4, scale_time_dim=0, diffusion_steps=50)
 NUM = 3
@@ -28,29 +23,13 @@ COMMON = ["--cond_frames", "0,", "--num_samples", NUM, "--batch_size", NUM, "--s
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"science_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny checkpoint whose every layer is perturbed away from its zero initialisation (so
     every input, given frames included, reaches the output), and three video files."""
     root = tmp_path_factory.mktemp("cli")
-    run = root / "run"
-    run.mkdir()
     torch.manual_seed(0)
-    model = ramvid.create_model(**FLAGS)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    ckpt = run / "ema_0.9999_000010.pt"
-    torch.save(model.state_dict(), ckpt)
-    (run / "args.json").write_text(json.dumps({**ramvid.model_and_diffusion_defaults(), **FLAGS}))
+    ckpt = make_checkpoint(root / "run", perturbation=0.1, **FLAGS)
     data = root / "data"
     data.mkdir()
     rng = np.random.default_rng(2)
