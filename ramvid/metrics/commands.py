@@ -15,9 +15,10 @@ import torch
 
 from ..cli import UsageError, add_common_flags, entry_point, exit_if_dry_run, make_parser
 from ..flags import Flag, add_flags, at_least, flag_values, int_list, str2bool
+from ..masking import frame_indices_problem
 from ..sample.clips import ClipSource
-from ..sample.cli import (SAMPLING_FLAG, add_model_flags, check_data, load_model_or_exit, parse_sampling_flags,
-                          resolve_sampler, sampler_options)
+from ..sample.cli import (SAMPLING_FLAG, add_model_flags, check_data, load_model_or_exit,
+                          parse_sampling_flags, resolve_sampler, sampler_options)
 from ..sample.commands import sample_under_launcher
 from ..sample.jobs import SampleJob
 from .evaluation import PROTOCOLS
@@ -116,10 +117,9 @@ def sample_for_evaluation(parser, argv, args):
     per_clip = args.samples_per_clip or protocol.samples_per_clip or 1
     if protocol.num_frames and "--seq_len" not in (argv or sys.argv) and not args.scale_time_dim:
         args.seq_len = protocol.num_frames  # sample the protocol's clip length
-    bad = [f for f in given if not 0 <= f < args.seq_len]
-    if bad:
-        raise UsageError(f"--cond_frames {given}: frames {bad} outside [0, seq_len="
-                         f"{args.seq_len}) of the model")
+    reason = frame_indices_problem(given, args.seq_len)
+    if reason:
+        raise UsageError(f"--cond_frames {given}: {reason} of the model")
     exit_if_dry_run(args, {**vars(args), "cond_frames": list(given), "samples_per_clip": per_clip})
     model, flags = load_model_or_exit(parser, args)
     check_data(args.data_dir, flags, flags["seq_len"])

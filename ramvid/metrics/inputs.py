@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import UsageError
-from ..masking import mask_from_frames
+from ..masking import frame_indices_problem, mask_from_frames
 from ..sample.output import GT_PREFIX
 from ..sample.record import RECORD_JSON, read_record, run_files
 from .evaluation import PROTOCOLS
@@ -197,10 +197,10 @@ def protocol_setup(protocol_name, given, num_clips, num_frames, fvd_include_give
             raise UsageError(f"--protocol {protocol.name} needs {protocol.num_frames} frames "
                              f"per clip, the files have {num_frames}")
         num_frames = protocol.num_frames  # longer clips: the protocol's first frames
-    try:
-        obs_mask = mask_from_frames(given, num_clips, num_frames).numpy()
-    except ValueError as err:
-        raise UsageError(f"--cond_frames: {err}") from None
+    reason = frame_indices_problem(given, num_frames)
+    if reason:
+        raise UsageError(f"--cond_frames {given}: {reason}")
+    obs_mask = mask_from_frames(given, num_clips, num_frames).numpy()
     if obs_mask[0].all():
         raise UsageError(f"--cond_frames {given} gives every frame: nothing to evaluate")
     include_given = (fvd_include_given if fvd_include_given is not None

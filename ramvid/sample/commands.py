@@ -3,6 +3,7 @@
 from .. import create_diffusion, dist
 from ..cli import check, entry_point
 from ..flags import Flag, int_list, one_of
+from ..masking import frame_indices_problem
 from .cli import (build_parser, check_data, check_sampling_flags, dry_run, load_model_or_exit,
                   parse_sampling_flags, prepare_model, sampler_options)
 from .jobs import LongSettings, SampleJob, sample_to_folder
@@ -64,10 +65,8 @@ def parse_sample_args(argv=None):
     check_sampling_flags(parser, args)
     seq_len = args.seq_len
     frames = ",".join(map(str, args.cond_frames))
-    bad = [f for f in args.cond_frames if not 0 <= f < seq_len]
-    check(parser, not bad, "cond_frames", frames, f"frames {bad} outside [0, seq_len={seq_len})")
-    check(parser, len(set(args.cond_frames)) == len(args.cond_frames), "cond_frames", frames,
-          "names a frame twice")
+    reason = frame_indices_problem(args.cond_frames, seq_len)
+    check(parser, reason is None, "cond_frames", frames, reason)
     if args.cond_generation:
         check(parser, bool(args.cond_frames), "cond_frames", "", "is empty; name the given frames "
               "or pass --cond_generation False")

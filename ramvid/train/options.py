@@ -20,6 +20,7 @@ from ..data.files import VIDEO_EXTENSIONS
 from ..diffusion.resample import SCHEDULE_SAMPLERS
 from ..flags import (Flag, add_flags, at_least, comma_items, config_class, existing_dir,
                      flag_values, positive, select)
+from ..masking import train_mask_problem
 from .schedules import ANNEAL_TYPES
 
 
@@ -208,12 +209,10 @@ def _check_together(cfg, model_flags):
         else:
             require(getattr(cfg, flag) == 0, flag, f"is only read with --anneal_type {anneal_type}")
 
-    seq_len = model_flags["seq_len"]
-    lo, hi = cfg.mask_range or (0, seq_len)
-    if cfg.mask_range:
-        require(0 <= lo < hi <= seq_len, "mask_range", f"needs 0 <= a < b <= seq_len ({seq_len})")
-    require(cfg.max_num_mask_frames <= hi - lo, "max_num_mask_frames",
-            f"exceeds the {hi - lo} frames of mask_range [{lo}, {hi})")
+    mask_problem = train_mask_problem(model_flags["seq_len"], cfg.max_num_mask_frames,
+                                      cfg.mask_range)
+    if mask_problem:
+        require(False, *mask_problem)
 
     require(not (cfg.use_fp16 and cfg.bf16), "bf16",
             "cannot be combined with --use_fp16 True; choose one")
