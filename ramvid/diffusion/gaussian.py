@@ -245,15 +245,15 @@ class GaussianDiffusion:
         x_t = self.q_sample(x_start, t, noise)
         if obs_mask is None:
             obs_mask = torch.zeros(n, frames, dtype=torch.bool, device=x_start.device)
-        given = broadcast_mask(obs_mask, x_start)
-        x_t = torch.where(given, x_start, x_t)
-        noise = torch.where(given, torch.zeros_like(noise), noise)
-        keep = ~obs_mask if exclude_conditional else torch.ones_like(obs_mask)
+        obs_mask_5d = broadcast_mask(obs_mask, x_start)
+        x_t = torch.where(obs_mask_5d, x_start, x_t)
+        noise = torch.where(obs_mask_5d, torch.zeros_like(noise), noise)
+        loss_frames = ~obs_mask if exclude_conditional else torch.ones_like(obs_mask)
 
         model_output = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
         terms = {}
         if self.loss_type.is_vb():
-            terms["vb"] = self._vb_terms_bpd(model_output, x_start, x_t, t, keep)
+            terms["vb"] = self._vb_terms_bpd(model_output, x_start, x_t, t, loss_frames)
             terms["loss"] = terms["vb"] * (self.num_timesteps if self.loss_type == LossType.RESCALED_KL else 1)
             return terms
 
@@ -262,17 +262,17 @@ class GaussianDiffusion:
             mean_output, var_values = model_output.split(channels, dim=1)
             # The VB term trains only the variance: the mean enters it detached.
             frozen = torch.cat([mean_output.detach(), var_values], dim=1)
-            terms["vb"] = self._vb_terms_bpd(frozen, x_start, x_t, t, keep)
+            terms["vb"] = self._vb_terms_bpd(frozen, x_start, x_t, t, loss_frames)
             if self.loss_type == LossType.RESCALED_MSE:
                 terms["vb"] = terms["vb"] * (self.num_timesteps / 1000.0)
         else:
             mean_output = model_output
         target = x_start if self.model_mean_type == ModelMeanType.START_X else noise
-        terms["mse"] = masked_mean((target - mean_output) ** 2, keep)
+        terms["mse"] = masked_mean((target - mean_output) ** 2, loss_frames)
         terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
         return terms
 
-    def _vb_terms_bpd(self, model_output, x_start, x_t, t, keep):
+    def _vb_terms_bpd(self, model_output, x_start, x_t, t, loss_frames):
         """One term of the variational bound in bits per dimension, over the kept frames.
 
         KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0; the decoder NLL at t = 0.
@@ -280,11 +280,11 @@ class GaussianDiffusion:
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
         out = self.p_mean_variance(None, x_t, t, clip_denoised=False, model_output=model_output)
         kl = normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])
-        kl = masked_mean(kl, keep) / math.log(2.0)
+        kl = masked_mean(kl, loss_frames) / math.log(2.0)
         nll = -discretized_gaussian_log_likelihood(
             x_start, means=out["mean"], log_scales=0.5 * out["log_variance"]
         )
-        nll = masked_mean(nll, keep) / math.log(2.0)
+        nll = masked_mean(nll, loss_frames) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
 

@@ -62,20 +62,21 @@ def sample_loop(diffusion, model, shape, *, sampler="ddpm", obs=None, obs_mask=N
         raise ValueError(f"noise has shape {tuple(noise.shape)}, the samples {shape}")
     # A fresh tensor: the caller's noise is never written to.
     x = noise.to(device).clone() if noise is not None else randn(shape, generator, device)
-    cond = Conditioning.build(x, obs, obs_mask, guidance_scale, resample_steps)
+    conditioning = Conditioning.build(x, obs, obs_mask, guidance_scale, resample_steps)
 
     previous = None  # the last step's prediction (the multistep solver's memory)
     for i in tqdm(range(diffusion.num_timesteps - 1, -1, -1), desc="denoising",
                   disable=not progress, leave=False):
         t = torch.full((shape[0],), i, device=device, dtype=torch.long)
         with torch.no_grad():  # whatever the caller's context
-            for r in range(cond.resample_steps):
-                x = cond.impose(x)
-                out = predict(diffusion, model, x, t, cond, clip_denoised, model_kwargs, generator)
+            for r in range(conditioning.resample_steps):
+                x = conditioning.impose(x)
+                out = predict(diffusion, model, x, t, conditioning, clip_denoised, model_kwargs,
+                              generator)
                 x = step(diffusion, x, t, out, previous, generator)
-                if r < cond.resample_steps - 1:
+                if r < conditioning.resample_steps - 1:
                     x = diffuse_one_step(diffusion, x, t, generator)
-            x = cond.impose(x)
+            x = conditioning.impose(x)
         previous = out
         if callback is not None:
             callback({"sample": x, "pred_xstart": out["pred_xstart"], "t": i})
@@ -87,7 +88,7 @@ class Conditioning:
     """What the samples are conditioned on, on the sampling device."""
 
     obs: Optional[torch.Tensor] = None  # (N, C, T, H, W): the video whose given frames are imposed
-    given: Optional[torch.Tensor] = None  # (N, 1, T, 1, 1) bool, True = given; None: no frame
+    obs_mask_5d: Optional[torch.Tensor] = None  # (N, 1, T, 1, 1) bool; None: no given frame
     guidance_scale: float = 1.0  # frame guidance weight w; 1 = plain conditioning
     resample_steps: int = 1  # repetitions of every step
 
@@ -100,7 +101,7 @@ class Conditioning:
             raise ValueError(f"resample_steps={resample_steps} must be an integer >= 1")
         if obs is not None and obs_mask is None:
             raise ValueError("obs was passed without obs_mask: which of its frames are given?")
-        given = None
+        obs_mask_5d = None
         if obs_mask is not None:
             if tuple(obs_mask.shape) != (shape[0], shape[2]):
                 raise ValueError(f"obs_mask has shape {tuple(obs_mask.shape)}, expected "
@@ -111,36 +112,39 @@ class Conditioning:
                 if tuple(obs.shape) != shape:
                     raise ValueError(f"obs has shape {tuple(obs.shape)}, the samples {shape}")
                 obs = to_device(obs, x.device).to(x.dtype)
-                given = to_device(obs_mask.bool(), x.device)[:, None, :, None, None]
-        return cls(obs if given is not None else None, given, float(guidance_scale),
+                obs_mask_5d = to_device(obs_mask.bool(), x.device)[:, None, :, None, None]
+        return cls(obs if obs_mask_5d is not None else None, obs_mask_5d, float(guidance_scale),
                    int(resample_steps))
 
     @property
     def guided(self):
         # Without a given frame the unconditional input equals the conditional one: w is moot.
-        return self.given is not None and self.guidance_scale != 1.0
+        return self.obs_mask_5d is not None and self.guidance_scale != 1.0
 
     def impose(self, x):
-        return x if self.given is None else torch.where(self.given, self.obs, x)
+        return x if self.obs_mask_5d is None else torch.where(self.obs_mask_5d, self.obs, x)
 
 
 # ----------------------------------------------------------------------------- the network
-def predict(diffusion, model, x, t, cond, clip_denoised=True, model_kwargs=None, generator=None):
+def predict(diffusion, model, x, t, conditioning, clip_denoised=True, model_kwargs=None,
+            generator=None):
     """The model's p(x_{t-1} | x_t): dict(mean, variance, log_variance, pred_xstart).
 
-    Frame guidance (w != 1): output = uncond + w (cond - uncond), where `cond` sees the given
-    frames clean and `uncond` sees them diffused to step t like every other frame (the input
-    of the videos trained without given frames, --uncondition_rate). Learned variance channels
-    come from the conditional call.
+    Frame guidance (w != 1): output = unguided + w (output - unguided), where `output` sees the
+    given frames clean and `unguided` sees them diffused to step t like every other frame (the
+    input of the videos trained without given frames, --uncondition_rate). Learned variance
+    channels come from the call that sees the given frames clean.
     """
     kwargs = model_kwargs or {}
     timesteps = diffusion.model_timesteps(t)
     output = model(x, timesteps, **kwargs)
-    if cond.guided:
-        noised_obs = diffusion.q_sample(cond.obs, t, randn(x.shape, generator, x.device, x.dtype))
-        uncond = model(torch.where(cond.given, noised_obs, x), timesteps, **kwargs)
+    if conditioning.guided:
+        noise = randn(x.shape, generator, x.device, x.dtype)
+        noised_obs = diffusion.q_sample(conditioning.obs, t, noise)
+        unguided = model(torch.where(conditioning.obs_mask_5d, noised_obs, x), timesteps,
+                         **kwargs)
         c = x.shape[1]
-        mixed = uncond[:, :c] + cond.guidance_scale * (output[:, :c] - uncond[:, :c])
+        mixed = unguided[:, :c] + conditioning.guidance_scale * (output[:, :c] - unguided[:, :c])
         output = torch.cat([mixed, output[:, c:]], dim=1)
     return diffusion.p_mean_variance(None, x, t, clip_denoised, model_output=output)
 

@@ -11,12 +11,12 @@ def broadcast_mask(obs_mask, x):
     return obs_mask.to(x.device)[:, None, :, None, None]
 
 
-def masked_mean(values, keep):
-    """Per-video mean of `values` (N, C, T, H, W) over the frames where keep (N, T) is True.
+def masked_mean(values, frames):
+    """Per-video mean of `values` (N, C, T, H, W) over the frames where `frames` (N, T) is True.
 
-    A video with no kept frame contributes 0 (not NaN).
+    A video with no such frame contributes 0 (not NaN).
     """
-    weights = broadcast_mask(keep, values).to(values.dtype).expand_as(values)
+    weights = broadcast_mask(frames, values).to(values.dtype).expand_as(values)
     total = (values * weights).flatten(1).sum(1)
     count = weights.flatten(1).sum(1)
     return total / count.clamp(min=1)

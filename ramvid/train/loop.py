@@ -167,18 +167,18 @@ def train(cfg, model_flags, info, logdir, log, start=None, stop=None):
     with StopRequest() if stop is None else nullcontext(stop) as stop:
         while end is None or step < end:
             try:
-                video, cond = next(data)  # (N, C, T, H, W) in [-1, 1], {"y": (N,)} or {}
+                video, model_kwargs = next(data)  # (N, C, T, H, W) in [-1, 1], {"y": (N,)} or {}
             except Exception:
                 if stop.requested:  # the signal also reached the loader's workers
                     break
                 raise
             video = video.to(device, non_blocking=True)
-            cond = {k: v.to(device, non_blocking=True) for k, v in cond.items()}
+            model_kwargs = {k: v.to(device, non_blocking=True) for k, v in model_kwargs.items()}
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step)
 
             inputs = draw_step_inputs(cfg, schedule_sampler, video, info.rank, step)
-            terms = forward_backward(net, diffusion, video, cond, inputs, cfg.microbatch,
+            terms = forward_backward(net, diffusion, video, model_kwargs, inputs, cfg.microbatch,
                                      exclude_conditional=cfg.exclude_conditional,
                                      autocast=autocast, scaler=scaler,
                                      schedule_sampler=schedule_sampler)

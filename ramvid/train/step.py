@@ -48,10 +48,11 @@ def draw_step_inputs(cfg, schedule_sampler, video, rank, step):
     return StepInputs(obs_mask, t, weights, noise)
 
 
-def forward_backward(model, diffusion, video, cond, inputs, microbatch, *, exclude_conditional=True,
-                     autocast=None, scaler=None, schedule_sampler=None):
+def forward_backward(model, diffusion, video, model_kwargs, inputs, microbatch, *,
+                     exclude_conditional=True, autocast=None, scaler=None, schedule_sampler=None):
     """Accumulate the gradient of the batch's mean weighted loss into `.grad`, `microbatch`
-    videos at a time. Returns the per-video loss terms, detached: {name: (N,)}.
+    videos at a time; `model_kwargs` ({"y": (N,)} or {}) go to the model. Returns the per-video
+    loss terms, detached: {name: (N,)}.
 
     `model` may be DDP-wrapped: gradients are all-reduced on the last microbatch only.
     """
@@ -66,7 +67,8 @@ def forward_backward(model, diffusion, video, cond, inputs, microbatch, *, exclu
             with autocast or nullcontext():
                 losses = diffusion.training_losses(
                     model, video[part], inputs.t[part], obs_mask=inputs.obs_mask[part],
-                    model_kwargs={k: v[part] for k, v in cond.items()}, noise=inputs.noise[part],
+                    model_kwargs={k: v[part] for k, v in model_kwargs.items()},
+                    noise=inputs.noise[part],
                     exclude_conditional=exclude_conditional,
                 )
             # Weighting each microbatch's mean by its share of the batch makes the summed
