@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from ramvid.cli import UsageError, entry_point
+from ramvid.cli import UsageError
 from ramvid.data.files import class_name_of, is_video
 from ramvid.flags import Flag, positive
 
@@ -58,9 +58,3 @@ def prepare_split_dir(out_dir, split, overwrite):
 
 def warn(message):
     print(f"warning: {message}", file=sys.stderr)
-
-
-def run_cli(main):
-    """`main()` with UsageError reported as one line (datasets/synthetic.py's old spelling of
-    `@ramvid.cli.entry_point`)."""
-    entry_point(main)()

@@ -28,8 +28,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python datasets/synthetic.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import class_of, prepare_split_dir, run_cli  # noqa: E402
-from ramvid.cli import UsageError  # noqa: E402
+from datasets.common import class_of, prepare_split_dir  # noqa: E402
+from ramvid.cli import UsageError, entry_point, make_parser  # noqa: E402
 from ramvid.video_io import write_video  # noqa: E402
 from ramvid.flags import str2bool  # noqa: E402
 
@@ -188,11 +188,14 @@ def fraction_pair(text):
     return (values[0], values[-1])
 
 
+@entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--out_dir", required=True, help="writes out_dir/train and out_dir/test")
-    parser.add_argument("--num_train", type=int, default=400)
-    parser.add_argument("--num_test", type=int, default=64)
+    parser.add_argument("--num_train", type=int, default=400,
+                        help="training clips (out_dir/train)")
+    parser.add_argument("--num_test", type=int, default=64,
+                        help="held-out clips for scoring (out_dir/test)")
     parser.add_argument("--num_val", type=int, default=0,
                         help="also write out_dir/val: clips for choosing settings, not scoring")
     parser.add_argument("--image_size", type=int, default=32, help="frame height and width")
@@ -204,8 +207,9 @@ def main(argv=None):
                         help="'min,max' sprite circumradius as a fraction of the frame size")
     parser.add_argument("--color_by_shape", type=str2bool, default=False,
                         help="each shape has one fixed colour instead of a random one")
-    parser.add_argument("--fps", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fps", type=int, default=10, help="frame rate written into the videos")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the whole data set is a function of this seed")
     parser.add_argument("--overwrite", type=str2bool, default=False,
                         help="replace videos already in out_dir/train and out_dir/test")
     args = parser.parse_args(argv)
@@ -227,4 +231,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()
