@@ -4,7 +4,7 @@ Videos are uint8 arrays (N, T, H, W, C) with C = 1 or 3, as in the sample npz fi
 gets a border: given (conditioning) frames a coloured one, generated frames a dark one, so a
 reader sees at a glance which frames the model made.
 
-    save_video_grid("samples.gif", videos, given=mask)     # mask: bool (N, T) or (T,)
+    save_video_grid("samples.gif", videos, obs_mask=mask)  # mask: bool (N, T) or (T,)
     save_video_grid("samples.png", videos, cond_frames=[0, 1])
 """
 from pathlib import Path
@@ -32,13 +32,12 @@ def as_rgb_videos(videos):
     return np.repeat(videos, 3, axis=-1) if videos.shape[-1] == 1 else videos
 
 
-def given_mask(num_videos, num_frames, given=None, cond_frames=None):
-    """bool (N, T): True where a frame was given. `given` is (N, T) or (T,); `cond_frames` a
+def grid_obs_mask(num_videos, num_frames, obs_mask=None, cond_frames=None):
+    """bool (N, T): True where a frame was given. `obs_mask` is (N, T) or (T,); `cond_frames` a
     list of frame indices shared by all videos (indices beyond T are ignored)."""
     mask = np.zeros((num_videos, num_frames), dtype=bool)
-    if given is not None:
-        given = np.asarray(given, dtype=bool)
-        mask |= np.broadcast_to(given, (num_videos, num_frames))
+    if obs_mask is not None:
+        mask |= np.broadcast_to(np.asarray(obs_mask, dtype=bool), (num_videos, num_frames))
     for frame in cond_frames or ():
         if 0 <= frame < num_frames:
             mask[:, frame] = True
@@ -94,7 +93,8 @@ def auto_scale(height):
     return max(1, 64 // max(1, height))
 
 
-def save_video_grid(path, videos, given=None, cond_frames=None, fps=4, scale=None, columns=None):
+def save_video_grid(path, videos, obs_mask=None, cond_frames=None, fps=4, scale=None,
+                    columns=None):
     """Write a grid of `videos` (uint8 (N, T, H, W, C)) to `path`; the format follows the
     suffix: .gif / .mp4 (animated, one tile per video) or .png (filmstrip). Returns the path."""
     path = Path(path)
@@ -103,7 +103,7 @@ def save_video_grid(path, videos, given=None, cond_frames=None, fps=4, scale=Non
         raise ValueError(f"{path}: grid format must be one of {', '.join(FORMATS)}")
     videos = as_rgb_videos(videos)
     n, t, h = videos.shape[:3]
-    mask = given_mask(n, t, given, cond_frames)
+    mask = grid_obs_mask(n, t, obs_mask, cond_frames)
     scale = auto_scale(h) if scale is None else int(scale)
     if fmt == "png":
         Image.fromarray(filmstrip(videos, mask, scale=scale)).save(path)
@@ -133,5 +133,5 @@ def _write_mp4(path, frames, fps):
 
 __all__ = [
     "FORMATS", "GENERATED_COLOR", "GIVEN_COLOR", "animated_grid", "as_rgb_videos", "auto_scale",
-    "bordered_frames", "filmstrip", "given_mask", "save_video_grid",
+    "bordered_frames", "filmstrip", "grid_obs_mask", "save_video_grid",
 ]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ramvid.video_grid import (GENERATED_COLOR, GIVEN_COLOR, animated_grid, filmstrip, given_mask,
+from ramvid.video_grid import (GENERATED_COLOR, GIVEN_COLOR, animated_grid, filmstrip, grid_obs_mask,
                                save_video_grid)
 
 
@@ -15,7 +15,7 @@ def videos(n=3, t=4, h=8, w=10, c=3):
 
 def test_filmstrip_places_every_frame_inside_its_border():
     v = videos()
-    mask = given_mask(3, 4, cond_frames=[0, 3])
+    mask = grid_obs_mask(3, 4, cond_frames=[0, 3])
     image = filmstrip(v, mask, border=2, gap=1)
     tile_h, tile_w = 8 + 4, 10 + 4
     assert image.shape == (3 * tile_h + 4, 4 * tile_w + 5, 3)
@@ -31,7 +31,7 @@ def test_animated_grid_per_sample_mask_and_grayscale():
     v = videos(n=5, c=1)
     mask = np.zeros((5, 4), bool)
     mask[2, 1] = True  # only video 2 has a given frame, at t = 1
-    frames = animated_grid(v, given_mask(5, 4, given=mask), columns=3, border=1, gap=0)
+    frames = animated_grid(v, grid_obs_mask(5, 4, obs_mask=mask), columns=3, border=1, gap=0)
     assert frames.shape == (4, 2 * 10, 3 * 12, 3)
     # Video 2 is row 0, column 2; grayscale frames are repeated over RGB.
     assert tuple(frames[1, 0, 24]) == GIVEN_COLOR and tuple(frames[0, 0, 24]) == GENERATED_COLOR

@@ -111,16 +111,17 @@ def sample_for_evaluation(parser, argv, args):
     if args.eta != 0 and args.sampler != "ddim":
         raise UsageError(f"--eta {args.eta}: only DDIM has eta; add --sampler ddim")
     protocol = PROTOCOLS[args.protocol or "custom"]
-    given = args.cond_frames if args.cond_frames is not None else protocol.cond_frames
-    if given is None:
+    cond_frames = args.cond_frames if args.cond_frames is not None else protocol.cond_frames
+    if cond_frames is None:
         raise UsageError("--cond_frames is required with --protocol custom (e.g. 0,)")
     per_clip = args.samples_per_clip or protocol.samples_per_clip or 1
     if protocol.num_frames and "--seq_len" not in (argv or sys.argv) and not args.scale_time_dim:
         args.seq_len = protocol.num_frames  # sample the protocol's clip length
-    reason = frame_indices_problem(given, args.seq_len)
+    reason = frame_indices_problem(cond_frames, args.seq_len)
     if reason:
-        raise UsageError(f"--cond_frames {given}: {reason} of the model")
-    exit_if_dry_run(args, {**vars(args), "cond_frames": list(given), "samples_per_clip": per_clip})
+        raise UsageError(f"--cond_frames {cond_frames}: {reason} of the model")
+    exit_if_dry_run(args, {**vars(args), "cond_frames": list(cond_frames),
+                           "samples_per_clip": per_clip})
     model, flags = load_model_or_exit(parser, args)
     check_data(args.data_dir, flags, flags["seq_len"])
     available = len(ClipSource(args.data_dir, flags, flags["seq_len"]))
@@ -129,7 +130,7 @@ def sample_for_evaluation(parser, argv, args):
         raise UsageError(f"--num_clips {num_clips}: --data_dir {args.data_dir} has {available} clips")
     job = SampleJob(
         model_path=args.model_path, num_samples=num_clips * per_clip,
-        batch_size=args.sample_batch_size, seed=args.seed, cond_frames=tuple(sorted(given)),
+        batch_size=args.sample_batch_size, seed=args.seed, cond_frames=tuple(sorted(cond_frames)),
         data_dir=args.data_dir, samples_per_clip=per_clip, save_gt=True,
         chunk_size=args.chunk_clips * per_clip, options=sampler_options(args),
         save_video="none")
@@ -156,12 +157,13 @@ def eval_main(argv=None):
                                  else first.with_name(first.stem + "_eval.json"))
     if not output.parent.is_dir():
         raise UsageError(f"--output {output}: directory {output.parent} does not exist")
-    samples, gt, given, origin, gt_used = load_inputs(
+    samples, gt, cond_frames, origin, gt_used = load_inputs(
         sample_paths, gt_path, args.protocol, args.cond_frames, args.samples_per_clip)
-    setup = protocol_setup(args.protocol, given, gt.shape[0], gt.shape[1], args.fvd_include_given)
+    setup = protocol_setup(args.protocol, cond_frames, gt.shape[0], gt.shape[1],
+                           args.fvd_include_given)
     try:
         with torch.inference_mode():  # not set_grad_enabled: an in-process caller keeps autograd
-            results = run_evaluation(samples, gt, setup, given, origin, with_fvd=args.fvd,
+            results = run_evaluation(samples, gt, setup, cond_frames, origin, with_fvd=args.fvd,
                                      skip_short_fvd=mode == "model", batch_size=args.batch_size,
                                      device=args.device)
     except (ValueError, I3DWeightsError) as err:

@@ -81,8 +81,8 @@ def resolve_settings(files, protocol_name, cond_frames, samples_per_clip):
     records = [(f.path.parent / RECORD_JSON, f.record) for f in files if f.record]
     protocol = PROTOCOLS[protocol_name or "custom"]
     if not records:
-        given = cond_frames if cond_frames is not None else protocol.cond_frames
-        if given is None:
+        frames = cond_frames if cond_frames is not None else protocol.cond_frames
+        if frames is None:
             raise UsageError("--cond_frames is required without a sample record "
                              f"({RECORD_JSON} beside the samples) and with --protocol custom "
                              "(e.g. 0,)")
@@ -90,7 +90,7 @@ def resolve_settings(files, protocol_name, cond_frames, samples_per_clip):
             raise UsageError("--samples_per_clip is required without a sample record "
                              f"({RECORD_JSON} beside the samples): how many samples of each clip "
                              "one file holds (rows i*S .. i*S+S-1 belong to clip i)")
-        return list(given), samples_per_clip, "the command line (no sample_args.json beside the samples)"
+        return list(frames), samples_per_clip, "the command line (no sample_args.json beside the samples)"
     if len(records) != len(files):
         raise UsageError(f"--samples: {RECORD_JSON} beside some files but not beside "
                          f"{next(f.path for f in files if not f.record)}")
@@ -100,21 +100,21 @@ def resolve_settings(files, protocol_name, cond_frames, samples_per_clip):
             if other[key] != first[key]:
                 raise UsageError(f"--samples: {path} records {key}={first[key]!r}, {other_path} "
                                  f"{other[key]!r}; evaluate them separately")
-    given = list(first["cond_frames"])
-    if cond_frames is not None and list(cond_frames) != given:
+    frames = list(first["cond_frames"])
+    if cond_frames is not None and list(cond_frames) != frames:
         raise UsageError(f"--cond_frames {_frames_flag(cond_frames)} contradicts {path}: the "
-                         f"samples were drawn with given frames {given} (--cond_frames "
-                         f"{_frames_flag(given)}); drop --cond_frames")
-    if protocol.cond_frames is not None and list(protocol.cond_frames) != given:
+                         f"samples were drawn with given frames {frames} (--cond_frames "
+                         f"{_frames_flag(frames)}); drop --cond_frames")
+    if protocol.cond_frames is not None and list(protocol.cond_frames) != frames:
         raise UsageError(f"--protocol {protocol.name} gives frames {list(protocol.cond_frames)} "
-                         f"but {path} records given frames {given}; drop --protocol (the "
+                         f"but {path} records given frames {frames}; drop --protocol (the "
                          f"record decides) or sample with --cond_frames "
                          f"{_frames_flag(protocol.cond_frames) if protocol.cond_frames else '(none)'}")
     recorded = first["samples_per_clip"]
     if samples_per_clip is not None and samples_per_clip != recorded:
         raise UsageError(f"--samples_per_clip {samples_per_clip} contradicts {path}: the run "
                          f"drew {recorded} samples per clip; drop --samples_per_clip")
-    return given, recorded, str(path)
+    return frames, recorded, str(path)
 
 
 def one_row_per_clip(gt: np.ndarray, num_sample_rows: int, per_clip) -> np.ndarray:
@@ -175,7 +175,7 @@ def load_inputs(sample_paths, gt_path, protocol, cond_frames, samples_per_clip):
     """(samples (N_clips, S, T, H, W, C), gt (N_clips, T, H, W, C), given frames, origin,
     the gt file used)."""
     files = [find_sample_file(Path(p)) for p in sample_paths]
-    given, per_clip, origin = resolve_settings(files, protocol, cond_frames, samples_per_clip)
+    frames, per_clip, origin = resolve_settings(files, protocol, cond_frames, samples_per_clip)
     gt_path = Path(gt_path) if gt_path else files[0].gt_path
     if gt_path is None:
         raise UsageError("--gt is required: the samples' run did not save its ground truth "
@@ -185,10 +185,10 @@ def load_inputs(sample_paths, gt_path, protocol, cond_frames, samples_per_clip):
     if len(files) == 1:
         gt = one_row_per_clip(gt, first.shape[0], per_clip)
     samples = load_samples([f.path for f in files], gt, per_clip, first)
-    return samples, gt, given, origin, gt_path
+    return samples, gt, frames, origin, gt_path
 
 
-def protocol_setup(protocol_name, given, num_clips, num_frames, fvd_include_given):
+def protocol_setup(protocol_name, cond_frames, num_clips, num_frames, fvd_include_given):
     """The protocol's clip length and FVD setting applied to these clips: dict(protocol,
     num_frames, obs_mask bool (N_clips, T), include_given)."""
     protocol = PROTOCOLS[protocol_name or "custom"]
@@ -197,12 +197,12 @@ def protocol_setup(protocol_name, given, num_clips, num_frames, fvd_include_give
             raise UsageError(f"--protocol {protocol.name} needs {protocol.num_frames} frames "
                              f"per clip, the files have {num_frames}")
         num_frames = protocol.num_frames  # longer clips: the protocol's first frames
-    reason = frame_indices_problem(given, num_frames)
+    reason = frame_indices_problem(cond_frames, num_frames)
     if reason:
-        raise UsageError(f"--cond_frames {given}: {reason}")
-    obs_mask = mask_from_frames(given, num_clips, num_frames).numpy()
+        raise UsageError(f"--cond_frames {cond_frames}: {reason}")
+    obs_mask = mask_from_frames(cond_frames, num_clips, num_frames).numpy()
     if obs_mask[0].all():
-        raise UsageError(f"--cond_frames {given} gives every frame: nothing to evaluate")
+        raise UsageError(f"--cond_frames {cond_frames} gives every frame: nothing to evaluate")
     include_given = (fvd_include_given if fvd_include_given is not None
                      else protocol.fvd_include_given)
     return dict(protocol=protocol, num_frames=num_frames, obs_mask=obs_mask,

@@ -15,7 +15,7 @@ def fvd_skip_reason(setup: dict) -> str:
     return f"FVD not computed: {frames} {which}, I3D needs at least {MIN_FRAMES}"
 
 
-def run_evaluation(samples, gt, setup, given, origin, *, with_fvd=True, skip_short_fvd=False,
+def run_evaluation(samples, gt, setup, cond_frames, origin, *, with_fvd=True, skip_short_fvd=False,
                    batch_size=16, device=None) -> dict:
     """Evaluate (N_clips, S, T, H, W, C) samples against (N_clips, T, H, W, C) ground truth;
     returns JSON-ready results, including the protocol in words and where it came from.
@@ -36,7 +36,7 @@ def run_evaluation(samples, gt, setup, given, origin, *, with_fvd=True, skip_sho
     results = {
         "protocol": protocol.name, "settings_from": origin,
         "num_clips": int(num_clips), "samples_per_clip": int(per_clip), "num_frames": t,
-        "image_size": int(gt.shape[2]), "cond_frames": list(given),
+        "image_size": int(gt.shape[2]), "cond_frames": list(cond_frames),
         "fvd_include_given": setup["include_given"],
         **{k: raw[k] for k in ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean") if k in raw},
         **{k: raw[k] for k in ("fvd", "fvd_imag_residue", "fvd_num_samples", "fvd_num_real",
@@ -47,7 +47,7 @@ def run_evaluation(samples, gt, setup, given, origin, *, with_fvd=True, skip_sho
     if skipped:
         results["fvd_skipped"] = skipped
     results["protocol_description"] = (
-        describe(protocol, num_clips, per_clip, t, gt.shape[2], given, setup["include_given"],
+        describe(protocol, num_clips, per_clip, t, gt.shape[2], cond_frames, setup["include_given"],
                  raw.get("fvd_frames"))
         + f"\nGiven frames and samples per clip taken from {origin}.")
     return results

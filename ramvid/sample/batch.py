@@ -90,10 +90,10 @@ def sample_batch(model, diffusion, indices, *, seed, obs=None, obs_mask=None, y=
     None). obs (n, C, T, H, W) holds the given frames where obs_mask (n, T) is True; y are the
     clips' class labels (-1 or None: drawn from the seed)."""
     labels = labels_for(model, seed, indices, y)
-    given = obs_mask is not None and bool(obs_mask.any())
+    any_given = obs_mask is not None and bool(obs_mask.any())
     videos = denoise(model, diffusion, sample_generators(seed, indices),
                      num_frames=None if obs is None else obs.shape[2],
-                     obs=obs if given else None, obs_mask=obs_mask if given else None,
+                     obs=obs if any_given else None, obs_mask=obs_mask if any_given else None,
                      y=labels, options=options, callback=callback)
     return to_uint8(videos), labels
 

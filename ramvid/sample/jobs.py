@@ -79,14 +79,15 @@ def _result(videos, gt, labels):
 def fixed_length_work(model, diffusion, job):
     """(work(indices, callback) -> arrays, denoising steps per batch, frames, data clips)."""
     seq_len = model_video_shape(model)[1]
-    given = list(job.cond_frames)
-    needs_data = bool(given) or job.save_gt or (is_class_conditional(model) and bool(job.data_dir))
+    cond_frames = list(job.cond_frames)
+    needs_data = bool(cond_frames) or job.save_gt or (is_class_conditional(model)
+                                                      and bool(job.data_dir))
     source = ClipSource(job.data_dir, _flags_of(model), seq_len, job.samples_per_clip) \
         if needs_data else None
 
     def work(indices, callback):
         clips, y = source.clips(indices) if source else (None, None)
-        obs_mask = mask_from_frames(given, len(indices), seq_len) if given else None
+        obs_mask = mask_from_frames(cond_frames, len(indices), seq_len) if cond_frames else None
         videos, labels = sample_batch(model, diffusion, indices, seed=job.seed, obs=clips,
                                       obs_mask=obs_mask, y=y, options=job.options,
                                       callback=callback)

@@ -128,11 +128,12 @@ def rollout(model, diffusion, plan, generators, total_length, *, start=None, y=N
         video[:, :, : start.shape[2]] = start
     for window in plan:
         frames = list(window.frames)
-        given = window.num_given > 0
+        any_given = window.num_given > 0
         obs_mask = torch.tensor(window.obs_mask).expand(n, -1)  # (n, seq_len)
         out = denoise(
             model, diffusion, generators, num_frames=len(frames),
-            obs=video[:, :, frames] if given else None, obs_mask=obs_mask if given else None,
+            obs=video[:, :, frames] if any_given else None,
+            obs_mask=obs_mask if any_given else None,
             y=y, options=options, callback=callback,
         )
         positions = [frames.index(f) for f in window.new_frames]

@@ -41,7 +41,7 @@ class _ChunkCollector:
         return {name: np.concatenate(parts) for name, parts in self.parts.items()}
 
 
-def grid_writer(folder, save_video, given_frames, fps):
+def grid_writer(folder, save_video, cond_frames, fps):
     """Writes samples_BBB.<fmt> (and gt_BBB.<fmt>) for global batch BBB; None for no grids."""
     if save_video == "none":
         return None
@@ -50,7 +50,7 @@ def grid_writer(folder, save_video, given_frames, fps):
         for name, prefix in (("samples", "samples_"), ("gt", GT_PREFIX)):
             if name in result:
                 save_video_grid(folder / f"{prefix}{number:03d}.{save_video}",
-                                np.asarray(result[name]), cond_frames=given_frames, fps=fps)
+                                np.asarray(result[name]), cond_frames=cond_frames, fps=fps)
     return write
 
 

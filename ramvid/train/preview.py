@@ -27,7 +27,7 @@ from ..demo.baselines import copy_last_given
 from ..masking import mask_from_frames, sample_train_mask
 from ..metrics import frame_metrics
 from ..sample.output import to_uint8
-from ..video_grid import filmstrip, given_mask, save_video_grid
+from ..video_grid import filmstrip, grid_obs_mask, save_video_grid
 
 PREVIEW_CLIPS = 8  # few enough that a preview costs seconds on a CPU
 PREVIEW_RESPACING = "ddim10"
@@ -91,10 +91,10 @@ class Preview:
         return float(losses["loss"].mean())
 
     @torch.no_grad()
-    def sample(self, given, stream):
-        """uint8 (N, T, H, W, C) samples with frames `given` taken from the held-out clips."""
+    def sample(self, cond_frames, stream):
+        """uint8 (N, T, H, W, C) samples with frames `cond_frames` taken from the held-out clips."""
         n = self.video.shape[0]
-        obs_mask = mask_from_frames(given, n, self.seq_len, device=self.device)
+        obs_mask = mask_from_frames(cond_frames, n, self.seq_len, device=self.device)
         out = self.fast_diffusion.ddim_sample_loop(
             self.ema_model, tuple(self.video.shape), obs=self.video, obs_mask=obs_mask, eta=1.0,
             model_kwargs=self.model_kwargs, generator=self._generator(stream))
@@ -106,22 +106,22 @@ class Preview:
         self.ema_model.load_state_dict(ema.state_dict(self.ema_rate))
         row = {"step": step, "val_loss": self.val_loss()}
         videos, masks, strips = [], [], {}
-        for stream, (task, given) in enumerate(preview_tasks(self.seq_len).items()):
-            samples = self.sample(given, stream)  # (N, T, H, W, C)
+        for stream, (task, cond_frames) in enumerate(preview_tasks(self.seq_len).items()):
+            samples = self.sample(cond_frames, stream)  # (N, T, H, W, C)
             mask = np.zeros(self.seq_len, dtype=bool)
-            mask[given] = True
+            mask[cond_frames] = True
             row[f"psnr_{task}"] = frame_metrics(samples[:, None], self.truth, mask)["psnr_mean"]
             row[f"psnr_{task}_copy_last"] = frame_metrics(
                 copy_last_given(self.truth, mask)[:, None], self.truth, mask)["psnr_mean"]
             videos += [self.truth, samples]  # grid rows: truth, then samples
-            masks += [given_mask(2 * len(samples), self.seq_len, cond_frames=given)]
+            masks += [grid_obs_mask(2 * len(samples), self.seq_len, cond_frames=cond_frames)]
             # TensorBoard image: truth and sample of the first two clips, one row per video.
             pairs = np.stack([v for i in range(min(2, len(samples)))
                               for v in (self.truth[i], samples[i])])
-            strips[task] = filmstrip(pairs, given_mask(len(pairs), self.seq_len,
-                                                       cond_frames=given), scale=4)
+            strips[task] = filmstrip(pairs, grid_obs_mask(len(pairs), self.seq_len,
+                                                          cond_frames=cond_frames), scale=4)
         save_video_grid(self.out_dir / f"step_{step:06d}.gif", np.concatenate(videos),
-                        given=np.concatenate(masks), columns=len(self.truth))
+                        obs_mask=np.concatenate(masks), columns=len(self.truth))
         row["seconds"] = time.time() - start
         self._write(row, strips)
         return time.time() - start
