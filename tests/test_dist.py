@@ -1,6 +1,5 @@
 """Distributed set-up under plain python, mpirun and torchrun; failing ranks end the job."""
 import re
-import socket
 import subprocess
 import textwrap
 import time
@@ -8,8 +7,8 @@ import time
 import pytest
 
 from ramvid.checkpoint import load_checkpoint_file, load_latest_checkpoint
-from train_fixtures import (MPIRUN, PYTHON, REPO, TINY, make_videos, progress_rows, run_train,
-                            script_env)
+from train_fixtures import (MPIRUN, PYTHON, REPO, TINY, free_port, make_videos, progress_rows,
+                            run_train, script_env, write_script)
 
 def resume_step(folder, rates):
     """The step `--resume_checkpoint auto` would continue from (newest complete, loadable set)."""
@@ -51,9 +50,7 @@ PROBE = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dist") / "probe.py"
-    path.write_text(PROBE)
-    return str(path)
+    return write_script(tmp_path_factory.mktemp("dist"), PROBE)
 
 
 def _run(cmd, timeout=60):
@@ -87,15 +84,9 @@ def test_mpirun_ranks_local_ranks_and_collectives(probe):
         assert " 2 mpi [(0, 0), (1, 1)] 3.0 from rank 0 True" in line
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun(probe):
     result, _ = _run([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                      "--master_port", str(_free_port()), probe, "probe"])
+                      "--master_port", str(free_port()), probe, "probe"])
     assert result.returncode == 0, result.stderr
     lines = _result_lines(result.stdout)
     assert len(lines) == 2 and all(" 2 torchrun [(0, 0), (1, 1)] 3.0 from rank 0 False" in l

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ramvid import dist
-from train_fixtures import PYTHON, REPO, script_env
+from train_fixtures import PYTHON, REPO, free_port, script_env, write_script
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -101,18 +101,10 @@ PROBE = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
-    path = tmp_path_factory.mktemp("launch") / "probe.py"
-    path.write_text(PROBE)
-    return str(path)
+    return write_script(tmp_path_factory.mktemp("launch"), PROBE)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _job_id_with_free_port():
+def _job_id_withfree_port():
     """A Slurm job id whose derived rendezvous port is free on this machine."""
     for job_id in random.Random(os.getpid()).sample(range(dist.SLURM_PORT_RANGE), 50):
         with socket.socket() as s:
@@ -147,7 +139,7 @@ def _spawn(probe, envs, timeout=60):
 def test_srun_two_tasks(probe):
     """srun (with --mpi=pmix) starting 2 tasks: both join one group of 2 without MPI, at the
     address derived from the first host of the node list and the job id."""
-    job_id = _job_id_with_free_port()
+    job_id = _job_id_withfree_port()
     envs = [_clean_env(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
                        SLURM_STEP_ID="0", SLURM_JOB_ID=str(job_id), PMIX_RANK=str(r),
                        SLURM_STEP_NODELIST="localhost") for r in range(2)]
@@ -166,7 +158,7 @@ def test_torchrun_under_srun_uses_torchrun_variables(probe):
                      PMI_RANK="0", PMI_SIZE="1")
     env = _clean_env(**inherited)
     result = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(_free_port()), probe], env=env, cwd=REPO,
+                             "--master_port", str(free_port()), probe], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = sorted(line for line in result.stdout.splitlines() if line.startswith("RESULT"))

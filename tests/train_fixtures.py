@@ -1,5 +1,6 @@
 """Helpers for the training tests: a folder of small real video files and a tiny model config."""
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,18 @@ def assert_all_final_files_load(logdir):
 
 def finite(state):
     return all(np.isfinite(v.float().numpy()).all() for v in state.values())
+
+
+def free_port():
+    """A TCP port nobody listens on now (for a rendezvous the test starts next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_script(folder, source):
+    """`source` saved as folder/probe.py, a program the multi-process tests launch; its path."""
+    path = Path(folder) / "probe.py"
+    path.write_text(source)
+    return str(path)
+
