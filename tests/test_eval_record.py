@@ -97,3 +97,14 @@ def test_without_a_record_the_flags_are_required(run, tmp_path, capsys):
     best, _ = _psnr_by_hand(load_npz(run / "6x6x16x16x3.npz")["arr_0"],
                             load_npz(run / "gt_6x6x16x16x3.npz")["arr_0"], first_scored=2)
     assert results["psnr_best"] == pytest.approx(best, rel=1e-5)
+
+
+def test_a_file_that_disagrees_with_its_record_is_refused(run, tmp_path, capsys):
+    """Catches a samples file swapped under a record that describes another run (4 of the 6
+    samples kept): the record's clip and sample counts would be applied to the wrong array.
+    Seen red with the shape check removed; the shape is read from the npz header only."""
+    shutil.copy(run / "sample_args.json", tmp_path / "sample_args.json")
+    samples = load_npz(run / "6x6x16x16x3.npz")["arr_0"]
+    np.savez(tmp_path / "6x6x16x16x3.npz", samples[:4])
+    err = _error(["--samples", tmp_path / "6x6x16x16x3.npz", "--fvd", "False"], capsys)
+    assert "records 6 samples of 6 frames, the file holds shape (4, 6, 16, 16, 3)" in err

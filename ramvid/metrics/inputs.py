@@ -15,6 +15,7 @@ import numpy as np
 from ..cli import UsageError
 from ..masking import frame_indices_problem, mask_from_frames
 from ..sample.output import GT_PREFIX
+from ..sample.npzfile import npz_shape
 from ..sample.record import RECORD_JSON, read_record, run_files
 from .evaluation import PROTOCOLS
 
@@ -62,8 +63,10 @@ def find_sample_file(path: Path) -> SampleFile:
         raise UsageError(f"--samples {path}: no such file")
     record = read_record(path.parent)
     if record is not None:
-        with np.load(path) as data:
-            shape = data["arr_0"].shape if "arr_0" in data else None
+        try:
+            shape = npz_shape(path)
+        except (zipfile.BadZipFile, ValueError, OSError) as err:
+            raise UsageError(f"--samples {path}: not a readable npz file ({err})") from None
         if shape is None or shape[:2] != (record["num_samples"], record["seq_len"]):
             raise UsageError(f"--samples {path}: {path.parent / RECORD_JSON} beside it records "
                              f"{record['num_samples']} samples of {record['seq_len']} frames, the "

@@ -62,10 +62,24 @@ def write_npz(path, arrays):
     return path
 
 
+def npz_shape(path, name="arr_0"):
+    """The shape of array `name` of an npz file from its header alone (None if it has no such
+    array): checking a 10 GB sample file against its record must not read it."""
+    with zipfile.ZipFile(path) as archive:
+        if f"{name}.npy" not in archive.namelist():
+            return None
+        with archive.open(f"{name}.npy") as member:
+            major, _ = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, _ = read_header(member)
+    return shape
+
+
 def read_npz(path):
     """[arr_0, arr_1, ...] of an npz file."""
     with np.load(path) as archive:
         return [archive[f"arr_{k}"] for k in range(len(archive.files))]
 
 
-__all__ = ["PARTIAL_GLOB", "NpzArray", "read_npz", "write_npz"]
+__all__ = ["PARTIAL_GLOB", "NpzArray", "npz_shape", "read_npz", "write_npz"]
