@@ -16,7 +16,6 @@ import torch
 from ..cli import UsageError, add_common_flags, entry_point, exit_if_dry_run, make_parser
 from ..flags import Flag, add_flags, at_least, flag_values, int_list, str2bool
 from ..masking import frame_indices_problem
-from ..sample.clips import ClipSource
 from ..sample.cli import (SAMPLING_FLAG, add_model_flags, check_data, load_model_or_exit,
                           parse_sampling_flags, resolve_sampler, sampler_options)
 from ..sample.commands import sample_under_launcher
@@ -123,8 +122,7 @@ def sample_for_evaluation(parser, argv, args):
     exit_if_dry_run(args, {**vars(args), "cond_frames": list(cond_frames),
                            "samples_per_clip": per_clip})
     model, flags = load_model_or_exit(parser, args)
-    check_data(args.data_dir, flags, flags["seq_len"])
-    available = len(ClipSource(args.data_dir, flags, flags["seq_len"]))
+    available = len(check_data(args.data_dir, flags, flags["seq_len"]))
     num_clips = args.num_clips or min(protocol.num_test_videos or available, available)
     if num_clips > available:
         raise UsageError(f"--num_clips {num_clips}: --data_dir {args.data_dir} has {available} clips")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ..accel import compile_model, configure_tf32
 from ..checkpoint import CheckpointError
-from ..cli import (UsageError, add_common_flags, check, check_model_flags, exit_if_dry_run,
-                   make_parser, parse_flags)
+from ..cli import (UsageError, add_common_flags, check, check_model_flags, make_parser,
+                   parse_flags)
 from ..config import MODEL_AND_DIFFUSION_FLAGS, model_and_diffusion_defaults
 from ..flags import Flag, add_flags, at_least, flag_values, one_of, select
 from ..video_grid import FORMATS
@@ -162,9 +162,10 @@ def load_model_or_exit(parser, args):
 
 def check_data(data_dir, flags, seq_len, purpose=""):
     """Scan --data_dir now, so a bad directory is a flag error rather than a failed job.
-    `purpose` prefixes the error (e.g. why clips must be this long)."""
+    `purpose` prefixes the error (e.g. why clips must be this long). Returns the scanned
+    ClipSource."""
     try:
-        ClipSource(data_dir, flags, seq_len)
+        return ClipSource(data_dir, flags, seq_len)
     except (UsageError, ValueError) as e:
         message = str(e).splitlines()[0]
         if not message.startswith("--data_dir"):
@@ -172,12 +173,8 @@ def check_data(data_dir, flags, seq_len, purpose=""):
         raise UsageError(f"{purpose}: {message}" if purpose else message) from None
 
 
-def dry_run(args):
-    exit_if_dry_run(args, vars(args))
-
-
 __all__ = [
     "SAMPLING_FLAG", "SAMPLING_FLAGS", "add_model_flags", "build_parser", "check_data",
-    "check_declared", "check_sampling_flags", "dry_run", "load_model_or_exit", "model_flags",
+    "check_declared", "check_sampling_flags", "load_model_or_exit", "model_flags",
     "parse_sampling_flags", "prepare_model", "resolve_sampler", "sampler_options",
 ]

@@ -1,10 +1,10 @@
 """The sampling commands: ramvid-sample (scripts/video_sample.py) and ramvid-sample-long
 (scripts/video_sample_long.py). Flags -> a SampleJob -> sample_to_folder on every rank."""
 from .. import create_diffusion, dist
-from ..cli import check, entry_point
+from ..cli import check, entry_point, exit_if_dry_run
 from ..flags import Flag, int_list, one_of
 from ..masking import frame_indices_problem
-from .cli import (build_parser, check_data, check_sampling_flags, dry_run, load_model_or_exit,
+from .cli import (build_parser, check_data, check_sampling_flags, load_model_or_exit,
                   parse_sampling_flags, prepare_model, sampler_options)
 from .jobs import LongSettings, SampleJob, sample_to_folder
 from .long import SCHEMES, check_long_flags
@@ -83,7 +83,7 @@ def parse_sample_args(argv=None):
 def _load(parse, argv):
     """Flags checked (--dry_run prints them and exits), then the checkpoint loaded."""
     parser, args = parse(argv)
-    dry_run(args)
+    exit_if_dry_run(args, vars(args))
     model, flags = load_model_or_exit(parser, args)
     return args, model, flags
 
