@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from .diffusion import (GaussianDiffusion, LossType, ModelMeanType, ModelVarType, SpacedDiffusion,
                         get_named_beta_schedule, space_timesteps)
 from .diffusion.schedules import NOISE_SCHEDULES
-from .flags import Flag, at_least, flag_values, in_range, int_list, positive
+from .flags import Flag, at_least, defaults, flag_values, in_range, int_list, positive
 from .unet import UNetConfig, UNetModel
 
 # channel_mult chosen by image size when --channel_mult is not given.
@@ -87,7 +87,7 @@ MODEL_AND_DIFFUSION_FLAGS = (
 
 def model_and_diffusion_defaults():
     """Every model and diffusion flag with its default (the paper code's defaults)."""
-    return {f.name: f.default for f in MODEL_AND_DIFFUSION_FLAGS}
+    return defaults(MODEL_AND_DIFFUSION_FLAGS)
 
 
 @dataclass(frozen=True)
@@ -184,8 +184,7 @@ def create_diffusion(**flags):
 
 def create_model_and_diffusion(**flags):
     """(model, diffusion) from flags named as on the command line; unknown flags are an error."""
-    defaults = model_and_diffusion_defaults()
-    unknown = sorted(set(flags) - set(defaults))
+    unknown = sorted(set(flags) - set(model_and_diffusion_defaults()))
     if unknown:
         raise TypeError(f"unknown model/diffusion flags: {', '.join(unknown)}")
     return create_model(**flags), create_diffusion(**flags)

@@ -6,11 +6,11 @@ SHIPPED_STEPS steps of one single-threaded process (about 40 minutes on an idle 
 `python scripts/demo.py --retrain` runs `retrain_command` again and compares the result
 with SHIPPED_SHA256.
 """
-import hashlib
 import sys
 from pathlib import Path
 
 from ..cli import UsageError
+from ..metrics.i3d_weights import sha256_of
 from .pipeline import REPO
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
@@ -35,14 +35,6 @@ def retrain_command(data_dir):
         "--save_interval", "500", "--log_interval", "10", "--seed", "0", "--num_workers", "1",
         "--sample_interval", "500", "--val_data_dir", str(Path(data_dir) / "val"),
     ]
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verified_checkpoint():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..diffusion import SAMPLERS
+from ..diffusion.sampling import model_device
 from .output import to_uint8
 from .seeds import sample_generators, sample_labels
 
@@ -41,10 +42,6 @@ def model_video_shape(model):
     """(C, T, H, W) of the videos `model` was built for."""
     cfg = model.config
     return cfg.in_channels, cfg.seq_len, cfg.image_size, cfg.image_size
-
-
-def model_device(model):
-    return next(model.parameters()).device
 
 
 def is_class_conditional(model):

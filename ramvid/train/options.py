@@ -18,8 +18,8 @@ from ..cli import (UsageError, add_common_flags, check_model_flags, exit_if_dry_
 from ..config import MODEL_AND_DIFFUSION_FLAGS
 from ..data.files import VIDEO_EXTENSIONS
 from ..diffusion.resample import SCHEDULE_SAMPLERS
-from ..flags import (Flag, add_flags, at_least, comma_items, config_class, existing_dir,
-                     flag_values, positive, select)
+from ..flags import (Flag, add_flags, at_least, comma_items, config_class, defaults,
+                     existing_dir, flag_values, positive, select)
 from ..masking import train_mask_problem
 from .schedules import ANNEAL_TYPES
 
@@ -157,7 +157,7 @@ class TrainConfig(config_class("TrainFlags", TRAIN_FLAGS)):
 
 def training_defaults():
     """Every training flag except --data_dir, with its default."""
-    return {f.name: f.default for f in TRAIN_FLAGS if not f.required}
+    return defaults(f for f in TRAIN_FLAGS if not f.required)
 
 
 def build_parser(prog="video_train.py"):
