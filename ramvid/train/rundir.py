@@ -106,13 +106,16 @@ def plan_start(cfg, model_flags, logdir, map_location="cpu"):
         plan.messages += _check_flags_against_args_json(cfg, model_flags, plan)
     same_folder = plan.folder is not None and Path(plan.folder).resolve() == logdir.resolve()
     leftovers = []  # files of this run's interrupted saves: overwritten when saved again
-    for step, paths in checkpoint_files(logdir).items():
+    files = checkpoint_files(logdir)
+    # A fresh start over checkpoint files is this run's own first saves when args.json matches.
+    own_first_saves = plan.folder is None and bool(files) and _same_run(logdir, cfg, model_flags)
+    for step, paths in files.items():
         if same_folder and step <= plan.step:
             continue  # the history of the run being continued
         if same_folder and (cfg.resume_checkpoint in ("", "auto")
                             or not is_complete(logdir, step, cfg.ema_rate)):
             leftovers += paths  # auto skipped them: incomplete or unreadable
-        elif plan.folder is None and _same_run(logdir, cfg, model_flags):
+        elif own_first_saves:
             leftovers += paths  # killed during its first saves
         else:
             plan.foreign += paths
