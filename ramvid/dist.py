@@ -255,17 +255,15 @@ def setup_dist(backend=None, timeout_s=DEFAULT_TIMEOUT_S, device=None):
     global _launcher, _main_work_group
     launch = detect_launch()
     _launcher = launch.launcher
+    rank, world_size, local_rank = launch.rank, launch.world_size, launch.local_rank
+    init_method = None
     if launch.launcher == "mpi":
         rank, world_size, local_rank, init_method = _mpi_rendezvous(launch)
     elif launch.launcher == "torchrun":
-        rank, world_size, local_rank = launch.rank, launch.world_size, launch.local_rank
         init_method = "env://"
     elif launch.launcher == "slurm":
-        rank, world_size, local_rank = launch.rank, launch.world_size, launch.local_rank
         host, port = slurm_rendezvous()
         init_method = f"tcp://{host}:{port}"
-    else:
-        rank, world_size, local_rank, init_method = 0, 1, 0, None
 
     device = choose_device(local_rank, device)
     if device.type == "cuda":
