@@ -107,8 +107,6 @@ def sample_for_evaluation(parser, argv, args):
     the run's paths, other ranks None."""
     args = parse_sampling_flags(parser, argv)  # args.json beside the checkpoint, --preset
     resolve_sampler(parser, args)
-    if args.eta != 0 and args.sampler != "ddim":
-        raise UsageError(f"--eta {args.eta}: only DDIM has eta; add --sampler ddim")
     protocol = PROTOCOLS[args.protocol or "custom"]
     cond_frames = args.cond_frames if args.cond_frames is not None else protocol.cond_frames
     if cond_frames is None:

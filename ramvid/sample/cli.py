@@ -107,13 +107,15 @@ def model_flags(args):
 
 
 def resolve_sampler(parser, args):
-    """--sampler, or the seed's --use_ddim; the two must agree."""
+    """--sampler, or the seed's --use_ddim; the two must agree, and only DDIM takes --eta."""
     if not args.sampler:
         args.sampler = "ddim" if args.use_ddim else "ddpm"
     check(parser, args.sampler in SAMPLERS, "sampler", args.sampler,
           f"must be one of {', '.join(SAMPLERS)}")
     check(parser, not args.use_ddim or args.sampler == "ddim", "use_ddim", args.use_ddim,
           f"contradicts --sampler {args.sampler}")
+    check(parser, args.eta == 0 or args.sampler == "ddim", "eta", args.eta,
+          "only DDIM has eta; add --sampler ddim")
 
 
 def check_declared(parser, flags, args):
@@ -128,8 +130,6 @@ def check_sampling_flags(parser, args, extra_flags=()):
     """The declared checks, then those that read more than one flag."""
     check_declared(parser, SAMPLING_FLAGS + tuple(extra_flags), args)
     resolve_sampler(parser, args)
-    check(parser, args.eta == 0 or args.sampler == "ddim", "eta", args.eta,
-          "only DDIM has eta; add --sampler ddim")
     check(parser, not args.save_gt or bool(args.data_dir), "save_gt", args.save_gt,
           "needs --data_dir (the ground truth are its clips)")
     flags = model_flags(args)
