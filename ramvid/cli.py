@@ -110,6 +110,15 @@ def parse_flags(parser, argv=None):
     return parser.parse_args(argv)
 
 
+def given_on_command_line(parser, argv, dest):
+    """Whether argv sets flag `dest` itself, in any spelling argparse accepts (`--f v`, `--f=v`),
+    rather than leaving it to a default, preset or args.json."""
+    unset = object()
+    namespace = argparse.Namespace(**{dest: unset})  # argparse fills only absent defaults
+    parser.parse_args(argv, namespace=namespace)
+    return getattr(namespace, dest) is not unset
+
+
 def flag_error(parser, flag, value, reason):
     """Exit 2 with `prog: error: --flag 'value': reason`."""
     parser.error(f"--{flag} {value!r}: {reason}")

@@ -75,3 +75,19 @@ def test_exactly_one_input_mode(argv, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.parametrize("extra, seq_len", [
+    ([], 16),                      # BAIR's 16 frames: 1 given, 15 predicted
+    (["--seq_len", "6"], 6),
+    (["--seq_len=6"], 6),
+])
+def test_protocol_clip_length_yields_to_seq_len_in_any_spelling(setup, extra, seq_len, capsys):
+    """Catches `--seq_len=6` read as "not given" (the check once looked for the text
+    "--seq_len" as a word of argv), which sampled BAIR's 16 frames instead."""
+    checkpoint, videos = setup
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("video_eval").main(["--model_path", str(checkpoint), "--data_dir",
+                                        str(videos), "--protocol", "bair", "--dry_run", *extra])
+    assert exit_info.value.code == 0
+    assert json.loads(capsys.readouterr().out)["seq_len"] == seq_len

@@ -7,13 +7,13 @@ evaluates that run. Flags, reading and printing live here; the evaluation in inp
 report.py and evaluation.py.
 """
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ..cli import UsageError, add_common_flags, entry_point, exit_if_dry_run, make_parser
+from ..cli import (UsageError, add_common_flags, entry_point, exit_if_dry_run,
+                   given_on_command_line, make_parser)
 from ..flags import Flag, add_flags, at_least, flag_values, int_list, str2bool
 from ..masking import frame_indices_problem
 from ..sample.cli import (SAMPLING_FLAG, add_model_flags, check_data, load_model_or_exit,
@@ -112,7 +112,8 @@ def sample_for_evaluation(parser, argv, args):
     if cond_frames is None:
         raise UsageError("--cond_frames is required with --protocol custom (e.g. 0,)")
     per_clip = args.samples_per_clip or protocol.samples_per_clip or 1
-    if protocol.num_frames and "--seq_len" not in (argv or sys.argv) and not args.scale_time_dim:
+    if (protocol.num_frames and not args.scale_time_dim
+            and not given_on_command_line(parser, argv, "seq_len")):
         args.seq_len = protocol.num_frames  # sample the protocol's clip length
     reason = frame_indices_problem(cond_frames, args.seq_len)
     if reason:
