@@ -56,6 +56,12 @@ def checkpoint_paths(folder, step, ema_rates):
     }
 
 
+def set_files(folder, step, ema_rates):
+    """The files a complete checkpoint set of `step` has: model, one per EMA rate, opt."""
+    paths = checkpoint_paths(folder, step, ema_rates)
+    return [paths["model"], *paths["ema"].values(), paths["opt"]]
+
+
 def step_from_model_path(path):
     """The step in a `modelNNNNNN.pt` file name, or ValueError naming the path."""
     match = MODEL_NAME.match(Path(path).name)
@@ -209,8 +215,7 @@ def candidate_steps(folder):
 
 def is_complete(folder, step, ema_rates):
     """Whether the model, opt and every EMA file of `step` exist (not whether they load)."""
-    paths = checkpoint_paths(folder, step, ema_rates)
-    return all(p.is_file() for p in (paths["model"], paths["opt"], *paths["ema"].values()))
+    return all(p.is_file() for p in set_files(folder, step, ema_rates))
 
 
 def complete_steps(folder, ema_rates):
@@ -242,26 +247,28 @@ def checkpoint_files(folder):
     return dict(sorted(files.items()))
 
 
-def delete_checkpoint_set(folder, step):
-    """Delete every file of `step` (opt first: a half-deleted set is never complete)."""
-    paths = checkpoint_files(folder).get(step, [])
-    for path in sorted(paths, key=lambda p: not p.name.startswith("opt")):
-        path.unlink(missing_ok=True)
-    return paths
+def delete_checkpoint_files(paths):
+    """Delete checkpoint files, every opt file first: a half-deleted set is never complete."""
+    for path in sorted(paths, key=lambda p: not Path(p).name.startswith("opt")):
+        Path(path).unlink(missing_ok=True)
 
 
-def steps_to_prune(folder, ema_rates, keep, keep_every=0):
-    """Steps whose files go when only the newest `keep` complete sets stay (plus every step that
-    is a multiple of `keep_every`). Only steps older than the oldest kept complete set go, so an
-    incomplete set being written now is never touched. keep=0: nothing goes."""
+def sets_to_prune(folder, ema_rates, keep, keep_every=0):
+    """{step: files} of the sets that go when only the newest `keep` complete sets stay (plus
+    every step that is a multiple of `keep_every`), from one listing of `folder`. Only steps
+    older than the oldest kept complete set go, so an incomplete set being written now is never
+    touched. keep=0: nothing goes."""
     if keep <= 0:
-        return []
-    complete = complete_steps(folder, ema_rates)
+        return {}
+    files = checkpoint_files(folder)
+    complete = [step for step in sorted(files, reverse=True)
+                if {p.name for p in set_files(folder, step, ema_rates)}
+                <= {p.name for p in files[step]}]
     if len(complete) <= keep:
-        return []
+        return {}
     oldest_kept = complete[keep - 1]
-    return [s for s in checkpoint_files(folder)
-            if s < oldest_kept and not (keep_every and s % keep_every == 0)]
+    return {step: paths for step, paths in files.items()
+            if step < oldest_kept and not (keep_every and step % keep_every == 0)}
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -297,8 +304,8 @@ def set_rng_state(state):
 
 __all__ = [
     "CheckpointError", "TrainingCheckpoint", "atomic_save", "candidate_steps", "checkpoint_files",
-    "checkpoint_paths", "complete_steps", "delete_checkpoint_set", "ema_filename", "is_complete",
-    "load_checkpoint_file", "load_latest_checkpoint", "load_training_checkpoint",
+    "checkpoint_paths", "complete_steps", "delete_checkpoint_files", "ema_filename",
+    "is_complete", "load_checkpoint_file", "load_latest_checkpoint", "load_training_checkpoint",
     "model_filename", "opt_filename", "remove_stale_temp_files", "rng_state", "save_checkpoint",
-    "set_rng_state", "step_from_model_path", "steps_to_prune",
+    "set_files", "set_rng_state", "sets_to_prune", "step_from_model_path",
 ]

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import dist, model_and_diffusion_defaults
-from ..checkpoint import (CHECKPOINT_NAME, checkpoint_files, checkpoint_paths,
-                          delete_checkpoint_set, is_complete, load_latest_checkpoint,
-                          load_training_checkpoint, remove_stale_temp_files,
-                          step_from_model_path)
+from ..checkpoint import (CHECKPOINT_NAME, checkpoint_files, delete_checkpoint_files,
+                          is_complete, load_latest_checkpoint, load_training_checkpoint,
+                          remove_stale_temp_files, set_files, step_from_model_path)
 from ..cli import UsageError, read_args_json
 from .options import training_defaults
 
@@ -95,10 +94,8 @@ def plan_start(cfg, model_flags, logdir, map_location="cpu"):
         ckpt = load_latest_checkpoint(logdir, cfg.ema_rate, map_location=map_location)
         if ckpt is not None:
             plan.folder, plan.step = logdir, ckpt.step
-            names = checkpoint_paths(logdir, ckpt.step, cfg.ema_rate)
-            listed = [names["model"].name, *(p.name for p in names["ema"].values()),
-                      names["opt"].name]
-            plan.messages.append(f"resuming from step {ckpt.step}: {', '.join(listed)}")
+            listed = ", ".join(p.name for p in set_files(logdir, ckpt.step, cfg.ema_rate))
+            plan.messages.append(f"resuming from step {ckpt.step}: {listed}")
         else:
             plan.messages.append(f"no checkpoint in {logdir}: starting at step 1")
 
@@ -146,8 +143,7 @@ def _make_ready(plan, source):
     except OSError as e:
         raise UsageError(f"log dir {plan.logdir} ({source}) cannot be created: "
                          f"{e.strerror}") from None
-    for step in sorted({_step_of(p) for p in plan.foreign}):
-        delete_checkpoint_set(plan.logdir, step)
+    delete_checkpoint_files(plan.foreign)
     if plan.foreign:
         plan.messages.append(f"--overwrite True: deleted {_describe(plan.foreign)} from "
                              f"{plan.logdir}")
@@ -174,8 +170,7 @@ def _foreign_message(cfg, plan, same_folder):
     why = ""
     if plan.step == 0:
         newest = max(_step_of(p) for p in plan.foreign)
-        paths = checkpoint_paths(plan.logdir, newest, cfg.ema_rate)
-        missing = [p.name for p in (paths["model"], *paths["ema"].values(), paths["opt"])
+        missing = [p.name for p in set_files(plan.logdir, newest, cfg.ema_rate)
                    if not p.is_file()]
         if missing:
             why = (f"; none is a complete set for --ema_rate {','.join(cfg.ema_rate)} (step "

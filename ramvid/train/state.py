@@ -5,8 +5,8 @@ position (gathered to rank 0), the GradScaler and the schedule sampler's loss hi
 Where a run starts (which checkpoint, which folder) is decided in `rundir`.
 """
 from .. import dist
-from ..checkpoint import (CheckpointError, delete_checkpoint_set, rng_state, save_checkpoint,
-                          set_rng_state, steps_to_prune)
+from ..checkpoint import (CheckpointError, delete_checkpoint_files, rng_state, save_checkpoint,
+                          set_rng_state, sets_to_prune)
 
 FORMAT_VERSION = 1
 
@@ -37,10 +37,9 @@ def save_training_state(logdir, step, model, ema, opt, scaler, schedule_sampler,
         }
         emas = {rate: ema.state_dict(rate) for rate in ema.rates}  # CPU copies
         save_checkpoint(logdir, step, _cpu(model.state_dict()), emas, opt_state)
-        pruned = steps_to_prune(logdir, ema.rates, keep, keep_every)
-        for old in pruned:
-            delete_checkpoint_set(logdir, old)
-        return pruned
+        pruned = sets_to_prune(logdir, ema.rates, keep, keep_every)
+        delete_checkpoint_files([path for paths in pruned.values() for path in paths])
+        return list(pruned)
 
     return dist.run_on_main(write)
 
