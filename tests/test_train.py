@@ -83,6 +83,24 @@ def test_ema_update_is_the_lerp_formula():
     torch.testing.assert_close(state["0.weight"], ema.params["0.5"][0])
 
 
+def test_ema_copy_to_puts_the_ema_weights_and_live_buffers_into_the_copy():
+    """Expected: the EMA parameters of the chosen rate, and the live model's buffers. Catches
+    copying the live weights or another rate's."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    ema = EMA(net, ["0.9", "0.5"])
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+        net[1].running_mean.add_(1.0)
+    ema.update()
+    copy = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    ema.copy_to(copy, "0.5")
+    for p_copy, p_ema in zip(copy.parameters(), ema.params["0.5"]):
+        torch.testing.assert_close(p_copy, p_ema)
+    assert not torch.equal(copy[0].weight, net[0].weight)
+    torch.testing.assert_close(copy[1].running_mean, net[1].running_mean)
+
+
 def test_lr_schedules():
     base = TrainConfig(data_dir="unused", lr=1e-3)
     assert lr_at(base, 12345) == 1e-3

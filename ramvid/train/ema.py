@@ -28,6 +28,15 @@ class EMA:
                 for k, v in self.model.state_dict().items()}
 
     @torch.no_grad()
+    def copy_to(self, target, rate):
+        """Put the EMA weights of `rate` into `target`, a copy of the live model, on its device
+        (buffers from the live model): no trip through the CPU."""
+        live = dict(zip(self.names, self.params[rate]))
+        target_state = target.state_dict()
+        for name, value in self.model.state_dict().items():
+            target_state[name].copy_(live.get(name, value))
+
+    @torch.no_grad()
     def load_state_dict(self, rate, state):
         missing = [n for n in self.names if n not in state]
         if missing:

@@ -103,7 +103,7 @@ class Preview:
     def run(self, step, ema):
         """Preview the EMA weights after `step`; returns the seconds it took."""
         start = time.time()
-        self.ema_model.load_state_dict(ema.state_dict(self.ema_rate))
+        ema.copy_to(self.ema_model, self.ema_rate)
         row = {"step": step, "val_loss": self.val_loss()}
         videos, masks, strips = [], [], {}
         for stream, (task, cond_frames) in enumerate(preview_tasks(self.seq_len).items()):
