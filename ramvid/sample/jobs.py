@@ -50,12 +50,6 @@ class SampleJob:
     progress: bool = True
 
 
-def _flags_of(model):
-    cfg = model.config
-    return {"image_size": cfg.image_size, "seq_len": cfg.seq_len, "rgb": cfg.in_channels == 3,
-            "class_cond": cfg.num_classes is not None, "num_classes": cfg.num_classes or 0}
-
-
 def _fields(model, num_frames, save_gt):
     channels, _, height, width = model_video_shape(model)
     item = (num_frames, height, width, channels)
@@ -76,13 +70,14 @@ def _result(videos, gt, labels):
     return result
 
 
-def fixed_length_work(model, diffusion, job):
-    """(work(indices, callback) -> arrays, denoising steps per batch, frames, data clips)."""
+def fixed_length_work(model, diffusion, flags, job):
+    """(work(indices, callback) -> arrays, denoising steps per batch, frames, data clips);
+    `flags`: the model's flags (image size, channels, labels of the clips to read)."""
     seq_len = model_video_shape(model)[1]
     cond_frames = list(job.cond_frames)
     needs_data = bool(cond_frames) or job.save_gt or (is_class_conditional(model)
                                                       and bool(job.data_dir))
-    source = ClipSource(job.data_dir, _flags_of(model), seq_len, job.samples_per_clip) \
+    source = ClipSource(job.data_dir, flags, seq_len, job.samples_per_clip) \
         if needs_data else None
 
     def work(indices, callback):
@@ -96,7 +91,7 @@ def fixed_length_work(model, diffusion, job):
     return work, diffusion.num_timesteps, seq_len, (len(source) if source else 0)
 
 
-def long_video_work(model, diffusion, job):
+def long_video_work(model, diffusion, flags, job):
     """As fixed_length_work, for videos of job.long.total_length frames by a window plan."""
     seq_len = model_video_shape(model)[1]
     settings = job.long
@@ -104,7 +99,7 @@ def long_video_work(model, diffusion, job):
                            settings.max_cond_frames,
                            settings.prediction_step or seq_len - settings.max_cond_frames,
                            settings.start_frames)
-    flags, per_clip = _flags_of(model), job.samples_per_clip
+    per_clip = job.samples_per_clip
     start_source = ClipSource(job.data_dir, flags, seq_len, per_clip) if settings.start_frames else None
     # The ground truth spans the whole length, so it needs files of >= total_length frames.
     gt_source = ClipSource(job.data_dir, flags, settings.total_length, per_clip) if job.save_gt else None
@@ -157,7 +152,7 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
     reuse_finished: a finished run of the same settings is returned as it is (else an error).
     The model must be on info.device."""
     build = long_video_work if job.long else fixed_length_work
-    work, steps_per_batch, num_frames, data_clips = build(model, diffusion, job)
+    work, steps_per_batch, num_frames, data_clips = build(model, diffusion, flags, job)
     record = job_record(job, flags, diffusion, num_frames, data_clips)
     folder = run_folder(record, out_dir)
     store = ChunkStore(folder, job.num_samples, job.chunk_size,
