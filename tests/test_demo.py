@@ -13,8 +13,8 @@ from ramvid.demo import pipeline, shipped
 from ramvid.demo.pipeline import (DemoConfig, launch_prefix, prepare_data, sample_command,
                                   sample_files, train_command)
 from ramvid.demo.report import format_table, plot_training_loss, read_progress, score
-from ramvid.demo.results import (COPY_LAST, LINEAR, MEAN, grouped_samples, margins,
-                                 score_conditional_task, training_reference)
+from ramvid.demo.results import (COPY_LAST, LINEAR, MEAN, common_truth, grouped_samples,
+                                 margins, score_conditional_task, training_reference)
 from ramvid.presets import preset_flags
 
 
@@ -130,6 +130,19 @@ def test_samples_are_grouped_by_clip_and_checked_against_their_clips():
         grouped_samples(wrong, truth_rows, [0, 1], 2)
     with pytest.raises(UsageError, match="groups of 4"):
         grouped_samples(samples, truth_rows, [0, 1], 4)
+
+
+def test_two_models_are_scored_only_on_the_same_clips():
+    """Catches scoring one model's samples against the other model's clips (the demo once kept
+    whichever truth it read last)."""
+    gt = make_clips(3, image_size=16, num_frames=8, seed=4, split="test", max_sprites=1).videos
+    assert common_truth({"shipped": gt, "this run": gt.copy()}) is gt
+    other = gt.copy()
+    other[2, 5] = 255 - other[2, 5]
+    with pytest.raises(UsageError, match="this run and shipped were sampled on different clips"):
+        common_truth({"shipped": gt, "this run": other})
+    with pytest.raises(UsageError, match="different clips"):
+        common_truth({"shipped": gt, "this run": gt[:2]})
 
 
 def test_format_table_has_one_row_per_method_and_two_columns_per_task():

@@ -52,6 +52,18 @@ def grouped_samples(samples, gt, given_frames, per_clip):
     return samples, gt[:, 0]
 
 
+def common_truth(truths):
+    """The one ground truth (N, T, H, W, C) of several models' samples ({label: truth}): scores
+    are comparable only when every model was sampled on the same clips."""
+    (first_label, first), *others = truths.items()
+    for label, gt in others:
+        if gt.shape != first.shape or not np.array_equal(gt, first):
+            raise UsageError(f"{label} and {first_label} were sampled on different clips "
+                             f"({gt.shape} vs {first.shape} or other pixels); their scores "
+                             "would not be comparable")
+    return first
+
+
 def baseline_videos(gt, given_frames, reference):
     """{method: uint8 (N, T, H, W, C)} for the baselines that apply to these given frames;
     linear interpolation only where a missing frame lies between two given frames."""
@@ -105,6 +117,7 @@ def margins(scores, ours):
     return out
 
 
-__all__ = ["BASELINES", "COPY_LAST", "LINEAR", "MEAN", "baseline_videos", "comparison_grid",
+__all__ = ["BASELINES", "COPY_LAST", "LINEAR", "MEAN", "baseline_videos", "common_truth",
+           "comparison_grid",
            "grouped_samples", "load_videos", "margins", "score_conditional_task",
            "training_reference"]

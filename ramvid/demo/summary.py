@@ -4,8 +4,9 @@ import time
 
 from .pipeline import TASKS, sample_files
 from .report import format_table, plot_training_loss, read_progress, write_metrics_json
-from .results import (BASELINES, COPY_LAST, LINEAR, comparison_grid, grouped_samples,
-                      load_videos, margins, score_conditional_task, training_reference)
+from .results import (BASELINES, COPY_LAST, LINEAR, common_truth, comparison_grid,
+                      grouped_samples, load_videos, margins, score_conditional_task,
+                      training_reference)
 from .shipped import SHIPPED_STEPS
 
 SOURCES = ("shipped", "this_run")  # run_dir/<source>/<task>: which checkpoint sampled it
@@ -25,11 +26,13 @@ def score_tasks(cfg, labels):
         frames = given(cfg.seq_len)
         if frames is None:
             continue
-        ours, gt = {}, None
+        ours, truth = {}, {}
         for source in SOURCES:
             samples_path, gt_path = sample_files(cfg.run_dir / source / task)
-            ours[labels[source]], gt = grouped_samples(
+            label = labels[source]
+            ours[label], truth[label] = grouped_samples(
                 load_videos(samples_path), load_videos(gt_path), frames, cfg.samples_per_clip)
+        gt = common_truth(truth)
         scores[task], videos[task] = score_conditional_task(ours, gt, frames, reference)
         truths[task] = gt
     return scores, videos, truths
