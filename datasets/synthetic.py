@@ -13,10 +13,9 @@ Every clip is drawn from its own generator seeded by (seed, split, index), so an
 can be reproduced, and the train, test and (optional) val sets never share a clip.
 
 `--speed`, `--radius` (fractions of the frame size) and `--color_by_shape` make the motion
-easier to see and to learn; `make demo` uses one large sprite moving 2.4 px per frame in a
+easier to see and to learn; `make demo` uses one large sprite moving 2 px per frame in a
 16 x 16 frame, its colour fixed by its shape (docs/DEMO.md).
 """
-import argparse
 import sys
 import time
 from collections import Counter
@@ -29,9 +28,9 @@ if __package__ in (None, ""):  # run as `python datasets/synthetic.py`: import f
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.common import class_of, prepare_split_dir  # noqa: E402
-from ramvid.cli import UsageError, entry_point, make_parser  # noqa: E402
+from ramvid.cli import UsageError, entry_point  # noqa: E402
 from ramvid.video_io import write_video  # noqa: E402
-from ramvid.flags import str2bool  # noqa: E402
+from ramvid.flags import Flag, at_least, parse, positive  # noqa: E402
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 BACKGROUND = np.array([16, 16, 24], np.uint8)
@@ -180,41 +179,41 @@ def generate(out_dir, num_train=400, num_test=64, image_size=32, num_frames=20, 
 def fraction_pair(text):
     """'a,b' -> (a, b) floats; a single number gives (a, a)."""
     try:
-        values = tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in str(text).split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'min,max' numbers, got {text!r}") from None
+        raise ValueError(f"expected 'min,max' numbers, got {text!r}") from None
     if len(values) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"expected 'min,max' numbers, got {text!r}")
+        raise ValueError(f"expected 'min,max' numbers, got {text!r}")
     return (values[0], values[-1])
+
+
+def _written(pair):
+    return ",".join(map(str, pair))
+
+
+FLAGS = (
+    Flag("out_dir", None, "writes out_dir/train and out_dir/test", required=True),
+    Flag("num_train", 400, "training clips (out_dir/train)", check=at_least(0)),
+    Flag("num_test", 64, "held-out clips for scoring (out_dir/test)", check=at_least(0)),
+    Flag("num_val", 0, "also write out_dir/val: clips for choosing settings, not scoring",
+         check=at_least(0)),
+    Flag("image_size", 32, "frame height and width", check=positive),
+    Flag("num_frames", 20, "frames per clip", check=positive),
+    Flag("max_sprites", 3, "each clip shows 1..this many", check=positive),
+    Flag("speed", _written(SPEED_RANGE), "'min,max' pixels per frame as a fraction of the frame "
+         "size", convert=fraction_pair),
+    Flag("radius", _written(RADIUS_RANGE), "'min,max' sprite circumradius as a fraction of the "
+         "frame size", convert=fraction_pair),
+    Flag("color_by_shape", False, "each shape has one fixed colour instead of a random one"),
+    Flag("fps", 10, "frame rate written into the videos", check=positive),
+    Flag("seed", 0, "the whole data set is a function of this seed"),
+    Flag("overwrite", False, "replace videos already in out_dir/train and out_dir/test"),
+)
 
 
 @entry_point
 def main(argv=None):
-    parser = make_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--out_dir", required=True, help="writes out_dir/train and out_dir/test")
-    parser.add_argument("--num_train", type=int, default=400,
-                        help="training clips (out_dir/train)")
-    parser.add_argument("--num_test", type=int, default=64,
-                        help="held-out clips for scoring (out_dir/test)")
-    parser.add_argument("--num_val", type=int, default=0,
-                        help="also write out_dir/val: clips for choosing settings, not scoring")
-    parser.add_argument("--image_size", type=int, default=32, help="frame height and width")
-    parser.add_argument("--num_frames", type=int, default=20, help="frames per clip")
-    parser.add_argument("--max_sprites", type=int, default=3, help="each clip shows 1..this many")
-    parser.add_argument("--speed", type=fraction_pair, default=SPEED_RANGE,
-                        help="'min,max' pixels per frame as a fraction of the frame size")
-    parser.add_argument("--radius", type=fraction_pair, default=RADIUS_RANGE,
-                        help="'min,max' sprite circumradius as a fraction of the frame size")
-    parser.add_argument("--color_by_shape", type=str2bool, default=False,
-                        help="each shape has one fixed colour instead of a random one")
-    parser.add_argument("--fps", type=int, default=10, help="frame rate written into the videos")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="the whole data set is a function of this seed")
-    parser.add_argument("--overwrite", type=str2bool, default=False,
-                        help="replace videos already in out_dir/train and out_dir/test")
-    args = parser.parse_args(argv)
-    if args.fps < 1:
-        parser.error(f"--fps must be positive, got {args.fps}")
+    args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
 
     start = time.time()
     written = generate(args.out_dir, args.num_train, args.num_test, args.image_size,

@@ -15,7 +15,8 @@ built from these declarations, so they cannot disagree:
     args = parse("What the program does.", FLAGS)   # all three at once, for a small tool
 
 Flags keep the names, defaults and meanings of the seed README, so a command pasted from the
-paper works unchanged. Booleans are written `True`/`False`; lists as comma lists (`0,1,`).
+paper works unchanged. Booleans are written `True`/`False` (a bare `--flag` means True); lists
+as comma lists (`0,1,`).
 """
 import argparse
 import types
@@ -141,9 +142,10 @@ def add_flags(parser, flags, help_texts=None):
         flags = [Flag(name, default, help_texts.get(name)) for name, default in flags.items()]
     for flag in flags:
         default = argparse.SUPPRESS if flag.required else flag.default  # no "(default: None)"
+        switch = {"nargs": "?", "const": True} if flag.parse_type() is str2bool else {}
         parser.add_argument(f"--{flag.name}", default=default, type=flag.parse_type(),
                             choices=flag.choices if flag.convert is None else None,
-                            required=flag.required, help=flag.help)
+                            required=flag.required, help=flag.help, **switch)
 
 
 def flag_values(flags, raw):

@@ -312,7 +312,9 @@ def test_demo_flags_are_checked_in_one_line(capsys):
                        (["--timestep_respacing", "100"], "--timestep_respacing"),
                        (["--timestep_respacing", "ddimx"], "--timestep_respacing")):
         with pytest.raises(SystemExit) as info:
-            demo.parse_args(argv)
+            demo.main(argv)
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert flag in err and err.count("\n") == 1, err
+    assert demo.parse_args(["--retrain"]).retrain is True  # a bare switch, as documented
+    assert demo.parse_args([]).retrain is False

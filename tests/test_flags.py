@@ -282,3 +282,16 @@ def test_wrong_type_from_a_file_names_the_flag():
     from ramvid.config import create_model
     with pytest.raises(UsageError, match="^--num_classes None: is a NoneType, expected int$"):
         create_model(num_classes=None)
+
+
+def test_a_boolean_flag_is_a_bare_switch_or_takes_a_value():
+    """Expected from the convention: `--flag` alone means True, `--flag False` and
+    `--flag=True` as written, absent means the default. Catches a bare switch that fails
+    ("expected one argument") or that swallows the next flag."""
+    from ramvid.flags import Flag, parse
+    flags = (Flag("overwrite", False, "h"), Flag("fvd", True, "h"), Flag("steps", 3, "h"))
+    assert parse("t", flags, ["--overwrite"]).overwrite is True
+    got = parse("t", flags, ["--overwrite", "--steps", "5", "--fvd", "False"])
+    assert (got.overwrite, got.steps, got.fvd) == (True, 5, False)
+    assert parse("t", flags, ["--overwrite=False"]).overwrite is False
+    assert parse("t", flags, []).overwrite is False

@@ -13,55 +13,55 @@ See docs/DEMO.md.
 import time
 from pathlib import Path
 
-from ..cli import entry_point, make_parser
+from ..cli import entry_point
 from ..diffusion import space_timesteps
+from ..flags import Flag, at_least, parse
 from ..presets import preset_flags
 from .pipeline import (REPO, TASKS, DemoConfig, child_env, ema_checkpoint, find_mpirun,
                        launch_prefix, prepare_data, run_step, sample_command, shown,
                        train_command)
-from .shipped import (RETRAIN_THREADS, SHIPPED_SHA256, retrain_command, sha256_of,
-                      verified_checkpoint)
+from .shipped import (RETRAIN_MINUTES, RETRAIN_THREADS, SHIPPED_SHA256, retrain_command,
+                      sha256_of, verified_checkpoint)
 from .summary import summarise
 
 DEFAULT_STEPS = 600  # the short run: about 2.5 minutes on 2 idle cores (docs/DEMO.md)
 
 
-def parse_args(argv=None):
-    parser = make_parser(__doc__.split("\n\n")[0], prog="demo.py")
-    parser.add_argument("--out_dir", default="", help="run folder (default: runs/demo-<time>)")
-    parser.add_argument("--data_dir", default=str(REPO / "runs" / "demo_data"),
-                        help="synthetic clips, drawn once and reused while the settings match")
-    parser.add_argument("--max_steps", type=int, default=DEFAULT_STEPS,
-                        help="steps of the short training run from scratch")
-    parser.add_argument("--sample_interval", type=int, default=200,
-                        help="held-out previews of the short run every this many steps")
-    parser.add_argument("--procs", type=int, default=2, help="mpirun ranks (one core each)")
-    parser.add_argument("--num_test", type=int, default=64,
-                        help="held-out clips scored for prediction and infilling")
-    parser.add_argument("--samples_per_clip", type=int, default=4,
-                        help="N samples per held-out clip: best-of-N beside the one-sample mean")
-    parser.add_argument("--timestep_respacing", default="ddim25", help="DDIM sampling steps")
-    parser.add_argument("--eta", type=float, default=1.0,
-                        help="DDIM noise; 1 scored better than 0 on validation clips")
-    parser.add_argument("--seed", type=int, default=0, help="training and sampling seed")
-    parser.add_argument("--retrain", action="store_true",
-                        help="first retrain the shipped checkpoint with its recorded command "
-                             "(about 36 minutes on an idle core) and use that instead")
-    args = parser.parse_args(argv)
-    for flag in ("max_steps", "sample_interval", "procs", "num_test", "samples_per_clip"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag} {getattr(args, flag)}: must be >= 1")
-    if not 0 <= args.eta <= 1:
-        parser.error(f"--eta {args.eta}: must lie in [0, 1]")
-    if not args.timestep_respacing.startswith("ddim"):
-        parser.error(f"--timestep_respacing {args.timestep_respacing!r}: the demo samples with "
-                     "DDIM; use e.g. ddim25")
+def ddim_respacing(text):
+    """The reason `text` is not a DDIM respacing of the demo's diffusion steps, or None."""
+    if not text.startswith("ddim"):
+        return "the demo samples with DDIM; use e.g. ddim25"
     try:  # checked now, not after minutes of training
-        space_timesteps(preset_flags("demo")["diffusion_steps"], args.timestep_respacing)
+        space_timesteps(preset_flags("demo")["diffusion_steps"], text)
     except ValueError as e:
-        reason = str(e).split(": ", 1)[-1]  # the library names the value itself
-        parser.error(f"--timestep_respacing {args.timestep_respacing!r}: {reason}")
-    return args
+        return str(e).split(": ", 1)[-1]  # the library names the value itself
+    return None
+
+
+DEMO_FLAGS = (
+    Flag("out_dir", "", "run folder (empty: runs/demo-<time>)"),
+    Flag("data_dir", str(REPO / "runs" / "demo_data"),
+         "synthetic clips, drawn once and reused while the settings match"),
+    Flag("max_steps", DEFAULT_STEPS, "steps of the short training run from scratch",
+         check=at_least(1)),
+    Flag("sample_interval", 200, "held-out previews of the short run every this many steps",
+         check=at_least(1)),
+    Flag("procs", 2, "mpirun ranks (one core each)", check=at_least(1)),
+    Flag("num_test", 64, "held-out clips scored for prediction and infilling",
+         check=at_least(1)),
+    Flag("samples_per_clip", 4, "N samples per held-out clip: best-of-N beside the one-sample "
+         "mean", check=at_least(1)),
+    Flag("timestep_respacing", "ddim25", "DDIM sampling steps", check=ddim_respacing),
+    Flag("eta", 1.0, "DDIM noise; 1 scored better than 0 on validation clips",
+         check=lambda eta: None if 0 <= eta <= 1 else "must lie in [0, 1]"),
+    Flag("seed", 0, "training and sampling seed"),
+    Flag("retrain", False, "first retrain the shipped checkpoint with its recorded command "
+         f"({RETRAIN_MINUTES} on this machine's 2 idle cores) and use that instead"),
+)
+
+
+def parse_args(argv=None):
+    return parse(__doc__.split("\n\n")[0], DEMO_FLAGS, argv)
 
 
 def make_config(args):
@@ -83,8 +83,8 @@ def retrain(cfg, timings):
     from .shipped import SHIPPED_STEPS
 
     train_dir = cfg.run_dir / "retrain"
-    banner(f"retraining the shipped checkpoint ({SHIPPED_STEPS} steps, one thread; "
-           f"log: {train_dir})")
+    banner(f"retraining the shipped checkpoint ({SHIPPED_STEPS} steps, {RETRAIN_THREADS} "
+           f"thread(s), {RETRAIN_MINUTES}; log: {train_dir})")
     timings["retrain_s"] = run_step("retraining", retrain_command(cfg.data_dir),
                                     child_env(RETRAIN_THREADS, train_dir),
                                     train_dir / "stdout.txt")
@@ -158,4 +158,4 @@ def main(argv=None):
     return 0
 
 
-__all__ = ["DEFAULT_STEPS", "main", "make_config", "parse_args"]
+__all__ = ["DEFAULT_STEPS", "DEMO_FLAGS", "main", "make_config", "parse_args"]
