@@ -10,7 +10,6 @@ Generates (once, cached) a long synthetic h264 video, then prints JSON with
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -23,8 +22,10 @@ import av
 import numpy as np
 from PIL import Image
 
+from ramvid.cli import entry_point
 from ramvid.data import load_data, probe, read_window
 from ramvid.data.decode import to_rgb
+from ramvid.flags import Flag, at_least, parse, positive
 
 
 def sliding_textures(width: int, height: int, seed: int = 0):
@@ -117,25 +118,28 @@ def cpu_model() -> str:
     return platform.processor()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cache_dir", type=Path,
-                        default=Path(tempfile.gettempdir()) / "ramvid_loader_benchmark",
-                        help="where the generated test video is kept between runs")
-    parser.add_argument("--minutes", type=float, default=5.0, help="length of the test video")
-    parser.add_argument("--width", type=int, default=1280, help="test video width in pixels")
-    parser.add_argument("--height", type=int, default=720, help="test video height in pixels")
-    parser.add_argument("--fps", type=int, default=30, help="test video frame rate")
-    parser.add_argument("--gop", type=int, default=250, help="frames between keyframes (H.264 GOP size)")
-    parser.add_argument("--seq_len", type=int, default=20, help="frames per clip")
-    parser.add_argument("--starts", type=int, default=11,
-                        help="random windows to time, one per equal part of the file")
-    parser.add_argument("--image_size", type=int, default=64, help="clip frames are resized to this")
-    parser.add_argument("--batch_size", type=int, default=4, help="clips per batch")
-    parser.add_argument("--batches", type=int, default=10, help="timed batches through the training loader")
-    parser.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random window starts")
-    args = parser.parse_args()
+FLAGS = (
+    Flag("cache_dir", str(Path(tempfile.gettempdir()) / "ramvid_loader_benchmark"),
+         "where the generated test video is kept between runs"),
+    Flag("minutes", 5.0, "length of the test video", check=positive),
+    Flag("width", 1280, "test video width in pixels", check=positive),
+    Flag("height", 720, "test video height in pixels", check=positive),
+    Flag("fps", 30, "test video frame rate", check=positive),
+    Flag("gop", 250, "frames between keyframes (H.264 GOP size)", check=positive),
+    Flag("seq_len", 20, "frames per clip", check=positive),
+    Flag("starts", 11, "random windows to time, one per equal part of the file", check=positive),
+    Flag("image_size", 64, "clip frames are resized to this", check=positive),
+    Flag("batch_size", 4, "clips per batch", check=positive),
+    Flag("batches", 10, "timed batches through the training loader", check=positive),
+    Flag("num_workers", 2, "data-loading worker processes", check=at_least(0)),
+    Flag("seed", 0, "seed of the random window starts"),
+)
+
+
+@entry_point
+def main(argv=None):
+    args = parse(__doc__.split("\n")[0], FLAGS, argv)
+    args.cache_dir = Path(args.cache_dir)
 
     video_dir = args.cache_dir / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
