@@ -108,3 +108,32 @@ def test_a_file_that_disagrees_with_its_record_is_refused(run, tmp_path, capsys)
     np.savez(tmp_path / "6x6x16x16x3.npz", samples[:4])
     err = _error(["--samples", tmp_path / "6x6x16x16x3.npz", "--fvd", "False"], capsys)
     assert "records 6 samples of 6 frames, the file holds shape (4, 6, 16, 16, 3)" in err
+
+
+def test_sample_files_are_read_from_disk_clip_by_clip(tmp_path):
+    """Expected: the values np.load reads, without the file in memory (tracemalloc sees numpy's
+    allocations). Catches loading a whole samples or repeated ground-truth file (5 GB for BAIR's
+    256 x 100 samples) before scoring it, and a map at the wrong offset (values differ)."""
+    import tracemalloc
+
+    from ramvid.metrics.inputs import load_clips, one_row_per_clip
+    from ramvid.sample.npzfile import write_npz
+
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 256, (40, 8, 32, 32, 3), dtype=np.uint8)   # 40 clips
+    repeated = np.repeat(clips, 5, axis=0)                             # 5 rows each: 4.9 MB
+    path = write_npz(tmp_path / "gt_repeated.npz", [repeated, np.arange(200)])
+    tracemalloc.start()
+    try:
+        mapped = load_clips(path, "--gt")
+        one_per_clip = one_row_per_clip(mapped, len(repeated), 5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * clips.nbytes, peak  # the one row per clip it returns, a clip or two more
+    with np.load(path) as data:
+        np.testing.assert_array_equal(mapped, data["arr_0"])
+    np.testing.assert_array_equal(one_per_clip, clips)
+
+    np.savez_compressed(tmp_path / "foreign.npz", clips)  # compressed: read whole, same values
+    np.testing.assert_array_equal(load_clips(tmp_path / "foreign.npz", "--samples"), clips)

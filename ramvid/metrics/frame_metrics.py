@@ -21,7 +21,8 @@ MSE_FLOOR = 1e-10
 
 def _to_unit(x, device=None) -> torch.Tensor:
     """uint8 [0, 255] or float [-1, 1] (numpy or torch) -> float32 tensor in [0, 1]."""
-    x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    # np.array copies: the rows may be a read-only map of the samples file
+    x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))
     x = x.to(device)  # before the conversion: uint8 is the cheapest to move
     if x.dtype == torch.uint8:
         return x.float() / 255.0

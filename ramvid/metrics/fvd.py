@@ -92,7 +92,7 @@ def i3d_features(videos, batch_size: int = 16, model: I3D | None = None,
             if frames is not None:
                 batch = batch[:, frames]
             if not isinstance(batch, torch.Tensor):
-                batch = torch.from_numpy(np.ascontiguousarray(batch))
+                batch = torch.from_numpy(np.array(batch))  # a copy: rows may be a read-only map
             logits = model(preprocess(batch.to(device)))   # (B, 400)
             features.append(logits.double().cpu().numpy())
     return np.concatenate(features, axis=0)

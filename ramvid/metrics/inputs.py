@@ -15,20 +15,24 @@ import numpy as np
 from ..cli import UsageError
 from ..masking import frame_indices_problem, mask_from_frames
 from ..sample.output import GT_PREFIX
-from ..sample.npzfile import npz_shape
+from ..sample.npzfile import map_npz_array, npz_shape
 from ..sample.record import RECORD_JSON, read_record, run_files
 from .evaluation import PROTOCOLS
 
 
 def load_clips(path: Path, flag: str) -> np.ndarray:
-    """arr_0 of an npz: uint8 N x T x H x W x C, C = 1 or 3."""
+    """arr_0 of an npz: uint8 N x T x H x W x C, C = 1 or 3; mapped from disk when the file
+    stores it uncompressed (every file ramvid writes), else read whole."""
     if not path.is_file():
         raise UsageError(f"{flag} {path}: no such file")
     try:
-        with np.load(path) as data:
-            if "arr_0" not in data:
-                raise UsageError(f"{flag} {path}: no arr_0 in the npz (has {list(data.keys())})")
-            clips = data["arr_0"]
+        clips = map_npz_array(path)
+        if clips is None:
+            with np.load(path) as data:
+                if "arr_0" not in data:
+                    raise UsageError(f"{flag} {path}: no arr_0 in the npz (has "
+                                     f"{list(data.keys())})")
+                clips = data["arr_0"]
     except (zipfile.BadZipFile, ValueError, OSError) as err:
         raise UsageError(f"{flag} {path}: not a readable npz file ({err})") from None
     if clips.ndim != 5 or clips.shape[-1] not in (1, 3):
@@ -127,11 +131,11 @@ def one_row_per_clip(gt: np.ndarray, num_sample_rows: int, per_clip) -> np.ndarr
     if per_clip == 1 or gt.shape[0] != num_sample_rows or gt.shape[0] % per_clip:
         return gt
     grouped = gt.reshape(gt.shape[0] // per_clip, per_clip, *gt.shape[1:])
-    if not (grouped == grouped[:, :1]).all():
+    if not all((clip == clip[:1]).all() for clip in grouped):  # clip by clip: gt may be mapped
         raise UsageError(f"--gt has as many rows as --samples but its rows do not repeat in "
                          f"groups of --samples_per_clip {per_clip}; pass one row per clip")
     print(f"--gt repeats each clip {per_clip} times: using one row per clip", file=sys.stderr)
-    return grouped[:, 0]
+    return np.ascontiguousarray(grouped[:, 0])
 
 
 def _per_clip(num_rows: int, num_clips: int, requested, path: Path) -> int:
