@@ -118,6 +118,5 @@ def margins(scores, ours):
 
 
 __all__ = ["BASELINES", "COPY_LAST", "LINEAR", "MEAN", "baseline_videos", "common_truth",
-           "comparison_grid",
-           "grouped_samples", "load_videos", "margins", "score_conditional_task",
-           "training_reference"]
+           "comparison_grid", "grouped_samples", "load_videos", "margins",
+           "score_conditional_task", "training_reference"]

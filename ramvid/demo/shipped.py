@@ -51,5 +51,5 @@ def verified_checkpoint():
     return SHIPPED_CHECKPOINT
 
 
-__all__ = ["RETRAIN_MINUTES", "RETRAIN_THREADS", "SHIPPED_CHECKPOINT", "SHIPPED_SHA256", "SHIPPED_STEPS",
-           "retrain_command", "sha256_of", "verified_checkpoint"]
+__all__ = ["RETRAIN_MINUTES", "RETRAIN_THREADS", "SHIPPED_CHECKPOINT", "SHIPPED_SHA256",
+           "SHIPPED_STEPS", "retrain_command", "sha256_of", "verified_checkpoint"]
