@@ -30,7 +30,7 @@ DEFAULT_STEPS = 600  # the short run: about 2.5 minutes on 2 idle cores (docs/DE
 def ddim_respacing(text):
     """The reason `text` is not a DDIM respacing of the demo's diffusion steps, or None."""
     if not text.startswith("ddim"):
-        return "the demo samples with DDIM; use e.g. ddim25"
+        return "the demo samples with DDIM; use e.g. ddim20"
     try:  # checked now, not after minutes of training
         space_timesteps(preset_flags("demo")["diffusion_steps"], text)
     except ValueError as e:
@@ -51,12 +51,13 @@ DEMO_FLAGS = (
          check=at_least(1)),
     Flag("samples_per_clip", 4, "N samples per held-out clip: best-of-N beside the one-sample "
          "mean", check=at_least(1)),
-    Flag("timestep_respacing", "ddim25", "DDIM sampling steps", check=ddim_respacing),
+    Flag("timestep_respacing", "ddim20", "DDIM sampling steps (20 scored as well as 25 on "
+         "validation clips, in 20 % less time)", check=ddim_respacing),
     Flag("eta", 1.0, "DDIM noise; 1 scored better than 0 on validation clips",
          check=lambda eta: None if 0 <= eta <= 1 else "must lie in [0, 1]"),
     Flag("seed", 0, "training and sampling seed"),
     Flag("retrain", False, "first retrain the shipped checkpoint with its recorded command "
-         f"({RETRAIN_MINUTES} on this machine's 2 idle cores) and use that instead"),
+         f"({RETRAIN_MINUTES}) and use that instead"),
 )
 
 
@@ -154,7 +155,8 @@ def main(argv=None):
 
     banner("4/4 scoring against baselines on the same held-out clips")
     summarise(cfg, checkpoints, timings, start,
-              retrain_shown=shown(retrain_command(cfg.data_dir)), retrained=args.retrain)
+              retrain_shown=f"OMP_NUM_THREADS={RETRAIN_THREADS} "
+                            + shown(retrain_command(cfg.data_dir)), retrained=args.retrain)
     return 0
 
 

@@ -123,7 +123,7 @@ def summarise(cfg, checkpoints, timings, start, retrain_shown, retrained=False):
             print(line)
     print(f"this run: training loss {train['loss_first_10pct']:.3f} -> "
           f"{train['loss_last_10pct']:.3f} over {train['steps']} steps")
-    print(f"the shipped checkpoint was trained by: OMP_NUM_THREADS=1 {retrain_shown}")
+    print(f"the shipped checkpoint was trained by: {retrain_shown}")
     sampling = sum(v for k, v in timings.items() if k.startswith("sample_"))
     print(f"time: data {timings['data_s']:.0f} s, training {timings['train_s']:.0f} s, sampling "
           f"{sampling:.0f} s, total {timings['total_s']:.0f} s\n")
