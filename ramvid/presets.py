@@ -18,9 +18,10 @@ PRESETS = {
     "kinetics600": dict(PAPER_COMMON, num_res_blocks=3, batch_size=8, seq_len=16, uncondition_rate=0.25),
     "ucf101": dict(PAPER_COMMON, num_res_blocks=3, batch_size=8, seq_len=16, uncondition_rate=0.75),
     # `make demo`: one synthetic sprite; 600 steps from scratch in a few minutes on 2 CPU cores,
-    # and the shipped checkpoint (4500 steps of this preset; measurements in docs/DEMO.md). 32 channels is the narrowest width GroupNorm's 32 groups
-    # allow; channel_mult (1, 1) keeps 32 channels at 8 x 8 (twice the steps per second of
-    # (1, 2) at the same loss per step); only the middle block attends (8 x 8 x T tokens).
+    # and the shipped checkpoint (16000 steps of this preset; measurements in docs/DEMO.md).
+    # 32 channels is the narrowest width GroupNorm's 32 groups allow; channel_mult (1, 1) keeps
+    # 32 channels at 8 x 8 (twice the steps per second of (1, 2) at the same loss per step);
+    # only the middle block attends (8 x 8 x T tokens).
     # x0-prediction: after a few hundred steps its DDIM samples are clean sprites, while an
     # epsilon model's are still noisy and colour-shifted.
     "demo": dict(

@@ -52,7 +52,7 @@ DEMO_FLAGS = (
     Flag("samples_per_clip", 4, "N samples per held-out clip: best-of-N beside the one-sample "
          "mean", check=at_least(1)),
     Flag("timestep_respacing", "ddim20", "DDIM sampling steps (20 scored as well as 25 on "
-         "validation clips, in 20 % less time)", check=ddim_respacing),
+         "validation clips, in a fifth less time)", check=ddim_respacing),
     Flag("eta", 1.0, "DDIM noise; 1 scored better than 0 on validation clips",
          check=lambda eta: None if 0 <= eta <= 1 else "must lie in [0, 1]"),
     Flag("seed", 0, "training and sampling seed"),
