@@ -62,6 +62,15 @@ def write_npz(path, arrays):
     return path
 
 
+def _read_npy_header(file):
+    """(shape, fortran_order, dtype) from the .npy header at the file's position, leaving it at
+    the first byte of the data."""
+    major, _ = np.lib.format.read_magic(file)
+    read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                   else np.lib.format.read_array_header_2_0)
+    return read_header(file)
+
+
 def npz_shape(path, name="arr_0"):
     """The shape of array `name` of an npz file from its header alone (None if it has no such
     array): checking a 10 GB sample file against its record must not read it."""
@@ -69,10 +78,7 @@ def npz_shape(path, name="arr_0"):
         if f"{name}.npy" not in archive.namelist():
             return None
         with archive.open(f"{name}.npy") as member:
-            major, _ = np.lib.format.read_magic(member)
-            read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, _ = read_header(member)
+            shape, _, _ = _read_npy_header(member)
     return shape
 
 
@@ -93,10 +99,7 @@ def map_npz_array(path, name="arr_0"):
         name_length = int.from_bytes(local_header[26:28], "little")
         extra_length = int.from_bytes(local_header[28:30], "little")
         raw.seek(info.header_offset + 30 + name_length + extra_length)
-        major, _ = np.lib.format.read_magic(raw)
-        read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran_order, dtype = read_header(raw)
+        shape, fortran_order, dtype = _read_npy_header(raw)
         offset = raw.tell()
     if dtype.hasobject:
         return None
