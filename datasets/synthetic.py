@@ -27,7 +27,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python datasets/synthetic.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import class_of, prepare_split_dir  # noqa: E402
+from datasets.common import OUT_DIR, OVERWRITE, class_of, prepare_split_dir  # noqa: E402
 from ramvid.cli import UsageError, entry_point  # noqa: E402
 from ramvid.video_io import write_video  # noqa: E402
 from ramvid.flags import Flag, at_least, parse, positive  # noqa: E402
@@ -192,7 +192,7 @@ def _written(pair):
 
 
 FLAGS = (
-    Flag("out_dir", None, "writes out_dir/train and out_dir/test", required=True),
+    OUT_DIR,
     Flag("num_train", 400, "training clips (out_dir/train)", check=at_least(0)),
     Flag("num_test", 64, "held-out clips for scoring (out_dir/test)", check=at_least(0)),
     Flag("num_val", 0, "also write out_dir/val: clips for choosing settings, not scoring",
@@ -207,7 +207,7 @@ FLAGS = (
     Flag("color_by_shape", False, "each shape has one fixed colour instead of a random one"),
     Flag("fps", 10, "frame rate written into the videos", check=positive),
     Flag("seed", 0, "the whole data set is a function of this seed"),
-    Flag("overwrite", False, "replace videos already in out_dir/train and out_dir/test"),
+    OVERWRITE,
 )
 
 
