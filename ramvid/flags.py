@@ -68,6 +68,11 @@ def in_range(low, high):
     return lambda value: None if low <= value < high else f"must lie in [{low}, {high})"
 
 
+def unit_interval(value):
+    """0 <= value <= 1 (a probability, DDIM's eta)."""
+    return None if 0 <= value <= 1 else "must lie in [0, 1]"
+
+
 def one_of(choices):
     """A check for a flag whose choices are also written in its help (no argparse choices)."""
     return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..cli import entry_point
 from ..diffusion import space_timesteps
-from ..flags import Flag, at_least, parse
+from ..flags import Flag, at_least, parse, unit_interval
 from ..presets import preset_flags
 from .pipeline import (REPO, TASKS, DemoConfig, child_env, ema_checkpoint, find_mpirun,
                        launch_prefix, prepare_data, run_step, sample_command, shown,
@@ -54,7 +54,7 @@ DEMO_FLAGS = (
     Flag("timestep_respacing", "ddim20", "DDIM sampling steps (20 scored as well as 25 on "
          "validation clips, in a fifth less time)", check=ddim_respacing),
     Flag("eta", 1.0, "DDIM noise; 1 scored better than 0 on validation clips",
-         check=lambda eta: None if 0 <= eta <= 1 else "must lie in [0, 1]"),
+         check=unit_interval),
     Flag("seed", 0, "training and sampling seed"),
     Flag("retrain", False, "first retrain the shipped checkpoint with its recorded command "
          f"({RETRAIN_MINUTES}) and use that instead"),

@@ -13,16 +13,12 @@ from ..checkpoint import CheckpointError
 from ..cli import (UsageError, add_common_flags, check, check_model_flags, make_parser,
                    parse_flags)
 from ..config import MODEL_AND_DIFFUSION_FLAGS, model_and_diffusion_defaults
-from ..flags import Flag, add_flags, at_least, flag_values, one_of, select
+from ..flags import Flag, add_flags, at_least, flag_values, one_of, select, unit_interval
 from ..video_grid import FORMATS
 from .batch import SAMPLERS, SamplerOptions
 from .clips import ClipSource
 from .compat import ModelFlagsMismatch
 from .loading import checkpoint_flags, load_state_dict, model_from_state_dict
-
-def _unit_interval(value):
-    return None if math.isfinite(value) and 0 <= value <= 1 else "must lie in [0, 1]"
-
 
 def _finite_non_negative(value):
     return None if math.isfinite(value) and value >= 0 else "must be a finite number >= 0"
@@ -39,7 +35,7 @@ SAMPLING_FLAGS = (
          "ddpm)"),
     Flag("use_ddim", False, "the seed's name for --sampler ddim"),
     Flag("eta", 0.0, "DDIM noise in [0, 1] (0 = deterministic, 1 = ancestral-like); needs "
-         "--sampler ddim", check=_unit_interval),
+         "--sampler ddim", check=unit_interval),
     Flag("clip_denoised", True, "clip each predicted clean video to [-1, 1]"),
     Flag("resample_steps", 1, "denoise/re-noise repetitions per step (harmonises given and new "
          "frames)", check=at_least(1)),

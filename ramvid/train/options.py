@@ -19,7 +19,7 @@ from ..config import MODEL_AND_DIFFUSION_FLAGS
 from ..data.files import VIDEO_EXTENSIONS
 from ..diffusion.resample import SCHEDULE_SAMPLERS
 from ..flags import (Flag, add_flags, at_least, comma_items, config_class, defaults,
-                     existing_dir, flag_values, positive, select)
+                     existing_dir, flag_values, positive, select, unit_interval)
 from ..masking import train_mask_problem
 from .schedules import ANNEAL_TYPES
 
@@ -72,10 +72,6 @@ def _resume_source(path):
     return None if Path(path).is_file() else "file not found"
 
 
-def _probability(value):
-    return None if 0.0 <= value <= 1.0 else "must lie in [0, 1]"
-
-
 TRAIN_FLAGS = (
     Flag("data_dir", None, "folder searched recursively for videos "
          f"({' '.join(sorted(VIDEO_EXTENSIONS))})", check=_video_folder, required=True),
@@ -113,7 +109,7 @@ TRAIN_FLAGS = (
     Flag("mask_range", "", "'a,b': given frames are drawn from [a, b); empty = all frames",
          convert=_mask_range),
     Flag("uncondition_rate", 0.0, "p: probability that a video gets no given frame",
-         check=_probability),
+         check=unit_interval),
     Flag("exclude_conditional", True, "average the loss over the frames that are not given only"),
     Flag("max_steps", 0, "stop after this total step with a final checkpoint; 0 = until stopped",
          check=at_least(0)),
