@@ -26,10 +26,10 @@ setup(
     # The installed commands; scripts/*.py are the same commands run from a checkout.
     entry_points={
         "console_scripts": [
-            "ramvid-train = ramvid.train.main:command",
-            "ramvid-sample = ramvid.sample.commands:sample_main",
-            "ramvid-sample-long = ramvid.sample.commands:sample_long_main",
-            "ramvid-eval = ramvid.metrics.commands:eval_main",
+            "ramvid-train = ramvid.train.command:main",
+            "ramvid-sample = ramvid.sample.command:sample_main",
+            "ramvid-sample-long = ramvid.sample.command:sample_long_main",
+            "ramvid-eval = ramvid.metrics.command:eval_main",
             "ramvid-demo = ramvid.demo.command:main",
         ],
     },

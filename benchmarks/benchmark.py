@@ -96,9 +96,9 @@ def run_one(name, args):
     from torch.utils.flop_counter import FlopCounterMode
 
     from ramvid import create_model_and_diffusion, model_and_diffusion_defaults
-    from ramvid.accel import compile_model, configure_tf32
     from ramvid.diffusion import create_named_schedule_sampler
-    from ramvid.memory import limit_heap_fragmentation
+    from ramvid.diffusion.sampling import ddim_step, ddpm_step
+    from ramvid.runtime import compile_model, configure_tf32, limit_heap_fragmentation
     from ramvid.train.ema import EMA
     from ramvid.train.loop import fused_adamw_supported
     from ramvid.train.step import draw_step_inputs, forward_backward, gradient_norm
@@ -169,7 +169,8 @@ def run_one(name, args):
         gen_device = device if args.generators == "device" else torch.device("cpu")
         gens = [torch.Generator(device=gen_device).manual_seed(i) for i in range(batch)]
         sampling = {}
-        for kind, step in (("ddpm", diffusion.p_sample), ("ddim", diffusion.ddim_sample)):
+        for kind, step in (("ddpm", sampler_step(diffusion, ddpm_step)),
+                           ("ddim", sampler_step(diffusion, ddim_step))):
             x = torch.randn(shape, device=device).contiguous(memory_format=layout)
             step_times = []
             for i in range(1 + args.sample_steps):
@@ -177,12 +178,12 @@ def run_one(name, args):
                 t = torch.full((batch,), diffusion.num_timesteps - 1 - i, device=device, dtype=torch.long)
                 synchronize(args.device)
                 start = time.perf_counter()
-                x = step(net, x, t, generator=gens)["sample"]
+                x = step(net, x, t, generator=gens)
                 synchronize(args.device)
                 if i:
                     step_times.append(time.perf_counter() - start)
             sampling[kind] = statistics.median(step_times)
-    syncs = count_host_syncs(train_step, lambda: diffusion.p_sample(net, x0, t, generator=gens),
+    syncs = count_host_syncs(train_step, lambda: sampler_step(diffusion, ddpm_step)(net, x0, t, generator=gens),
                              model) if args.sync_check and args.device == "cuda" else {}
 
     record = {
@@ -210,6 +211,16 @@ def run_one(name, args):
             record["mfu"] = round(3 * fwd_flops / train_s / peaks[precision], 4)
             record["mfu_peak"] = f"{precision} {peaks[precision] / 1e12:.0f} TFLOP/s"
     print(json.dumps(record), flush=True)
+
+
+def sampler_step(diffusion, step):
+    """One reverse step x_t -> x_{t-1} of `step` (ddpm_step, ddim_step), unconditional."""
+    from ramvid.diffusion.sampling import Conditioning, predict
+
+    def run(net, x, t, generator=None):
+        out = predict(diffusion, net, x, t, Conditioning(), generator=generator)
+        return step(diffusion, x, t, out, None, generator)
+    return run
 
 
 def count_host_syncs(train_step, sample_step, model):

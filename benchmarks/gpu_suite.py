@@ -216,7 +216,7 @@ def run_quality(suite, args):
     from ramvid.masking import mask_from_frames
     from ramvid.metrics.frame_metrics import frame_metrics
     from ramvid.sample.loading import load_model
-    from ramvid.sample.output import from_uint8, to_uint8
+    from ramvid.sample.batch import from_uint8, to_uint8
 
     clips = np.load(args.clips_npz)["arr_0"][:args.num_clips]  # (N, T, H, W, C) uint8
     frames = [int(f) for f in args.cond_frames.split(",") if f.strip()]

@@ -22,8 +22,8 @@ if __package__ in (None, ""):  # run as `python datasets/bair.py`: import from t
 
 from datasets.common import OUT_DIR, OVERWRITE, prepare_split_dir, workers_flag  # noqa: E402
 from datasets.tfrecord import TFRecordError, parse_example, read_records  # noqa: E402
-from ramvid.cli import UsageError, entry_point  # noqa: E402
-from ramvid.flags import Flag, existing_dir, parse  # noqa: E402
+from ramvid.errors import UsageError  # noqa: E402
+from ramvid.flags import Flag, existing_dir, parse, user_errors  # noqa: E402
 from ramvid.video_io import write_video  # noqa: E402
 
 FRAME_SHAPE = (64, 64, 3)
@@ -115,15 +115,15 @@ FLAGS = (
 )
 
 
-@entry_point
 def main(argv=None):
-    args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
-    start = time.time()
-    written = convert(args.bair_dir, args.out_dir, camera=args.camera, workers=args.workers,
-                      overwrite=args.overwrite)
-    for split, count in written.items():
-        print(f"{split}: {count} sequences in {Path(args.out_dir) / split}")
-    print(f"lossless H.264 (.mp4), 64x64 at {FPS} fps; {time.time() - start:.1f} s")
+    with user_errors():
+        args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
+        start = time.time()
+        written = convert(args.bair_dir, args.out_dir, camera=args.camera, workers=args.workers,
+                          overwrite=args.overwrite)
+        for split, count in written.items():
+            print(f"{split}: {count} sequences in {Path(args.out_dir) / split}")
+        print(f"lossless H.264 (.mp4), 64x64 at {FPS} fps; {time.time() - start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Helpers shared by the dataset scripts: class names in file names, output folders, warnings.
 
-A problem with the user's input (a flag, a file) is a `ramvid.cli.UsageError`: the scripts'
-`main` is decorated with `ramvid.cli.entry_point`, which reports it as one line, exit code 2.
+A problem with the user's input (a flag, a file) is a `ramvid.errors.UsageError`: the scripts'
+`main` runs under `ramvid.flags.user_errors()`, which reports it as one line, exit code 2.
 """
 import re
 import sys
 from pathlib import Path
 
-from ramvid.cli import UsageError
+from ramvid.errors import UsageError
 from ramvid.data.files import class_name_of, is_video
 from ramvid.flags import Flag, positive
 

@@ -30,8 +30,9 @@ if __package__ in (None, ""):  # run as `python datasets/kinetics600.py`: import
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.common import class_token, warn, workers_flag  # noqa: E402
-from ramvid.cli import UsageError, entry_point  # noqa: E402
-from ramvid.flags import Flag, existing_dir, existing_file, in_range, parse  # noqa: E402
+from ramvid.errors import UsageError  # noqa: E402
+from ramvid.flags import (Flag, existing_dir, existing_file, in_range, parse,  # noqa: E402
+                          user_errors)
 from ramvid.video_io import VideoWriter  # noqa: E402
 
 SOURCE_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
@@ -209,13 +210,13 @@ FLAGS = (
 )
 
 
-@entry_point
 def main(argv=None):
-    args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
-    outcomes = convert(args.csv, args.clips_dir, args.out_dir, args.short_side, args.crf,
-                       args.split, args.workers, args.overwrite)
-    print(f"{outcomes['written']} clips written to {args.out_dir}, {outcomes['existing']} already "
-          f"there, {outcomes['missing']} missing, {outcomes['broken']} unreadable")
+    with user_errors():
+        args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
+        outcomes = convert(args.csv, args.clips_dir, args.out_dir, args.short_side, args.crf,
+                           args.split, args.workers, args.overwrite)
+        print(f"{outcomes['written']} clips written to {args.out_dir}, {outcomes['existing']} already "
+              f"there, {outcomes['missing']} missing, {outcomes['broken']} unreadable")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ if __package__ in (None, ""):  # run as `python datasets/synthetic.py`: import f
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.common import OUT_DIR, OVERWRITE, class_of, prepare_split_dir  # noqa: E402
-from ramvid.cli import UsageError, entry_point  # noqa: E402
+from ramvid.errors import UsageError  # noqa: E402
 from ramvid.video_io import write_video  # noqa: E402
-from ramvid.flags import Flag, at_least, parse, positive  # noqa: E402
+from ramvid.flags import Flag, at_least, parse, positive, user_errors  # noqa: E402
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 BACKGROUND = np.array([16, 16, 24], np.uint8)
@@ -211,22 +211,22 @@ FLAGS = (
 )
 
 
-@entry_point
 def main(argv=None):
-    args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
+    with user_errors():
+        args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
 
-    start = time.time()
-    written = generate(args.out_dir, args.num_train, args.num_test, args.image_size,
-                       args.num_frames, args.seed, args.max_sprites, args.fps, args.overwrite,
-                       args.speed, args.radius, args.color_by_shape, args.num_val)
-    seconds = time.time() - start
-    for split, paths in written.items():
-        classes = Counter(class_of(p) for p in paths)
-        summary = ", ".join(f"{name} {classes[name]}" for name in sorted(classes)) or "no clips"
-        folder = Path(args.out_dir) / split
-        print(f"{split}: {len(paths)} clips in {folder} ({summary})")
-    print(f"{args.image_size}x{args.image_size}, {args.num_frames} frames at {args.fps} fps, "
-          f"lossless H.264 (.mp4), seed {args.seed}; {seconds:.1f} s")
+        start = time.time()
+        written = generate(args.out_dir, args.num_train, args.num_test, args.image_size,
+                           args.num_frames, args.seed, args.max_sprites, args.fps, args.overwrite,
+                           args.speed, args.radius, args.color_by_shape, args.num_val)
+        seconds = time.time() - start
+        for split, paths in written.items():
+            classes = Counter(class_of(p) for p in paths)
+            summary = ", ".join(f"{name} {classes[name]}" for name in sorted(classes)) or "no clips"
+            folder = Path(args.out_dir) / split
+            print(f"{split}: {len(paths)} clips in {folder} ({summary})")
+        print(f"{args.image_size}x{args.image_size}, {args.num_frames} frames at {args.fps} fps, "
+              f"lossless H.264 (.mp4), seed {args.seed}; {seconds:.1f} s")
 
 
 if __name__ == "__main__":

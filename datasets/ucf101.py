@@ -20,8 +20,8 @@ if __package__ in (None, ""):  # run as `python datasets/ucf101.py`: import from
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.common import OUT_DIR, OVERWRITE, prepare_split_dir, warn  # noqa: E402
-from ramvid.cli import UsageError, entry_point  # noqa: E402
-from ramvid.flags import Flag, existing_dir, parse  # noqa: E402
+from ramvid.errors import UsageError  # noqa: E402
+from ramvid.flags import Flag, existing_dir, parse, user_errors  # noqa: E402
 
 SPLIT_LISTS = {"train": "trainlist0{}.txt", "test": "testlist0{}.txt"}
 _UCF_NAME = re.compile(r"^v_[^_]+_(?P<rest>g\d+_c\d+)$")
@@ -104,15 +104,15 @@ FLAGS = (
 )
 
 
-@entry_point
 def main(argv=None):
-    args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
-    written, missing = arrange(args.ucf_dir, args.split_dir, args.out_dir, args.split, args.mode,
-                               args.overwrite)
-    for name, count in written.items():
-        print(f"{name}: {count} videos ({args.mode}) in {Path(args.out_dir) / name}")
-    if missing:
-        print(f"{len(missing)} listed videos were missing and skipped")
+    with user_errors():
+        args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
+        written, missing = arrange(args.ucf_dir, args.split_dir, args.out_dir, args.split, args.mode,
+                                   args.overwrite)
+        for name, count in written.items():
+            print(f"{name}: {count} videos ({args.mode}) in {Path(args.out_dir) / name}")
+        if missing:
+            print(f"{len(missing)} listed videos were missing and skipped")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Distributed set-up for one process per device, launched by `srun`, `mpirun`, `torchrun` or
 plain python.
 
-    info = setup_dist()            # DistInfo(rank, world_size, local_rank, device, launcher)
-    run_or_abort(main, info)       # an exception in any rank ends the whole job, never a hang
-    cleanup()
+    with process_group() as info:  # DistInfo(rank, world_size, local_rank, device, launcher)
+        with abort_on_failure():   # an exception in any rank ends the whole job, never a hang
+            main(info)
 
 Who started this process is read from the launcher's environment variables (`detect_launch`):
 
@@ -37,10 +37,13 @@ import socket
 import sys
 import traceback
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from .errors import UsageError
 
 DEFAULT_TIMEOUT_S = 600.0
 # How long the other ranks wait while rank 0 alone reads or writes a checkpoint.
@@ -235,10 +238,8 @@ def _mpi_rendezvous(launch):
 
 
 def _mpi_mismatch(launch, MPI):
-    from .cli import exit_with_usage_error  # cli imports this module
-
     library = MPI.Get_library_version().strip().splitlines()[0]
-    exit_with_usage_error(
+    raise UsageError(
         f"the launcher started {launch.world_size} processes ({launch.size_var}="
         f"{launch.world_size}) but MPI sees only this one: mpirun and mpi4py come from different "
         f"MPI libraries (mpi4py uses {library}). Launch with the mpirun of that MPI "
@@ -279,6 +280,17 @@ def setup_dist(backend=None, timeout_s=DEFAULT_TIMEOUT_S, device=None):
         _main_work_group = dist.new_group(
             backend="gloo", timeout=datetime.timedelta(seconds=max(timeout_s, MAIN_WORK_TIMEOUT_S)))
     return DistInfo(rank, world_size, local_rank, device, _launcher)
+
+
+@contextmanager
+def process_group(timeout_s=DEFAULT_TIMEOUT_S):
+    """`with process_group() as info:` the job's process group (`setup_dist`) around a block,
+    closed however the block ends (`cleanup`)."""
+    info = setup_dist(timeout_s=timeout_s)
+    try:
+        yield info
+    finally:
+        cleanup()
 
 
 def get_rank():
@@ -358,14 +370,13 @@ def abort_job(exit_code=1):
     os._exit(exit_code)
 
 
-def run_or_abort(fn, *args, **kwargs):
-    """Call fn; if it raises in a multi-process job, print the traceback with the rank and
-    abort the whole job so no rank waits forever in a collective. A single process re-raises.
-
-    A `SystemExit` with code 0 (a clean stop) passes through untouched.
-    """
+@contextmanager
+def abort_on_failure():
+    """Around work that every rank of a multi-process job does: if it raises on one rank, print
+    the traceback with the rank and abort the whole job, so no rank waits forever in a
+    collective. A single process re-raises; a `SystemExit` with code 0 (a clean stop) passes."""
     try:
-        return fn(*args, **kwargs)
+        yield
     except SystemExit as e:
         if e.code in (0, None) or get_world_size() == 1:
             raise

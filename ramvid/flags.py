@@ -1,4 +1,4 @@
-"""Command-line flags, each declared once.
+"""Command-line flags, each declared once, and how a command reports a user's mistake.
 
 A `Flag` holds everything about one flag: its name, its default as written on the command line,
 its help text, its allowed choices, how its text becomes the value the program uses, and what
@@ -9,24 +9,38 @@ built from these declarations, so they cannot disagree:
         Flag("lr", 1e-4, "AdamW learning rate", check=positive),
         Flag("ema_rate", "0.9999", "comma list of EMA rates", convert=ema_rates),
     )
-    add_flags(parser, FLAGS)                     # --lr, --ema_rate with type, help, choices
-    values = flag_values(FLAGS, vars(args))      # converted and checked, or UsageError
-    Config = config_class("Config", FLAGS)       # frozen dataclass: Config(**values).lr
-    args = parse("What the program does.", FLAGS)   # all three at once, for a small tool
+    def main(argv=None):
+        with user_errors():                          # UsageError -> one line, exit code 2
+            parser = make_parser("Train a model.")
+            add_flags(parser, FLAGS)                 # --lr, --ema_rate with type, help, choices
+            args = parser.parse_args(argv)
+            values = flag_values(FLAGS, vars(args))  # converted and checked, or UsageError
+            require(values["lr"] < 1, "lr", values["lr"], "is too large")   # cross-flag rules
 
-Flags keep the names, defaults and meanings of the seed README, so a command pasted from the
-paper works unchanged. Booleans are written `True`/`False` (a bare `--flag` means True); lists
-as comma lists (`0,1,`).
+Flags keep the names, defaults and meanings of the original RaMViD README, so a command pasted
+from the paper works unchanged. Booleans are written `True`/`False` (a bare `--flag` means True);
+lists as comma lists (`0,1,`). A run records its resolved flags as JSON (`args.json`).
 """
 import argparse
+import json
+import os
+import platform
+import sys
 import types
+from contextlib import contextmanager
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .cli import UsageError, make_parser
+from .dist import env_rank
+from .errors import UsageError
+
+VERSION = "0.1.0"  # the package's version (setup.py names it too)
+ARGS_JSON = "args.json"
+USAGE_EXIT_CODE = 2
 
 
+# --------------------------------------------------------------------------- values
 def str2bool(value):
     if isinstance(value, bool):
         return value
@@ -86,6 +100,7 @@ def existing_file(path):
     return None if Path(path).is_file() else "is not an existing file"
 
 
+# --------------------------------------------------------------------------- declarations
 @dataclass(frozen=True)
 class Flag:
     name: str
@@ -139,12 +154,8 @@ def defaults(flags):
     return {f.name: f.default for f in flags}
 
 
-def add_flags(parser, flags, help_texts=None):
-    """Add `--name` for every declaration (or, older style, every entry of a {name: default}
-    dict with help from `help_texts`)."""
-    if isinstance(flags, dict):
-        help_texts = help_texts or {}
-        flags = [Flag(name, default, help_texts.get(name)) for name, default in flags.items()]
+def add_flags(parser, flags):
+    """Add `--name` for every declaration to `parser` (or an argument group)."""
     for flag in flags:
         default = argparse.SUPPRESS if flag.required else flag.default  # no "(default: None)"
         switch = {"nargs": "?", "const": True} if flag.parse_type() is str2bool else {}
@@ -173,6 +184,72 @@ def config_class(name, flags):
     return make_dataclass(name, fields, frozen=True, namespace={"to_json": to_json})
 
 
+def require(condition, flag, value, reason):
+    """A rule that reads more than one flag: UsageError `--flag 'value': reason` unless it holds."""
+    if not condition:
+        raise UsageError(f"--{flag} {value!r}: {reason}")
+
+
+def as_flag_error(error):
+    """A library ValueError that names its argument as the flag is named (`eta=0.5 is ...`) as
+    the command line's UsageError (`--eta 0.5 is ...`)."""
+    name, sep, rest = str(error).partition("=")
+    return UsageError(f"--{name} {rest}" if sep and name.isidentifier() else str(error))
+
+
+# --------------------------------------------------------------------------- parsing
+class FlagParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are UsageErrors (one line, exit code 2 under `user_errors`)
+    and which knows exact flag names only."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # `--lr_anneal` must not silently mean another flag
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def make_parser(description):
+    return FlagParser(description=description,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_common_flags(parser, presets):
+    """--preset NAME (one of `presets`, a {name: {flag: value}} dict) and --dry_run."""
+    def preset_name(name):
+        if name and name not in presets:
+            raise argparse.ArgumentTypeError(
+                f"preset={name!r} is not one of: {', '.join(sorted(presets))}")
+        return name
+
+    parser.add_argument("--preset", default="", type=preset_name, metavar="NAME",
+                        help=f"named flag set: {', '.join(sorted(presets))}; flags given "
+                        "explicitly override it")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="print the resolved configuration as JSON and exit")
+
+
+def parse_flags(parser, argv, presets):
+    """Parse argv; with --preset NAME, the preset's values replace the defaults of the flags this
+    parser knows (flags the user wrote explicitly still win)."""
+    args = parser.parse_args(argv)
+    if not getattr(args, "preset", ""):
+        return args
+    known = {action.dest for action in parser._actions}
+    parser.set_defaults(**{k: v for k, v in presets[args.preset].items() if k in known})
+    return parser.parse_args(argv)
+
+
+def given_on_command_line(parser, argv, dest):
+    """Whether argv sets flag `dest` itself, in any spelling argparse accepts (`--f v`, `--f=v`),
+    rather than leaving it to a default, preset or args.json."""
+    unset = object()
+    namespace = argparse.Namespace(**{dest: unset})  # argparse fills only absent defaults
+    parser.parse_args(argv, namespace=namespace)
+    return getattr(namespace, dest) is not unset
+
+
 def parse(description, flags, argv=None):
     """The command line `argv` of a program whose flags are all `flags`, parsed and checked:
     an object with one attribute per flag (UsageError for a bad value)."""
@@ -181,6 +258,74 @@ def parse(description, flags, argv=None):
     return types.SimpleNamespace(**flag_values(flags, vars(parser.parse_args(argv))))
 
 
-def select(args, keys):
-    """The entries of an argparse namespace named by `keys`, as a dict."""
-    return {k: getattr(args, k) for k in keys}
+@contextmanager
+def user_errors():
+    """Around a command's body: a UsageError ends the program with one line `prog: error:
+    message` on stderr (from rank 0 only, under a launcher) and exit code 2; Ctrl-C with
+    `prog: interrupted` and exit code 130. Other exceptions keep their traceback (they are bugs,
+    not user mistakes)."""
+    prog = Path(sys.argv[0]).name
+    try:
+        yield
+    except UsageError as e:
+        if env_rank() == 0:  # every rank parses the same flags; one copy of the message
+            text = str(e).strip()
+            sys.stderr.write(f"{prog}: error: {text.splitlines()[0] if text else 'UsageError'}\n")
+            sys.stderr.flush()
+        sys.exit(USAGE_EXIT_CODE)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        sys.exit(130)
+
+
+# --------------------------------------------------------------------------- records
+def versions():
+    import numpy
+    import torch
+
+    return {"ramvid": VERSION, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version(), "cuda": torch.version.cuda}
+
+
+def config_json(config):
+    return json.dumps(config, indent=2, sort_keys=False, default=str)
+
+
+def exit_if_dry_run(args, config):
+    if getattr(args, "dry_run", False):
+        print(config_json(config))
+        sys.exit(0)
+
+
+def write_json(path, config):
+    """Write `config` as JSON to `path` atomically (a crash leaves the old file or the new one)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(config_json(config) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"could not write {path}: {e.strerror or e}") from e
+    return path
+
+
+def write_args_json(logdir, config):
+    """Write `config` (plus library versions under "versions" unless present) to LOGDIR/args.json.
+    Sampling reads it back with `read_args_json` to rebuild the model."""
+    config = dict(config)
+    config.setdefault("versions", versions())
+    return write_json(Path(logdir) / ARGS_JSON, config)
+
+
+def read_args_json(path):
+    """The config a training run wrote; `path` is the args.json file or its folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / ARGS_JSON
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None

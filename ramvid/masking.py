@@ -1,7 +1,7 @@
 """Which frames are given. One representation everywhere: a bool obs_mask (N, T), True = given."""
 import torch
 
-from .accel import to_device
+from .runtime import to_device
 
 
 def sample_train_mask(batch, seq_len, uncondition_rate, max_num_mask_frames, mask_range=None,

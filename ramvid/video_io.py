@@ -4,6 +4,14 @@ The synthetic set and BAIR are written losslessly: H.264 in its RGB flavour (`li
 `qp=0`) inside .mp4. Colours survive exactly (round-trip error 0), the files are small, and
 the training loader reads them with PyAV. Real camera footage (Kinetics-600) and sample grids
 are written lossy (`libx264`, yuv420p, CRF), which every player decodes.
+
+Grids of videos to look at: an animated grid (gif, mp4) or a filmstrip (png). Videos are uint8
+arrays (N, T, H, W, C) with C = 1 or 3, as in the sample npz files. Every frame gets a border:
+given (conditioning) frames a coloured one, generated frames a dark one, so a reader sees at a
+glance which frames the model made.
+
+    save_video_grid("samples.gif", videos, obs_mask=mask)  # mask: bool (N, T) or (T,)
+    save_video_grid("samples.png", videos, cond_frames=[0, 1])
 """
 import os
 from fractions import Fraction
@@ -11,6 +19,12 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
+
+GIVEN_COLOR = (230, 40, 40)  # red: a frame the model was given
+GENERATED_COLOR = (40, 40, 40)  # dark grey: a frame the model generated
+BACKGROUND = (255, 255, 255)
+FORMATS = ("gif", "mp4", "png")
 
 
 def write_video(path, frames, fps=10, crf=None):
@@ -78,3 +92,121 @@ def read_video(path):
     if not frames:
         raise ValueError(f"{path} holds no video frames")
     return np.stack(frames)
+
+
+# --------------------------------------------------------------------------- grids
+def as_rgb_videos(videos):
+    """uint8 (N, T, H, W, 3) from uint8 (N, T, H, W, C) with C in {1, 3}; ValueError otherwise."""
+    videos = np.asarray(videos)
+    if videos.ndim != 5 or videos.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"expected videos of shape N x T x H x W x C with C = 1 or 3, got {videos.shape}"
+        )
+    if videos.dtype != np.uint8:
+        raise ValueError(f"expected uint8 videos (0..255), got dtype {videos.dtype}")
+    return np.repeat(videos, 3, axis=-1) if videos.shape[-1] == 1 else videos
+
+
+def grid_obs_mask(num_videos, num_frames, obs_mask=None, cond_frames=None):
+    """bool (N, T): True where a frame was given. `obs_mask` is (N, T) or (T,); `cond_frames` a
+    list of frame indices shared by all videos (indices beyond T are ignored)."""
+    mask = np.zeros((num_videos, num_frames), dtype=bool)
+    if obs_mask is not None:
+        mask |= np.broadcast_to(np.asarray(obs_mask, dtype=bool), (num_videos, num_frames))
+    for frame in cond_frames or ():
+        if 0 <= frame < num_frames:
+            mask[:, frame] = True
+    return mask
+
+
+def bordered_frames(videos, mask, border=2, scale=1):
+    """(N, T, H', W', 3): every frame upscaled by `scale` (nearest) inside a `border`-pixel frame
+    coloured by whether it was given."""
+    videos = as_rgb_videos(videos)
+    if scale > 1:
+        videos = videos.repeat(scale, axis=2).repeat(scale, axis=3)
+    n, t, h, w, _ = videos.shape
+    colors = np.where(mask[..., None], np.array(GIVEN_COLOR, np.uint8),
+                      np.array(GENERATED_COLOR, np.uint8))  # (N, T, 3)
+    out = np.empty((n, t, h + 2 * border, w + 2 * border, 3), dtype=np.uint8)
+    out[:] = colors[:, :, None, None, :]
+    out[:, :, border:border + h, border:border + w] = videos
+    return out
+
+
+def _tile(tiles, rows, cols, gap):
+    """Place tiles (rows * cols, h, w, 3) (row-major, missing tiles blank) on one canvas."""
+    h, w = tiles.shape[1:3]
+    canvas = np.empty((rows * h + (rows + 1) * gap, cols * w + (cols + 1) * gap, 3), dtype=np.uint8)
+    canvas[:] = BACKGROUND
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, cols)
+        top, left = gap + r * (h + gap), gap + c * (w + gap)
+        canvas[top:top + h, left:left + w] = tile
+    return canvas
+
+
+def filmstrip(videos, mask, border=2, gap=2, scale=1):
+    """One image (rows = videos, columns = frames): uint8 (H_grid, W_grid, 3)."""
+    frames = bordered_frames(videos, mask, border, scale)  # (N, T, h, w, 3)
+    n, t = frames.shape[:2]
+    return _tile(frames.reshape(n * t, *frames.shape[2:]), n, t, gap)
+
+
+def animated_grid(videos, mask, columns=None, border=2, gap=2, scale=1):
+    """Frames of an animation whose frame t shows frame t of every video in a grid:
+    uint8 (T, H_grid, W_grid, 3). Default: up to 8 videos per row."""
+    frames = bordered_frames(videos, mask, border, scale)  # (N, T, h, w, 3)
+    n = frames.shape[0]
+    cols = min(n, columns or 8)
+    rows = -(-n // cols)
+    return np.stack([_tile(frames[:, t], rows, cols, gap) for t in range(frames.shape[1])])
+
+
+def auto_scale(height):
+    """Integer upscaling that makes small frames (e.g. 16 x 16) big enough to see."""
+    return max(1, 64 // max(1, height))
+
+
+def save_video_grid(path, videos, obs_mask=None, cond_frames=None, fps=4, scale=None,
+                    columns=None):
+    """Write a grid of `videos` (uint8 (N, T, H, W, C)) to `path`; the format follows the
+    suffix: .gif / .mp4 (animated, one tile per video) or .png (filmstrip). Returns the path."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise ValueError(f"{path}: grid format must be one of {', '.join(FORMATS)}")
+    videos = as_rgb_videos(videos)
+    n, t, h = videos.shape[:3]
+    mask = grid_obs_mask(n, t, obs_mask, cond_frames)
+    scale = auto_scale(h) if scale is None else int(scale)
+    if fmt == "png":
+        Image.fromarray(filmstrip(videos, mask, scale=scale)).save(path)
+        return path
+    frames = animated_grid(videos, mask, columns=columns, scale=scale)
+    if fmt == "gif":
+        _write_gif(path, frames, fps)
+    else:
+        _write_mp4(path, frames, fps)
+    return path
+
+
+def _write_gif(path, frames, fps):
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps),
+                   loop=0, optimize=False)
+
+
+def _write_mp4(path, frames, fps):
+    # yuv420p (what every player decodes) needs even width and height.
+    t, h, w, _ = frames.shape
+    padded = np.empty((t, h + h % 2, w + w % 2, 3), dtype=np.uint8)
+    padded[:] = BACKGROUND
+    padded[:, :h, :w] = frames
+    write_video(path, padded, fps, crf=18)  # visually lossless enough to judge samples
+
+
+__all__ = [
+    "FORMATS", "GENERATED_COLOR", "GIVEN_COLOR", "animated_grid", "as_rgb_videos", "auto_scale",
+    "bordered_frames", "filmstrip", "grid_obs_mask", "save_video_grid",
+]

@@ -9,61 +9,61 @@ RaMViD implementations. Frames named by --cond_frames get a red border (given fr
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from ramvid.cli import check, make_parser
-from ramvid.flags import int_list
-from ramvid.video_grid import FORMATS, save_video_grid
+from ramvid.errors import UsageError
+from ramvid.flags import (Flag, add_flags, at_least, flag_values, int_list, make_parser, one_of,
+                          user_errors)
+from ramvid.video_io import FORMATS, save_video_grid
+
+FLAGS = (
+    Flag("format", "gif", " | ".join(FORMATS), check=one_of(FORMATS)),
+    Flag("cond_frames", "", "given frame indices to outline, e.g. 0,1,", convert=int_list),
+    Flag("per_grid", 8, "videos per grid file", check=at_least(1)),
+    Flag("max_videos", 0, "only the first N videos (0: all)", check=at_least(0)),
+    Flag("fps", 4, "frames per second of gif/mp4 grids", check=at_least(1)),
+    Flag("scale", 0, "integer upscaling (0: automatic)", check=at_least(0)),
+    Flag("out_dir", "", "where the grids go (default: beside the npz)"),
+)
 
 
-def parse_args(argv=None):
-    parser = make_parser(__doc__.splitlines()[0], prog=Path(__file__).name)
-    parser.add_argument("npz", help="the .npz file")
-    parser.add_argument("--format", default="gif", help=" | ".join(FORMATS))
-    parser.add_argument("--cond_frames", type=int_list, default="",
-                        help="given frame indices to outline, e.g. 0,1,")
-    parser.add_argument("--per_grid", type=int, default=8, help="videos per grid file")
-    parser.add_argument("--max_videos", type=int, default=0, help="only the first N videos (0: all)")
-    parser.add_argument("--fps", type=int, default=4, help="frames per second of gif/mp4 grids")
-    parser.add_argument("--scale", type=int, default=0, help="integer upscaling (0: automatic)")
-    parser.add_argument("--out_dir", default="", help="where the grids go (default: beside the npz)")
-    args = parser.parse_args(argv)
-    check(parser, args.format in FORMATS, "format", args.format, f"must be one of {', '.join(FORMATS)}")
-    for flag in ("per_grid", "fps"):
-        check(parser, getattr(args, flag) >= 1, flag, getattr(args, flag), "must be >= 1")
-    check(parser, args.max_videos >= 0, "max_videos", args.max_videos, "must be >= 0")
-    check(parser, args.scale >= 0, "scale", args.scale, "must be >= 0")
-    return parser, args
-
-
-def load_videos(parser, path):
+def load_videos(path):
     path = Path(path)
     if not path.is_file():
-        parser.error(f"{path}: no such file")
+        raise UsageError(f"{path}: no such file")
     if not zipfile.is_zipfile(path):
-        parser.error(f"{path}: not an npz file (written by np.savez)")
+        raise UsageError(f"{path}: not an npz file (written by np.savez)")
     try:
         with np.load(path) as archive:
             if "arr_0" not in archive.files:
-                parser.error(f"{path}: no arr_0 (holds {', '.join(archive.files) or 'nothing'})")
+                raise UsageError(f"{path}: no arr_0 (holds {', '.join(archive.files) or 'nothing'})")
             videos = archive["arr_0"]
     except (OSError, ValueError) as e:
-        parser.error(f"{path}: not a readable npz file ({str(e).splitlines()[0]})")
+        raise UsageError(f"{path}: not a readable npz file ({str(e).splitlines()[0]})") from None
     if videos.ndim != 5 or videos.shape[-1] not in (1, 3) or videos.dtype != np.uint8:
-        parser.error(f"{path}: arr_0 is {videos.dtype} {videos.shape}; expected uint8 "
-                     "N x T x H x W x C with C = 1 or 3")
+        raise UsageError(f"{path}: arr_0 is {videos.dtype} {videos.shape}; expected uint8 "
+                         "N x T x H x W x C with C = 1 or 3")
     if len(videos) == 0:
-        parser.error(f"{path}: arr_0 holds no videos")
+        raise UsageError(f"{path}: arr_0 holds no videos")
     return videos
 
 
 def main(argv=None):
-    parser, args = parse_args(argv)
-    videos = load_videos(parser, args.npz)
+    with user_errors():
+        parser = make_parser(__doc__.splitlines()[0])
+        parser.add_argument("npz", help="the .npz file")
+        add_flags(parser, FLAGS)
+        raw = parser.parse_args(argv)
+        args = SimpleNamespace(npz=raw.npz, **flag_values(FLAGS, vars(raw)))
+        return write_grids(args, load_videos(args.npz))
+
+
+def write_grids(args, videos):
     if args.max_videos:
         videos = videos[: args.max_videos]
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.npz).parent

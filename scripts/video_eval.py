@@ -20,7 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ramvid.metrics.commands import eval_main
+from ramvid.metrics.command import eval_main
 
 main = eval_main
 

@@ -16,7 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ramvid.sample.commands import sample_main
+from ramvid.sample.command import sample_main
 
 main = sample_main
 

@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ramvid.train import main  # noqa: E402
+from ramvid.train.command import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

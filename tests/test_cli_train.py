@@ -5,10 +5,13 @@ import subprocess
 import pytest
 import torch
 
-from ramvid.cli import read_args_json, write_args_json
-from ramvid.presets import preset_flags
-from ramvid.train import parse_train_args
+from ramvid.config import PRESETS
+from ramvid.flags import read_args_json, write_args_json
+from ramvid.train.command import main as train_main, parse_train_args
+from sample_fixtures import runs_as
 from train_fixtures import PYTHON, TINY, TRAIN_SCRIPT, make_videos, script_env
+
+_argv0 = runs_as("video_train")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,7 @@ BAD_FLAGS = [
 @pytest.mark.parametrize("flags,named", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
 def test_bad_flag_is_one_line_naming_it(flags, named, data_dir, capsys):
     with pytest.raises(SystemExit) as info:
-        parse_train_args(["--data_dir", data_dir, *TINY, "--batch_size", "2", *flags])
+        train_main(["--data_dir", data_dir, *TINY, "--batch_size", "2", *flags])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("video_train.py: error:"), err
@@ -70,7 +73,7 @@ def test_bad_flag_is_one_line_naming_it(flags, named, data_dir, capsys):
 def test_data_dir_is_required_and_must_exist(tmp_path, capsys):
     for argv in ([*TINY], ["--data_dir", str(tmp_path / "missing"), *TINY]):
         with pytest.raises(SystemExit) as info:
-            parse_train_args(argv)
+            train_main(argv)
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--data_dir" in err, err
@@ -79,13 +82,13 @@ def test_data_dir_is_required_and_must_exist(tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed on a GPU")
 def test_fp16_on_cpu_is_refused(data_dir, capsys):
     with pytest.raises(SystemExit):
-        parse_train_args(["--data_dir", data_dir, "--use_fp16", "True"])
+        train_main(["--data_dir", data_dir, "--use_fp16", "True"])
     assert "--use_fp16" in capsys.readouterr().err
 
 
 def test_preset_sets_defaults_and_explicit_flags_win(data_dir):
-    preset = preset_flags("demo")
-    cfg, model_flags, _ = parse_train_args(["--data_dir", data_dir, "--preset", "demo",
+    preset = dict(PRESETS["demo"])
+    cfg, model_flags = parse_train_args(["--data_dir", data_dir, "--preset", "demo",
                                             "--lr", "0.5", "--num_channels", "64"])
     assert model_flags["image_size"] == preset["image_size"] != 64  # from the preset
     assert model_flags["seq_len"] == preset["seq_len"]
@@ -95,7 +98,7 @@ def test_preset_sets_defaults_and_explicit_flags_win(data_dir):
 
 def test_dry_run_prints_the_resolved_config(data_dir, capsys):
     with pytest.raises(SystemExit) as info:
-        parse_train_args(["--data_dir", data_dir, "--preset", "bair64", "--dry_run",
+        train_main(["--data_dir", data_dir, "--preset", "bair64", "--dry_run",
                           "--mask_range", "0,10"])
     assert info.value.code == 0
     config = json.loads(capsys.readouterr().out)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ramvid.cli import UsageError
+from ramvid.errors import UsageError
 from ramvid.data import (
     ShortVideoError,
     VideoClipDataset,

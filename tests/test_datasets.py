@@ -12,7 +12,7 @@ import pytest
 from datasets import bair, kinetics600, synthetic, ucf101
 from datasets.common import class_of, class_token
 from datasets.tfrecord import TFRecordError, masked_crc32c, parse_example, read_records
-from ramvid.cli import UsageError
+from ramvid.errors import UsageError
 from ramvid.video_io import read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]

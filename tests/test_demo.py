@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 from datasets.synthetic import make_clips
-from ramvid.cli import UsageError
-from ramvid.demo.baselines import copy_last_given, linear_interpolation, mean_frame, nearest_given
+from ramvid.errors import UsageError
+from ramvid.metrics.frame_metrics import copy_last_given, linear_interpolation, mean_frame, nearest_given
 from ramvid.demo import pipeline, shipped
 from ramvid.demo.pipeline import (DemoConfig, launch_prefix, prepare_data, sample_command,
                                   sample_files, train_command)
 from ramvid.demo.report import format_table, plot_training_loss, read_progress, score
 from ramvid.demo.results import (COPY_LAST, LINEAR, MEAN, common_truth, grouped_samples,
                                  margins, score_conditional_task, training_reference)
-from ramvid.presets import preset_flags
+from ramvid.config import PRESETS
 
 
 def ramp_videos(n=2, t=8, size=4):
@@ -209,7 +209,7 @@ def test_commands_use_the_real_scripts_and_flags(tmp_path):
     single = train_command(cfg, [sys.executable])
     single = dict(zip(single[2::2], single[3::2]))
     # One process keeps the global batch of two ranks.
-    assert single["--batch_size"] == str(2 * preset_flags("demo")["batch_size"])
+    assert single["--batch_size"] == str(2 * dict(PRESETS["demo"])["batch_size"])
 
     pred = sample_command(cfg, mpi, "ckpt.pt", "prediction")
     assert pred[4].endswith("scripts/video_sample.py")
@@ -252,7 +252,7 @@ def test_shipped_checkpoint_matches_its_recorded_sha256_and_loads_as_weights():
     state = torch.load(path, map_location="cpu", weights_only=True)
     flags = resolve_flags(path)
     for name in ("image_size", "num_channels", "channel_mult", "seq_len", "predict_xstart"):
-        assert flags[name] == preset_flags("demo")[name], name
+        assert flags[name] == dict(PRESETS["demo"])[name], name
     create_model(**flags).load_state_dict(state)  # strict: every weight fits
 
 
@@ -272,26 +272,26 @@ def test_a_changed_or_missing_shipped_checkpoint_is_refused(tmp_path, monkeypatc
 def test_recorded_retrain_command_is_a_valid_training_command(tmp_path):
     """The command that trained the shipped checkpoint passes the training flag checks and ends
     at the shipped step."""
-    from ramvid.train.options import parse_train_args
+    from ramvid.train.command import parse_train_args
     from ramvid.train.schedules import last_step
 
     for split in ("train", "val"):
         (tmp_path / split).mkdir()
     command = shipped.retrain_command(tmp_path)
     assert command[1].endswith("scripts/video_train.py")
-    cfg, model_flags, _ = parse_train_args(command[2:])
+    cfg, model_flags = parse_train_args(command[2:])
     assert last_step(cfg) == shipped.SHIPPED_STEPS
-    assert cfg.batch_size == 2 * preset_flags("demo")["batch_size"]  # the demo's 2 ranks
-    assert model_flags["seq_len"] == preset_flags("demo")["seq_len"]
+    assert cfg.batch_size == 2 * dict(PRESETS["demo"])["batch_size"]  # the demo's 2 ranks
+    assert model_flags["seq_len"] == dict(PRESETS["demo"])["seq_len"]
     name = f"ema_{cfg.ema_rate[0]}_{shipped.SHIPPED_STEPS:06d}.pt"
     assert shipped.SHIPPED_CHECKPOINT.name == name
 
 
 def test_demo_preset_passes_the_training_flag_checks(tmp_path):
-    from ramvid.train.options import parse_train_args
+    from ramvid.train.command import parse_train_args
 
-    cfg, model_flags, _ = parse_train_args(["--data_dir", str(tmp_path), "--preset", "demo"])
-    preset = preset_flags("demo")
+    cfg, model_flags = parse_train_args(["--data_dir", str(tmp_path), "--preset", "demo"])
+    preset = dict(PRESETS["demo"])
     assert cfg.batch_size == preset["batch_size"] and cfg.lr == preset["lr"]
     assert model_flags["image_size"] == preset["image_size"]
     assert model_flags["num_channels"] % 32 == 0  # GroupNorm's 32 groups

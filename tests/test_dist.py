@@ -43,7 +43,8 @@ PROBE = textwrap.dedent("""
                 time.sleep(600)  # alive but stuck: only the collective timeout can end this
             dist.all_gather_object(0)
 
-    dist.run_or_abort(body)
+    with dist.abort_on_failure():
+        body()
     dist.cleanup()
 """)
 

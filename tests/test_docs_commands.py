@@ -212,12 +212,12 @@ def _write_npz(path, argv):
 def checkpoint(tmp_path_factory):
     """A tiny model checkpoint (demo preset, 20 frames) with its args.json."""
     import ramvid
-    from ramvid.cli import write_args_json
-    from ramvid.presets import preset_flags
+    from ramvid.flags import write_args_json
+    from ramvid.config import PRESETS
 
     folder = tmp_path_factory.mktemp("checkpoint")
     defaults = ramvid.model_and_diffusion_defaults()
-    flags = {**defaults, **{k: v for k, v in preset_flags("demo").items() if k in defaults},
+    flags = {**defaults, **{k: v for k, v in dict(PRESETS["demo"]).items() if k in defaults},
              "seq_len": 20}
     torch.save(ramvid.create_model(**flags).state_dict(), folder / "ema_0.9999_000100.pt")
     write_args_json(folder, flags)
@@ -329,7 +329,7 @@ def _run_in_process(argv, monkeypatch):
 def test_training_flag_table_matches_the_declarations():
     """Catches: docs/TRAINING.md's flag table naming a flag the parser lacks, missing one it
     has, or stating another default (break: change a default in TRAIN_FLAGS)."""
-    from ramvid.train.options import TRAIN_FLAGS
+    from ramvid.train.command import TRAIN_FLAGS
 
     text = (REPO / "docs" / "TRAINING.md").read_text()
     table = text[text.index("## Flags"):].split("\n\n")[2]

@@ -116,8 +116,8 @@ def test_sample_files_are_read_from_disk_clip_by_clip(tmp_path):
     256 x 100 samples) before scoring it, and a map at the wrong offset (values differ)."""
     import tracemalloc
 
-    from ramvid.metrics.inputs import load_clips, one_row_per_clip
-    from ramvid.sample.npzfile import write_npz
+    from ramvid.metrics.command import load_clips, one_row_per_clip
+    from ramvid.sample.files import write_npz
 
     rng = np.random.default_rng(0)
     clips = rng.integers(0, 256, (40, 8, 32, 32, 3), dtype=np.uint8)   # 40 clips

@@ -1,28 +1,35 @@
-"""The one user-error mechanism (`ramvid.cli.UsageError` + `entry_point`) and the flag helpers."""
+"""The one user-error mechanism (`ramvid.errors.UsageError` + `ramvid.flags.user_errors`) and the
+flag helpers."""
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from ramvid.cli import UsageError, entry_point
+from ramvid.errors import UsageError
+from ramvid.flags import user_errors
+from ramvid.train.command import main as train_main
 
 from conftest import REPO
+from sample_fixtures import runs_as
+
+_argv0 = runs_as("video_train")
 
 
 def _run_command(tmp_path, body, env=None):
     script = tmp_path / "tool.py"
     header = (f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-              "from ramvid.cli import UsageError, entry_point, make_parser\n\n"
-              "@entry_point\ndef main(argv=None):\n")
-    body = textwrap.indent(textwrap.dedent(body), "    ")
+              "from ramvid.errors import UsageError\n"
+              "from ramvid.flags import make_parser, user_errors\n\n"
+              "def main(argv=None):\n    with user_errors():\n")
+    body = textwrap.indent(textwrap.dedent(body), "        ")
     script.write_text(header + body + "\n\nsys.exit(main())\n")
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           env=env, timeout=60)
 
 
 def test_usage_error_is_one_line_exit_2(tmp_path):
-    """Catches: a UsageError escaping as a traceback (e.g. `entry_point` not catching it)."""
+    """Catches: a UsageError escaping as a traceback (e.g. `user_errors` not catching it)."""
     done = _run_command(tmp_path, """\
         raise UsageError("--data_dir videos/: not a directory\\nsecond line")
         """)
@@ -51,18 +58,14 @@ def test_only_rank_zero_prints(tmp_path):
     assert (done.returncode, done.stderr) == (2, "")
 
 
-def test_entry_point_passes_return_value_and_other_errors():
-    """Catches: `entry_point` swallowing real bugs (they keep their traceback)."""
-    assert entry_point(lambda argv=None: 7)() == 7
-
-    @entry_point
-    def broken(argv=None):
-        raise KeyError("bug")
-
+def test_user_errors_keeps_other_errors():
+    """Catches: `user_errors` swallowing real bugs (they keep their traceback)."""
     with pytest.raises(KeyError):
-        broken()
+        with user_errors():
+            raise KeyError("bug")
     with pytest.raises(SystemExit) as stop:
-        entry_point(lambda: (_ for _ in ()).throw(UsageError("x")))()
+        with user_errors():
+            raise UsageError("x")
     assert stop.value.code == 2
 
 
@@ -88,7 +91,7 @@ def test_model_flag_defaults_are_the_paper_codes():
 
 def test_every_training_flag_has_help():
     """Catches: a flag added without a help text (break: drop one help string)."""
-    from ramvid.train.options import build_parser
+    from ramvid.train.command import build_parser
     missing = [a.option_strings[0] for a in build_parser()._actions if not a.help]
     assert missing == []
 
@@ -111,9 +114,8 @@ def test_declared_checks_name_the_flag(flags, message):
 
 def test_train_flag_error_from_declaration(capsys):
     """Catches: declared checks skipped by the training parser (it must exit 2, one line)."""
-    from ramvid.train.options import parse_train_args
     with pytest.raises(SystemExit) as stop:
-        parse_train_args(["--data_dir", str(REPO), "--seq_len", "0"])
+        train_main(["--data_dir", str(REPO), "--seq_len", "0"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "--seq_len 0: must be positive" in err and err.count("\n") == 1
@@ -206,12 +208,11 @@ RECORDED_TRAIN_ERRORS = [
 def test_train_flag_errors_as_recorded(flags, message, tmp_path, capsys):
     """Catches: a check lost or reworded while the training flags moved into one declaration
     each (break: drop the `check=` of --lr)."""
-    from ramvid.train.options import parse_train_args
     argv = ["--data_dir", str(tmp_path), *flags]
     argv = [a.replace("VIDEOS", str(tmp_path)).replace("NOWHERE", str(tmp_path / "x"))
             for a in argv]
     with pytest.raises(SystemExit) as stop:
-        parse_train_args(argv)
+        train_main(argv)
     expected = message.replace("VIDEOS", str(tmp_path)).replace("NOWHERE", str(tmp_path / "x"))
     assert stop.value.code == 2
     assert capsys.readouterr().err == f"video_train.py: error: {expected}\n"
@@ -246,9 +247,8 @@ def test_train_dry_run_as_recorded(tmp_path, capsys):
     declarations (break: write ema_rate as a list)."""
     import json
 
-    from ramvid.train.options import parse_train_args
     with pytest.raises(SystemExit) as stop:
-        parse_train_args(["--data_dir", str(tmp_path), *DRY_RUN_FLAGS, "--dry_run"])
+        train_main(["--data_dir", str(tmp_path), *DRY_RUN_FLAGS, "--dry_run"])
     assert stop.value.code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed.pop("data_dir") == str(tmp_path)
@@ -258,12 +258,12 @@ def test_train_dry_run_as_recorded(tmp_path, capsys):
 def test_train_config_survives_args_json(tmp_path):
     """Catches: to_json and the flag parsing disagreeing, so that the args.json of a run does
     not re-parse to the same config (break: write mask_range as 'a-b')."""
-    from ramvid.train.options import parse_train_args
-    cfg, model_flags, _ = parse_train_args(["--data_dir", str(tmp_path), *DRY_RUN_FLAGS])
+    from ramvid.train.command import parse_train_args
+    cfg, model_flags = parse_train_args(["--data_dir", str(tmp_path), *DRY_RUN_FLAGS])
     again = []
     for name, value in {**model_flags, **cfg.to_json()}.items():
         again += [f"--{name}", str(value)]
-    cfg2, model_flags2, _ = parse_train_args(again)
+    cfg2, model_flags2 = parse_train_args(again)
     assert (cfg2, model_flags2) == (cfg, model_flags)
     assert cfg.ema_rate == ("0.999", "0.99") and cfg.mask_range == (2, 6)
 
@@ -271,7 +271,7 @@ def test_train_config_survives_args_json(tmp_path):
 def test_microbatch_minus_one_is_the_whole_batch():
     """Catches: the config and the command line disagreeing on --microbatch's default (it was
     1 in the config and -1 = whole batch on the command line)."""
-    from ramvid.train.options import TrainConfig
+    from ramvid.train.command import TrainConfig
     assert TrainConfig(data_dir="videos", batch_size=4).microbatch == 4
     assert TrainConfig(data_dir="videos", batch_size=4, microbatch=2).microbatch == 2
 

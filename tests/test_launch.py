@@ -89,7 +89,9 @@ def test_no_cuda_means_cpu(monkeypatch):
 PROBE = textwrap.dedent("""
     import sys, torch
     from ramvid import dist
-    info = dist.setup_dist(timeout_s=20)
+    from ramvid.flags import user_errors
+    with user_errors():  # as every command: a launcher mismatch is one line, exit code 2
+        info = dist.setup_dist(timeout_s=20)
     ranks = dist.all_gather_object((info.rank, info.local_rank))
     total = dist.all_gather_tensor(torch.tensor([info.rank + 1.0])).sum().item()
     waited = dist.run_on_main(lambda: "rank 0 worked")

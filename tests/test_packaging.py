@@ -15,10 +15,10 @@ from conftest import REPO
 
 # Until the sampling, evaluation and demo commands land in the library, their rows fail here.
 COMMANDS = {
-    "ramvid-train": "ramvid.train.main:command",
-    "ramvid-sample": "ramvid.sample.commands:sample_main",
-    "ramvid-sample-long": "ramvid.sample.commands:sample_long_main",
-    "ramvid-eval": "ramvid.metrics.commands:eval_main",
+    "ramvid-train": "ramvid.train.command:main",
+    "ramvid-sample": "ramvid.sample.command:sample_main",
+    "ramvid-sample-long": "ramvid.sample.command:sample_long_main",
+    "ramvid-eval": "ramvid.metrics.command:eval_main",
     "ramvid-demo": "ramvid.demo.command:main",
 }
 MODULES = ("ramvid.train", "ramvid.sample")  # `python -m MODULE --help`

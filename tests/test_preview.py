@@ -10,9 +10,12 @@ import torch
 
 from datasets.synthetic import generate
 from ramvid.config import create_model
+from ramvid.train.command import parse_train_args
 from ramvid.train.ema import EMA
-from ramvid.train.options import parse_train_args
 from ramvid.train.preview import COLUMNS, Preview, preview_tasks
+from sample_fixtures import runs_as
+
+_argv0 = runs_as("video_train")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +48,7 @@ def test_preview_tasks_skip_a_task_that_would_give_every_frame():
 def test_preview_of_the_same_weights_is_the_same_and_files_appear(clips, tmp_path, one_thread):
     """Catches previews that draw fresh clips, noise or masks each time (then successive values
     would not measure the weights alone) and a missing 'TensorBoard is off' note."""
-    cfg, model_flags, _ = parse_train_args([
+    cfg, model_flags = parse_train_args([
         "--data_dir", str(clips / "train"), "--preset", "demo", "--sample_interval", "5",
         "--val_data_dir", str(clips / "val")])
     torch.manual_seed(0)
@@ -80,7 +83,7 @@ def test_preview_writes_tensorboard_scalars_and_images(clips, tmp_path, one_thre
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
-    cfg, model_flags, _ = parse_train_args([
+    cfg, model_flags = parse_train_args([
         "--data_dir", str(clips / "train"), "--preset", "demo", "--sample_interval", "3",
         "--val_data_dir", str(clips / "val")])
     model = create_model(**model_flags)

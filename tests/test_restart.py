@@ -12,9 +12,12 @@ import pytest
 import torch
 
 from ramvid.checkpoint import checkpoint_files, complete_steps, load_checkpoint_file
-from ramvid.train import main
+from ramvid.train.command import main
 from ramvid.train.loop import EXIT_STOPPED
+from sample_fixtures import runs_as
 from train_fixtures import PYTHON, REPO, TINY, TRAIN_SCRIPT, make_videos, progress_rows, script_env
+
+_argv0 = runs_as("video_train")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,7 +109,7 @@ def test_double_sigterm_then_resume_equals_uninterrupted_run(videos, tmp_path):
 SLOW_WRITE = textwrap.dedent("""
     import os, sys, time
     import ramvid.checkpoint as ck
-    from ramvid.train.main import main
+    from ramvid.train.command import main
 
     real_save = ck.atomic_save
 
@@ -172,7 +175,7 @@ def test_two_ranks_slow_checkpoint_write_and_stop_signals(videos, tmp_path):
 SIGNAL_AT_START = textwrap.dedent("""
     import os, signal, sys
     import ramvid.train.rundir as rundir
-    from ramvid.train.main import main
+    from ramvid.train.command import main
 
     real_plan = rundir.plan_start
 
@@ -237,7 +240,9 @@ def test_restart_in_a_used_folder_is_refused_and_touches_nothing(videos, tmp_pat
         args = _flags(videos, run, "--max_steps", 4, *extra)
         if "--ema_rate" in extra:
             args.remove("0.9"), args.remove("--ema_rate")
-        assert main(args) == 2, case
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        assert stop.value.code == 2, case
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("video_train.py: error:"), (case, err)
         assert all(n in err for n in named), (case, err)

@@ -6,9 +6,9 @@ from PIL import Image
 
 from ramvid.data import VideoClipDataset
 from ramvid.sample import load_model, sample_videos, to_uint8
-from ramvid.sample.batch import SamplerOptions, denoise
-from ramvid.sample.seeds import sample_generators
-from ramvid.video_grid import GENERATED_COLOR, GIVEN_COLOR
+from ramvid.sample.batch import SamplerOptions, sample_batch
+from ramvid.sample.batch import sample_generators
+from ramvid.video_io import GENERATED_COLOR, GIVEN_COLOR
 from sample_fixtures import (TINY, load_npz, load_script, make_checkpoint, make_videos,
                              mpirun_script, run_script, runs_as)
 
@@ -157,7 +157,7 @@ def test_guidance_scale_one_is_plain_conditioning(setup):
 
     def run(w):
         options = SamplerOptions(sampler="ddim", guidance_scale=w)
-        return denoise(model, diffusion, sample_generators(0, [0, 1]), obs=obs, obs_mask=mask,
+        return sample_batch(model, diffusion, sample_generators(0, [0, 1]), obs=obs, obs_mask=mask,
                        options=options)
 
     plain, near_one, strong = run(1.0), run(1.0 + 1e-6), run(3.0)
@@ -208,8 +208,8 @@ def test_checkpoint_without_args_json_names_every_differing_flag(setup, capsys):
     (None, "--model_path is required"),
     (["--model_path", "/no/such/model000001.pt"], "--model_path '/no/such/model000001.pt': no such file"),
     (["--cond_frames", "0,6,"], "--cond_frames '0,6': frames [6] outside [0, seq_len=6)"),
-    (["--cond_frames", "0,x"], "argument --cond_frames"),
-    (["--eta", "0.5"], "--eta 0.5: only DDIM has eta"),
+    (["--cond_frames", "0,x"], "--cond_frames '0,x': expected a comma list"),
+    (["--eta", "0.5"], "--eta 0.5: only the ddim sampler reads eta"),
     (["--save_video", "avi"], "--save_video 'avi'"),
     (["--num_samples", "0"], "--num_samples 0: must be >= 1"),
 ])
@@ -252,7 +252,7 @@ def test_npz_to_video_reads_any_samples_file(conditional_run, tmp_path):
 
 
 def test_uint8_round_trip_is_exact_for_every_level():
-    from ramvid.sample.output import from_uint8, to_uint8
+    from ramvid.sample.batch import from_uint8, to_uint8
 
     levels = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16, 1).repeat(3, axis=-1)
     assert np.array_equal(to_uint8(from_uint8(levels)), levels)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ramvid.video_grid import (GENERATED_COLOR, GIVEN_COLOR, animated_grid, filmstrip, grid_obs_mask,
+from ramvid.video_io import (GENERATED_COLOR, GIVEN_COLOR, animated_grid, filmstrip, grid_obs_mask,
                                save_video_grid)
 
 

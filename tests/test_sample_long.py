@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from ramvid.data import VideoClipDataset
-from ramvid.sample import load_model, plan_autoregressive, plan_hierarchical, rollout, to_uint8
+from ramvid.sample import load_model, to_uint8
+from ramvid.sample.long import plan_autoregressive, plan_hierarchical, rollout
 import ramvid.sample.long as long_module
 from ramvid.sample.batch import SamplerOptions
-from ramvid.sample.seeds import sample_generators
+from ramvid.sample.batch import sample_generators
 from sample_fixtures import (TINY, load_npz, load_script, make_checkpoint, make_videos, run_script,
                              runs_as)
 
@@ -83,14 +84,14 @@ def test_rollout_carries_known_frames_over_exactly(setup, scheme, monkeypatch):
     total = 15
     plan = (plan_autoregressive(total, SEQ_LEN, 2, 3, 2) if scheme == "autoregressive"
             else plan_hierarchical(total, SEQ_LEN, 2, 2))
-    calls, denoise = [], long_module.denoise
+    calls, denoise = [], long_module.sample_batch
 
     def spy(*args, **kwargs):
         out = denoise(*args, **kwargs)
         calls.append((kwargs["obs"], out))
         return out
 
-    monkeypatch.setattr(long_module, "denoise", spy)
+    monkeypatch.setattr(long_module, "sample_batch", spy)
     video = rollout(model, diffusion, plan, sample_generators(0, [0, 1]), total, start=start,
                     options=SamplerOptions())
     assert video.shape == (2, 3, total, 16, 16)

@@ -6,7 +6,7 @@ import torch
 
 import ramvid
 from ramvid.config import model_and_diffusion_defaults
-from ramvid.presets import preset_flags
+from ramvid.config import PRESETS
 from sample_fixtures import load_npz, run_script, runs_as
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,7 +47,7 @@ def test_preset_alone_rebuilds_a_checkpoint_without_args_json(tmp_path, monkeypa
     """--preset supplies every model flag of a bare checkpoint (as --preset bair64 does for the
     published BAIR file); without it the defaults do not fit and the error names a flag."""
     defaults = model_and_diffusion_defaults()
-    flags = {**defaults, **{k: v for k, v in preset_flags("demo").items() if k in defaults}}
+    flags = {**defaults, **{k: v for k, v in dict(PRESETS["demo"]).items() if k in defaults}}
     path = _save_as_the_reference_does(ramvid.create_model(**flags).state_dict(),
                                        tmp_path / "bare")
     out = run_script("video_sample", ["--model_path", path, "--preset", "demo", *COMMON],

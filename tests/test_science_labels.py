@@ -8,7 +8,7 @@ import torch
 from ramvid import create_diffusion, create_model
 from ramvid.checkpoint import load_checkpoint_file
 from ramvid.sample import sample_videos
-from ramvid.train import main
+from ramvid.train.command import main
 from ramvid.video_io import write_video
 from train_fixtures import TINY
 

@@ -31,7 +31,7 @@ DRIVER = textwrap.dedent('''
     import torch.distributed as tdist
 
     import ramvid.train.loop as loop
-    from ramvid.train import main
+    from ramvid.train.command import main
 
     per_rank, out, argv = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 

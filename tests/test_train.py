@@ -19,7 +19,9 @@ from ramvid import create_model_and_diffusion
 from ramvid.checkpoint import load_checkpoint_file, load_latest_checkpoint
 from ramvid.diffusion.resample import LossSecondMomentResampler, create_named_schedule_sampler
 from ramvid.dist import setup_dist
-from ramvid.train import EMA, TrainConfig, last_step, lr_at, main, parse_train_args
+from ramvid.train.command import TrainConfig, main, parse_train_args
+from ramvid.train.ema import EMA
+from ramvid.train.schedules import last_step, lr_at
 from ramvid.train.logs import RunLogger
 from ramvid.train import loop as train_loop
 from ramvid.train.step import LossStats, draw_step_inputs, forward_backward
@@ -249,7 +251,7 @@ def test_fp16_path_unscales_before_clipping_and_skips_overflow(videos, tmp_path,
     with a halved loss scale."""
     argv = ["--data_dir", str(videos), *TINY, "--batch_size", "2", "--log_interval", "1",
             "--max_steps", "3", "--seed", "3"]
-    cfg, model_flags, _ = parse_train_args(argv)
+    cfg, model_flags = parse_train_args(argv)
     assert _train(videos, tmp_path / "fp32", monkeypatch, "--max_steps", "1") == 0
     seen = _inject_nan(monkeypatch, lambda call: call == 2)
     fp16 = dataclasses.replace(cfg, use_fp16=True, ema_rate=("0.9",))

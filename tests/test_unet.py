@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ramvid import create_model, create_model_and_diffusion, model_and_diffusion_defaults
-from ramvid.accel import compile_model, configure_tf32
+from ramvid.runtime import compile_model, configure_tf32
 from ramvid.unet import AttentionBlock, ResBlock
 
 TINY = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",

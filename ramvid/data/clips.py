@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..cli import UsageError
+from ..errors import UsageError
 from .decode import (
     ShortVideoError,
     StreamMeta,

@@ -26,7 +26,7 @@ import av.logging
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from ..cli import UsageError
+from ..errors import UsageError
 
 # Containers whose stream header counts frames from a real index. Others (mkv, webm, gif, ...)
 # report 0 or a guess, so their frames are counted by demuxing.

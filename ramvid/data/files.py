@@ -5,7 +5,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from ..cli import UsageError
+from ..errors import UsageError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".gif", ".mov", ".mkv", ".webm"})
 

@@ -9,7 +9,7 @@ import warnings
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-from ..cli import UsageError
+from ..errors import UsageError
 from .clips import RandomClipDataset, Shard
 
 

@@ -13,10 +13,9 @@ See docs/DEMO.md.
 import time
 from pathlib import Path
 
-from ..cli import entry_point
+from ..config import PRESETS
 from ..diffusion import space_timesteps
-from ..flags import Flag, at_least, parse, unit_interval
-from ..presets import preset_flags
+from ..flags import Flag, at_least, parse, unit_interval, user_errors
 from .pipeline import (REPO, TASKS, DemoConfig, child_env, ema_checkpoint, find_mpirun,
                        launch_prefix, prepare_data, run_step, sample_command, shown,
                        train_command)
@@ -32,7 +31,7 @@ def ddim_respacing(text):
     if not text.startswith("ddim"):
         return "the demo samples with DDIM; use e.g. ddim20"
     try:  # checked now, not after minutes of training
-        space_timesteps(preset_flags("demo")["diffusion_steps"], text)
+        space_timesteps(PRESETS["demo"]["diffusion_steps"], text)
     except ValueError as e:
         return str(e).split(": ", 1)[-1]  # the library names the value itself
     return None
@@ -125,39 +124,39 @@ def sample_all(cfg, prefix, threads, checkpoints, timings):
             print(f"{source} {task}: {seconds:.0f} s", flush=True)
 
 
-@entry_point
 def main(argv=None):
-    args = parse_args(argv)
-    cfg = make_config(args)
-    start = time.time()
-    timings = {}
-    shipped = None if args.retrain else verified_checkpoint()  # checked before any work
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"ramvid demo -> {cfg.run_dir}", flush=True)
+    with user_errors():
+        args = parse_args(argv)
+        cfg = make_config(args)
+        start = time.time()
+        timings = {}
+        shipped = None if args.retrain else verified_checkpoint()  # checked before any work
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"ramvid demo -> {cfg.run_dir}", flush=True)
 
-    banner(f"1/4 synthetic clips ({cfg.num_test} held-out test clips) in {cfg.data_dir}")
-    seconds, reused = prepare_data(cfg)
-    timings["data_s"] = seconds
-    print("reused the clips drawn by an earlier demo" if reused else f"drawn in {seconds:.1f} s",
-          flush=True)
-    if args.retrain:
-        shipped = retrain(cfg, timings)
+        banner(f"1/4 synthetic clips ({cfg.num_test} held-out test clips) in {cfg.data_dir}")
+        seconds, reused = prepare_data(cfg)
+        timings["data_s"] = seconds
+        print("reused the clips drawn by an earlier demo" if reused else f"drawn in {seconds:.1f} s",
+              flush=True)
+        if args.retrain:
+            shipped = retrain(cfg, timings)
 
-    mpirun = find_mpirun()
-    if mpirun is None and cfg.procs > 1:
-        print("note: mpirun not found; training and sampling run as one process with "
-              f"{cfg.procs} threads instead of {cfg.procs} ranks", flush=True)
-    prefix = launch_prefix(cfg.procs, mpirun)
-    threads = 1 if len(prefix) > 1 else cfg.procs
-    this_run = train_short_run(cfg, prefix, threads, timings)
-    checkpoints = {"shipped": shipped, "this_run": this_run}
-    sample_all(cfg, prefix, threads, checkpoints, timings)
+        mpirun = find_mpirun()
+        if mpirun is None and cfg.procs > 1:
+            print("note: mpirun not found; training and sampling run as one process with "
+                  f"{cfg.procs} threads instead of {cfg.procs} ranks", flush=True)
+        prefix = launch_prefix(cfg.procs, mpirun)
+        threads = 1 if len(prefix) > 1 else cfg.procs
+        this_run = train_short_run(cfg, prefix, threads, timings)
+        checkpoints = {"shipped": shipped, "this_run": this_run}
+        sample_all(cfg, prefix, threads, checkpoints, timings)
 
-    banner("4/4 scoring against baselines on the same held-out clips")
-    summarise(cfg, checkpoints, timings, start,
-              retrain_shown=f"OMP_NUM_THREADS={RETRAIN_THREADS} "
-                            + shown(retrain_command(cfg.data_dir)), retrained=args.retrain)
-    return 0
+        banner("4/4 scoring against baselines on the same held-out clips")
+        summarise(cfg, checkpoints, timings, start,
+                  retrain_shown=f"OMP_NUM_THREADS={RETRAIN_THREADS} "
+                                + shown(retrain_command(cfg.data_dir)), retrained=args.retrain)
+        return 0
 
 
 __all__ = ["DEFAULT_STEPS", "DEMO_FLAGS", "main", "make_config", "parse_args"]

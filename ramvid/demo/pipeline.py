@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..cli import UsageError
-from ..presets import preset_flags
+from ..errors import UsageError
+from ..config import PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS = {  # name -> given frames (None: unconditional); T is the demo's seq_len
@@ -138,7 +138,7 @@ def train_command(cfg, prefix):
     ]
     if len(prefix) == 1 and cfg.procs > 1:
         # One process holds every rank's videos, so the global batch stays the preset's.
-        command += ["--batch_size", str(preset_flags(cfg.preset)["batch_size"] * cfg.procs)]
+        command += ["--batch_size", str(PRESETS[cfg.preset]["batch_size"] * cfg.procs)]
     return command
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import UsageError
-from ..video_grid import save_video_grid
-from .baselines import copy_last_given, linear_interpolation, mean_frame
+from ..errors import UsageError
+from ..metrics.frame_metrics import copy_last_given, linear_interpolation, mean_frame
+from ..video_io import save_video_grid
 from .report import score_task
 
 COPY_LAST = "copy last given"
@@ -21,7 +21,7 @@ def training_reference(train_dir, image_size, seq_len, limit=256):
     import torch
 
     from ..data import VideoClipDataset
-    from ..sample.output import to_uint8
+    from ..sample.batch import to_uint8
 
     dataset = VideoClipDataset(train_dir, image_size, seq_len)
     clips = [dataset[i][0] for i in range(min(limit, len(dataset)))]

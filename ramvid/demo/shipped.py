@@ -9,7 +9,7 @@ with SHIPPED_SHA256.
 import sys
 from pathlib import Path
 
-from ..cli import UsageError
+from ..errors import UsageError
 from ..metrics.i3d_weights import sha256_of
 from .pipeline import REPO
 

@@ -210,26 +210,12 @@ class GaussianDiffusion:
         """The final (N, C, T, H, W) sample; see `sampling.sample_loop` for the arguments."""
         return sampling.sample_loop(self, model, shape, **kwargs)
 
+    # The names improved-diffusion's users know.
     def p_sample_loop(self, model, shape, **kwargs):
-        """Ancestral sampling: `sample_loop(..., sampler="ddpm")`."""
         return sampling.sample_loop(self, model, shape, sampler="ddpm", **kwargs)
 
     def ddim_sample_loop(self, model, shape, **kwargs):
-        """DDIM sampling (eta=0 deterministic): `sample_loop(..., sampler="ddim")`."""
         return sampling.sample_loop(self, model, shape, sampler="ddim", **kwargs)
-
-    def p_sample(self, model, x, t, clip_denoised=True, model_kwargs=None, generator=None):
-        """One ancestral step x_t -> x_{t-1}: dict(sample, pred_xstart)."""
-        out = self.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
-        return {"sample": sampling.ddpm_step(self, x, t, out, None, generator),
-                "pred_xstart": out["pred_xstart"]}
-
-    def ddim_sample(self, model, x, t, clip_denoised=True, model_kwargs=None, eta=0.0,
-                    generator=None):
-        """One DDIM step x_t -> x_{t-1}: dict(sample, pred_xstart)."""
-        out = self.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
-        return {"sample": sampling.ddim_step(self, x, t, out, None, generator, eta=eta),
-                "pred_xstart": out["pred_xstart"]}
 
     # ----------------------------------------------------------------- training
     def training_losses(self, model, x_start, t, obs_mask=None, model_kwargs=None, noise=None,

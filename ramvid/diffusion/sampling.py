@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..accel import to_device
+from ..runtime import to_device
 from .tensors import extract
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")
@@ -49,12 +49,7 @@ def sample_loop(diffusion, model, shape, *, sampler="ddpm", obs=None, obs_mask=N
     noise: the starting x_T (not modified); drawn from `generator` when None.
     callback(dict(sample, pred_xstart, t)) is called after every step.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler={sampler!r} is not one of: {', '.join(SAMPLERS)}")
-    if eta != 0 and sampler != "ddim":
-        raise ValueError(f"eta={eta} is only read by the ddim sampler, not {sampler}")
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta={eta} must lie in [0, 1]")
+    check_sampler(sampler, eta)
     step = {"ddpm": ddpm_step, "ddim": partial(ddim_step, eta=eta), "dpm++2m": dpmpp_2m_step}[sampler]
     device = torch.device(device) if device is not None else model_device(model)
     shape = tuple(shape)
@@ -81,6 +76,16 @@ def sample_loop(diffusion, model, shape, *, sampler="ddpm", obs=None, obs_mask=N
         if callback is not None:
             callback({"sample": x, "pred_xstart": out["pred_xstart"], "t": i})
     return x
+
+
+def check_sampler(sampler, eta=0.0):
+    """ValueError naming the argument unless `sampler` is one of SAMPLERS and `eta` fits it."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r} is not one of: {', '.join(SAMPLERS)}")
+    if eta != 0 and sampler != "ddim":
+        raise ValueError(f"eta={eta}: only the ddim sampler reads eta, not {sampler}")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta={eta} must lie in [0, 1]")
 
 
 @dataclass(frozen=True)

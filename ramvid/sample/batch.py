@@ -1,23 +1,35 @@
 """One batch of videos: given clips, obs_mask and labels y in, sampled videos out.
 
-Sample k of a batch is global sample `indices[k]`: its noise comes from its own generator
-(see seeds.py), so it is the same whatever batch it lands in, and can be regenerated alone.
-Every sampling path of ramvid (the scripts, evaluation, long videos, the notebook API) runs
-its batches through `denoise`.
+Sample i of a run with seed s depends on (s, i) only: its noise comes from its own generator,
+seeded by a hash of (seed, index), so it does not depend on the batch it lands in, the number of
+ranks, or the samples before it, and it can be regenerated alone. Generators live on the CPU, so
+a seed gives the same noise on every device. Every sampling path of ramvid (the commands,
+evaluation, long videos, training previews, `sample_videos` in a notebook) runs its batches
+through `sample_batch`.
+
+Sample i conditioned on data takes clip (i // S) mod K of --data_dir (`ClipSource`): clip j is
+the first `seq_len` frames of the j-th of the K video files in sorted path order, so every rank
+and every run pairs sample i with the same clip. S = samples_per_clip: with S = 1 the samples
+loop over the clips; with S > 1 each clip conditions S consecutive samples (clip-major).
 """
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from ..diffusion import SAMPLERS
-from ..diffusion.sampling import model_device
-from .output import to_uint8
-from .seeds import sample_generators, sample_labels
+from ..data import VideoClipDataset
+from ..diffusion.sampling import model_device, sample_loop
+from ..masking import mask_from_frames
+from ..runtime import derive_seed
+
+_NOISE_STREAM, _LABEL_STREAM = 0, 1
 
 
 @dataclass(frozen=True)
 class SamplerOptions:
-    """How the reverse process is run (the sampling flags)."""
+    """How the reverse process is run (the sampling flags; `sample_loop` checks them)."""
 
     sampler: str = "ddpm"  # one of ramvid.diffusion.SAMPLERS
     eta: float = 0.0  # DDIM noise; 0 = deterministic
@@ -25,54 +37,113 @@ class SamplerOptions:
     resample_steps: int = 1
     guidance_scale: float = 1.0  # frame guidance; 1 = plain conditioning
 
-    def __post_init__(self):
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler={self.sampler!r} is not one of: {', '.join(SAMPLERS)}")
-        if self.eta != 0 and self.sampler != "ddim":
-            raise ValueError(f"eta={self.eta}: only the ddim sampler has eta")
-        if not 0 <= self.eta <= 1:
-            raise ValueError(f"eta={self.eta} must lie in [0, 1]")
-
     def model_calls_per_step(self, guided):
         """Network evaluations per denoising step (guidance doubles them)."""
         return self.resample_steps * (2 if guided and self.guidance_scale != 1.0 else 1)
 
 
+# --------------------------------------------------------------------------- per-sample seeds
+def sample_seed(seed, index):
+    """A 63-bit seed for sample `index` of a run seeded with `seed` (SeedSequence hash)."""
+    if int(seed) < 0:
+        raise ValueError(f"seed={seed} must be >= 0")
+    return derive_seed(seed, index, _NOISE_STREAM)
+
+
+def sample_generators(seed, indices):
+    """One CPU torch.Generator per sample index (pass as `generator=` to `sample_loop`)."""
+    return [torch.Generator().manual_seed(sample_seed(seed, i)) for i in indices]
+
+
+def labels_for(model, seed, indices, y=None):
+    """The class labels of a batch: the clips' labels y where given (>= 0), else drawn uniformly
+    from (seed, index); None for an unconditional model. LongTensor (n,)."""
+    num_classes = model.config.num_classes
+    if num_classes is None:
+        return None
+    drawn = torch.tensor([int(np.random.default_rng([int(seed), int(i), _LABEL_STREAM])
+                              .integers(num_classes)) for i in indices], dtype=torch.long)
+    if y is None:
+        return drawn
+    y = torch.as_tensor(y, dtype=torch.long).reshape(-1)
+    bad = y[y >= num_classes]
+    if len(bad):
+        raise ValueError(f"labels {bad.tolist()} outside [0, num_classes={num_classes})")
+    return torch.where(y >= 0, y, drawn)
+
+
+# --------------------------------------------------------------------------- clips and pixels
 def model_video_shape(model):
     """(C, T, H, W) of the videos `model` was built for."""
     cfg = model.config
     return cfg.in_channels, cfg.seq_len, cfg.image_size, cfg.image_size
 
 
-def is_class_conditional(model):
-    return model.config.num_classes is not None
+class ClipSource:
+    """Sample i's clip from --data_dir: clip (i // samples_per_clip) mod (number of files)."""
+
+    def __init__(self, data_dir, flags, seq_len=None, samples_per_clip=1):
+        if samples_per_clip < 1:
+            raise ValueError(f"samples_per_clip={samples_per_clip} must be >= 1")
+        self.samples_per_clip = samples_per_clip
+        self.dataset = VideoClipDataset(
+            data_dir, int(flags["image_size"]), int(seq_len or flags["seq_len"]),
+            class_cond=bool(flags["class_cond"]), rgb=bool(flags["rgb"]),
+        )
+        num_classes = int(flags.get("num_classes") or 0)
+        if flags["class_cond"] and self.dataset.num_classes != num_classes:
+            warnings.warn(
+                f"--data_dir {data_dir} names {self.dataset.num_classes} classes, the model has "
+                f"{num_classes}: labels are the data's class indices (sorted file-name prefixes)"
+            )
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def clips(self, indices):
+        """(videos float (n, C, T, H, W) in [-1, 1], labels LongTensor (n,); -1 = no class)."""
+        items = [self.dataset[(i // self.samples_per_clip) % len(self.dataset)] for i in indices]
+        videos = torch.stack([video for video, _ in items])
+        labels = torch.tensor([label for _, label in items], dtype=torch.long)
+        return videos, labels
 
 
-def labels_for(model, seed, indices, y=None):
-    """The class labels of a batch: the clips' labels y where given (>= 0), else drawn from
-    (seed, index); None for an unconditional model."""
-    if not is_class_conditional(model):
-        return None
-    drawn = sample_labels(seed, indices, model.config.num_classes)
-    if y is None:
-        return drawn
-    y = torch.as_tensor(y, dtype=torch.long).reshape(-1)
-    bad = y[y >= model.config.num_classes]
-    if len(bad):
-        raise ValueError(f"labels {bad.tolist()} outside [0, num_classes={model.config.num_classes})")
-    return torch.where(y >= 0, y, drawn)
+def to_uint8(videos):
+    """float (N, C, T, H, W) in [-1, 1] -> uint8 numpy (N, T, H, W, C).
+
+    ((x + 1) * 127.5) rounded to the nearest level and clamped. Rounding (not truncation) makes
+    uint8 -> [-1, 1] -> uint8 exact, so saved ground truth equals the video's bytes, and it
+    removes the half-level downward bias that truncation puts on every sample.
+    """
+    videos = torch.as_tensor(videos)
+    pixels = ((videos.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()
 
 
-def denoise(model, diffusion, generators, *, num_frames=None, obs=None, obs_mask=None, y=None,
-            options=SamplerOptions(), callback=None):
-    """Run the reverse process for one batch (one generator per video); float (n, C, T, H, W)
-    on the CPU. obs: (n, C, T, H, W) in [-1, 1]; obs_mask: bool (n, T), True = given; y: (n,)."""
+def from_uint8(videos):
+    """uint8 (N, T, H, W, C) -> float32 (N, C, T, H, W) in [-1, 1] (as the data loader maps)."""
+    videos = torch.as_tensor(np.asarray(videos))
+    if videos.dtype != torch.uint8 or videos.ndim != 5:
+        raise ValueError("expected uint8 videos N x T x H x W x C, "
+                         f"got {videos.dtype} {tuple(videos.shape)}")
+    return videos.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+# --------------------------------------------------------------------------- one batch
+def sample_batch(model, diffusion, generators, *, num_frames=None, obs=None, obs_mask=None,
+                 y=None, options=SamplerOptions(), callback=None):
+    """Run the reverse process for one batch, one generator per video: float (n, C, T, H, W) on
+    the CPU. obs: (n, C, T, H, W) in [-1, 1]; obs_mask: bool (n, T), True = given; y: (n,)
+    class labels. num_frames: T when it differs from the model's seq_len (without obs)."""
     channels, seq_len, height, width = model_video_shape(model)
-    shape = (len(generators), channels, num_frames or seq_len, height, width)
+    num_frames = obs.shape[2] if obs is not None else num_frames or seq_len
+    if obs_mask is not None and not bool(obs_mask.any()):
+        obs, obs_mask = None, None  # nothing given: an unconditional batch
     device = model_device(model)
     with torch.inference_mode():
-        videos = diffusion.sample_loop(
-            model, shape, sampler=options.sampler, obs=obs, obs_mask=obs_mask,
+        videos = sample_loop(
+            diffusion, model, (len(generators), channels, num_frames, height, width),
+            sampler=options.sampler, obs=obs, obs_mask=obs_mask,
             guidance_scale=options.guidance_scale, resample_steps=options.resample_steps,
             eta=options.eta, clip_denoised=options.clip_denoised,
             model_kwargs=None if y is None else {"y": y.to(device)},
@@ -81,19 +152,83 @@ def denoise(model, diffusion, generators, *, num_frames=None, obs=None, obs_mask
     return videos.cpu()
 
 
-def sample_batch(model, diffusion, indices, *, seed, obs=None, obs_mask=None, y=None,
-                 options=SamplerOptions(), callback=None):
-    """Global samples `indices` of `seed`: uint8 (n, T, H, W, C) videos and their labels (or
-    None). obs (n, C, T, H, W) holds the given frames where obs_mask (n, T) is True; y are the
-    clips' class labels (-1 or None: drawn from the seed)."""
-    labels = labels_for(model, seed, indices, y)
-    any_given = obs_mask is not None and bool(obs_mask.any())
-    videos = denoise(model, diffusion, sample_generators(seed, indices),
-                     num_frames=None if obs is None else obs.shape[2],
-                     obs=obs if any_given else None, obs_mask=obs_mask if any_given else None,
-                     y=labels, options=options, callback=callback)
-    return to_uint8(videos), labels
+def global_batches(num_samples, batch_size):
+    """[range of sample indices] for every batch of `batch_size` consecutive samples, in order."""
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples={num_samples} and batch_size={batch_size} must be >= 1")
+    return [range(k, min(num_samples, k + batch_size)) for k in range(0, num_samples, batch_size)]
 
 
-__all__ = ["SAMPLERS", "SamplerOptions", "denoise", "is_class_conditional", "labels_for", "model_device",
-           "model_video_shape", "sample_batch"]
+def step_bar(total, enabled, desc="sampling"):
+    """A tqdm bar over denoising steps (with ETA) and a callback that advances it."""
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
+    return bar, (lambda _out: bar.update(1))
+
+
+# --------------------------------------------------------------------------- in a notebook
+def as_float_videos(videos):
+    """float32 (N, C, T, H, W) in [-1, 1] from such a tensor or from uint8 (N, T, H, W, C)."""
+    if isinstance(videos, np.ndarray) and videos.dtype == np.uint8:
+        return from_uint8(videos)
+    videos = torch.as_tensor(videos)
+    if videos.dtype == torch.uint8:
+        return from_uint8(videos.numpy())
+    if videos.ndim != 5:
+        raise ValueError("obs must be (N, C, T, H, W) floats or N x T x H x W x C uint8, "
+                         f"got {tuple(videos.shape)}")
+    return videos.float()
+
+
+def _rows(tensor, k, count):
+    """Rows k, k+1, ... of a per-sample tensor, cycling when it holds fewer rows than samples."""
+    return tensor[[(k + j) % len(tensor) for j in range(count)]]
+
+
+def sample_videos(model, diffusion, num_samples=None, *, obs=None, obs_mask=None,
+                  cond_frames=None, y=None, seed=0, first_index=0, batch_size=8,
+                  sampler="ddpm", eta=0.0, clip_denoised=True, resample_steps=1,
+                  guidance_scale=1.0, progress=False):
+    """Sample videos in memory: uint8 numpy (N, T, H, W, C), as in the npz files; the same
+    batches as the sampling commands.
+
+    obs: the videos holding the given frames, float (N, C, T, H, W) in [-1, 1] or uint8
+    (N, T, H, W, C); video k of the result uses obs[k % len(obs)]. Which frames are given:
+    obs_mask bool (N, T) or (T,), or cond_frames (a list of indices). Without obs the samples
+    are unconditional. y: class labels (class-conditional models; default drawn from the
+    seed). Sample k is global sample first_index + k of `seed`: to regenerate sample i alone
+    pass num_samples=1, first_index=i and its obs.
+    """
+    options = SamplerOptions(sampler, eta, clip_denoised, resample_steps, guidance_scale)
+    seq_len = model_video_shape(model)[1]
+    if obs is not None:
+        obs = as_float_videos(obs)
+        seq_len = obs.shape[2]
+        if obs_mask is None and cond_frames is None:
+            raise ValueError("obs given without obs_mask or cond_frames: which frames are given?")
+    if cond_frames is not None:
+        obs_mask = mask_from_frames(cond_frames, 1, seq_len)
+    if obs_mask is not None:
+        obs_mask = torch.as_tensor(obs_mask, dtype=torch.bool).reshape(-1, seq_len)
+        if obs is None and bool(obs_mask.any()):
+            raise ValueError("obs_mask marks given frames but no obs was passed")
+    num_samples = num_samples if num_samples is not None else (len(obs) if obs is not None else None)
+    if not num_samples or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} must be >= 1 (or pass obs)")
+    if y is not None:
+        y = torch.as_tensor(y, dtype=torch.long).reshape(-1)
+
+    batches = global_batches(num_samples, batch_size)
+    bar, callback = step_bar(len(batches) * diffusion.num_timesteps, progress)
+    out = []
+    with bar:
+        for batch in batches:
+            k, n = batch.start, len(batch)
+            indices = [first_index + j for j in batch]
+            videos = sample_batch(
+                model, diffusion, sample_generators(seed, indices),
+                obs=None if obs is None else _rows(obs, k, n),
+                obs_mask=None if obs_mask is None else _rows(obs_mask, k, n),
+                y=labels_for(model, seed, indices, None if y is None else _rows(y, k, n)),
+                options=options, callback=callback)
+            out.append(to_uint8(videos))
+    return np.concatenate(out)

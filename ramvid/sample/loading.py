@@ -3,15 +3,28 @@
 Training writes `args.json` (every resolved flag) into the run directory next to
 `modelNNNNNN.pt` / `ema_RATE_NNNNNN.pt`. The flags used to rebuild the model are, in rising
 priority: the library defaults, that args.json, and the caller's overrides.
+
+Does the checkpoint fit the model the flags describe? A state dict's parameter shapes determine
+most architecture flags: `architecture_of` reads them back (from the checkpoint, and from a model
+built from the flags, by the same code), so a mismatch is reported as "num_channels: flags give
+64, the checkpoint has 32" instead of a list of tensor shapes.
 """
+import re
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import load_checkpoint_file
-from ..cli import ARGS_JSON, read_args_json
-from ..config import create_diffusion, create_model, model_and_diffusion_defaults
-from .compat import ModelFlagsMismatch, architecture_of, check_state_dict
+from ..config import (CHANNEL_MULT_BY_SIZE, create_diffusion, create_model,
+                      model_and_diffusion_defaults)
+from ..flags import ARGS_JSON, read_args_json
+
+
+class ModelFlagsMismatch(ValueError):
+    """The checkpoint's weights do not fit the model built from the flags."""
+
+
+_BLOCK_KEY = re.compile(r"^input_blocks\.(\d+)\.")
 
 
 def checkpoint_flags(checkpoint_path):
@@ -72,5 +85,106 @@ def load_model(checkpoint_path, device=None, **overrides):
     return model.to(device).eval(), diffusion, flags
 
 
-__all__ = ["checkpoint_flags", "load_model", "load_state_dict",
-           "model_from_state_dict", "resolve_flags"]
+# --------------------------------------------------------------------------- does it fit?
+def _input_block_count(state_dict):
+    return 1 + max((int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k))), default=0)
+
+
+def architecture_of(state_dict):
+    """The architecture flags a UNet state dict implies (keys as the flag names).
+
+    `attention_levels` lists the levels (downsampling rate 2^level) whose input ResBlocks carry
+    attention; which `attention_resolutions` that is depends on image_size.
+    """
+    required = ("time_embed.0.weight", "input_blocks.0.0.weight", "out.2.weight")
+    missing = [k for k in required if k not in state_dict]
+    if missing:
+        raise ModelFlagsMismatch(
+            f"not a ramvid UNet state dict (no {', '.join(missing)}); "
+            f"its first keys are {', '.join(list(state_dict)[:3])}"
+        )
+    width = state_dict["time_embed.0.weight"].shape[1]
+    in_channels = state_dict["input_blocks.0.0.weight"].shape[1]
+    out_channels = state_dict["out.2.weight"].shape[0]
+    arch = {
+        "num_channels": width,
+        "rgb": in_channels == 3,
+        "learn_sigma": out_channels == 2 * in_channels,
+        "class_cond": "label_emb.weight" in state_dict,
+        "num_classes": state_dict["label_emb.weight"].shape[0] if "label_emb.weight" in state_dict else 0,
+    }
+    # Input blocks after the first conv: per level some ResBlocks, then a Downsample ("op").
+    levels = [[]]  # per level: [(resblock out channels, has attention)]
+    for i in range(1, _input_block_count(state_dict)):
+        if f"input_blocks.{i}.0.op.weight" in state_dict:
+            levels.append([])
+        elif f"input_blocks.{i}.0.in_layers.2.weight" in state_dict:
+            channels = state_dict[f"input_blocks.{i}.0.in_layers.2.weight"].shape[0]
+            levels[-1].append((channels, f"input_blocks.{i}.1.qkv.weight" in state_dict))
+    arch["num_res_blocks"] = len(levels[0])
+    arch["channel_mult"] = tuple(blocks[0][0] // width for blocks in levels if blocks)
+    arch["attention_levels"] = tuple(
+        level for level, blocks in enumerate(levels) if any(attn for _, attn in blocks)
+    )
+    emb = state_dict.get("input_blocks.1.0.emb_layers.1.weight")
+    conv = state_dict.get("input_blocks.1.0.in_layers.2.weight")
+    if emb is not None and conv is not None:
+        arch["use_scale_shift_norm"] = emb.shape[0] == 2 * conv.shape[0]
+    return arch
+
+
+def _shape_differences(expected, found, limit=3):
+    lines = []
+    for key in expected:
+        if key not in found:
+            lines.append(f"{key} missing")
+        elif tuple(expected[key].shape) != tuple(found[key].shape):
+            lines.append(f"{key} {tuple(found[key].shape)} (flags need {tuple(expected[key].shape)})")
+    lines += [f"{key} unexpected" for key in found if key not in expected]
+    more = f", ... {len(lines) - limit} more" if len(lines) > limit else ""
+    return "; ".join(lines[:limit]) + more
+
+
+def _fmt(value):
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def _explain(flag, flag_value, ckpt_value, flags):
+    if flag == "attention_levels":
+        size = int(flags["image_size"])
+        implied = ",".join(str(size // 2 ** level) for level in ckpt_value) or "(none)"
+        return (f"attention_resolutions: flags give {flags['attention_resolutions']!r} with "
+                f"image_size {size}, the checkpoint has attention at feature maps of "
+                f"{implied} px (attention_resolutions {implied} with image_size {size}, "
+                "or another --image_size)")
+    if flag == "channel_mult" and not flags.get("channel_mult"):
+        guess = [s for s, mult in CHANNEL_MULT_BY_SIZE.items() if mult == ckpt_value]
+        hint = f"; image_size {guess[0]} implies it" if guess else ""
+        return (f"channel_mult: flags give {_fmt(flag_value)} (chosen by image_size "
+                f"{flags['image_size']}), the checkpoint has {_fmt(ckpt_value)} "
+                f"(pass --channel_mult {_fmt(ckpt_value)}{hint})")
+    return f"{flag}: flags give {_fmt(flag_value)}, the checkpoint has {_fmt(ckpt_value)}"
+
+
+def check_state_dict(model, state_dict, flags, source="checkpoint"):
+    """Raise ModelFlagsMismatch naming the differing flags when `state_dict` does not fit
+    `model` (built from `flags`); return silently when every name and shape agrees."""
+    expected = model.state_dict()
+    if set(expected) == set(state_dict) and all(
+        tuple(expected[k].shape) == tuple(state_dict[k].shape) for k in expected
+    ):
+        return
+    want, have = architecture_of(expected), architecture_of(state_dict)
+    differing = [k for k in want if want[k] != have.get(k)]
+    if "class_cond" in differing and "num_classes" in differing:
+        differing.remove("num_classes")
+    if differing:
+        reasons = "; ".join(_explain(k, want[k], have[k], flags) for k in differing)
+    else:
+        reasons = "parameters differ: " + _shape_differences(expected, state_dict)
+    raise ModelFlagsMismatch(
+        f"{source} does not fit the model flags: {reasons}. Give the flags the checkpoint was "
+        "trained with (or keep its args.json beside it)"
+    )

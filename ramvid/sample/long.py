@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .batch import SamplerOptions, denoise, model_video_shape
+from .batch import SamplerOptions, model_video_shape, sample_batch
 
 SCHEMES = ("autoregressive", "hierarchical")
 
@@ -130,7 +130,7 @@ def rollout(model, diffusion, plan, generators, total_length, *, start=None, y=N
         frames = list(window.frames)
         any_given = window.num_given > 0
         obs_mask = torch.tensor(window.obs_mask).expand(n, -1)  # (n, seq_len)
-        out = denoise(
+        out = sample_batch(
             model, diffusion, generators, num_frames=len(frames),
             obs=video[:, :, frames] if any_given else None,
             obs_mask=obs_mask if any_given else None,

@@ -1,6 +1,7 @@
 """`python -m ramvid.train ...`: the training command (also `ramvid-train`, scripts/video_train.py)."""
 import sys
 
-from .main import main
+from .command import main
 
-sys.exit(main(prog="python -m ramvid.train"))
+sys.argv[0] = "python -m ramvid.train"  # the name its --help and error lines show
+sys.exit(main())

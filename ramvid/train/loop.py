@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .. import create_model_and_diffusion, dist
-from ..accel import compile_model, configure_tf32
+from .. import dist
+from ..runtime import compile_model, configure_tf32
 from ..checkpoint import CheckpointError
-from ..cli import write_args_json
+from ..config import create_model_and_diffusion
+from ..flags import write_args_json
 from ..data import load_data
 from ..diffusion.resample import create_named_schedule_sampler
 from .ema import EMA

@@ -23,11 +23,11 @@ import torch
 
 from ..config import create_diffusion
 from ..data import VideoClipDataset
-from ..demo.baselines import copy_last_given
+from ..metrics.frame_metrics import copy_last_given
 from ..masking import mask_from_frames, sample_train_mask
 from ..metrics import frame_metrics
-from ..sample.output import to_uint8
-from ..video_grid import filmstrip, grid_obs_mask, save_video_grid
+from ..sample.batch import to_uint8
+from ..video_io import filmstrip, grid_obs_mask, save_video_grid
 
 PREVIEW_CLIPS = 8  # few enough that a preview costs seconds on a CPU
 PREVIEW_RESPACING = "ddim10"

@@ -18,12 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import dist, model_and_diffusion_defaults
+from .. import dist
 from ..checkpoint import (CHECKPOINT_NAME, checkpoint_files, delete_checkpoint_files,
                           is_complete, load_latest_checkpoint, load_training_checkpoint,
                           remove_stale_temp_files, set_files, step_from_model_path)
-from ..cli import UsageError, read_args_json
-from .options import training_defaults
+from ..config import model_and_diffusion_defaults
+from ..errors import UsageError
+from ..flags import read_args_json
 
 # Flags that say how to start, not what is trained: they differ between a run and its restart.
 START_FLAGS = ("resume_checkpoint", "overwrite", "log_dir")
@@ -207,7 +208,7 @@ def _check_flags_against_args_json(cfg, model_flags, plan):
             f"{'; '.join(differing)}. Pass the flags of that run (its args.json), or start a new "
             f"run in another --log_dir")
     current = cfg.to_json()
-    training_names = [k for k in ("data_dir", *training_defaults()) if k not in START_FLAGS]
+    training_names = [k for k in current if k not in START_FLAGS]
     changed = [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in training_names
                if k in saved and k in current and _as_json(current[k]) != saved[k]]
     if not changed:

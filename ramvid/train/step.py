@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..accel import to_device
+from ..runtime import to_device
 from ..diffusion.resample import LossSecondMomentResampler
 from ..masking import sample_train_mask
-from ..seeding import derive_seed
+from ..runtime import derive_seed
 
 MASK_STREAM, TIMESTEP_STREAM, NOISE_STREAM = 0, 1, 2
 LOSS_TERMS = ("loss", "mse", "vb")

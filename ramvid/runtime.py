@@ -1,17 +1,20 @@
-"""GPU speed settings shared by training and sampling: TF32 math, torch.compile, and copies to
-the GPU that do not stall the host.
+"""Process-level settings shared by training and sampling: TF32 math, torch.compile, copies to
+the GPU that do not stall the host, the heap of long CPU runs, and independent random streams.
 
 `compile_model` returns what to call; the module itself stays what is trained, saved and loaded,
 so checkpoints are plain state dicts (no `_orig_mod.` prefixes).
 """
+import ctypes
+import ctypes.util
 import sys
 
+import numpy as np
 import torch
 
 # What a failing compiler raises on the first call (Dynamo tracing, Inductor, the C++/Triton
 # toolchain); anything else (a wrong input shape, out of memory) is the model's own error.
 COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException,)
-
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter (malloc.h)
 
 def configure_tf32(enabled):
     """TensorFloat-32 for float32 matmuls and cuDNN convolutions on CUDA.
@@ -78,3 +81,31 @@ def _say_fallback(error):
     reason = (str(error).strip().splitlines() or [""])[0][:200]
     print(f"ramvid: torch.compile failed ({type(error).__name__}: {reason}); "
           "running the model uncompiled", file=sys.stderr, flush=True)
+
+
+def limit_heap_fragmentation(threshold_bytes=4 * 1024 * 1024):
+    """Serve every allocation above `threshold_bytes` with its own mmap (glibc only).
+
+    glibc raises its mmap threshold dynamically up to 32 MiB, after which freed activation
+    tensors stay in the heap and fragment it: the resident size of a training step then
+    grows beyond what it ever holds at once (medium config on CPU: 3.0 GB peak RSS with the
+    default, 2.45 GB with a fixed 4 MiB threshold). Large tensors then return their pages to
+    the system when freed. The threshold stays well above small activations: at 256 KiB the
+    page faults of many mid-sized tensors made a small model's step 40 % slower.
+    Returns True when the setting was applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False
+
+
+def derive_seed(*keys):
+    """A well-mixed 63-bit seed (fits torch.Generator.manual_seed) for the stream named by
+    `keys`, e.g. (seed, rank, step, stream): nearby keys give unrelated streams."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))

@@ -1,26 +1,38 @@
-"""Training flags, each declared once in `TRAIN_FLAGS` (ramvid.flags.Flag: name, default, help,
+"""video_train.py (ramvid-train, python -m ramvid.train): flags -> distributed set-up -> log dir
+-> `loop.train`.
+
+The training flags are declared once in `TRAIN_FLAGS` (ramvid.flags.Flag: name, default, help,
 choices, check). The parser, `--help`, the checks, `TrainConfig` and the training half of
 args.json are built from these declarations; the model and diffusion flags come from
 `ramvid.config.MODEL_AND_DIFFUSION_FLAGS` the same way. Names and defaults are the paper's.
-
 To add a flag: one `Flag(...)` below; if it constrains another flag, a line in
 `_check_together`. Every bad value ends the program with exit code 2 and one line naming the
 flag and the value.
+
+Exit codes: 0 done (--max_steps reached), 1 a failure (e.g. a checkpoint could not be written),
+2 a user mistake (bad flag; a log dir this run may not start in), 3 diverged (--max_bad_steps),
+75 stopped by a signal with a complete checkpoint (rerun to continue; see docs/TRAINING.md).
 """
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import step_from_model_path
-from ..cli import (UsageError, add_common_flags, check_model_flags, exit_if_dry_run, make_parser,
-                   parse_flags)
-from ..config import MODEL_AND_DIFFUSION_FLAGS
+from .. import dist
+from ..checkpoint import CheckpointError, step_from_model_path
+from ..config import MODEL_AND_DIFFUSION_FLAGS, PRESETS, check_model_flags
 from ..data.files import VIDEO_EXTENSIONS
 from ..diffusion.resample import SCHEDULE_SAMPLERS
-from ..flags import (Flag, add_flags, at_least, comma_items, config_class, defaults,
-                     existing_dir, flag_values, positive, select, unit_interval)
+from ..errors import UsageError
+from ..flags import (Flag, add_common_flags, add_flags, at_least, comma_items, config_class,
+                     defaults, exit_if_dry_run, existing_dir, flag_values, make_parser,
+                     parse_flags, positive, unit_interval, user_errors)
 from ..masking import train_mask_problem
+from ..runtime import limit_heap_fragmentation
+from .logs import RunLogger
+from .loop import StopRequest, train
+from .rundir import prepare_run, resolve_logdir
 from .schedules import ANNEAL_TYPES
 
 
@@ -151,34 +163,25 @@ class TrainConfig(config_class("TrainFlags", TRAIN_FLAGS)):
             object.__setattr__(self, "microbatch", self.batch_size)
 
 
-def training_defaults():
-    """Every training flag except --data_dir, with its default."""
-    return defaults(f for f in TRAIN_FLAGS if not f.required)
-
-
-def build_parser(prog="video_train.py"):
-    parser = make_parser("Train a RaMViD video diffusion model.", prog=prog)
+def build_parser():
+    parser = make_parser("Train a RaMViD video diffusion model.")
     add_flags(parser, TRAIN_FLAGS)
     add_flags(parser, MODEL_AND_DIFFUSION_FLAGS)
-    add_common_flags(parser)
+    add_common_flags(parser, PRESETS)
     return parser
 
 
-def parse_train_args(argv=None, prog="video_train.py"):
-    """argv -> (TrainConfig, model_flags dict, parser). Exits 2 on any bad flag; with --dry_run
+def parse_train_args(argv=None):
+    """argv -> (TrainConfig, model_flags dict); UsageError on any bad flag; with --dry_run
     prints the resolved configuration as JSON and exits 0."""
-    parser = build_parser(prog)
-    args = parse_flags(parser, argv)
-    model_flags = select(args, [f.name for f in MODEL_AND_DIFFUSION_FLAGS])
-    try:
-        cfg = TrainConfig(**flag_values(TRAIN_FLAGS, vars(args)))
-        flag_values(MODEL_AND_DIFFUSION_FLAGS, model_flags)
-        _check_together(cfg, model_flags)
-    except UsageError as e:
-        parser.error(str(e))
-    check_model_flags(parser, _with_stand_in_classes(model_flags))
+    args = parse_flags(build_parser(), argv, PRESETS)
+    model_flags = {f.name: getattr(args, f.name) for f in MODEL_AND_DIFFUSION_FLAGS}
+    cfg = TrainConfig(**flag_values(TRAIN_FLAGS, vars(args)))
+    flag_values(MODEL_AND_DIFFUSION_FLAGS, model_flags)
+    _check_together(cfg, model_flags)
+    check_model_flags(_with_stand_in_classes(model_flags))
     exit_if_dry_run(args, {**model_flags, **cfg.to_json()})
-    return cfg, model_flags, parser
+    return cfg, model_flags
 
 
 def _check_together(cfg, model_flags):
@@ -228,3 +231,43 @@ def _with_stand_in_classes(model_flags):
     if not model_flags["class_cond"]:
         return model_flags
     return dict(model_flags, num_classes=max(1, model_flags["num_classes"]))
+
+
+def main(argv=None):
+    with user_errors():
+        cfg, model_flags = parse_train_args(argv)
+        limit_heap_fragmentation()
+        info = dist.setup_dist(timeout_s=cfg.dist_timeout)
+        prog = Path(sys.argv[0]).name
+        try:
+            # A stop signal from here on ends the run with a checkpoint after its first step.
+            with StopRequest() as stop:
+                logdir, source = resolve_logdir(cfg, info)
+                # Decided on rank 0 before anything in the log dir is touched; the same on
+                # every rank, so a UsageError here ends every rank alike (exit 2).
+                start = prepare_run(cfg, model_flags, logdir, info, source)
+                log = RunLogger(logdir, enabled=info.is_main)
+                # From here on an error in one rank must end all of them.
+                with dist.abort_on_failure():
+                    try:
+                        for line in start.plan.messages:
+                            log.info(line)
+                        code = train(cfg, model_flags, info, logdir, log, start, stop)
+                        dist.barrier()  # leave together: a launcher may end the job when the first rank exits
+                        return code
+                    except UsageError as e:  # a data problem is a bad --data_dir: one line, exit 2
+                        where = f"[rank {info.rank}] " if info.world_size > 1 else ""
+                        sys.stderr.write(f"{where}{prog}: error: {str(e).splitlines()[0]}\n")
+                        raise SystemExit(2) from None
+                    except CheckpointError as e:
+                        log.info(f"ERROR: {e}")
+                        raise
+                    finally:
+                        log.close()
+        except CheckpointError as e:  # e.g. the checkpoint named by --resume_checkpoint
+            if info.is_main or info.world_size > 1:
+                where = f"[rank {info.rank}] " if info.world_size > 1 else ""
+                sys.stderr.write(f"{where}{prog}: error: {e}\n")
+            return 1
+        finally:
+            dist.cleanup()

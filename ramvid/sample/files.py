@@ -1,0 +1,224 @@
+"""A sampling run's files: npz files written part by part, and the chunks a run is made of.
+
+`np.savez` needs every array in memory at once and stamps the current time into the zip, so
+two runs that sample the same videos write different bytes. `write_npz` takes each array as
+its shape, dtype and an iterator of consecutive row blocks (one sampling chunk at a time), writes
+`arr_0`, `arr_1`, ... as `np.load` reads them, with a fixed time stamp, to a temporary file
+that is renamed into place only when complete. A file holds `arr_0`, uint8 N x T x H x W x C
+(channels last), and, for class-conditional models, the labels as `arr_1`.
+
+Samples [k * size, (k + 1) * size) form chunk k, saved as `chunks/chunk_KKKK.npz` the moment it
+is complete (a chunk file is always whole). A rerun of the same command skips the chunks that
+exist. When all are there, the final npz files are streamed together from them one chunk at a
+time (rank 0 never holds more than one chunk) and the chunk files are removed. Because every
+sample depends on its seed and index only, and a chunk's batches start at the chunk, a run cut
+short and resumed writes the same bytes as one that never stopped.
+"""
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .batch import global_batches
+
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
+PARTIAL_GLOB = ".*.npz.*.partial"  # what a killed write leaves behind
+GT_PREFIX = "gt_"
+CHUNK_DIR = "chunks"
+_CHUNK_FILE = re.compile(r"^chunk_(\d{4,})\.npz$")
+
+
+class NpzArray:
+    """One array of an npz file: its full shape and dtype, and its rows block by block."""
+
+    def __init__(self, shape, dtype, blocks):
+        self.shape, self.dtype, self.blocks = tuple(int(s) for s in shape), np.dtype(dtype), blocks
+
+    @classmethod
+    def whole(cls, array):
+        array = np.asarray(array)
+        return cls(array.shape, array.dtype, [array])
+
+
+def _write_member(archive, name, item):
+    info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+    info.compress_type = zipfile.ZIP_STORED
+    rows = 0
+    with archive.open(info, "w", force_zip64=True) as out:
+        header = {"descr": np.lib.format.dtype_to_descr(item.dtype), "fortran_order": False,
+                  "shape": item.shape}
+        np.lib.format.write_array_header_1_0(out, header)
+        for block in item.blocks:
+            block = np.ascontiguousarray(block, dtype=item.dtype)
+            if block.shape[1:] != item.shape[1:]:
+                raise ValueError(f"{name}: block of shape {block.shape} does not fit {item.shape}")
+            out.write(block.tobytes())
+            rows += len(block)
+    if rows != item.shape[0]:
+        raise ValueError(f"{name}: {rows} rows written, the header says {item.shape[0]}")
+
+
+def write_npz(path, arrays):
+    """Write `arrays` (NpzArray or ndarray, in order: arr_0, arr_1, ...) to `path` atomically."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for k, item in enumerate(arrays):
+                if not isinstance(item, NpzArray):
+                    item = NpzArray.whole(item)
+                _write_member(archive, f"arr_{k}.npy", item)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def _read_npy_header(file):
+    """(shape, fortran_order, dtype) from the .npy header at the file's position, leaving it at
+    the first byte of the data."""
+    major, _ = np.lib.format.read_magic(file)
+    read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                   else np.lib.format.read_array_header_2_0)
+    return read_header(file)
+
+
+def npz_shape(path, name="arr_0"):
+    """The shape of array `name` of an npz file from its header alone (None if it has no such
+    array): checking a 10 GB sample file against its record must not read it."""
+    with zipfile.ZipFile(path) as archive:
+        if f"{name}.npy" not in archive.namelist():
+            return None
+        with archive.open(f"{name}.npy") as member:
+            shape, _, _ = _read_npy_header(member)
+    return shape
+
+
+def map_npz_array(path, name="arr_0"):
+    """Array `name` of an npz file as a read-only np.memmap, when the file stores it
+    uncompressed (as write_npz does), else None. Rows are read from disk only when indexed, so
+    evaluating 25,600 BAIR samples never holds the 5 GB file in memory."""
+    with zipfile.ZipFile(path) as archive:
+        try:
+            info = archive.getinfo(f"{name}.npy")
+        except KeyError:
+            return None
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+    with open(path, "rb") as raw:
+        raw.seek(info.header_offset)
+        local_header = raw.read(30)  # fixed part of the zip local file header
+        name_length = int.from_bytes(local_header[26:28], "little")
+        extra_length = int.from_bytes(local_header[28:30], "little")
+        raw.seek(info.header_offset + 30 + name_length + extra_length)
+        shape, fortran_order, dtype = _read_npy_header(raw)
+        offset = raw.tell()
+    if dtype.hasobject:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                     order="F" if fortran_order else "C")
+
+
+def read_npz(path):
+    """[arr_0, arr_1, ...] of an npz file."""
+    with np.load(path) as archive:
+        return [archive[f"arr_{k}"] for k in range(len(archive.files))]
+
+
+def npz_name(shape, prefix=""):
+    """'16x20x64x64x3.npz' for shape (16, 20, 64, 64, 3)."""
+    return prefix + "x".join(str(s) for s in shape) + ".npz"
+
+
+def save_npz(folder, videos, labels=None, prefix=""):
+    """folder / <shape>.npz holding videos (arr_0) [and labels (arr_1)]; returns the path."""
+    path = Path(folder) / npz_name(videos.shape, prefix)
+    return write_npz(path, [videos] if labels is None else [videos, np.asarray(labels)])
+
+
+class ChunkStore:
+    """Chunks of one run. `fields`: the per-sample arrays each chunk holds, in order, as
+    name -> (item shape, numpy dtype); "samples" first, then optionally "gt" and "labels"."""
+
+    def __init__(self, folder, num_samples, chunk_size, fields):
+        if num_samples < 1 or chunk_size < 1:
+            raise ValueError(f"num_samples={num_samples} and chunk_size={chunk_size} must be >= 1")
+        self.folder, self.fields = Path(folder), dict(fields)
+        self.num_samples, self.chunk_size = num_samples, chunk_size
+
+    @property
+    def chunk_dir(self):
+        return self.folder / CHUNK_DIR
+
+    def ranges(self):
+        """[range of sample indices] of every chunk, in order (cut as batches are)."""
+        return global_batches(self.num_samples, self.chunk_size)
+
+    def path(self, k):
+        return self.chunk_dir / f"chunk_{k:04d}.npz"
+
+    def finished(self):
+        """Indices of the chunks already on disk."""
+        if not self.chunk_dir.is_dir():
+            return []
+        found = (_CHUNK_FILE.match(p.name) for p in self.chunk_dir.iterdir())
+        return sorted(int(m.group(1)) for m in found if m and int(m.group(1)) < len(self.ranges()))
+
+    def save(self, k, arrays):
+        """Write chunk k (arrays: name -> (n, *item shape) array, n = the chunk's length)."""
+        self.chunk_dir.mkdir(parents=True, exist_ok=True)
+        expected = len(self.ranges()[k])
+        for name, (shape, dtype) in self.fields.items():
+            if arrays[name].shape != (expected, *shape):
+                raise ValueError(f"chunk {k}: {name} has shape {arrays[name].shape}, "
+                                 f"expected {(expected, *shape)}")
+        write_npz(self.path(k), [np.asarray(arrays[name], dtype=dtype)
+                                 for name, (_, dtype) in self.fields.items()])
+
+    def discard(self):
+        """Remove the chunks of an earlier run of this folder (--overwrite True)."""
+        if self.chunk_dir.is_dir():
+            for path in self.chunk_dir.glob("chunk_*.npz"):
+                path.unlink()
+
+    def _column(self, name):
+        """NpzArray streaming field `name` over all chunks, one chunk read at a time."""
+        shape, dtype = self.fields[name]
+        position = list(self.fields).index(name)
+        blocks = (read_npz(self.path(k))[position] for k in range(len(self.ranges())))
+        return NpzArray((self.num_samples, *shape), dtype, blocks)
+
+    def final_paths(self):
+        """name -> path of the final npz files ("samples", and "gt" when the run keeps it)."""
+        shape = (self.num_samples, *self.fields["samples"][0])
+        paths = {"samples": self.folder / npz_name(shape)}
+        if "gt" in self.fields:
+            paths["gt"] = self.folder / npz_name(shape, GT_PREFIX)
+        return paths
+
+    def complete_files(self):
+        """The final npz files of a finished run ([] while chunks remain or files are missing:
+        an interrupted join is redone from the chunks)."""
+        paths = list(self.final_paths().values())
+        if self.chunk_dir.exists() or not all(p.exists() for p in paths):
+            return []
+        return paths
+
+    def assemble(self):
+        """Join the chunks into the final npz files (labels as arr_1), then remove the chunks."""
+        missing = sorted(set(range(len(self.ranges()))) - set(self.finished()))
+        if missing:
+            raise RuntimeError(f"{self.chunk_dir}: chunks {missing} are missing")
+        paths = self.final_paths()
+        extra = ["labels"] if "labels" in self.fields else []
+        for name, path in paths.items():
+            write_npz(path, [self._column(n) for n in [name, *extra]])
+        for k in range(len(self.ranges())):
+            self.path(k).unlink()
+        # Files half-written when an earlier attempt was killed (write_npz's temporary names).
+        for stale in [*self.chunk_dir.glob(PARTIAL_GLOB), *self.folder.glob(PARTIAL_GLOB)]:
+            stale.unlink()
+        self.chunk_dir.rmdir()
+        return paths
