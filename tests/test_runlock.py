@@ -202,12 +202,12 @@ def test_without_proc_only_the_pid_counts(tmp_path, monkeypatch):
 
 
 def test_concurrent_takers_of_a_stale_lock(tmp_path):
-    """Four threads take over one stale lock at once, 40 times over: each time exactly one holds
+    """Four threads take over one stale lock at once, 60 times over: each time exactly one holds
     the folder, only one warns of a take-over, and the others name the winner.
     Breaks seen red: the lock file opened without O_EXCL; the take-over deleting the lock without
     first re-reading it under the claim (a fresh winner's lock deleted)."""
     takers = 4
-    for round_ in range(40):
+    for round_ in range(60):
         folder = tmp_path / str(round_)
         folder.mkdir()
         write_lock(folder)
@@ -272,7 +272,7 @@ def test_a_taken_lock_is_not_deleted_by_its_former_holder(tmp_path):
 @pytest.mark.parametrize("umask", [0o002, 0o027])
 def test_lock_file_honours_the_umask(tmp_path, umask):
     """The lock file is created 0o666 minus the umask (so a group sharing the folder can read it).
-    Breaks seen red: created 0o600 (umask 002); chmod 0o666 after creating (umask 027)."""
+    Breaks seen red: created 0o600; fchmod 0o666 after creating."""
     before = os.umask(umask)
     try:
         with FolderLock(tmp_path):
@@ -293,6 +293,30 @@ def test_unreadable_lock_needs_break_lock(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="took over the lock of an unreadable lock file"):
         FolderLock(tmp_path, break_lock=True).acquire().release()
     assert os.listdir(tmp_path) == []
+
+
+def test_failed_write_leaves_no_lock(tmp_path, monkeypatch):
+    """A lock file that cannot be written (disk full) is deleted again: no lock naming nobody.
+    Break seen red: the unlink after a failed write dropped."""
+    def disk_full(self, token):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(FolderLock, "_record", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        FolderLock(tmp_path).acquire()
+    assert os.listdir(tmp_path) == []
+
+
+def test_stuck_take_over_is_reported(tmp_path, monkeypatch):
+    """A take-over claim on a stale lock that never goes away (its taker killed in the middle) is
+    waited for, then reported naming the claim file; the stale lock stays.
+    Break seen red: an existing claim ignored (the stale lock is taken over regardless)."""
+    monkeypatch.setattr(runlock, "SETTLE_S", 0.2)
+    token = write_lock(tmp_path)
+    claim = tmp_path / f"{LOCK_NAME}.takeover-{token}"
+    claim.touch()
+    with pytest.raises(UsageError, match=f"{claim}: another process has been taking over"):
+        FolderLock(tmp_path).acquire()
+    assert read_lock(tmp_path).token == token
 
 
 def test_missing_folder_is_a_usage_error(tmp_path):
