@@ -16,7 +16,7 @@ was last seen alive. Leaving the block (return, exception, Ctrl-C, a stop signal
 into a normal exit) deletes the file if it still holds this lock's token.
 
 A second run on a held folder stops with a UsageError naming the holder. A lock whose holder is
-gone is taken over with a warning:
+gone is removed, with a warning, and taken over:
 - on the same host, boot and pid namespace, when its pid no longer runs, is a zombie, or now
   belongs to a process started at another time (a recycled pid);
 - anywhere else its pid cannot be checked from here, so only with break_lock=True
@@ -124,9 +124,8 @@ class FolderLock:
         self.release()
 
     def acquire(self):
-        """Take the lock (taking over a stale one with a warning); returns self."""
+        """Take the lock, removing a stale one with a warning; returns self."""
         token = secrets.token_hex(16)
-        taken_over = None  # (holder, why it was stale)
         deadline = time.monotonic() + SETTLE_S
         while not self._create(token):
             holder = read_lock(self.folder)
@@ -137,7 +136,7 @@ class FolderLock:
                 continue
             why = self._stale_reason(holder)
             if self._take_over(holder):
-                taken_over = holder, why
+                warnings.warn(f"{self.folder}: removed the stale lock of {holder.describe()} ({why})")
             elif time.monotonic() < deadline:
                 time.sleep(RETRY_S)
             else:
@@ -145,9 +144,6 @@ class FolderLock:
                     f"{self._claim_path(holder)}: another process has been taking over the stale "
                     f"lock of {self.folder} for {SETTLE_S:.0f} s; if no other run is starting, "
                     f"delete that file and start again")
-        if taken_over is not None:
-            holder, why = taken_over
-            warnings.warn(f"{self.folder}: took over the lock of {holder.describe()} ({why})")
         self._token = token
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, args=(token, self._stop),

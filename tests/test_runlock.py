@@ -133,7 +133,7 @@ def test_sigkilled_holder_is_taken_over(tmp_path, reaped):
             time.sleep(0.01)
     assert read_lock(tmp_path).pid == holder.pid
     try:
-        with pytest.warns(UserWarning, match=f"took over the lock of pid {holder.pid} "):
+        with pytest.warns(UserWarning, match=f"removed the stale lock of pid {holder.pid} "):
             lock = FolderLock(tmp_path).acquire()
         assert read_lock(tmp_path).pid == os.getpid()
         lock.release()
@@ -159,7 +159,7 @@ def test_lock_from_elsewhere_needs_break_lock(tmp_path, elsewhere, says):
     assert says in message
     assert "last heartbeat 5 min ago" in message and "--break_lock True" in message
     assert read_lock(tmp_path).token == token
-    with pytest.warns(UserWarning, match=r"took over .*\(--break_lock True\)"):
+    with pytest.warns(UserWarning, match=r"removed the stale lock .*\(--break_lock True\)"):
         lock = FolderLock(tmp_path, break_lock=True).acquire()
     assert read_lock(tmp_path).pid == os.getpid()
     lock.release()
@@ -203,7 +203,7 @@ def test_without_proc_only_the_pid_counts(tmp_path, monkeypatch):
 
 def test_concurrent_takers_of_a_stale_lock(tmp_path):
     """Four threads take over one stale lock at once, 60 times over: each time exactly one holds
-    the folder, only one warns of a take-over, and the others name the winner.
+    the folder, only one warns that it removed the stale lock, and the others name the winner.
     Breaks seen red: the lock file opened without O_EXCL; the take-over deleting the lock without
     first re-reading it under the claim (a fresh winner's lock deleted)."""
     takers = 4
@@ -234,7 +234,7 @@ def test_concurrent_takers_of_a_stale_lock(tmp_path):
                 thread.join()
         assert len(held) == 1, f"round {round_}: {len(held)} takers hold the folder"
         assert all(f"in use by pid {os.getpid()} " in message for message in refused)
-        assert sum("took over" in str(w.message) for w in caught) == 1
+        assert sum("removed the stale lock" in str(w.message) for w in caught) == 1
         assert os.listdir(folder) == []
 
 
@@ -290,7 +290,7 @@ def test_unreadable_lock_needs_break_lock(tmp_path, monkeypatch):
     (tmp_path / LOCK_NAME).write_text("")
     with pytest.raises(UsageError, match=r"unreadable lock file.*--break_lock True"):
         FolderLock(tmp_path).acquire()
-    with pytest.warns(UserWarning, match="took over the lock of an unreadable lock file"):
+    with pytest.warns(UserWarning, match="removed the stale lock of an unreadable lock file"):
         FolderLock(tmp_path, break_lock=True).acquire().release()
     assert os.listdir(tmp_path) == []
 
