@@ -92,7 +92,8 @@ def read_lock(folder):
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise UsageError(f"{path}: cannot read this run folder's lock file ({e.strerror})") from None
+        raise UsageError(f"{path}: cannot read this run folder's lock file "
+                         f"({e.strerror})") from None
     try:
         return LockHolder(**json.loads(data), age_s=age_s)
     except (ValueError, TypeError):
@@ -136,7 +137,8 @@ class FolderLock:
                 continue
             why = self._stale_reason(holder)
             if self._take_over(holder):
-                warnings.warn(f"{self.folder}: removed the stale lock of {holder.describe()} ({why})")
+                warnings.warn(f"{self.folder}: removed the stale lock of {holder.describe()} "
+                              f"({why})")
             elif time.monotonic() < deadline:
                 time.sleep(RETRY_S)
             else:
@@ -195,7 +197,8 @@ class FolderLock:
 
     def _stale_reason(self, holder):
         """Why `holder` is gone; UsageError naming it when it may still be running."""
-        if holder.token is not None and (holder.host, holder.boot_id, holder.pid_ns) == _pid_space():
+        checkable = (holder.host, holder.boot_id, holder.pid_ns) == _pid_space()
+        if holder.token is not None and checkable:
             gone = _gone(holder.pid, holder.proc_start)
             if gone is None:
                 raise UsageError(f"{self.folder} is in use by {holder.describe()}; wait for that "
