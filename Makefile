@@ -9,9 +9,12 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # A torch already in the venv is never replaced: a CUDA build installed on a login node without
-# a GPU is still the user's CUDA build. Only a venv without torch gets the pinned CPU build (an
-# open range would pull a multi-GB CUDA build onto a CPU machine). Everything else comes from
-# setup.py, the one list of dependencies; `pip install -e` also installs the ramvid-* commands.
+# a GPU is still the user's CUDA build. A venv without torch gets torch==2.13.0 as pip resolves
+# it: from PyPI on Linux x86-64 that is the CUDA build (several GB); a pip whose find-links holds
+# a CPU wheel may pick that. For the CPU build on purpose, install it into .venv first:
+#   .venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# Everything else comes from setup.py, the one list of dependencies; `pip install -e` also
+# installs the ramvid-* commands.
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
