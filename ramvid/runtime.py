@@ -28,6 +28,17 @@ def configure_tf32(enabled):
     torch.backends.cudnn.allow_tf32 = enabled
 
 
+def autocast_dtype(use_fp16, bf16, device_type):
+    """The dtype the network runs in under --use_fp16 / --bf16 (None: float32); ValueError
+    naming the flag when the two are combined or float16 is asked for without a CUDA GPU."""
+    if use_fp16 and bf16:
+        raise ValueError("bf16=True: cannot be combined with --use_fp16 True; choose one")
+    if use_fp16 and device_type != "cuda":
+        raise ValueError("use_fp16=True: needs a CUDA GPU (float16 autocast); on CPU use "
+                         "--bf16 True")
+    return torch.float16 if use_fp16 else torch.bfloat16 if bf16 else None
+
+
 def compile_model(model, enabled):
     """The callable to run `model` with: a torch.compile'd version when `enabled`, else `model`.
 

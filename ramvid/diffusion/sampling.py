@@ -35,7 +35,7 @@ SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 def sample_loop(diffusion, model, shape, *, sampler="ddpm", obs=None, obs_mask=None,
                 guidance_scale=1.0, resample_steps=1, eta=0.0, clip_denoised=True,
                 model_kwargs=None, generator=None, noise=None, progress=False, callback=None,
-                device=None):
+                device=None, autocast_dtype=None):
     """Sample a batch of videos; returns the final (N, C, T, H, W) sample.
 
     sampler: "ddpm" (ancestral), "ddim" (eta = 0 deterministic, 1 ancestral-like) or
@@ -48,6 +48,8 @@ def sample_loop(diffusion, model, shape, *, sampler="ddpm", obs=None, obs_mask=N
         generator alone, not on the batch); noise is drawn on the generators' device.
     noise: the starting x_T (not modified); drawn from `generator` when None.
     callback(dict(sample, pred_xstart, t)) is called after every step.
+    autocast_dtype: None runs the network in float32; torch.bfloat16 or torch.float16 runs its
+        calls under autocast (the sampler's own arithmetic stays float32).
     """
     check_sampler(sampler, eta)
     step = {"ddpm": ddpm_step, "ddim": partial(ddim_step, eta=eta), "dpm++2m": dpmpp_2m_step}[sampler]
@@ -67,7 +69,7 @@ def sample_loop(diffusion, model, shape, *, sampler="ddpm", obs=None, obs_mask=N
             for r in range(conditioning.resample_steps):
                 x = conditioning.impose(x)
                 out = predict(diffusion, model, x, t, conditioning, clip_denoised, model_kwargs,
-                              generator)
+                              generator, autocast_dtype)
                 x = step(diffusion, x, t, out, previous, generator)
                 if r < conditioning.resample_steps - 1:
                     x = diffuse_one_step(diffusion, x, t, generator)
@@ -132,7 +134,7 @@ class Conditioning:
 
 # ----------------------------------------------------------------------------- the network
 def predict(diffusion, model, x, t, conditioning, clip_denoised=True, model_kwargs=None,
-            generator=None):
+            generator=None, autocast_dtype=None):
     """The model's p(x_{t-1} | x_t): dict(mean, variance, log_variance, pred_xstart).
 
     Frame guidance (w != 1): output = unguided + w (output - unguided), where `output` sees the
@@ -142,12 +144,16 @@ def predict(diffusion, model, x, t, conditioning, clip_denoised=True, model_kwar
     """
     kwargs = model_kwargs or {}
     timesteps = diffusion.model_timesteps(t)
-    output = model(x, timesteps, **kwargs)
     if conditioning.guided:
         noise = randn(x.shape, generator, x.device, x.dtype)
-        noised_obs = diffusion.q_sample(conditioning.obs, t, noise)
-        unguided = model(torch.where(conditioning.obs_mask_5d, noised_obs, x), timesteps,
-                         **kwargs)
+        unguided_input = torch.where(conditioning.obs_mask_5d,
+                                     diffusion.q_sample(conditioning.obs, t, noise), x)
+    with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
+                        enabled=autocast_dtype is not None):
+        output = model(x, timesteps, **kwargs).float()
+        if conditioning.guided:
+            unguided = model(unguided_input, timesteps, **kwargs).float()
+    if conditioning.guided:
         c = x.shape[1]
         mixed = unguided[:, :c] + conditioning.guidance_scale * (output[:, :c] - unguided[:, :c])
         output = torch.cat([mixed, output[:, c:]], dim=1)

@@ -49,8 +49,7 @@ SAMPLING_MODE_FLAGS = (
     Flag("work_dir", "", "the sample run's folder (default: named as video_sample.py names it)"),
     replace(SAMPLING_FLAG["overwrite"], help="sample again even if the run folder holds a "
             "finished run"),
-    SAMPLING_FLAG["compile"],
-    SAMPLING_FLAG["tf32"],
+    *(SAMPLING_FLAG[name] for name in ("compile", "tf32", "bf16", "use_fp16", "break_lock")),
 )
 
 
@@ -136,7 +135,7 @@ def sample_for_evaluation(parser, argv, args):
     with model_on_every_rank(model, args) as (net, info):
         return sample_to_folder(net, create_diffusion(**flags), flags, job, info,
                                 out_dir=args.work_dir or None, overwrite=args.overwrite,
-                                reuse_finished=True, announce=print)
+                                reuse_finished=True, break_lock=args.break_lock, announce=print)
 
 
 def eval_main(argv=None):

@@ -7,10 +7,11 @@ a seed gives the same noise on every device. Every sampling path of ramvid (the 
 evaluation, long videos, training previews, `sample_videos` in a notebook) runs its batches
 through `sample_batch`.
 
-Sample i conditioned on data takes clip (i // S) mod K of --data_dir (`ClipSource`): clip j is
-the first `seq_len` frames of the j-th of the K video files in sorted path order, so every rank
-and every run pairs sample i with the same clip. S = samples_per_clip: with S = 1 the samples
-loop over the clips; with S > 1 each clip conditions S consecutive samples (clip-major).
+Sample i conditioned on data takes clip (i // S) mod n of the clips in use (`ClipSource`): a
+clip is the first `seq_len` frames of a video file of --data_dir; all K files in sorted path
+order, or a seeded uniform draw of n of them when fewer are needed, so every rank and every run
+pairs sample i with the same clip. S = samples_per_clip: with S = 1 the samples loop over the
+clips; with S > 1 each clip conditions S consecutive samples (clip-major).
 """
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from ..masking import mask_from_frames
 from ..runtime import derive_seed
 
 _NOISE_STREAM, _LABEL_STREAM = 0, 1
+CLIP_DRAW_SEED = 0  # which clips a run that needs fewer than all of --data_dir uses
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class SamplerOptions:
     clip_denoised: bool = True
     resample_steps: int = 1
     guidance_scale: float = 1.0  # frame guidance; 1 = plain conditioning
+    precision: str = "fp32"  # fp32 | bf16 | fp16: the network's calls under autocast
 
     def model_calls_per_step(self, guided):
         """Network evaluations per denoising step (guidance doubles them)."""
@@ -80,9 +84,14 @@ def model_video_shape(model):
 
 
 class ClipSource:
-    """Sample i's clip from --data_dir: clip (i // samples_per_clip) mod (number of files)."""
+    """The clips of --data_dir that condition a run: sample i takes clip (i // S) mod n of the
+    n clips in use (S = samples_per_clip). The clips in use are all K usable videos in sorted
+    path order, or, when fewer are needed (num_clips n < K), a uniform draw of n of them in
+    sorted order, seeded by CLIP_DRAW_SEED: the same on every rank and every rerun, whatever
+    --seed is, and never biased towards the first file names (Kinetics-600's start with the
+    class)."""
 
-    def __init__(self, data_dir, flags, seq_len=None, samples_per_clip=1):
+    def __init__(self, data_dir, flags, seq_len=None, samples_per_clip=1, num_clips=None):
         if samples_per_clip < 1:
             raise ValueError(f"samples_per_clip={samples_per_clip} must be >= 1")
         self.samples_per_clip = samples_per_clip
@@ -96,13 +105,19 @@ class ClipSource:
                 f"--data_dir {data_dir} names {self.dataset.num_classes} classes, the model has "
                 f"{num_classes}: labels are the data's class indices (sorted file-name prefixes)"
             )
+        self.data_clips = len(self.dataset)  # K
+        n = self.data_clips if num_clips is None else min(num_clips, self.data_clips)
+        self.chosen = (list(range(n)) if n == self.data_clips else sorted(
+            np.random.default_rng(CLIP_DRAW_SEED).choice(self.data_clips, n, replace=False).tolist()))
+        self.files = [str(self.dataset.paths[i].relative_to(data_dir)) for i in self.chosen]
 
     def __len__(self):
-        return len(self.dataset)
+        return len(self.chosen)
 
     def clips(self, indices):
         """(videos float (n, C, T, H, W) in [-1, 1], labels LongTensor (n,); -1 = no class)."""
-        items = [self.dataset[(i // self.samples_per_clip) % len(self.dataset)] for i in indices]
+        clip = self.chosen
+        items = [self.dataset[clip[(i // self.samples_per_clip) % len(clip)]] for i in indices]
         videos = torch.stack([video for video, _ in items])
         labels = torch.tensor([label for _, label in items], dtype=torch.long)
         return videos, labels
@@ -148,6 +163,7 @@ def sample_batch(model, diffusion, generators, *, num_frames=None, obs=None, obs
             eta=options.eta, clip_denoised=options.clip_denoised,
             model_kwargs=None if y is None else {"y": y.to(device)},
             generator=generators, callback=callback, device=device,
+            autocast_dtype=AUTOCAST_DTYPES[options.precision],
         )
     return videos.cpu()
 

@@ -11,6 +11,8 @@ import math
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from .. import dist
 from ..checkpoint import CheckpointError
 from ..config import (MODEL_AND_DIFFUSION_FLAGS, PRESETS, check_model_flags, create_diffusion,
@@ -22,9 +24,9 @@ from ..flags import (Flag, add_common_flags, add_flags, as_flag_error, at_least,
                      int_list, make_parser, one_of, parse_flags, require, unit_interval,
                      user_errors)
 from ..masking import frame_indices_problem
-from ..runtime import compile_model, configure_tf32
+from ..runtime import autocast_dtype, compile_model, configure_tf32
 from ..video_io import FORMATS
-from .batch import ClipSource, SamplerOptions
+from .batch import AUTOCAST_DTYPES, ClipSource, SamplerOptions
 from .loading import checkpoint_flags, load_state_dict, model_from_state_dict
 from .long import SCHEMES, check_long_flags
 from .run import COLLECTIVE_TIMEOUT_S, LongSettings, SampleJob, sample_to_folder
@@ -77,6 +79,12 @@ SAMPLING_FLAGS = (
          "with one line)"),
     Flag("tf32", True, "TensorFloat-32 for float32 matmuls and convolutions (CUDA only; no "
          "effect on CPU)"),
+    Flag("bf16", False, "run the network under bfloat16 autocast (CPU or CUDA); the sampler's "
+         "arithmetic stays float32"),
+    Flag("use_fp16", False, "run the network under float16 autocast (CUDA only); the sampler's "
+         "arithmetic stays float32"),
+    Flag("break_lock", False, "take over the run folder's lock held by a process on another "
+         "host (its heartbeat age is shown): only when that run is known to be dead"),
 )
 SAMPLING_FLAG = {f.name: f for f in SAMPLING_FLAGS}  # for commands that share some of them
 
@@ -132,8 +140,11 @@ def parse_sampling_flags(parser, argv, flags):
             f"contradicts --sampler {args.sampler}")
     try:
         check_sampler(args.sampler, args.eta)
+        dtype = autocast_dtype(args.use_fp16, args.bf16,
+                               "cuda" if torch.cuda.is_available() else "cpu")
     except ValueError as e:
         raise as_flag_error(e) from None
+    args.precision = next(k for k, v in AUTOCAST_DTYPES.items() if v == dtype)
     model_flags = select_model_flags(args)
     if model_flags["class_cond"] and not model_flags["num_classes"]:
         model_flags["num_classes"] = 1  # the checkpoint's count is taken when it is loaded
@@ -147,7 +158,8 @@ def select_model_flags(args):
 
 def sampler_options(args):
     return SamplerOptions(sampler=args.sampler, eta=args.eta, clip_denoised=args.clip_denoised,
-                          resample_steps=args.resample_steps, guidance_scale=args.guidance_scale)
+                          resample_steps=args.resample_steps, guidance_scale=args.guidance_scale,
+                          precision=args.precision)
 
 
 def load_checkpoint(args):
@@ -234,7 +246,7 @@ def sample_main(argv=None):
         with model_on_every_rank(model, args) as (net, info):
             paths = sample_to_folder(net, create_diffusion(**flags), flags, job, info,
                                      out_dir=args.out_dir or None, overwrite=args.overwrite,
-                                     announce=_announce)
+                                     break_lock=args.break_lock, announce=_announce)
         return _report(paths)
 
 
@@ -273,5 +285,5 @@ def sample_long_main(argv=None):
         with model_on_every_rank(model, args) as (net, info):
             paths = sample_to_folder(net, create_diffusion(**flags), flags, job, info,
                                      out_dir=args.out_dir or None, overwrite=args.overwrite,
-                                     announce=_announce)
+                                     break_lock=args.break_lock, announce=_announce)
         return _report(paths)

@@ -31,9 +31,10 @@ from .. import dist
 from ..errors import UsageError
 from ..flags import config_json, versions, write_json
 from ..masking import mask_from_frames
+from ..runlock import FolderLock
 from ..video_io import save_video_grid
-from .batch import (ClipSource, SamplerOptions, global_batches, labels_for, model_video_shape,
-                    sample_batch, sample_generators, step_bar, to_uint8)
+from .batch import (CLIP_DRAW_SEED, ClipSource, SamplerOptions, global_batches, labels_for,
+                    model_video_shape, sample_batch, sample_generators, step_bar, to_uint8)
 from .files import GT_PREFIX, ChunkStore
 from .long import plan_long_video, rollout
 
@@ -97,32 +98,42 @@ def run_folder(record, out_dir=None):
     size = f"{record['num_samples']}x{record['seq_len']}"
     if record["samples_per_clip"] > 1:
         size += f"_s{record['samples_per_clip']}"
-    parts += [size, f"{record['sampler']}{record['steps']}", f"seed{record['seed']}",
+    precision = "" if record["precision"] == "fp32" else f"_{record['precision']}"
+    parts += [size, f"{record['sampler']}{record['steps']}{precision}", f"seed{record['seed']}",
               Path(record["checkpoint"]).stem]
     log_dir = os.environ.get("OPENAI_LOGDIR") or Path(record["checkpoint"]).parent / "samples"
     return Path(log_dir) / "_".join(parts)
 
 
-def job_record(job, flags, diffusion, num_frames, data_clips):
-    """The sample_args.json of a job: what evaluation and a resumed run need to know."""
+def job_record(job, flags, diffusion, num_frames, source):
+    """The sample_args.json of a job: what evaluation and a resumed run need to know. `source`:
+    the job's ClipSource, or None without data."""
     options = job.options
-    num_clips = min(-(-job.num_samples // job.samples_per_clip), data_clips) if data_clips else 0
-    return {
+    record = {
         "task": task_of(job.cond_frames, job.long and job.long.scheme),
         "checkpoint": str(Path(job.model_path).resolve()),
         "cond_frames": list(job.cond_frames), "seq_len": num_frames,
-        "num_samples": job.num_samples, "num_clips": num_clips, "data_clips": data_clips,
+        "num_samples": job.num_samples, "num_clips": len(source) if source else 0,
+        "data_clips": source.data_clips if source else 0,
         "samples_per_clip": job.samples_per_clip,
-        "clip_of_sample": "sample i uses clip (i // samples_per_clip) mod data_clips",
         "sampler": options.sampler, "steps": diffusion.num_timesteps,
         "timestep_respacing": flags.get("timestep_respacing", ""), "eta": options.eta,
         "resample_steps": options.resample_steps, "guidance_scale": options.guidance_scale,
-        "clip_denoised": options.clip_denoised, "seed": job.seed,
+        "clip_denoised": options.clip_denoised, "precision": options.precision, "seed": job.seed,
         "data_dir": str(Path(job.data_dir).resolve()) if job.data_dir else "",
         "save_gt": job.save_gt, "batch_size": job.batch_size, "chunk_size": job.chunk_size,
         "long": asdict(job.long) if job.long else None,
         "save_video": job.save_video, "fps": job.fps, "model_flags": flags,
     }
+    if source and len(source) < source.data_clips:
+        record["clip_of_sample"] = ("sample i uses clip_files[(i // samples_per_clip) mod "
+                                    f"num_clips]: a uniform draw (seed {CLIP_DRAW_SEED}) of "
+                                    f"{len(source)} of the {source.data_clips} usable videos")
+        record["clip_files"] = source.files
+    elif source:
+        record["clip_of_sample"] = ("sample i uses clip (i // samples_per_clip) mod data_clips "
+                                    "of the usable videos in sorted path order")
+    return record
 
 
 def read_record(folder):
@@ -170,11 +181,6 @@ def prepare_folder(folder, record, finished, overwrite, reuse_finished=False):
             return "finished"  # the record on disk stays the one the files were sampled with
         raise UsageError(f"{finished[0]} exists (a finished run); pass --overwrite True to "
                          "sample it again, or --out_dir for another folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create the output folder {folder}: {e.strerror or e}; set "
-                         "--out_dir or $OPENAI_LOGDIR") from None
     if overwrite:
         for path in finished:
             path.unlink()
@@ -205,13 +211,14 @@ def _result(videos, gt, labels):
 
 
 def fixed_length_work(model, diffusion, flags, job):
-    """(work(indices, callback) -> arrays, denoising steps per batch, frames, data clips);
-    `flags`: the model's flags (image size, channels, labels of the clips to read)."""
+    """(work(indices, callback) -> arrays, denoising steps per batch, frames, ClipSource or
+    None); `flags`: the model's flags (image size, channels, labels of the clips to read)."""
     seq_len = model_video_shape(model)[1]
     cond_frames = list(job.cond_frames)
     needs_data = bool(cond_frames) or job.save_gt or (model.config.num_classes is not None
                                                       and bool(job.data_dir))
-    source = ClipSource(job.data_dir, flags, seq_len, job.samples_per_clip) if needs_data else None
+    source = ClipSource(job.data_dir, flags, seq_len, job.samples_per_clip,
+                        _clips_needed(job)) if needs_data else None
 
     def work(indices, callback):
         clips, y = source.clips(indices) if source else (None, None)  # (n, C, T, H, W), (n,)
@@ -223,7 +230,7 @@ def fixed_length_work(model, diffusion, flags, job):
             y=labels, options=job.options, callback=callback)
         return _result(to_uint8(videos), to_uint8(clips) if job.save_gt else None, labels)
 
-    return work, diffusion.num_timesteps, seq_len, (len(source) if source else 0)
+    return work, diffusion.num_timesteps, seq_len, source
 
 
 def long_video_work(model, diffusion, flags, job):
@@ -234,44 +241,54 @@ def long_video_work(model, diffusion, flags, job):
                            settings.max_cond_frames,
                            settings.prediction_step or seq_len - settings.max_cond_frames,
                            settings.start_frames)
-    per_clip = job.samples_per_clip
-    start_source = ClipSource(job.data_dir, flags, seq_len, per_clip) if settings.start_frames else None
-    # The ground truth spans the whole length, so it needs files of >= total_length frames.
-    gt_source = ClipSource(job.data_dir, flags, settings.total_length, per_clip) if job.save_gt else None
+    # One source for the start frames and the ground truth, so both come from the same file;
+    # the ground truth spans the whole length, so it needs files of >= total_length frames.
+    length = settings.total_length if job.save_gt else seq_len
+    source = ClipSource(job.data_dir, flags, length, job.samples_per_clip, _clips_needed(job)) \
+        if settings.start_frames or job.save_gt else None
 
     def work(indices, callback):
-        start, y = start_source.clips(indices) if start_source else (None, None)
-        if start is not None:
-            start = start[:, :, : settings.start_frames]
-        gt = gt_source.clips(indices)[0] if gt_source else None
+        clips, y = source.clips(indices) if source else (None, None)  # (n, C, L, H, W), (n,)
+        start = clips[:, :, : settings.start_frames] if settings.start_frames else None
         labels = labels_for(model, job.seed, indices, y)
         videos = rollout(model, diffusion, plan, sample_generators(job.seed, indices),
                          settings.total_length, start=start, y=labels, options=job.options,
                          callback=callback)
-        return _result(to_uint8(videos), None if gt is None else to_uint8(gt), labels)
+        return _result(to_uint8(videos), to_uint8(clips) if job.save_gt else None, labels)
 
-    sources = [s for s in (start_source, gt_source) if s]
-    return (work, len(plan) * diffusion.num_timesteps, settings.total_length,
-            len(sources[0]) if sources else 0)
+    return work, len(plan) * diffusion.num_timesteps, settings.total_length, source
+
+
+def _clips_needed(job):
+    return -(-job.num_samples // job.samples_per_clip)
 
 
 # --------------------------------------------------------------------------- the run
 def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite=False,
-                     reuse_finished=False, announce=print):
+                     reuse_finished=False, break_lock=False, announce=print):
     """Sample `job` on every rank into its run folder (every rank calls this; a user mistake
     raises the same UsageError on every rank before any sampling); rank 0 returns
     {"folder", "samples", "gt"?, "state": new | resume | finished}, other ranks None.
     reuse_finished: a finished run of the same settings is returned as it is (else an error).
-    The model must be on info.device."""
+    Rank 0 holds the folder's lock (ramvid.runlock) from before its first write to the end;
+    break_lock takes over a lock left by a dead run on another host. The model must be on
+    info.device."""
     build = long_video_work if job.long else fixed_length_work
-    work, steps_per_batch, num_frames, data_clips = build(model, diffusion, flags, job)
-    record = job_record(job, flags, diffusion, num_frames, data_clips)
+    work, steps_per_batch, num_frames, source = build(model, diffusion, flags, job)
+    record = job_record(job, flags, diffusion, num_frames, source)
     folder = run_folder(record, out_dir)
     store = ChunkStore(folder, job.num_samples, job.chunk_size,
                        _fields(model, num_frames, job.save_gt))
     chunks = store.ranges()
+    lock = FolderLock(folder, what="sampling run", break_lock=break_lock) if info.is_main else None
 
     def prepare():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create the output folder {folder}: {e.strerror or e}; set "
+                             "--out_dir or $OPENAI_LOGDIR") from None
+        lock.acquire()
         state = prepare_folder(folder, record, store.complete_files(), overwrite, reuse_finished)
         if state == "finished":
             announce(f"reusing the finished run in {folder}")
@@ -287,36 +304,41 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
                  + (f", {len(done)} already finished" if done else ""))
         return state, [k for k in range(len(chunks)) if k not in done]
 
-    state, todo = agree_on(prepare, info)
-    if state == "finished":
-        return {"folder": folder, **store.final_paths(), "state": state} if info.is_main else None
+    try:
+        state, todo = agree_on(prepare, info)
+        if state == "finished":
+            return {"folder": folder, **store.final_paths(), "state": state} \
+                if info.is_main else None
 
-    grids = grid_writer(folder, job.save_video, list(job.cond_frames), job.fps) if info.is_main else None
-    batches_before = np.cumsum([0] + [len(global_batches(len(c), job.batch_size)) for c in chunks])
-    rounds = sum(math.ceil(len(global_batches(len(chunks[k]), job.batch_size)) / info.world_size)
-                 for k in todo)
-    bar, callback = _progress(rounds * steps_per_batch, steps_per_batch,
-                              job.progress and info.is_main, timed=info.is_main and bool(todo))
-    # From here on an error in one rank must end all of them (no rank left in a gather).
-    with dist.abort_on_failure(), bar:
-        for k in todo:
-            chunk = chunks[k]
-            batches = global_batches(len(chunk), job.batch_size)  # indices within the chunk
-            parts = {name: [] for name in store.fields}
-            for first in range(0, len(batches), info.world_size):  # one batch per rank
-                mine = first + info.rank
-                result = (work([chunk.start + i for i in batches[mine]], callback)
-                          if mine < len(batches) else None)
-                for b, arrays in _gather_round(result, first, batches, store.fields, job, info):
-                    for name in parts:
-                        parts[name].append(arrays[name])
-                    if grids is not None:
-                        grids(int(batches_before[k]) + b, arrays)
-            if info.is_main:
-                store.save(k, {name: np.concatenate(p) for name, p in parts.items()})
-        if not info.is_main:
-            return None
-        return {"folder": folder, **store.assemble(), "state": state}
+        grids = grid_writer(folder, job.save_video, list(job.cond_frames), job.fps) \
+            if info.is_main else None
+        batches = [global_batches(len(chunk), job.batch_size) for chunk in chunks]
+        batches_before = np.cumsum([0] + [len(b) for b in batches])
+        rounds = sum(math.ceil(len(batches[k]) / info.world_size) for k in todo)
+        bar, callback = _progress(rounds * steps_per_batch, steps_per_batch,
+                                  job.progress and info.is_main, timed=info.is_main and bool(todo))
+        # From here on an error in one rank must end all of them (no rank left in a gather).
+        with dist.abort_on_failure(), bar:
+            for k in todo:
+                start, local = chunks[k].start, batches[k]  # batches: indices within the chunk
+                parts = {name: [] for name in store.fields}
+                for first in range(0, len(local), info.world_size):  # one batch per rank
+                    mine = first + info.rank
+                    result = (work([start + i for i in local[mine]], callback)
+                              if mine < len(local) else None)
+                    for b, arrays in _gather_round(result, first, local, store.fields, job, info):
+                        for name in parts:
+                            parts[name].append(arrays[name])
+                        if grids is not None:
+                            grids(int(batches_before[k]) + b, arrays)
+                if info.is_main:
+                    store.save(k, {name: np.concatenate(p) for name, p in parts.items()})
+            if not info.is_main:
+                return None
+            return {"folder": folder, **store.assemble(), "state": state}
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _gather_round(result, first, batches, fields, job, info):
