@@ -241,13 +241,13 @@ def parse_flags(parser, argv, presets):
     return parser.parse_args(argv)
 
 
-def given_on_command_line(parser, argv, dest):
-    """Whether argv sets flag `dest` itself, in any spelling argparse accepts (`--f v`, `--f=v`),
-    rather than leaving it to a default, preset or args.json."""
+def given_on_command_line(parser, argv):
+    """The flags (dests) that argv sets itself, in any spelling argparse accepts (`--f v`,
+    `--f=v`), rather than leaving them to a default, preset or args.json."""
     unset = object()
-    namespace = argparse.Namespace(**{dest: unset})  # argparse fills only absent defaults
-    parser.parse_args(argv, namespace=namespace)
-    return getattr(namespace, dest) is not unset
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions})
+    parser.parse_args(argv, namespace=namespace)  # argparse fills only absent defaults
+    return {dest for dest, value in vars(namespace).items() if value is not unset}
 
 
 def parse(description, flags, argv=None):

@@ -58,7 +58,7 @@ def make_videos(folder, prefixes=("a", "b", "c")):
             stream.pix_fmt = "yuv420p"
             for t in range(VIDEO_FRAMES):
                 image = np.full((32, 32, 3), 40, np.uint8)
-                image[:, :, k] = 150
+                image[:, :, k % 3] = 150 - 20 * (k // 3)
                 x = (2 * t + 5 * k) % 24
                 image[8:16, x:x + 8] = 255
                 for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):

@@ -91,3 +91,22 @@ def test_protocol_clip_length_yields_to_seq_len_in_any_spelling(setup, extra, se
                                         str(videos), "--protocol", "bair", "--dry_run", *extra])
     assert exit_info.value.code == 0
     assert json.loads(capsys.readouterr().out)["seq_len"] == seq_len
+
+
+def test_a_smaller_count_draws_clips_from_the_whole_folder(setup, tmp_path, capsys):
+    """--num_clips below the folder's count scores a seeded uniform draw, not the first files
+    in sorted order: with files named by class (a_* sort before b_*), the first 4 of 8 would
+    be class a only. The draw is listed in sample_args.json, the same on a rerun into another
+    folder, and stated in the report. Seen red with the draw replaced by the first files."""
+    checkpoint, _ = setup
+    videos = make_videos(tmp_path / "two_classes", prefixes=("a",) * 4 + ("b",) * 4)
+    for name in ("one", "two"):
+        evaluate((checkpoint, videos), tmp_path / name, 1, capsys, "--num_clips", 4)
+    records = [json.loads((tmp_path / n / "sample_args.json").read_text()) for n in ("one", "two")]
+    files = records[0]["clip_files"]
+    assert len(files) == 4 and {f[0] for f in files} == {"a", "b"}
+    assert records[1]["clip_files"] == files
+    assert (records[0]["num_clips"], records[0]["data_clips"]) == (4, 8)
+    report = json.loads((tmp_path / "one" / "eval.json").read_text())
+    assert "4 of the 8 usable videos" in report["clips"] and "uniform draw" in report["clips"]
+    assert "Clips: 4 of the 8" in report["protocol_description"]

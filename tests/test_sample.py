@@ -1,13 +1,16 @@
 """scripts/video_sample.py and the sampling API on a tiny checkpoint and real mp4 files."""
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import ramvid.unet
 from ramvid.data import VideoClipDataset
 from ramvid.sample import load_model, sample_videos, to_uint8
-from ramvid.sample.batch import SamplerOptions, sample_batch
-from ramvid.sample.batch import sample_generators
+from ramvid.sample.batch import SamplerOptions, sample_batch, sample_generators
+from ramvid.sample.files import npz_name
 from ramvid.video_io import GENERATED_COLOR, GIVEN_COLOR
 from sample_fixtures import (TINY, load_npz, load_script, make_checkpoint, make_videos,
                              mpirun_script, run_script, runs_as)
@@ -175,6 +178,33 @@ def _error(script, argv, capsys):
     return err
 
 
+def test_bf16_runs_the_network_under_autocast_and_is_recorded(setup, conditional_run, tmp_path,
+                                                             monkeypatch):
+    """--bf16 True: every network call runs under bfloat16 autocast while the sampler's own x
+    stays float32; the record and the folder name say so; the samples differ from the float32
+    run on the same seeds, but only by rounding. Seen red with the autocast removed from
+    `predict` (the calls then ran in float32 and the samples were equal)."""
+    calls, forward = [], ramvid.unet.UNetModel.forward
+
+    def spy(self, x, *args, **kwargs):
+        calls.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), x.dtype))
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(ramvid.unet.UNetModel, "forward", spy)
+    monkeypatch.setenv("OPENAI_LOGDIR", str(tmp_path))
+    load_script("video_sample").main([str(a) for a in [
+        "--model_path", setup["ckpt"], "--data_dir", setup["data"], "--cond_frames", "0,1,",
+        "--save_gt", "True", *COMMON, "--bf16", "True"]])
+    [folder] = tmp_path.iterdir()
+    assert "_ddpm4_bf16_" in folder.name
+    assert json.loads((folder / "sample_args.json").read_text())["precision"] == "bf16"
+    assert calls and all(c == (True, torch.bfloat16, torch.float32) for c in calls), calls[:3]
+    bf16 = load_npz(folder / npz_name(SHAPE))["arr_0"].astype(float)
+    fp32 = load_npz(conditional_run / npz_name(SHAPE))["arr_0"].astype(float)
+    psnr = 10 * np.log10(255 ** 2 / np.mean((bf16 - fp32) ** 2))
+    assert 25 < psnr < 100, psnr
+
+
 @pytest.mark.parametrize("flags, names", [
     (["--num_channels", "64"], ["num_channels: flags give 64, the checkpoint has 32"]),
     (["--learn_sigma", "True"], ["learn_sigma: flags give True, the checkpoint has False"]),
@@ -198,8 +228,11 @@ def test_checkpoint_without_args_json_names_every_differing_flag(setup, capsys):
     bare = setup["root"] / "bare"
     bare.mkdir()
     (bare / "model000010.pt").write_bytes(setup["ckpt"].read_bytes())
+    hidden = ["--image_size", 64, "--num_heads", 4, "--num_heads_upsample", -1,
+              "--diffusion_steps", 1000, "--noise_schedule", "linear", "--predict_xstart", False,
+              "--rescale_timesteps", True, "--sigma_small", False]  # all the weights cannot show
     err = _error("video_sample", ["--model_path", bare / "model000010.pt", "--cond_generation", "False",
-                                  "--seq_len", "6", "--scale_time_dim", "0"], capsys)
+                                  "--seq_len", "6", "--scale_time_dim", "0", *hidden], capsys)
     assert "num_channels: flags give 128, the checkpoint has 32" in err
     assert "channel_mult: flags give 1,2,3,4 (chosen by image_size 64)" in err
 
@@ -229,7 +262,7 @@ def test_conditional_needs_data_dir_and_data_must_exist(setup, capsys, tmp_path)
 def test_refuses_an_optimizer_file(setup, capsys, tmp_path):
     opt = tmp_path / "opt000010.pt"
     torch.save({"step": 10, "optimizer": {"state": {}}}, opt)
-    err = _error("video_sample", ["--model_path", opt, "--cond_generation", "False"], capsys)
+    err = _error("video_sample", ["--model_path", opt, "--preset", "demo", "--cond_generation", "False"], capsys)
     assert "is not a model state dict" in err
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import ramvid
-from ramvid.config import model_and_diffusion_defaults
-from ramvid.config import PRESETS
+from ramvid.config import PRESETS, model_and_diffusion_defaults
+from ramvid.sample import load_model
 from sample_fixtures import load_npz, run_script, runs_as
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,7 +36,10 @@ def test_reference_recorded_state_dict_samples_with_its_flags(reference, tmp_pat
              "--attention_resolutions", config["attention_resolutions"],
              "--num_heads", config["num_heads"], "--seq_len", config["seq_len"],
              "--use_scale_shift_norm", config["use_scale_shift_norm"],
-             "--scale_time_dim", config["scale_time_dim"]]
+             "--scale_time_dim", config["scale_time_dim"],
+             # The reference code's defaults, which its weights cannot reveal.
+             "--num_heads_upsample", -1, "--diffusion_steps", 1000, "--noise_schedule", "linear",
+             "--predict_xstart", False, "--rescale_timesteps", True, "--sigma_small", False]
     out = run_script("video_sample", ["--model_path", path, *flags, *COMMON], tmp_path / "out",
                      monkeypatch)
     samples = load_npz(out / "2x4x32x32x3.npz")["arr_0"]
@@ -45,7 +48,7 @@ def test_reference_recorded_state_dict_samples_with_its_flags(reference, tmp_pat
 
 def test_preset_alone_rebuilds_a_checkpoint_without_args_json(tmp_path, monkeypatch, capsys):
     """--preset supplies every model flag of a bare checkpoint (as --preset bair64 does for the
-    published BAIR file); without it the defaults do not fit and the error names a flag."""
+    published BAIR file), and the command says where each flag came from."""
     defaults = model_and_diffusion_defaults()
     flags = {**defaults, **{k: v for k, v in dict(PRESETS["demo"]).items() if k in defaults}}
     path = _save_as_the_reference_does(ramvid.create_model(**flags).state_dict(),
@@ -53,7 +56,38 @@ def test_preset_alone_rebuilds_a_checkpoint_without_args_json(tmp_path, monkeypa
     out = run_script("video_sample", ["--model_path", path, "--preset", "demo", *COMMON],
                      tmp_path / "out", monkeypatch)
     assert load_npz(out / f"2x{flags['seq_len']}x16x16x3.npz")["arr_0"].dtype == "uint8"
-    with pytest.raises(SystemExit):
-        run_script("video_sample", ["--model_path", path, *COMMON], tmp_path / "no_preset",
-                   monkeypatch)
-    assert "num_channels: flags give 128, the checkpoint has 32" in capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "model flags: --preset demo: " in printed and "the command line: timestep_respacing" \
+        in printed
+
+
+def test_bare_checkpoint_without_preset_names_the_flags_its_weights_hide(tmp_path, monkeypatch,
+                                                                        capsys):
+    """A checkpoint without args.json whose weights fit the defaults' shapes (here: trained
+    with --scale_time_dim 0, which changes only a stride) must not sample with the defaults
+    (scale_time_dim 20): the command stops with one line listing the flags the weights cannot
+    reveal, and samples with the preset; the notebook API refuses likewise. Seen red with the
+    rule removed (the defaults then sampled without a word)."""
+    tiny = dict(image_size=16, num_channels=32, channel_mult="1,2", num_res_blocks=1,
+                attention_resolutions="8", seq_len=8, diffusion_steps=100)
+    path = _save_as_the_reference_does(
+        ramvid.create_model(**tiny, scale_time_dim=0).state_dict(), tmp_path / "bare")
+    shape_flags = [x for k, v in tiny.items() if k not in ("image_size", "seq_len",
+                                                           "diffusion_steps")
+                   for x in (f"--{k}", v)]
+    with pytest.raises(SystemExit) as stop:
+        run_script("video_sample", ["--model_path", path, *shape_flags, *COMMON],
+                   tmp_path / "refused", monkeypatch)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    for flag in ("--image_size", "--seq_len", "--scale_time_dim", "--diffusion_steps",
+                 "--noise_schedule", "--predict_xstart", "--rescale_timesteps"):
+        assert flag in err, (flag, err)
+    assert "--preset" in err and not (tmp_path / "refused").exists()
+    with pytest.raises(ValueError, match="--scale_time_dim"):
+        load_model(path, **tiny)
+    model, _, flags = load_model(path, **tiny, scale_time_dim=0, num_heads=4,
+                                 num_heads_upsample=-1, noise_schedule="linear",
+                                 predict_xstart=False, rescale_timesteps=True, sigma_small=False,
+                                 device="cpu")
+    assert flags["scale_time_dim"] == 0 and model.config.scale_time_dim == 0

@@ -114,7 +114,7 @@ def sample_for_evaluation(parser, argv, args):
         raise UsageError("--cond_frames is required with --protocol custom (e.g. 0,)")
     per_clip = args.samples_per_clip or protocol.samples_per_clip or 1
     if (protocol.num_frames and not args.scale_time_dim
-            and not given_on_command_line(parser, argv, "seq_len")):
+            and "seq_len" not in given_on_command_line(parser, argv)):
         args.seq_len = protocol.num_frames  # sample the protocol's clip length
     reason = frame_indices_problem(cond_frames, args.seq_len)
     if reason:
@@ -158,7 +158,7 @@ def eval_main(argv=None):
                                      else first.with_name(first.stem + "_eval.json"))
         if not output.parent.is_dir():
             raise UsageError(f"--output {output}: directory {output.parent} does not exist")
-        samples, gt, cond_frames, origin, gt_used = load_inputs(
+        samples, gt, cond_frames, origin, gt_used, record = load_inputs(
             sample_paths, gt_path, args.protocol, args.cond_frames, args.samples_per_clip)
         setup = protocol_setup(args.protocol, cond_frames, gt.shape[0], gt.shape[1],
                                args.fvd_include_given)
@@ -170,6 +170,10 @@ def eval_main(argv=None):
         except (ValueError, I3DWeightsError) as err:
             raise UsageError(str(err)) from None
         results.update(samples=[str(p) for p in sample_paths], gt=str(gt_used))
+        selection = clip_selection(record, PROTOCOLS[args.protocol or "custom"])
+        if selection:
+            results["clips"] = selection
+            results["protocol_description"] += f"\nClips: {selection}."
         if mode == "model":
             results.update(model_path=args.model_path, data_dir=args.data_dir, seed=args.seed)
         text = json.dumps(results, indent=2)
@@ -344,7 +348,7 @@ def load_samples(paths, gt: np.ndarray, per_clip, first=None) -> np.ndarray:
 
 def load_inputs(sample_paths, gt_path, protocol, cond_frames, samples_per_clip):
     """(samples (N_clips, S, T, H, W, C), gt (N_clips, T, H, W, C), given frames, origin,
-    the gt file used)."""
+    the gt file used, the first sample file's record or None)."""
     files = [find_sample_file(Path(p)) for p in sample_paths]
     frames, per_clip, origin = resolve_settings(files, protocol, cond_frames, samples_per_clip)
     gt_path = Path(gt_path) if gt_path else files[0].gt_path
@@ -356,7 +360,26 @@ def load_inputs(sample_paths, gt_path, protocol, cond_frames, samples_per_clip):
     if len(files) == 1:
         gt = one_row_per_clip(gt, first.shape[0], per_clip)
     samples = load_samples([f.path for f in files], gt, per_clip, first)
-    return samples, gt, frames, origin, gt_path
+    return samples, gt, frames, origin, gt_path, files[0].record
+
+
+def clip_selection(record, protocol):
+    """Which test clips a sample run used, in words (None without a record of its data)."""
+    if not record or not record.get("data_clips"):
+        return None
+    n, k, where = record["num_clips"], record["data_clips"], record["data_dir"]
+    if n == k:
+        text = f"all {k} usable videos of {where}"
+    elif record.get("clip_files"):
+        text = (f"{n} of the {k} usable videos of {where}, a uniform draw (listed in "
+                f"{RECORD_JSON})")
+    else:  # sampled by a version that took the first files
+        text = (f"the first {n} of the {k} usable videos of {where} in sorted path order (not a "
+                "uniform draw: with files named by class this subset is biased)")
+    if protocol.num_test_videos and k != protocol.num_test_videos:
+        text += (f"; the {protocol.name} protocol's test set has {protocol.num_test_videos} "
+                 f"videos, this folder {k}")
+    return text
 
 
 def protocol_setup(protocol_name, cond_frames, num_clips, num_frames, fvd_include_given):

@@ -20,14 +20,14 @@ from ..config import (MODEL_AND_DIFFUSION_FLAGS, PRESETS, check_model_flags, cre
 from ..diffusion.sampling import SAMPLERS, check_sampler
 from ..errors import UsageError
 from ..flags import (Flag, add_common_flags, add_flags, as_flag_error, at_least, exit_if_dry_run,
-                     flag_values,
-                     int_list, make_parser, one_of, parse_flags, require, unit_interval,
-                     user_errors)
+                     flag_values, given_on_command_line, int_list, make_parser, one_of,
+                     parse_flags, require, unit_interval, user_errors)
 from ..masking import frame_indices_problem
 from ..runtime import autocast_dtype, compile_model, configure_tf32
 from ..video_io import FORMATS
 from .batch import AUTOCAST_DTYPES, ClipSource, SamplerOptions
-from .loading import checkpoint_flags, load_state_dict, model_from_state_dict
+from .loading import (checkpoint_flags, describe_sources, flag_sources, load_state_dict,
+                      model_from_state_dict)
 from .long import SCHEMES, check_long_flags
 from .run import COLLECTIVE_TIMEOUT_S, LongSettings, SampleJob, sample_to_folder
 
@@ -133,7 +133,11 @@ def parse_sampling_flags(parser, argv, flags):
     parser.set_defaults(**recorded)
     args = parse_flags(parser, argv, PRESETS)
     vars(args).update(flag_values(flags, vars(args)))
-    args.flags_from_args_json = sorted(recorded)
+    try:
+        args.flag_sources = flag_sources(args.model_path, recorded, args.preset,
+                                         given_on_command_line(parser, argv))
+    except ValueError as e:
+        raise UsageError(f"--model_path {e}") from None
     if not args.sampler:
         args.sampler = "ddim" if args.use_ddim else "ddpm"
     require(not args.use_ddim or args.sampler == "ddim", "use_ddim", args.use_ddim,
@@ -170,6 +174,8 @@ def load_checkpoint(args):
                                              f"--model_path {args.model_path}")
     except (CheckpointError, ValueError) as e:
         raise UsageError(str(e).splitlines()[0]) from None
+    if dist.env_rank() == 0:
+        print(describe_sources(args.flag_sources), flush=True)
     return model.eval(), flags
 
 

@@ -2,7 +2,10 @@
 
 Training writes `args.json` (every resolved flag) into the run directory next to
 `modelNNNNNN.pt` / `ema_RATE_NNNNNN.pt`. The flags used to rebuild the model are, in rising
-priority: the library defaults, that args.json, and the caller's overrides.
+priority: the library defaults, that args.json, a preset, and the caller's overrides. A
+checkpoint without args.json (the published RaMViD files) needs a preset or the caller for
+every flag its weights cannot reveal (`HIDDEN_FLAGS`): the defaults are the original code's,
+not the paper's runs' (--scale_time_dim 20 against their 0), and would sample garbage.
 
 Does the checkpoint fit the model the flags describe? A state dict's parameter shapes determine
 most architecture flags: `architecture_of` reads them back (from the checkpoint, and from a model
@@ -15,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_checkpoint_file
-from ..config import (CHANNEL_MULT_BY_SIZE, create_diffusion, create_model,
+from ..config import (CHANNEL_MULT_BY_SIZE, PRESETS, create_diffusion, create_model,
                       model_and_diffusion_defaults)
 from ..flags import ARGS_JSON, read_args_json
 
@@ -25,6 +28,12 @@ class ModelFlagsMismatch(ValueError):
 
 
 _BLOCK_KEY = re.compile(r"^input_blocks\.(\d+)\.")
+# Flags sampling depends on that no parameter shape reveals (the others fail the shape check
+# below, or only matter for training: dropout, use_kl, rescale_learned_sigmas, use_checkpoint;
+# timestep_respacing is the sampler's choice).
+HIDDEN_FLAGS = ("image_size", "seq_len", "scale_time_dim", "num_heads", "num_heads_upsample",
+                "diffusion_steps", "noise_schedule", "predict_xstart", "rescale_timesteps",
+                "sigma_small")
 
 
 def checkpoint_flags(checkpoint_path):
@@ -38,14 +47,45 @@ def checkpoint_flags(checkpoint_path):
     return {k: v for k, v in recorded.items() if k in model_and_diffusion_defaults()}
 
 
-def resolve_flags(checkpoint_path, overrides=None):
-    """defaults < args.json beside the checkpoint < overrides; unknown overrides are an error."""
+def flag_sources(checkpoint_path, recorded, preset, given, caller="the command line"):
+    """{flag: where its value comes from} for every model/diffusion flag: "args.json",
+    "--preset NAME", `caller` (the flags in `given`) or "default". ValueError listing the flags
+    the weights cannot reveal when there is neither args.json nor a preset for them."""
+    defaults = model_and_diffusion_defaults()
+    missing = [f"--{k}" for k in HIDDEN_FLAGS if not recorded and not preset and k not in given]
+    if missing:
+        raise ValueError(
+            f"{checkpoint_path} has no args.json beside it, and its weights do not reveal "
+            f"{', '.join(missing)}: pass --preset (bair64, kinetics600 or ucf101 for the paper's "
+            "checkpoints) or these flags")
+    preset_flags = PRESETS[preset] if preset else {}
+    return {k: caller if k in given else f"--preset {preset}" if k in preset_flags
+            else "args.json" if k in recorded else "default" for k in defaults}
+
+
+def describe_sources(sources):
+    """One line: which flags came from where."""
+    by_source = {}
+    for flag, source in sources.items():
+        by_source.setdefault(source, []).append(flag)
+    return "model flags: " + "; ".join(
+        f"{source} ({len(flags)})" if source in ("args.json", "default")
+        else f"{source}: {', '.join(flags)}" for source, flags in by_source.items())
+
+
+def resolve_flags(checkpoint_path, overrides=None, preset=None):
+    """defaults < args.json beside the checkpoint < preset < overrides; unknown overrides are an
+    error, and so is a checkpoint without args.json and preset whose hidden flags are not
+    all in `overrides` (see HIDDEN_FLAGS)."""
     defaults = model_and_diffusion_defaults()
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise TypeError(f"unknown model/diffusion flags: {', '.join(unknown)}")
-    return {**defaults, **checkpoint_flags(checkpoint_path), **overrides}
+    recorded = checkpoint_flags(checkpoint_path)
+    flag_sources(checkpoint_path, recorded, preset, overrides, caller="the caller")
+    from_preset = {k: v for k, v in (PRESETS[preset] if preset else {}).items() if k in defaults}
+    return {**defaults, **recorded, **from_preset, **overrides}
 
 
 def load_state_dict(checkpoint_path):
@@ -72,13 +112,14 @@ def model_from_state_dict(state_dict, flags, source="checkpoint"):
     return model, flags
 
 
-def load_model(checkpoint_path, device=None, **overrides):
+def load_model(checkpoint_path, device=None, preset=None, **overrides):
     """(model, diffusion, flags) from a checkpoint in one call, ready to sample (eval mode).
 
     `overrides` are model/diffusion flags (e.g. timestep_respacing="ddim50"); the rest come
-    from args.json beside the checkpoint. `device` defaults to CUDA when available.
+    from args.json beside the checkpoint, or from `preset` (e.g. "bair64" for the published
+    BAIR checkpoint, which has no args.json). `device` defaults to CUDA when available.
     """
-    flags = resolve_flags(checkpoint_path, overrides)
+    flags = resolve_flags(checkpoint_path, overrides, preset)
     model, flags = model_from_state_dict(load_state_dict(checkpoint_path), flags, str(checkpoint_path))
     diffusion = create_diffusion(**flags)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
