@@ -17,9 +17,11 @@ observes it at the torch level only:
   args.json).
 
 Expected values come from outside the code under test: the maths of AdamW, the EMA, gradient
-clipping and the lr schedules, the noise schedules written out below, the masks' definition;
-a second run of the same code is the reference only where a flag must change nothing or where
-the flag's maths says "the same result" (microbatches, gradient checkpointing, data workers).
+clipping and the lr schedules, the noise schedules written out below, the masks' definition.
+A second run of the same command is used only where a flag must change nothing
+(--fp16_scale_growth), where its maths says "the same result" (microbatches, gradient
+checkpointing, data workers), or as the input the maths is applied to (the unclipped gradient
+for --clip, the same step's vb and gradients for the vb-scaling flags).
 
 Flags of scripts/video_train.py:
 
@@ -90,6 +92,10 @@ Flags of scripts/video_train.py:
 
 The tests of another module named in the table show their flag by value through the same
 command path (`ramvid.train.main`, which scripts/video_train.py runs).
+
+Known wiring bug, kept as a strict xfail: with --class_cond True the preview of
+--sample_interval / --val_data_dir numbers the held-out folder's classes on its own, not as the
+training run did (test_preview_labels_are_the_training_classes).
 """
 import csv
 import hashlib
@@ -140,14 +146,16 @@ def clean_clip(name, frames=4, size=8):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Folders of solid-colour GIFs: `clip` (a 4-frame clip "a": every training video is that
-    clip), `other` ("b"), `classes` (cat_0.gif, dog_0.gif), `long` (6 frames of "a"), `val`."""
+    clip), `other` ("b"), `classes` (cat_0.gif, dog_0.gif), `long` (6 frames of "a"), `val`,
+    `val_dog` (dog_1.gif: held-out clip "val" of class dog)."""
     every_frame = np.concatenate(list(COLOURS.values()))
     assert len({tuple(c) for c in every_frame}) == len(every_frame)
     root = tmp_path_factory.mktemp("gifs")
     folders = {}
     for folder, files in {"clip": {"a_0": ("a", 4)}, "other": {"b_0": ("b", 4)},
                           "classes": {"cat_0": ("cat", 4), "dog_0": ("dog", 4)},
-                          "long": {"a_0": ("a", 6)}, "val": {"val_0": ("val", 4)}}.items():
+                          "long": {"a_0": ("a", 6)}, "val": {"val_0": ("val", 4)},
+                          "val_dog": {"dog_1": ("val", 4)}}.items():
         folders[folder] = root / folder
         folders[folder].mkdir()
         for stem, (name, frames) in files.items():
@@ -178,8 +186,9 @@ class Run(SimpleNamespace):
 
 
 def train(logdir, data_dir, *flags, poison=None):
-    """Run `video_train.py --data_dir DATA_DIR <TINY> --log_dir LOGDIR FLAGS` in this process
-    (one thread) and record it. `poison(k)` true: the k-th forward (from 1) returns NaN."""
+    """Run `video_train.py --data_dir DATA_DIR <TINY> --log_dir LOGDIR FLAGS` in this process, on
+    the CPU with one thread whatever the machine has, and record it; logdir None: no --log_dir.
+    `poison(k)` true: the k-th forward (from 1) returns NaN."""
     calls, steps, attention, dropout = [], [], [], []
     real_forward = UNetModel.forward
     functional = torch.nn.functional
@@ -221,8 +230,8 @@ def train(logdir, data_dir, *flags, poison=None):
     def after_step(optimizer, args, kwargs):
         steps[-1]["after"] = named(optimizer, lambda p: p.detach().clone())
 
-    logdir = Path(logdir)
-    argv = ["--data_dir", str(data_dir), *TINY, "--log_dir", str(logdir), *map(str, flags)]
+    where = [] if logdir is None else ["--log_dir", str(logdir)]
+    argv = ["--data_dir", str(data_dir), *TINY, *where, *map(str, flags)]
     threads = torch.get_num_threads()
     hooks = [register_optimizer_step_pre_hook(before_step),
              register_optimizer_step_post_hook(after_step)]
@@ -231,15 +240,15 @@ def train(logdir, data_dir, *flags, poison=None):
             patch.setattr(UNetModel, "forward", forward)
             patch.setattr(functional, "scaled_dot_product_attention", scaled_dot_product_attention)
             patch.setattr(functional, "dropout", dropout_)
-            patch.delenv("OPENAI_LOGDIR", raising=False)
+            patch.setattr(torch.cuda, "is_available", lambda: False)
             torch.set_num_threads(1)  # tiny convolutions gain nothing from a second thread
             code = VIDEO_TRAIN.main(argv)
     finally:
         torch.set_num_threads(threads)
         for hook in hooks:
             hook.remove()
-    return Run(code=code, logdir=logdir, calls=calls, steps=steps, attention=attention,
-               dropout=dropout)
+    return Run(code=code, logdir=logdir and Path(logdir), calls=calls, steps=steps,
+               attention=attention, dropout=dropout)
 
 
 @pytest.fixture(scope="module")
@@ -289,11 +298,10 @@ def element_counts(call):
     return loss_frames(call).sum(1).double() * out.shape[1] * out.shape[3] * out.shape[4]
 
 
-def regression_target(call, batch=None):
-    """(N, C, T, H, W) float64: the MSE target out - N count grad / 2 (importance weight 1), on
-    the loss frames."""
-    n = batch or call["out"].shape[0]
-    scale = (n * element_counts(call) / 2)[:, None, None, None, None]
+def regression_target(call):
+    """(N, C, T, H, W) float64: the MSE target out - N count grad / 2 (importance weight 1, one
+    pass for the batch), on the loss frames."""
+    scale = (len(call["out"]) * element_counts(call) / 2)[:, None, None, None, None]
     return call["out"].double() - call["grad"].double() * scale
 
 
@@ -345,7 +353,7 @@ def test_data_dir_is_the_clip_the_network_sees(runs, data):
     """Every video has 1..K given frames (defaults), and each given frame of x is exactly the
     frame of the folder's clip at that position, for two folders with different clips.
 
-    Seen red with the loader reading a fixed folder instead of --data_dir."""
+    Seen red with the loader reading the folder beside --data_dir (clip "a") instead of it."""
     for folder, name in ((data.clip, "a"), (data.other, "b")):
         call = runs(folder, "--batch_size", 4, "--max_steps", 1).train_calls[0]
         counts = given_frames(call["x"], clean_clip(name)).sum(1)
@@ -418,15 +426,12 @@ def test_seq_len_is_the_clip_length(runs, data):
     Seen red with seq_len passed to the loader as TINY's 4."""
     whole = clean_clip("a", frames=6)
     for seq_len in (6, 4):
-        call = runs(data.long, "--batch_size", 4, "--max_steps", 1, "--seq_len", seq_len,
-                    "--mask_range", "").train_calls[0]
-        x = call["x"]
+        x = runs(data.long, "--batch_size", 4, "--max_steps", 1,
+                 "--seq_len", seq_len).train_calls[0]["x"]
         assert x.shape == (4, 3, seq_len, 8, 8)
-        starts = [s for s in range(6 - seq_len + 1)]
         for video in x:
-            fits = [s for s in starts
-                    if given_frames(video[None], whole[:, s:s + seq_len]).any()]
-            assert len(fits) >= 1, seq_len
+            assert any(given_frames(video[None], whole[:, s:s + seq_len]).any()
+                       for s in range(6 - seq_len + 1)), seq_len
 
 
 def test_rgb_false_feeds_one_luma_channel(runs, data):
@@ -460,7 +465,8 @@ def test_lr_and_weight_decay_make_the_first_adamw_update(shared):
     (bias-corrected m / sqrt(v) = g / |g|), with --lr 0.01 and --weight_decay 0.5; the zero
     gradients of the layers behind zero-initialised convolutions show the decay alone.
 
-    Seen red with lr passed to AdamW as its default 1e-4, and with weight_decay passed as 0."""
+    Seen red with the lr of every update (the schedule's) set to the default 1e-4 instead of
+    --lr, and with weight_decay passed to AdamW as 0."""
     step = shared.steps[0]
     assert step["lr"] == 0.01
     zero_grad = 0
@@ -502,8 +508,8 @@ def test_anneal_schedule_sets_the_lr_of_every_step(runs, data, flags, lrs):
     lr, lr (1 - s / lr_anneal_steps), lr drop^(s // steps_drop), lr / (1 + decay s); a linear
     schedule ends the run after lr_anneal_steps updates (no --max_steps given).
 
-    Seen red with steps_drop passed as 1, drop as 0.1, decay as 0.1 and lr_anneal_steps as 8
-    (each alone), and with anneal_type passed as "none"."""
+    Seen red with steps_drop read as 1, drop as 0.1, decay as 0.1 and lr_anneal_steps as 8
+    (each alone), and with every schedule computed as "none"."""
     max_steps = () if "linear" in flags else ("--max_steps", len(lrs))
     run = runs(data.clip, "--lr", 1e-3, *flags, *max_steps)
     assert [s["lr"] for s in run.steps] == pytest.approx(lrs, rel=1e-12)
@@ -555,14 +561,14 @@ def test_seed_sets_initial_weights_and_draws(runs, data):
     assert not torch.equal(firsts[0]["t"], firsts[1]["t"])
 
 
-def test_max_bad_steps_stops_after_that_many_nonfinite_steps(runs, data):
+def test_max_bad_steps_stops_after_that_many_nonfinite_steps(data, tmp_path):
     """The network returns NaN from its 2nd forward on. --max_bad_steps 2: exit 3 after 3
     forwards (1 good step, 2 bad); --max_bad_steps 0: all 4 steps run, exit 0. Either way only
     the good step reaches AdamW.
 
     Seen red with max_bad_steps passed as its default 20."""
     for limit, code, forwards in ((2, 3, 3), (0, 0, 4)):
-        run = train(data.clip.parent / f"bad{limit}", data.clip, "--max_steps", 4,
+        run = train(tmp_path / str(limit), data.clip, "--max_steps", 4,
                     "--max_bad_steps", limit, poison=lambda k: k >= 2)
         assert (run.code, len(run.calls), len(run.steps)) == (code, forwards, 1), limit
 
@@ -605,7 +611,7 @@ def test_save_interval_writes_the_weights_of_those_steps(shared):
 def test_max_steps_is_the_number_of_updates(shared):
     """--max_steps 3: three forwards, three AdamW steps, exit 0, the newest checkpoint is step 3.
 
-    Seen red with max_steps passed as 4."""
+    Seen red with the run ending after max_steps + 1 updates."""
     assert (shared.code, len(shared.train_calls), len(shared.steps)) == (0, 3, 3)
     assert max(shared.checkpoints()) == "opt000003.pt"
 
@@ -643,18 +649,12 @@ def test_log_dir_is_where_the_run_writes(tmp_path, monkeypatch, data):
     """--log_dir wins over $OPENAI_LOGDIR (which stays empty); without it the run writes to
     $OPENAI_LOGDIR.
 
-    Seen red with log_dir ignored (always $OPENAI_LOGDIR)."""
+    Seen red with $OPENAI_LOGDIR taking precedence over --log_dir."""
     env_dir, flag_dir = tmp_path / "env", tmp_path / "flag"
-    argv = ["--data_dir", str(data.clip), *TINY, "--batch_size", "1", "--max_steps", "1"]
     monkeypatch.setenv("OPENAI_LOGDIR", str(env_dir))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert VIDEO_TRAIN.main([*argv, "--log_dir", str(flag_dir)]) == 0
-        assert (flag_dir / "model000001.pt").is_file() and not env_dir.exists()
-        assert VIDEO_TRAIN.main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert train(flag_dir, data.clip, *ONE_STEP).code == 0
+    assert (flag_dir / "model000001.pt").is_file() and not env_dir.exists()
+    assert train(None, data.clip, *ONE_STEP).code == 0
     assert (env_dir / "model000001.pt").is_file()
 
 
@@ -662,7 +662,7 @@ def test_fp16_scale_growth_is_ignored(runs, data):
     """--fp16_scale_growth is accepted for compatibility and changes nothing: every saved .pt
     file of a 1-step run is byte-identical for 1e-3 and 0.5; args.json records the value.
 
-    Seen red with the value used as a factor on the lr."""
+    Seen red with the lr of every update multiplied by (1 + value)."""
     hashes = {}
     for value, flags in ((1e-3, ()), (0.5, ("--fp16_scale_growth", 0.5))):
         run = runs(data.clip, *ONE_STEP, *flags)
@@ -676,10 +676,11 @@ def test_sample_interval_previews_the_ema_on_held_out_clips(runs, data):
     """--sample_interval 2 --val_data_dir VAL over 3 steps: one preview, after step 2
     (preview/step_000002.gif and a preview.csv row of step 2). Its network calls (no gradient)
     run the weights of ema_0.9_000002.pt, and their given frames are VAL's clip: frames 0 and 1
-    (prediction) and 0 and 3 (infilling), never a frame of the training clip. Without the flags no preview call and no preview folder.
+    (prediction) and 0 and 3 (infilling), never a frame of the training clip. Without the flags
+    no preview call and no preview folder.
 
-    Seen red with the preview fed the live weights instead of the EMA, and with sample_interval
-    passed as 1."""
+    Seen red with the preview fed the live weights instead of the EMA, with sample_interval
+    passed as 1, and with the preview clips read from --data_dir."""
     base = ("--batch_size", 2, "--max_steps", 3, "--save_interval", 2, "--ema_rate", 0.9)
     run = runs(data.clip, *base, "--sample_interval", 2, "--val_data_dir", data.val)
     previews = [c for c in run.calls if not c["grad_enabled"]]
@@ -701,12 +702,10 @@ def test_sample_interval_previews_the_ema_on_held_out_clips(runs, data):
 
 # ----------------------------------------------------------------------------- command line
 def test_use_fp16_on_cpu_is_a_one_line_error(tmp_path, capsys, data):
-    """On a machine without CUDA: exit code 2, one stderr line naming --use_fp16, no forward
-    pass and no log dir.
+    """Without CUDA: exit code 2, one stderr line naming --use_fp16 and CUDA, no forward pass
+    and no log dir.
 
     Seen red with the CUDA check removed (the run then trains)."""
-    if torch.cuda.is_available():
-        pytest.skip("float16 training is allowed with CUDA")
     with pytest.raises(SystemExit) as stop:
         train(tmp_path / "log", data.clip, "--use_fp16", "True", "--max_steps", 1)
     err = capsys.readouterr().err
@@ -721,11 +720,12 @@ def test_dry_run_prints_the_config_and_trains_nothing(tmp_path, capsys, data):
 
     Seen red with --dry_run ignored (the run trains)."""
     with pytest.raises(SystemExit) as stop:
-        train(tmp_path / "log", data.clip, "--lr", 3e-3, "--dry_run")
+        train(tmp_path / "log", data.clip, "--lr", 3e-3, "--max_steps", 1, "--dry_run")
     config = json.loads(capsys.readouterr().out)
     assert stop.value.code == 0 and not (tmp_path / "log").exists()
     assert config["lr"] == 3e-3 and config["num_channels"] == 32 and config["batch_size"] == 1
     assert config["data_dir"] == str(data.clip) and config["ema_rate"] == "0.9999"
+    assert config["max_steps"] == 1
 
 
 def test_preset_expands_and_explicit_flags_win(runs, data):
@@ -746,7 +746,7 @@ def test_preset_expands_and_explicit_flags_win(runs, data):
     assert (target - clip).abs().max() < 1e-5
 
 
-def test_dist_timeout_is_the_process_groups_timeout(monkeypatch, data):
+def test_dist_timeout_is_the_process_groups_timeout(monkeypatch, data, tmp_path):
     """Started as rank 0 of 2 (torchrun's variables), the process group is created with
     timeout = --dist_timeout seconds (7.5), and 600 s by default. (The group is not joined: the
     recording stops the command.)
@@ -765,7 +765,7 @@ def test_dist_timeout_is_the_process_groups_timeout(monkeypatch, data):
                             MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
-    argv = ["--data_dir", str(data.clip), *TINY, "--log_dir", str(data.clip.parent / "dist")]
+    argv = ["--data_dir", str(data.clip), *TINY, "--log_dir", str(tmp_path)]
     for flags in (["--dist_timeout", "7.5"], []):
         with pytest.raises(Joined):
             VIDEO_TRAIN.main([*argv, *flags])
@@ -796,7 +796,7 @@ def test_num_workers_loads_the_same_batches_in_workers(data, monkeypatch, tmp_pa
     assert torch.equal(inputs[0], inputs[1])
 
 
-def test_compile_runs_the_unet_through_torch_compile(runs, data, monkeypatch):
+def test_compile_runs_the_unet_through_torch_compile(data, monkeypatch, tmp_path):
     """--compile True hands the UNet (an `ramvid.unet.UNetModel`, dynamic=False) to
     torch.compile once, every training forward goes through the compiled callable, and the
     saved state dict has plain names (no `_orig_mod.`). --compile False never calls it.
@@ -813,9 +813,9 @@ def test_compile_runs_the_unet_through_torch_compile(runs, data, monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    plain = train(data.clip.parent / "eager", data.clip, "--max_steps", 1)
+    plain = train(tmp_path / "eager", data.clip, *ONE_STEP)
     assert plain.code == 0 and compiled == []
-    run = train(data.clip.parent / "compiled", data.clip, "--max_steps", 1, "--compile", True)
+    run = train(tmp_path / "compiled", data.clip, *ONE_STEP, "--compile", True)
     assert run.code == 0 and len(compiled) == 1
     model, kwargs = compiled[0]
     assert isinstance(model, UNetModel) and kwargs == {"dynamic": False}
@@ -1075,6 +1075,25 @@ def test_num_classes_comes_from_the_data_in_training(runs, data, tmp_path, capsy
     assert stop.value.code == 2 and err.count("\n") == 1 and "--num_classes" in err, err
 
 
+@pytest.mark.xfail(strict=True, reason="the preview numbers classes by the sorted file-name "
+                   "prefixes of --val_data_dir alone, not by the training run's class list: "
+                   "a held-out folder of dog clips is previewed with y = 0, cat's label")
+def test_preview_labels_are_the_training_classes(runs, data):
+    """--class_cond True on cat_0.gif and dog_0.gif (cat = 0, dog = 1, as args.json's
+    class_names says) with --sample_interval 1 --val_data_dir holding only dog_1.gif: every
+    preview call of the network must receive y = 1, the label the network was trained to read
+    as dog.
+
+    Fails today (every preview call receives y = 0): the preview's VideoClipDataset numbers the
+    classes of --val_data_dir on its own (["dog"] -> dog = 0)."""
+    run = runs(data.classes, "--batch_size", 2, "--max_steps", 1, "--class_cond", True,
+               "--sample_interval", 1, "--val_data_dir", data.val_dog)
+    assert json.loads((run.logdir / "args.json").read_text())["class_names"] == ["cat", "dog"]
+    previews = [c for c in run.calls if not c["grad_enabled"]]
+    assert previews and all(given_frames(c["x"], clean_clip("val")).any() for c in previews)
+    assert all(torch.equal(c["y"], torch.ones_like(c["y"])) for c in previews)
+
+
 # ----------------------------------------------------------------------------- network
 
 
@@ -1127,9 +1146,10 @@ def test_attention_resolutions_choose_the_attending_levels(runs, data):
     and the middle; an empty list leaves the middle block alone.
 
     Seen red with attention_resolutions passed to the model as TINY's 4."""
-    for flags, expected in (((), [(4, 64)] * 4),
-                            (("--attention_resolutions", "8"), [(4, 256), (4, 64), (4, 256), (4, 256)]),
-                            (("--attention_resolutions", ""), [(4, 64)])):
+    at_4x4, at_8x8 = (4, 4 * 4 * 4), (4, 4 * 8 * 8)  # (heads, tokens); the middle block is 4x4
+    for flags, expected in (((), [at_4x4] * 4),
+                            (("--attention_resolutions", "8"), [at_8x8, at_4x4, at_8x8, at_8x8]),
+                            (("--attention_resolutions", ""), [at_4x4])):
         assert runs(data.clip, *ONE_STEP, *flags).attention == expected, flags
 
 
