@@ -26,7 +26,7 @@ Flags of scripts/video_sample.py:
 | --clip_denoised | test_clip_denoised_clips_pred_x0 | the DDIM step uses x0 clipped to [-1, 1] (True) or unclipped (False) |
 | --resample_steps | test_resample_steps_repeat_each_step | 2 calls per step, re-noised sqrt(1 - beta) x + sqrt(beta) N(0, 1) in between |
 | --guidance_scale | test_guidance_scale_calls_twice_with_given_frames_noised | 3: 2 calls per step, the second with the given frames diffused, the step on the mixed output; 1: 1 call |
-| --data_dir | test_data_dir_clip_i_is_the_ith_sorted_file | sample i is given the first frames of the i-th sorted file |
+| --data_dir | test_data_dir_clips_come_in_a_seeded_shuffle | sample i is given the first frames of file i of the sorted files shuffled with seed 0 |
 | --samples_per_clip | test_samples_per_clip_pairs_samples_with_clips | 2: samples 2c, 2c + 1 given clip c; 1: sample i given clip i |
 | --cond_generation | test_cond_generation_false_gives_no_frame_and_reads_no_data | False: no data read, every frame noise; True: the clips read |
 | --save_gt | test_save_gt_writes_the_clips | gt_ file = the decoded clips; none without |
@@ -38,6 +38,9 @@ Flags of scripts/video_sample.py:
 | --progress | test_progress_draws_a_bar | True: a bar over every step of the run; False: none |
 | --compile | test_compile_calls_torch_compile | True: the UNet handed to torch.compile and sampled through its result; False: not called |
 | --tf32 | test_tf32_sets_cuda_backend_flags_only | CUDA matmul and cuDNN allow_tf32 = the value during the calls; CPU samples byte-identical |
+| --bf16 | test_bf16_runs_the_network_under_autocast | True: every call under bfloat16 autocast, x float32, record precision bf16; False: float32 |
+| --use_fp16 | test_use_fp16_needs_a_cuda_gpu | True without CUDA: one line naming the flag, no call; with --bf16: choose one |
+| --break_lock | test_break_lock_takes_over_a_lock_from_another_host | False: a lock of another host refuses the run; True: taken over, sampled, released |
 | --image_size | test_model_flag_on_the_command_line_wins_over_args_json | network input H = W = 8 (args.json's 16: the checkpoint does not fit) |
 | --num_channels | test_model_flag_on_the_command_line_wins_over_args_json | the checkpoint's 32 channels load (args.json's 64 do not fit) |
 | --num_res_blocks | test_model_flag_on_the_command_line_wins_over_args_json | 1 block per level loads (args.json's 2 do not fit) |
@@ -80,7 +83,7 @@ Flags of scripts/video_sample_long.py:
 | --clip_denoised | test_clip_denoised_clips_pred_x0 | the DDIM step uses x0 clipped to [-1, 1] (True) or unclipped (False) |
 | --resample_steps | test_resample_steps_repeat_each_step | 2 calls per step, re-noised sqrt(1 - beta) x + sqrt(beta) N(0, 1) in between |
 | --guidance_scale | test_guidance_scale_calls_twice_with_given_frames_noised | 3: 2 calls per step, the second with the given frames diffused, the step on the mixed output; 1: 1 call |
-| --data_dir | test_data_dir_clip_i_is_the_ith_sorted_file | sample i is given the first frames of the i-th sorted file |
+| --data_dir | test_data_dir_clips_come_in_a_seeded_shuffle | sample i is given the first frames of file i of the sorted files shuffled with seed 0 |
 | --samples_per_clip | test_samples_per_clip_pairs_samples_with_clips | 2: samples 2c, 2c + 1 given clip c; 1: sample i given clip i |
 | --cond_generation | test_cond_generation_false_gives_no_frame_and_reads_no_data | False: no data read, every frame noise; True: the clips read |
 | --save_gt | test_save_gt_writes_the_clips | gt_ file = the decoded clips; none without |
@@ -92,6 +95,9 @@ Flags of scripts/video_sample_long.py:
 | --progress | test_progress_draws_a_bar | True: a bar over every step of the run; False: none |
 | --compile | test_compile_calls_torch_compile | True: the UNet handed to torch.compile and sampled through its result; False: not called |
 | --tf32 | test_tf32_sets_cuda_backend_flags_only | CUDA matmul and cuDNN allow_tf32 = the value during the calls; CPU samples byte-identical |
+| --bf16 | test_bf16_runs_the_network_under_autocast | True: every call under bfloat16 autocast, x float32, record precision bf16; False: float32 |
+| --use_fp16 | test_use_fp16_needs_a_cuda_gpu | True without CUDA: one line naming the flag, no call; with --bf16: choose one |
+| --break_lock | test_break_lock_takes_over_a_lock_from_another_host | False: a lock of another host refuses the run; True: taken over, sampled, released |
 | --total_length | test_long_windows_follow_the_plan | 12 / 9 frames: 3 / 2 windows, npz of that length |
 | --max_cond_frames | test_long_windows_follow_the_plan | 3: windows given 2, 3, 3, 3 frames (2: 2 each) |
 | --prediction_step | test_long_windows_follow_the_plan | 2: 5 windows of 2 new frames (default 4: 3 windows) |
@@ -132,14 +138,14 @@ Flags of scripts/video_eval.py:
 | --gt | test_eval_samples_and_gt_files_are_what_is_scored | the reference of the scores: another file, other PSNR (by hand) |
 | --protocol | test_eval_scores_the_frames_cond_frames_and_protocol_leave, test_eval_protocol_sets_the_clip_length_and_given_frames_in_model_mode | bair / kinetics600: the first 16 frames, 1 / 5 given; ucf101: no PSNR; sampling: 16 frames, frame 0 given |
 | --samples_per_clip | test_eval_samples_per_clip_groups_rows, test_eval_samples_per_clip_and_cond_frames_in_model_mode | rows 2c, 2c + 1 are clip c's (3: an error); sampling: 2 samples per clip |
-| --cond_frames | test_eval_scores_the_frames_cond_frames_and_protocol_leave, test_eval_samples_per_clip_and_cond_frames_in_model_mode, test_eval_refuses_cond_frames_that_contradict_the_protocol_before_sampling | the frames left out of PSNR; sampling: the frames given clean; XFAIL: contradicting --protocol is refused only after sampling |
+| --cond_frames | test_eval_scores_the_frames_cond_frames_and_protocol_leave, test_eval_samples_per_clip_and_cond_frames_in_model_mode, test_eval_refuses_cond_frames_that_contradict_the_protocol_before_sampling | the frames left out of PSNR; sampling: the frames given clean; contradicting --protocol: refused before any sample |
 | --fvd_include_given | test_fvd_include_given_chooses_the_frames_i3d_sees | I3D shown every frame (default) or frames 1..17 (False) |
 | --fvd | test_fvd_is_the_frechet_distance_of_i3d_features | True: Fréchet distance of the I3D features (by hand); False: no I3D call |
 | --batch_size | test_fvd_batch_size_sets_i3d_batches | I3D batches 4, 2, 3 (4) or 6, 3 (16) |
 | --device | test_device_places_i3d | I3D moved to cpu (given) or cuda (default, CUDA available) |
 | --output | test_eval_output_names_the_results_file | the JSON written there; default <samples>_eval.json |
 | --model_path | test_model_path_picks_the_weights | network outputs = a UNet with that file's state dict, not the other file's |
-| --data_dir | test_data_dir_clip_i_is_the_ith_sorted_file | sample i is given the first frames of the i-th sorted file |
+| --data_dir | test_data_dir_clips_come_in_a_seeded_shuffle | sample i is given the first frames of file i of the sorted files shuffled with seed 0 |
 | --num_clips | test_eval_num_clips_takes_the_first_sorted_clips | 3 / 2 clips sampled and scored |
 | --seed | test_seed_sets_each_samples_noise | x_T of sample i is N(0, 1) from (seed, i): equal in batches of 2 and 1, other with another seed |
 | --sampler | test_sampler_steps_follow_their_update_rule | next network input = the DDIM / DDPM / DPM-Solver++(2M) step of the call before |
@@ -154,6 +160,9 @@ Flags of scripts/video_eval.py:
 | --overwrite | test_eval_overwrite_samples_again | without: a finished run reused (no call); True: sampled again |
 | --compile | test_compile_calls_torch_compile | True: the UNet handed to torch.compile and sampled through its result; False: not called |
 | --tf32 | test_tf32_sets_cuda_backend_flags_only | CUDA matmul and cuDNN allow_tf32 = the value during the calls; CPU samples byte-identical |
+| --bf16 | test_bf16_runs_the_network_under_autocast | True: every call under bfloat16 autocast, x float32, record precision bf16; False: float32 |
+| --use_fp16 | test_use_fp16_needs_a_cuda_gpu | True without CUDA: one line naming the flag, no call; with --bf16: choose one |
+| --break_lock | test_break_lock_takes_over_a_lock_from_another_host | False: a lock of another host refuses the run; True: taken over, sampled, released |
 | --image_size | test_model_flag_on_the_command_line_wins_over_args_json | network input H = W = 8 (args.json's 16: the checkpoint does not fit) |
 | --num_channels | test_model_flag_on_the_command_line_wins_over_args_json | the checkpoint's 32 channels load (args.json's 64 do not fit) |
 | --num_res_blocks | test_model_flag_on_the_command_line_wins_over_args_json | 1 block per level loads (args.json's 2 do not fit) |
@@ -184,7 +193,9 @@ Flags of scripts/video_eval.py:
 import io
 import json
 import math
+import os
 import sys
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,6 +337,7 @@ class Call:
     network: torch.nn.Module
     tf32: tuple  # (cuda matmul, cudnn) allow_tf32 during the call
     chunks: list  # chunk files in the watched run folder during the call
+    autocast: tuple  # (the input's dtype, the CPU autocast dtype or None) during the call
 
     @property
     def step(self):
@@ -356,7 +368,9 @@ def record_network(monkeypatch, watch=None):
                           None if y is None else y.detach().clone(),
                           out.detach().double().clone(), self,
                           (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32),
-                          [p.name for p in chunks]))
+                          [p.name for p in chunks],
+                          (x.dtype, torch.get_autocast_dtype("cpu")
+                           if torch.is_autocast_enabled("cpu") else None)))
         return out
 
     monkeypatch.setattr(UNetModel, "forward", recording)
@@ -392,6 +406,14 @@ class Run:
     def first_inputs(self):
         """x_T with the given frames of every sample, in sample order: (N, C, T, H, W)."""
         return torch.cat([loop[0].x for loop in self.loops()])
+
+    def clip_of(self, k):
+        """The sorted position of the file that conditions sample k: sample k takes clip
+        (k // S) mod n of the run's clips, all files in sorted order or, when the run needs
+        fewer, the draw its record lists."""
+        record = self.record
+        files = record.get("clip_files") or sorted(FILE_NAMES)
+        return sorted(FILE_NAMES).index(files[(k // record["samples_per_clip"]) % len(files)])
 
 
 def run(script, argv, folder=None, watch=None, env=None, exit_code=0):
@@ -559,10 +581,10 @@ def ddim_gap(done, clip=True):
     return max(gaps)
 
 
-def given_clips(done, clips, clip_of=lambda k: k):
+def given_clips(done, clips):
     """The given frames the network saw first, and those of the clips sample k should take."""
     seen = done.first_inputs()[:, :, list(GIVEN)]
-    want = torch.stack([as_model_input(clips[clip_of(k)][list(GIVEN)])
+    want = torch.stack([as_model_input(clips[done.clip_of(k)][list(GIVEN)])
                         for k in range(len(seen))])
     return seen, want
 
@@ -666,7 +688,7 @@ def test_guidance_scale_calls_twice_with_given_frames_noised(runs, setup, script
     with args.guidance_scale left out of the sampler options."""
     assert [len(loop) for loop in runs(script, "ddim").loops()] == [4, 4]
     done = runs(script, "guided")
-    clips = torch.stack([as_model_input(setup["clips"][k][:6]) for k in range(2)])
+    clips = torch.stack([as_model_input(setup["clips"][done.clip_of(k)][:6]) for k in range(2)])
     for loop in done.loops():
         assert [c.step for c in loop] == pytest.approx(np.repeat(PROCESS.fed[::-1], 2))
         for k in range(0, len(loop), 2):
@@ -767,8 +789,9 @@ def test_preset_supplies_the_model_flags(setup, tmp_path, script):
     """A checkpoint of the demo architecture without args.json samples with --preset demo:
     the network is that architecture with the file's weights, its timesteps are those of the
     preset's 1000 steps kept at 0 and 999, and an explicit --seq_len 4 wins over the preset's
-    8. Without --preset the resolved flags are the defaults (--dry_run: 128 channels, not 32).
-    Seen red with the preset's values not applied (parse_flags returning before set_defaults)."""
+    8 (--dry_run: 32 channels). Without --preset (and without args.json) the command stops
+    in one line naming the flags the weights cannot reveal. Seen red with the preset's values
+    not applied (parse_flags returning before set_defaults)."""
     ckpt = make_checkpoint(tmp_path / "bare", write_args_json=False, **DEMO)
     argv = base_argv(script, setup, tmp_path / "out", n=1, batch=1, steps=2, ckpt=ckpt)
     done = run(script, argv + ["--preset", "demo", "--seq_len", 4], tmp_path / "out")
@@ -778,9 +801,10 @@ def test_preset_supplies_the_model_flags(setup, tmp_path, script):
         out = network_with_weights(ckpt, {**DEMO, "seq_len": 4})(done.calls[0].x.float(),
                                                                  done.calls[0].t)
     assert torch.allclose(out.double(), done.calls[0].out, atol=1e-5)
-    for preset, channels in ((["--preset", "demo"], 32), ([], 128)):
-        config = json.loads(run(script, argv + preset + ["--dry_run"], exit_code=0).out)
-        assert config["num_channels"] == channels
+    config = json.loads(run(script, argv + ["--preset", "demo", "--dry_run"], exit_code=0).out)
+    assert config["num_channels"] == 32
+    refused = fails(script, argv + ["--dry_run"])
+    assert "no args.json" in refused.err and "--scale_time_dim" in refused.err
 
 
 @pytest.mark.parametrize("script", SCRIPTS_SAMPLING)
@@ -796,16 +820,19 @@ def test_dry_run_prints_the_configuration_and_samples_nothing(setup, tmp_path, s
 
 
 @pytest.mark.parametrize("script", SCRIPTS_SAMPLING)
-def test_data_dir_clip_i_is_the_ith_sorted_file(runs, setup, script):
-    """Sample i is given the first frames of the i-th --data_dir file in sorted order (files
-    written c, a, b), exactly as PyAV decodes them; its saved given frames are those bytes.
+def test_data_dir_clips_come_in_a_seeded_shuffle(runs, setup, script):
+    """Sample i is given the first frames of file i of the --data_dir files (written c, a, b)
+    in sorted order shuffled by numpy's permutation with seed 0, as the help says, exactly as
+    PyAV decodes them; the record lists those files; the saved given frames are those bytes.
     Seen red with the files listed in reverse sorted order."""
     done = runs(script, "ddim")
+    order = np.random.default_rng(0).permutation(len(FILE_NAMES))
+    assert done.record["clip_files"] == [sorted(FILE_NAMES)[i] for i in order]
     seen, want = given_clips(done, setup["clips"])
     assert torch.allclose(seen, want, atol=1e-6)
-    assert np.array_equal(done.npz()[:, list(GIVEN)], setup["clips"][:3, list(GIVEN)])
+    assert np.array_equal(done.npz()[:, list(GIVEN)], setup["clips"][order][:, list(GIVEN)])
     if script == EVAL:  # evaluation keeps the whole clips as its ground truth
-        assert np.array_equal(done.npz(gt=True), setup["clips"][:3, :6])
+        assert np.array_equal(done.npz(gt=True), setup["clips"][order][:, :6])
 
 
 # Every model and diffusion flag twice: the value the checkpoint was built with and is sampled
@@ -846,7 +873,9 @@ def mismatches(flags, done, state_dict):
              flags["image_size"])
     if tuple(first.x.shape) != shape:
         found.append(f"input shape {tuple(first.x.shape)}, not {shape}")
-    labels = torch.arange(first.x.shape[0]) if flags["class_cond"] else None
+    # Each file is a class of its own, numbered in sorted order.
+    labels = torch.tensor([done.clip_of(k) for k in range(first.x.shape[0])]) \
+        if flags["class_cond"] else None
     if not (first.y is labels is None or (first.y is not None and labels is not None
                                           and torch.equal(first.y, labels))):
         found.append(f"labels {first.y}, not {labels}")
@@ -972,7 +1001,7 @@ def test_samples_per_clip_pairs_samples_with_clips(runs, setup, tmp_path, script
     job."""
     argv = base_argv(script, setup, tmp_path, n=4, batch=2, steps=2)
     done = run(script, argv + ["--samples_per_clip", 2], tmp_path)
-    seen, want = given_clips(done, setup["clips"], clip_of=lambda k: k // 2)
+    seen, want = given_clips(done, setup["clips"])
     assert torch.allclose(seen, want, atol=1e-6) and done.record["samples_per_clip"] == 2
     seen, want = given_clips(runs(script, "ddim"), setup["clips"])
     assert torch.allclose(seen, want, atol=1e-6)
@@ -1009,7 +1038,8 @@ def test_save_gt_writes_the_clips(runs, setup, tmp_path, script):
     length = 12 if script == LONG else 6
     argv = base_argv(script, setup, tmp_path, n=2, steps=2) + ["--save_gt", "True"]
     done = run(script, argv + (["--total_length", length] if script == LONG else []), tmp_path)
-    assert np.array_equal(done.npz(gt=True), setup["clips"][:2, :length])
+    assert np.array_equal(done.npz(gt=True),
+                          setup["clips"][[done.clip_of(k) for k in range(2)], :length])
     assert not list(runs(script, "ddim").folder.glob("gt_*"))
 
 
@@ -1096,7 +1126,7 @@ def test_cond_frames_given_clean_and_kept(runs, setup, tmp_path):
     infill = run(SAMPLE, argv + ["--cond_frames", "0,5,"], tmp_path)
     for done, given in ((infill, [0, 5]), (runs(SAMPLE, "ddim"), [0, 1])):
         first, samples = done.first_inputs(), done.npz()
-        clips = setup["clips"][: len(samples), :6]
+        clips = setup["clips"][[done.clip_of(k) for k in range(len(samples))], :6]
         other = [f for f in range(6) if f not in given]
         assert torch.allclose(first[:, :, given], as_model_input(clips)[:, :, given], atol=1e-6)
         assert no_given_frame(first[:, :, other])
@@ -1141,7 +1171,7 @@ def test_long_windows_follow_the_plan(setup, tmp_path, case):
     video = as_model_input(done.npz()[0])  # (C, length, H, W)
     start = 0 if case == "start_frames" else 2
     assert video.shape[1] == length
-    assert np.array_equal(done.npz()[0, :start], setup["clips"][0, :start])
+    assert np.array_equal(done.npz()[0, :start], setup["clips"][done.clip_of(0), :start])
     loops = done.loops()
     assert len(loops) == len(windows)
     for loop, (frames, given) in zip(loops, windows):
@@ -1222,12 +1252,13 @@ def test_eval_samples_per_clip_and_cond_frames_in_model_mode(setup, tmp_path):
     argv = base_argv(EVAL, setup, tmp_path, n=2, batch=2, steps=2)
     done = run(EVAL, argv + ["--samples_per_clip", 2, "--cond_frames", "0,3,"], tmp_path)
     first = done.first_inputs()
-    clips = as_model_input(setup["clips"][[0, 0, 1, 1], :6])
+    clips = as_model_input(setup["clips"][[done.clip_of(k) for k in range(4)], :6])
     assert torch.allclose(first[:, :, [0, 3]], clips[:, :, [0, 3]], atol=1e-6)
     assert no_given_frame(first[:, :, [1, 2, 4, 5]])
     results = eval_json(done)
     assert (results["samples_per_clip"], results["cond_frames"]) == (2, [0, 3])
-    best, mean = psnr_by_hand(done.npz(), setup["clips"][:2, :6], 2, [1, 2, 4, 5])
+    best, mean = psnr_by_hand(done.npz(), setup["clips"][[done.clip_of(0), done.clip_of(2)], :6],
+                              2, [1, 2, 4, 5])
     assert (results["psnr_best"], results["psnr_mean"]) == pytest.approx((best, mean), rel=1e-5)
 
 
@@ -1240,8 +1271,8 @@ def test_eval_protocol_sets_the_clip_length_and_given_frames_in_model_mode(setup
     done = run(EVAL, argv, tmp_path)
     first = done.first_inputs()
     assert first.shape == (1, 3, 16, SIZE, SIZE) and no_given_frame(first[:, :, 1:])
-    assert torch.allclose(first[:, :, 0], as_model_input(setup["clips"][:1, :1])[:, :, 0],
-                          atol=1e-6)
+    assert torch.allclose(first[:, :, 0],
+                          as_model_input(setup["clips"][[done.clip_of(0)], :1])[:, :, 0], atol=1e-6)
     results = eval_json(done)
     assert (results["protocol"], results["num_frames"], results["cond_frames"]) == ("bair", 16, [0])
 
@@ -1432,15 +1463,62 @@ def test_device_places_i3d(fvd_runs):
     assert fvd_runs["predicted_frames"][2] == ["cuda"]
 
 
-@pytest.mark.xfail(strict=True, reason="video_eval.py --model_path samples the whole run with "
-                   "--cond_frames contradicting --protocol, then refuses to evaluate it")
 def test_eval_refuses_cond_frames_that_contradict_the_protocol_before_sampling(setup, tmp_path):
     """--protocol bair gives frame 0; --cond_frames 0,1, contradicts it. Evaluating files,
     that is a one-line error naming both; with --model_path it must be so before any sample
-    is drawn (BAIR's run is 25,600 videos), not after the run is sampled."""
+    is drawn (BAIR's run is 25,600 videos), not after the run is sampled. Seen red before the
+    check was made in sampling mode (the run was sampled, then refused)."""
     argv = ["--model_path", setup["ckpt"], "--data_dir", setup["data"], "--protocol", "bair",
             "--cond_frames", "0,1,", "--samples_per_clip", 1, "--num_clips", 1,
             "--timestep_respacing", 2, "--fvd", "False", "--work_dir", tmp_path]
     done = fails(EVAL, argv)
     assert "--protocol bair" in done.err and "--cond_frames" in done.err
     assert not done.calls
+
+
+@pytest.mark.parametrize("script", SCRIPTS_SAMPLING)
+def test_bf16_runs_the_network_under_autocast(runs, setup, tmp_path, script):
+    """--bf16 True: every network call runs under CPU bfloat16 autocast while the input x the
+    sampler hands it stays float32, and the record says precision bf16; --bf16 False (the
+    ddim run): float32, no autocast. Seen red with args.bf16 left out of the precision."""
+    argv = base_argv(script, setup, tmp_path, n=1, batch=1, steps=2) + ["--bf16", "True"]
+    done = run(script, argv, tmp_path)
+    assert done.calls and {c.autocast for c in done.calls} == {(torch.float32, torch.bfloat16)}
+    assert done.record["precision"] == "bf16"
+    plain = runs(script, "ddim")
+    assert {c.autocast for c in plain.calls} == {(torch.float32, None)}
+    assert plain.record["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("script", SCRIPTS_SAMPLING)
+def test_use_fp16_needs_a_cuda_gpu(setup, tmp_path, script):
+    """--use_fp16 True on a machine without CUDA: one line naming the flag and --bf16, before
+    any network call; with --bf16 True as well: one line saying to choose one. Seen red with
+    args.use_fp16 left out of the precision (the run sampled in float32)."""
+    argv = base_argv(script, setup, tmp_path, n=1, batch=1, steps=2) + ["--use_fp16", "True"]
+    refused = fails(script, argv)
+    assert "--use_fp16 True: needs a CUDA GPU" in refused.err and not refused.calls
+    both = fails(script, argv + ["--bf16", "True"])
+    assert "--bf16 True: cannot be combined with --use_fp16 True" in both.err
+
+
+@pytest.mark.parametrize("script", SCRIPTS_SAMPLING)
+def test_break_lock_takes_over_a_lock_from_another_host(setup, tmp_path, script):
+    """A run folder whose lock names a process on another host (last heartbeat 5 min ago):
+    refused in one line naming that host and --break_lock True, no network call, the lock
+    untouched; with --break_lock True the run takes it over, samples, and leaves no lock.
+    Seen red with break_lock not passed on to the run folder's lock."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    lock = folder / ".ramvid.lock"
+    lock.write_text(json.dumps({"what": "sampling run", "host": "gpu-node-17", "pid": 4242,
+                                "started": "2026-01-01T00:00:00+00:00", "token": "abc"}))
+    then = time.time() - 300
+    os.utime(lock, (then, then))
+    argv = base_argv(script, setup, folder, n=1, batch=1, steps=2)
+    refused = fails(script, argv)
+    assert "host gpu-node-17" in refused.err and "--break_lock True" in refused.err
+    assert not refused.calls and json.loads(lock.read_text())["token"] == "abc"
+    with pytest.warns(UserWarning, match="removed the stale lock .* gpu-node-17"):
+        done = run(script, argv + ["--break_lock", "True"], folder)
+    assert done.calls and not lock.exists()

@@ -114,8 +114,10 @@ from torch.optim.optimizer import (register_optimizer_step_post_hook,
 
 import ramvid
 from ramvid.unet import UNetModel
-from sample_fixtures import load_script
+from sample_fixtures import load_script, runs_as
 from train_fixtures import TINY, free_port
+
+_argv0 = runs_as("video_train")
 
 VIDEO_TRAIN = load_script("video_train")
 TINY_VALUES = dict(zip(TINY[::2], TINY[1::2]))

@@ -56,13 +56,46 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(setup, tmp_path, monkeyp
     # What a kill in the middle of a chunk write leaves (whether or not this one did).
     (killed / "chunks" / ".chunk_0001.npz.99999.partial").write_bytes(b"PK\x03\x04 half")
 
+    assert (killed / ".ramvid.lock").exists()  # a SIGKILL runs no clean-up
     rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
                            timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "already finished" in rerun.stdout
+    assert f"removed the stale lock of pid {process.pid}" in rerun.stderr
+    assert not (killed / ".ramvid.lock").exists()
     for name in ("6x6x16x16x3.npz", "gt_6x6x16x16x3.npz"):
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
     assert not (killed / "chunks").exists()
+
+
+def test_a_second_run_into_the_same_folder_exits_2_and_the_first_finishes_unharmed(
+        setup, tmp_path, monkeypatch):
+    """The same command started twice into one folder (a requeued job whose first incarnation
+    still runs): the second exits 2 with one line naming the first's pid while the first is
+    still sampling, and the first ends with the bytes of a run alone. Seen red with the lock
+    left out of sample_to_folder (the second sampled too and one of them crashed or
+    overwrote)."""
+    # Few samples, many steps: long enough for the second to start meanwhile.
+    slow = ["--num_samples", 2, "--timestep_respacing", 50]
+    whole = run_script("video_sample", _argv(setup, *slow), tmp_path / "whole", monkeypatch)
+    folder = tmp_path / "twice"
+    command = script_command("video_sample", _argv(setup, *slow, "--out_dir", folder))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (folder / ".ramvid.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=240)
+    still_sampling = first.poll() is None
+    first.wait(timeout=240)
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert f"in use by pid {first.pid} on host" in second.stderr and still_sampling
+    assert first.returncode == 0, first.stdout.read()[-2000:]
+    for name in ("2x6x16x16x3.npz", "gt_2x6x16x16x3.npz"):
+        assert (folder / name).read_bytes() == (whole / name).read_bytes(), name
+    assert not (folder / ".ramvid.lock").exists()
 
 
 def _error(argv, capsys):

@@ -112,6 +112,10 @@ def sample_for_evaluation(parser, argv, args):
     cond_frames = args.cond_frames if args.cond_frames is not None else protocol.cond_frames
     if cond_frames is None:
         raise UsageError("--cond_frames is required with --protocol custom (e.g. 0,)")
+    if protocol.cond_frames is not None and tuple(cond_frames) != protocol.cond_frames:
+        raise UsageError(f"--cond_frames {_frames_flag(cond_frames)} contradicts --protocol "
+                         f"{protocol.name}, which gives frames {list(protocol.cond_frames)}; "
+                         "drop one of them")
     per_clip = args.samples_per_clip or protocol.samples_per_clip or 1
     if (protocol.num_frames and not args.scale_time_dim
             and "seq_len" not in given_on_command_line(parser, argv)):
@@ -368,14 +372,14 @@ def clip_selection(record, protocol):
     if not record or not record.get("data_clips"):
         return None
     n, k, where = record["num_clips"], record["data_clips"], record["data_dir"]
-    if n == k:
-        text = f"all {k} usable videos of {where}"
-    elif record.get("clip_files"):
-        text = (f"{n} of the {k} usable videos of {where}, a uniform draw (listed in "
-                f"{RECORD_JSON})")
-    else:  # sampled by a version that took the first files
+    if "clip_files" not in record and n < k:  # sampled by a version that took the first files
         text = (f"the first {n} of the {k} usable videos of {where} in sorted path order (not a "
                 "uniform draw: with files named by class this subset is biased)")
+    elif n < k:
+        text = (f"{n} of the {k} usable videos of {where}, a uniform draw (listed in "
+                f"{RECORD_JSON})")
+    else:
+        text = f"all {k} usable videos of {where}"
     if protocol.num_test_videos and k != protocol.num_test_videos:
         text += (f"; the {protocol.name} protocol's test set has {protocol.num_test_videos} "
                  f"videos, this folder {k}")

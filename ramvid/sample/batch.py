@@ -7,11 +7,11 @@ a seed gives the same noise on every device. Every sampling path of ramvid (the 
 evaluation, long videos, training previews, `sample_videos` in a notebook) runs its batches
 through `sample_batch`.
 
-Sample i conditioned on data takes clip (i // S) mod n of the clips in use (`ClipSource`): a
-clip is the first `seq_len` frames of a video file of --data_dir; all K files in sorted path
-order, or a seeded uniform draw of n of them when fewer are needed, so every rank and every run
-pairs sample i with the same clip. S = samples_per_clip: with S = 1 the samples loop over the
-clips; with S > 1 each clip conditions S consecutive samples (clip-major).
+Sample i conditioned on data takes clip (i // S) mod n of the n clips a run uses (`ClipSource`):
+a clip is the first `seq_len` frames of a video file of --data_dir, and the files come in a
+fixed seeded shuffle of the sorted list, so every rank and every run pairs sample i with the same
+clip, and any n of them are a uniform draw. S = samples_per_clip: with S = 1 the samples loop
+over the clips; with S > 1 each clip conditions S consecutive samples (clip-major).
 """
 import warnings
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ from ..masking import mask_from_frames
 from ..runtime import derive_seed
 
 _NOISE_STREAM, _LABEL_STREAM = 0, 1
-CLIP_DRAW_SEED = 0  # which clips a run that needs fewer than all of --data_dir uses
+CLIP_DRAW_SEED = 0  # the order in which a run takes the clips of --data_dir
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -84,12 +84,12 @@ def model_video_shape(model):
 
 
 class ClipSource:
-    """The clips of --data_dir that condition a run: sample i takes clip (i // S) mod n of the
-    n clips in use (S = samples_per_clip). The clips in use are all K usable videos in sorted
-    path order, or, when fewer are needed (num_clips n < K), a uniform draw of n of them in
-    sorted order, seeded by CLIP_DRAW_SEED: the same on every rank and every rerun, whatever
-    --seed is, and never biased towards the first file names (Kinetics-600's start with the
-    class)."""
+    """The clips of --data_dir that condition a run. Its K usable videos, in sorted path order,
+    are shuffled once by a permutation seeded with CLIP_DRAW_SEED, and a run that needs n clips
+    uses the first n of it: a uniform draw whatever n is, never biased towards the first file
+    names (Kinetics-600's start with the class), the same on every rank and every rerun
+    whatever --seed is. Sample i takes clip (i // S) mod n of them (S = samples_per_clip), so
+    its clip, like its noise, does not depend on how many samples the run draws."""
 
     def __init__(self, data_dir, flags, seq_len=None, samples_per_clip=1, num_clips=None):
         if samples_per_clip < 1:
@@ -106,9 +106,8 @@ class ClipSource:
                 f"{num_classes}: labels are the data's class indices (sorted file-name prefixes)"
             )
         self.data_clips = len(self.dataset)  # K
-        n = self.data_clips if num_clips is None else min(num_clips, self.data_clips)
-        self.chosen = (list(range(n)) if n == self.data_clips else sorted(
-            np.random.default_rng(CLIP_DRAW_SEED).choice(self.data_clips, n, replace=False).tolist()))
+        order = np.random.default_rng(CLIP_DRAW_SEED).permutation(self.data_clips).tolist()
+        self.chosen = order[:num_clips]  # all K when num_clips is None or >= K
         self.files = [str(self.dataset.paths[i].relative_to(data_dir)) for i in self.chosen]
 
     def __len__(self):

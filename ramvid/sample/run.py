@@ -125,14 +125,11 @@ def job_record(job, flags, diffusion, num_frames, source):
         "long": asdict(job.long) if job.long else None,
         "save_video": job.save_video, "fps": job.fps, "model_flags": flags,
     }
-    if source and len(source) < source.data_clips:
+    if source:
         record["clip_of_sample"] = ("sample i uses clip_files[(i // samples_per_clip) mod "
-                                    f"num_clips]: a uniform draw (seed {CLIP_DRAW_SEED}) of "
-                                    f"{len(source)} of the {source.data_clips} usable videos")
+                                    f"num_clips]: the first num_clips of the {source.data_clips} "
+                                    f"usable videos in a seeded shuffle (seed {CLIP_DRAW_SEED})")
         record["clip_files"] = source.files
-    elif source:
-        record["clip_of_sample"] = ("sample i uses clip (i // samples_per_clip) mod data_clips "
-                                    "of the usable videos in sorted path order")
     return record
 
 
