@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
-from ..metrics.i3d_weights import sha256_of
+from ..metrics.i3d import sha256_of
 from .pipeline import REPO
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
