@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ramvid.errors import UsageError
-from ramvid.data.files import class_name_of, is_video
+from ramvid.data import class_name_of, is_video
 from ramvid.flags import Flag, positive
 
 # The flags every preparation script shares.
