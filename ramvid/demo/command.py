@@ -138,7 +138,7 @@ def make_config(args):
     )
 
 
-# ----------------------------------------------------------------------------- the shipped checkpoint
+# ----------------------------------------------------------------------------- shipped checkpoint
 def retrain_command(data_dir):
     """The command that trained the shipped checkpoint (one process with RETRAIN_THREADS
     threads; global batch 8, as the preset's 4 per rank on 2 ranks), on the demo's clips in
