@@ -45,8 +45,9 @@ PEAK_FLOPS = {
 
 def known_configs(text):
     unknown = [c for c in text.split(",") if c not in CONFIGS]
-    return f"unknown config(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}" \
-        if unknown else None
+    if unknown:
+        return f"unknown config(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}"
+    return None
 
 
 FLAGS = (
