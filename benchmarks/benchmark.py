@@ -16,7 +16,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
+
+if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ramvid.flags import Flag, at_least, parse, user_errors  # noqa: E402
 
 CONFIGS = {
     # The sizes the reference numbers in docs/PERFORMANCE.md were measured on.
@@ -37,43 +43,39 @@ PEAK_FLOPS = {
 }
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="tiny,medium",
-                        help=f"comma list of: {', '.join(CONFIGS)}")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="where the model runs")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="fp32, or bf16/fp16 autocast")
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps (median reported)")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed steps first (allocator, cuDNN autotuning, compilation)")
-    parser.add_argument("--sample_steps", type=int, default=5,
-                        help="timed sampling steps (median reported)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
-    parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--tf32", default="on", choices=["on", "off"],
-                        help="TF32 for fp32 matmuls/convolutions on CUDA (the training default)")
-    parser.add_argument("--microbatch", type=int, default=0, help="videos per forward/backward "
-                        "(gradient accumulation); 0 = the whole batch")
-    parser.add_argument("--channels_last", action="store_true",
-                        help="channels_last_3d weights and inputs (cuDNN conv3d layout)")
-    parser.add_argument("--cudnn_benchmark", action="store_true",
-                        help="torch.backends.cudnn.benchmark: time conv algorithms per shape")
-    parser.add_argument("--generators", default="device", choices=["device", "cpu"],
-                        help="where the per-sample sampling noise generators live")
-    parser.add_argument("--sync_check", action="store_true",
-                        help="CUDA: count host synchronisations in one training and sampling step")
-    parser.add_argument("--default_heap", action="store_true",
-                        help="leave glibc's mmap threshold alone (the scripts fix it)")
-    parser.add_argument("--batch_size", type=int, default=0, help="override the config's batch")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config in-process
-    args = parser.parse_args(argv)
-    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+def known_configs(text):
+    unknown = [c for c in text.split(",") if c not in CONFIGS]
     if unknown:
-        parser.error(f"--configs: unknown config(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
-    return args
+        return f"unknown config(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}"
+    return None
+
+
+FLAGS = (
+    Flag("configs", "tiny,medium", f"comma list of: {', '.join(CONFIGS)}", check=known_configs),
+    Flag("device", "cpu", "where the model runs", choices=("cpu", "cuda")),
+    Flag("dtype", "fp32", "fp32, or bf16/fp16 autocast", choices=("fp32", "bf16", "fp16")),
+    Flag("steps", 5, "timed training steps (median reported)", check=at_least(1)),
+    Flag("warmup", 2, "untimed steps first (allocator, cuDNN autotuning, compilation)",
+         check=at_least(0)),
+    Flag("sample_steps", 5, "timed sampling steps (median reported)", check=at_least(1)),
+    Flag("threads", 0, "torch threads on CPU (0: all cores)", check=at_least(0)),
+    Flag("use_checkpoint", False, "activation checkpointing"),
+    Flag("compile", False, "torch.compile the model"),
+    Flag("tf32", "on", "TF32 for fp32 matmuls/convolutions on CUDA (the training default)",
+         choices=("on", "off")),
+    Flag("microbatch", 0, "videos per forward/backward (gradient accumulation); 0 = the whole "
+         "batch", check=at_least(0)),
+    Flag("channels_last", False, "channels_last_3d weights and inputs (cuDNN conv3d layout)"),
+    Flag("cudnn_benchmark", False,
+         "torch.backends.cudnn.benchmark: time conv algorithms per shape"),
+    Flag("generators", "device", "where the per-sample sampling noise generators live",
+         choices=("device", "cpu")),
+    Flag("sync_check", False,
+         "CUDA: count host synchronisations in one training and sampling step"),
+    Flag("default_heap", False, "leave glibc's mmap threshold alone (the scripts fix it)"),
+    Flag("batch_size", 0, "override the config's batch (0: the config's)", check=at_least(0)),
+    Flag("one", "", argparse.SUPPRESS),  # internal: run this one config in this process
+)
 
 
 def peak_memory_mb(device):
@@ -84,11 +86,22 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def synchronize(device):
+def median_seconds(fn, untimed, timed, device):
+    """Median wall seconds of `fn(i)` over the calls i = untimed, ..., untimed + timed - 1 (the
+    first `untimed` calls warm up), with the device synchronised around every call."""
     import torch
 
-    if device == "cuda":
-        torch.cuda.synchronize()
+    times = []
+    for i in range(untimed + timed):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn(i)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= untimed:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def run_one(name, args):
@@ -148,15 +161,7 @@ def run_one(name, args):
         ema.update()
         step_count[0] += 1
 
-    times = []
-    for i in range(args.warmup + args.steps):
-        synchronize(args.device)
-        start = time.perf_counter()
-        train_step()
-        synchronize(args.device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    train_s = statistics.median(times)
+    train_s = median_seconds(lambda i: train_step(), args.warmup, args.steps, args.device)
     train_peak = peak_memory_mb(args.device)
 
     model.eval()
@@ -172,17 +177,16 @@ def run_one(name, args):
         for kind, step in (("ddpm", sampler_step(diffusion, ddpm_step)),
                            ("ddim", sampler_step(diffusion, ddim_step))):
             x = torch.randn(shape, device=device).contiguous(memory_format=layout)
-            step_times = []
-            for i in range(1 + args.sample_steps):
+
+            def sample_step(i, step=step):
+                nonlocal x
                 # Walk down from the noisiest step, as a sampler does.
                 t = torch.full((batch,), diffusion.num_timesteps - 1 - i, device=device, dtype=torch.long)
-                synchronize(args.device)
-                start = time.perf_counter()
                 x = step(net, x, t, generator=gens)
-                synchronize(args.device)
-                if i:
-                    step_times.append(time.perf_counter() - start)
-            sampling[kind] = statistics.median(step_times)
+
+            sampling[kind] = median_seconds(sample_step, 1, args.sample_steps, args.device)
+        t = torch.full((batch,), diffusion.num_timesteps - 1 - args.sample_steps, device=device,
+                       dtype=torch.long)
     syncs = count_host_syncs(train_step, lambda: sampler_step(diffusion, ddpm_step)(net, x0, t, generator=gens),
                              model) if args.sync_check and args.device == "cuda" else {}
 
@@ -249,8 +253,9 @@ def count_host_syncs(train_step, sample_step, model):
     return counts
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    with user_errors():
+        args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
     if args.one:
         run_one(args.one, args)
         return

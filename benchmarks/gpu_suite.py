@@ -21,7 +21,6 @@ stopped by a time limit keeps what it measured; `--budget_s` skips the rest once
   protocol  GPU-hours of the BAIR protocol (256 clips x 100 samples), computed from the
             measured sampling steps (arithmetic, not a measurement)
 """
-import argparse
 import csv
 import json
 import os
@@ -33,6 +32,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
+    sys.path.insert(0, str(REPO))
+
+from ramvid.flags import Flag, at_least, int_list, parse, user_errors  # noqa: E402
+
 BENCHMARK = REPO / "benchmarks" / "benchmark.py"
 
 # (name, benchmark.py flags); the config and device are added per run.
@@ -58,32 +62,28 @@ QUALITY_RUNS = [("dpm++2m", "logsnr10"), ("dpm++2m", "logsnr15"), ("dpm++2m", "l
                 ("dpm++2m", "25"), ("ddim", "ddim25"), ("dpm++2m", "logsnr50"), ("ddim", "ddim50"),
                 ("ddpm", "250"), ("ddpm", "")]
 TINY_QUALITY_RUNS = [("dpm++2m", "logsnr5"), ("ddim", "ddim5"), ("ddpm", "10")]
-# The paper code's sampling step, measured on an H200 (issue 14): ancestral, batch 8, fp32.
+# The original code's sampling step, measured on an H200: ancestral, batch 8, fp32.
 PAPER_SAMPLE_STEP_S = 0.191
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="gpu_results.json", help="JSON file to write")
-    parser.add_argument("--tiny", action="store_true",
-                        help="CPU with the tiny config and few steps: checks the suite end to end")
-    parser.add_argument("--sections", default="syncs,train,variants,script,quality,protocol",
-                        help="comma list of the measurements to run, in this order (curves: only when named)")
-    parser.add_argument("--budget_s", type=float, default=0,
-                        help="skip the remaining measurements after this many seconds; 0 = none")
-    parser.add_argument("--model_path", default="", help="checkpoint for the quality sweep")
-    parser.add_argument("--clips_npz", default="",
-                        help="held-out clips, uint8 N x T x H x W x C (e.g. a gt_*.npz)")
-    parser.add_argument("--cond_frames", default="0,1", help="given frames in the quality sweep")
-    parser.add_argument("--quality_runs", default="",
-                        help="comma list of sampler:respacing, e.g. 'dpm++2m:logsnr25,ddim:ddim50'")
-    parser.add_argument("--num_clips", type=int, default=64, help="clips of the quality sweep")
-    parser.add_argument("--script_steps", type=int, default=60,
-                        help="training steps of the script check (the first interval is warm-up)")
-    parser.add_argument("--curve_steps", type=int, default=400,
-                        help="training steps of each loss curve (section curves)")
-    return parser.parse_args(argv)
+FLAGS = (
+    Flag("out", "gpu_results.json", "JSON file to write"),
+    Flag("tiny", False, "CPU with the tiny config and few steps: checks the suite end to end"),
+    Flag("sections", "syncs,train,variants,script,quality,protocol",
+         "comma list of the measurements to run, in this order (curves: only when named)"),
+    Flag("budget_s", 0.0, "skip the remaining measurements after this many seconds; 0 = none",
+         check=at_least(0)),
+    Flag("model_path", "", "checkpoint for the quality sweep"),
+    Flag("clips_npz", "", "held-out clips, uint8 N x T x H x W x C (e.g. a gt_*.npz)"),
+    Flag("cond_frames", "0,1", "given frames in the quality sweep", convert=int_list),
+    Flag("quality_runs", "",
+         "comma list of sampler:respacing, e.g. 'dpm++2m:logsnr25,ddim:ddim50'"),
+    Flag("num_clips", 64, "clips of the quality sweep", check=at_least(1)),
+    Flag("script_steps", 60,
+         "training steps of the script check (the first interval is warm-up)", check=at_least(1)),
+    Flag("curve_steps", 400, "training steps of each loss curve (section curves)",
+         check=at_least(1)),
+)
 
 
 class Suite:
@@ -99,8 +99,12 @@ class Suite:
                         "load_avg_1min_at_start": round(os.getloadavg()[0], 2)}
         self.save()
 
-    def over_budget(self):
-        return self.args.budget_s and time.time() - self.start > self.args.budget_s
+    def skipped(self, section, name):
+        """Whether --budget_s is spent; then `name` is recorded as skipped."""
+        if self.args.budget_s and time.time() - self.start > self.args.budget_s:
+            self.record(section, name, {"skipped": "over --budget_s"})
+            return True
+        return False
 
     def record(self, section, name, value):
         self.results.setdefault(section, {})[name] = value
@@ -115,8 +119,8 @@ class Suite:
 
     def benchmark(self, section, name, flags):
         """One benchmark.py row, or the reason it has none."""
-        if self.over_budget():
-            return self.record(section, name, {"skipped": "over --budget_s"})
+        if self.skipped(section, name):
+            return None
         small = "--steps 1 --warmup 1 --sample_steps 1 --threads 2" if self.args.tiny else \
             "--steps 5 --warmup 3 --sample_steps 5"
         if self.args.tiny:  # the tiny config's batch is 2; keep microbatches meaningful
@@ -176,8 +180,7 @@ def run_script_check(suite, args, work):
             ("script_bf16_compile_b4", f"{model_flags(args)} --bf16 True --compile True",
              "bf16_compile_b4")]
     for name, flags, bench_name in runs:
-        if suite.over_budget():
-            suite.record("script", name, {"skipped": "over --budget_s"})
+        if suite.skipped("script", name):
             continue
         value, rows = train_with_script(work, name, flags, steps, interval)
         steady = [float(r["samples_per_s"]) for r in rows[1:] if r.get("samples_per_s")]
@@ -197,8 +200,7 @@ def run_curves(suite, args, work):
     steps, interval = (8, 2) if args.tiny else (args.curve_steps, 20)
     for name, flags in (("curve_fp32_tf32", f"{model_flags(args)} --bf16 False"),
                         ("curve_bf16", f"{model_flags(args)} --bf16 True")):
-        if suite.over_budget():
-            suite.record("curves", name, {"skipped": "over --budget_s"})
+        if suite.skipped("curves", name):
             continue
         value, rows = train_with_script(work, name, flags, steps, interval)
         value["step_loss"] = [[int(r["step"]), float(r["loss"])] for r in rows if r.get("loss")]
@@ -219,21 +221,20 @@ def run_quality(suite, args):
     from ramvid.sample.batch import from_uint8, to_uint8
 
     clips = np.load(args.clips_npz)["arr_0"][:args.num_clips]  # (N, T, H, W, C) uint8
-    frames = [int(f) for f in args.cond_frames.split(",") if f.strip()]
+    frames = args.cond_frames
     runs = TINY_QUALITY_RUNS if args.tiny else QUALITY_RUNS
     if args.quality_runs:
         runs = [tuple(item.split(":", 1)) for item in args.quality_runs.split(",")]
     fvd = None
     try:
-        from ramvid.metrics.fvd import compute_fvd, load_i3d
+        from ramvid.metrics import compute_fvd, load_i3d
         i3d = load_i3d(suite.device)
         fvd = lambda a, b: compute_fvd(a, b, model=i3d, device=suite.device)["fvd"]  # noqa: E731
     except Exception as error:  # no weights on an offline machine
         suite.record("quality", "fvd_unavailable", f"{type(error).__name__}: {error}"[:300])
     for sampler, respacing in runs:
         name = f"{sampler}:{respacing or 'full'}"
-        if suite.over_budget():
-            suite.record("quality", name, {"skipped": "over --budget_s"})
+        if suite.skipped("quality", name):
             continue
         model, diffusion, _ = load_model(args.model_path, device=suite.device,
                                          timestep_respacing=respacing)
@@ -275,7 +276,7 @@ def protocol_cost(suite):
     samples = 256 * 100
     rows = suite.results.get("train", {})
     costs = {"paper_code_ddpm1000": {"steps": 1000, "step_s": PAPER_SAMPLE_STEP_S, "batch": 8,
-                                     "source": "issue 14, H200, fp32, batch 8"}}
+                                     "source": "the original code, H200, fp32, batch 8"}}
     for name in ("fp32_tf32_b8", "bf16_b8", "bf16_compile_b8"):
         step_s = rows.get(name, {}).get("sample_step_ddpm_s")
         if step_s is None:
@@ -290,8 +291,9 @@ def protocol_cost(suite):
     suite.record("protocol", "computed_from_step_times", costs)
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    with user_errors():
+        args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
     suite = Suite(args)
     sections = set(args.sections.split(","))
     if args.tiny:

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +23,12 @@ import av
 import numpy as np
 from PIL import Image
 
-from ramvid.data import load_data, probe, read_window
-from ramvid.data.decode import to_rgb
-from ramvid.flags import Flag, at_least, parse, positive, user_errors
+if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ramvid.data import load_data, probe, read_window  # noqa: E402
+from ramvid.data.decode import to_rgb  # noqa: E402
+from ramvid.flags import Flag, at_least, parse, positive, user_errors  # noqa: E402
 
 
 def sliding_textures(width: int, height: int, seed: int = 0):
@@ -73,12 +77,6 @@ def decode_from_start(path: Path, start: int, length: int) -> np.ndarray:
                 if len(window) == length:
                     break
     return np.stack(window)
-
-
-def timed(fn, *args):
-    began = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - began, result
 
 
 def cpu_timed(fn, *args):
@@ -146,11 +144,11 @@ def main(argv=None):
         path = video_dir / f"{name}.mp4"
         generated_s = None
         if not path.exists():
-            generated_s, _ = timed(generate_video, path, args.minutes, args.width, args.height,
-                                   args.fps, args.gop)
+            generated_s, _, _ = cpu_timed(generate_video, path, args.minutes, args.width,
+                                          args.height, args.fps, args.gop)
 
         load_before = os.getloadavg()[0]  # other processes on the machine skew every timing
-        probe_s, info = timed(probe, path)
+        probe_s, _, info = cpu_timed(probe, path)
         rng = np.random.default_rng(args.seed)
         # One uniformly random start in each of `starts` equal parts of the file: random, yet
         # spread over the whole file so that the median is not at the mercy of a few draws.

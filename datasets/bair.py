@@ -11,7 +11,6 @@ No TensorFlow is needed: datasets/tfrecord.py reads the records and checks their
 import re
 import sys
 import time
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,8 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python datasets/bair.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import OUT_DIR, OVERWRITE, prepare_split_dir, workers_flag  # noqa: E402
+from datasets.common import (OUT_DIR, OVERWRITE, prepare_split_dir, worker_pool,  # noqa: E402
+                             workers_flag)
 from datasets.tfrecord import TFRecordError, parse_example, read_records  # noqa: E402
 from ramvid.errors import UsageError  # noqa: E402
 from ramvid.flags import Flag, existing_dir, parse, user_errors  # noqa: E402
@@ -80,7 +80,7 @@ def convert(bair_dir, out_dir, splits=("train", "test"), camera="image_aux1", wo
             raise UsageError(f"--bair_dir {bair_dir}: no *.tfrecords files in {bair_dir / split}")
     split_dirs = {split: prepare_split_dir(out_dir, split, overwrite) for split in splits}
     written = {}
-    with Pool(workers) if workers > 1 else _NoPool() as pool:
+    with worker_pool(workers) as pool:
         for split, paths in files.items():
             jobs = [(p, split_dirs[split], camera) for p in paths]
             counts = tqdm(pool.imap_unordered(_convert_job, jobs), total=len(jobs),
@@ -90,19 +90,6 @@ def convert(bair_dir, out_dir, splits=("train", "test"), camera="image_aux1", wo
             except (TFRecordError, OSError) as err:
                 raise UsageError(str(err)) from None
     return written
-
-
-class _NoPool:
-    """The `Pool` interface run in this process (one worker: easier to debug and to interrupt)."""
-
-    def imap_unordered(self, fn, jobs):
-        return map(fn, jobs)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 FLAGS = (

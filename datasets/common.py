@@ -1,14 +1,16 @@
-"""Helpers shared by the dataset scripts: class names in file names, output folders, warnings.
+"""Helpers shared by the dataset scripts: class names in file names, output folders, worker
+pools, warnings.
 
 A problem with the user's input (a flag, a file) is a `ramvid.errors.UsageError`: the scripts'
 `main` runs under `ramvid.flags.user_errors()`, which reports it as one line, exit code 2.
 """
 import re
 import sys
+from multiprocessing import Pool
 from pathlib import Path
 
+from ramvid.data import is_video
 from ramvid.errors import UsageError
-from ramvid.data.files import class_name_of, is_video
 from ramvid.flags import Flag, positive
 
 # The flags every preparation script shares.
@@ -20,10 +22,21 @@ def workers_flag(items):
     return Flag("workers", 1, f"{items} converted in parallel", check=positive)
 
 
+def worker_pool(workers):
+    """A multiprocessing Pool of `workers`, or with one worker the same interface run in this
+    process (easier to debug and to interrupt)."""
+    return Pool(workers) if workers > 1 else _InProcess()
 
-def class_of(path):
-    """The class of a video as `--class_cond True` reads it: the file name before the first `_`."""
-    return class_name_of(Path(path))
+
+class _InProcess:
+    def imap_unordered(self, fn, jobs, chunksize=1):
+        return map(fn, jobs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def class_token(label):

@@ -20,7 +20,6 @@ import re
 import sys
 from collections import Counter
 from fractions import Fraction
-from multiprocessing import Pool
 from pathlib import Path
 
 import av
@@ -29,7 +28,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python datasets/kinetics600.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import class_token, warn, workers_flag  # noqa: E402
+from datasets.common import class_token, warn, worker_pool, workers_flag  # noqa: E402
 from ramvid.errors import UsageError  # noqa: E402
 from ramvid.flags import (Flag, existing_dir, existing_file, in_range, parse,  # noqa: E402
                           user_errors)
@@ -174,21 +173,13 @@ def convert(csv_path, clips_dir, out_dir, short_side=128, crf=18, split="train",
             warn(f"{youtube_id} ({start}..{end} s) not found in --clips_dir {clips_dir}; skipped")
             continue
         jobs.append((source, target, start if needs_trim else None, end, short_side, crf))
-    pool = Pool(workers) if workers > 1 else None
-    try:
-        if pool:
-            results = pool.imap_unordered(_convert_job, jobs, chunksize=8)
-        else:
-            results = map(_convert_job, jobs)
+    with worker_pool(workers) as pool:
+        results = pool.imap_unordered(_convert_job, jobs, chunksize=8)
         for status, message in tqdm(results, total=len(jobs), desc="kinetics", unit="clip",
                                     disable=not progress):
             outcomes[status] += 1
             if message:
                 warn(f"{message}; skipped")
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
     return outcomes
 
 

@@ -27,7 +27,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python datasets/synthetic.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import OUT_DIR, OVERWRITE, class_of, prepare_split_dir  # noqa: E402
+from datasets.common import OUT_DIR, OVERWRITE, prepare_split_dir  # noqa: E402
+from ramvid.data import class_name_of  # noqa: E402
 from ramvid.errors import UsageError  # noqa: E402
 from ramvid.video_io import write_video  # noqa: E402
 from ramvid.flags import Flag, at_least, parse, positive, user_errors  # noqa: E402
@@ -221,7 +222,7 @@ def main(argv=None):
                            args.speed, args.radius, args.color_by_shape, args.num_val)
         seconds = time.time() - start
         for split, paths in written.items():
-            classes = Counter(class_of(p) for p in paths)
+            classes = Counter(class_name_of(p) for p in paths)
             summary = ", ".join(f"{name} {classes[name]}" for name in sorted(classes)) or "no clips"
             folder = Path(args.out_dir) / split
             print(f"{split}: {len(paths)} clips in {folder} ({summary})")

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from datasets import bair, kinetics600, synthetic, ucf101
-from datasets.common import class_of, class_token
+from datasets.common import class_token
 from datasets.tfrecord import TFRecordError, masked_crc32c, parse_example, read_records
+from ramvid.data import class_name_of
 from ramvid.errors import UsageError
 from ramvid.video_io import read_video, write_video
 
@@ -83,7 +84,7 @@ def test_written_clips_decode_to_the_generated_arrays(tmp_path, size):
                                  num_frames=16, seed=7)
     for split, count in (("train", 4), ("test", 2)):
         clips = synthetic.make_clips(count, image_size=size, num_frames=16, seed=7, split=split)
-        assert [class_of(p) for p in written[split]] == clips.labels
+        assert [class_name_of(p) for p in written[split]] == clips.labels
         for path, video in zip(written[split], clips.videos):
             with av.open(str(path)) as container:
                 decoded = np.stack([f.to_ndarray(format="rgb24")
@@ -114,7 +115,7 @@ def test_synthetic_cli_as_script_and_module(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "train: 6 clips" in result.stdout and "test: 3 clips" in result.stdout
     assert len(list((out / "train").glob("*.mp4"))) == 6
-    assert {class_of(p) for p in out.glob("*/*.mp4")} <= set(synthetic.SHAPES)
+    assert {class_name_of(p) for p in out.glob("*/*.mp4")} <= set(synthetic.SHAPES)
 
     again = run_script("-m", "datasets.synthetic", "--out_dir", str(out), "--num_train", "2")
     assert again.returncode == 2
@@ -131,7 +132,7 @@ def test_synthetic_cli_as_script_and_module(tmp_path):
 
 
 def test_class_prefixes():
-    assert class_of("data/sprites/train/circle_00012.mp4") == "circle"
+    assert class_name_of("data/sprites/train/circle_00012.mp4") == "circle"
     assert class_token("playing guitar") == "PlayingGuitar"
     assert class_token("massaging person's head") == "MassagingPersonsHead"
     assert class_token("passing American football (in game)") == "PassingAmericanFootballInGame"
@@ -287,7 +288,7 @@ def test_ucf101_split_arrangement(tmp_path, capsys):
     train = sorted((tmp_path / "out" / "train").iterdir())
     test = sorted((tmp_path / "out" / "test").iterdir())
     assert [p.name for p in train] == ["ApplyEyeMakeup_g08_c01.avi", "YoYo_g25_c03.avi"]
-    assert [class_of(p) for p in test] == ["ApplyEyeMakeup", "HandstandPushups"]
+    assert [class_name_of(p) for p in test] == ["ApplyEyeMakeup", "HandstandPushups"]
     assert all(p.is_symlink() and p.resolve().parent.parent == ucf.resolve() for p in train + test)
     assert read_video(train[0]).shape == (2, 48, 64, 3)
 
@@ -328,7 +329,7 @@ def test_kinetics_trims_resizes_and_skips_missing_or_broken(tmp_path, capsys):
     np.testing.assert_allclose(first_and_last, [levels[10], levels[29]], atol=3)
     whole = read_video(out / "validate" / "TaiChi_x_y-z012345_000010_000012.mp4")
     assert whole.shape == (20, 32, 42, 3)
-    assert {class_of(p) for p in out.glob("*/*.mp4")} == {"PlayingGuitar", "TaiChi"}
+    assert {class_name_of(p) for p in out.glob("*/*.mp4")} == {"PlayingGuitar", "TaiChi"}
 
     again = kinetics600.convert(csv_path, clips, out, short_side=32, progress=False)
     assert again == {"existing": 2, "missing": 1, "broken": 1}  # a rerun resumes

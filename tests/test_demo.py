@@ -9,12 +9,12 @@ import pytest
 from datasets.synthetic import make_clips
 from ramvid.errors import UsageError
 from ramvid.metrics.frame_metrics import copy_last_given, linear_interpolation, mean_frame, nearest_given
-from ramvid.demo import pipeline, shipped
-from ramvid.demo.pipeline import (DemoConfig, launch_prefix, prepare_data, sample_command,
-                                  sample_files, train_command)
-from ramvid.demo.report import format_table, plot_training_loss, read_progress, score
-from ramvid.demo.results import (COPY_LAST, LINEAR, MEAN, common_truth, grouped_samples,
-                                 margins, score_conditional_task, training_reference)
+from ramvid.demo import command as demo
+from ramvid.demo.command import (DemoConfig, launch_prefix, prepare_data, sample_command,
+                                 train_command)
+from ramvid.demo.report import (COPY_LAST, LINEAR, MEAN, common_truth, format_table,
+                                grouped_samples, margins, plot_training_loss, read_progress, score,
+                                sample_files, score_conditional_task, training_reference)
 from ramvid.config import PRESETS
 
 
@@ -178,8 +178,8 @@ def demo_config(tmp_path, **changes):
 
 
 def test_data_is_drawn_once_and_reused_while_settings_match(tmp_path, monkeypatch):
-    monkeypatch.setitem(pipeline.DEMO_DATA, "num_train", 3)  # the demo's 2000 take seconds
-    monkeypatch.setitem(pipeline.DEMO_DATA, "num_val", 2)
+    monkeypatch.setitem(demo.DEMO_DATA, "num_train", 3)  # the demo's 2000 take seconds
+    monkeypatch.setitem(demo.DEMO_DATA, "num_val", 2)
     cfg = demo_config(tmp_path)
     _, reused = prepare_data(cfg)
     assert not reused
@@ -247,7 +247,7 @@ def test_shipped_checkpoint_matches_its_recorded_sha256_and_loads_as_weights():
     from ramvid.config import create_model
     from ramvid.sample.loading import resolve_flags
 
-    path = shipped.verified_checkpoint()
+    path = demo.verified_checkpoint()
     assert path.stat().st_size < 10 * 2**20  # the repository ships at most 10 MB
     state = torch.load(path, map_location="cpu", weights_only=True)
     flags = resolve_flags(path)
@@ -259,14 +259,14 @@ def test_shipped_checkpoint_matches_its_recorded_sha256_and_loads_as_weights():
 def test_a_changed_or_missing_shipped_checkpoint_is_refused(tmp_path, monkeypatch):
     fake = tmp_path / "ema_0.99_000001.pt"
     fake.write_bytes(b"not the shipped weights")
-    monkeypatch.setattr(shipped, "SHIPPED_CHECKPOINT", fake)
+    monkeypatch.setattr(demo, "SHIPPED_CHECKPOINT", fake)
     with pytest.raises(UsageError, match="not the recorded"):
-        shipped.verified_checkpoint()
-    monkeypatch.setattr(shipped, "SHIPPED_SHA256", shipped.sha256_of(fake))
-    assert shipped.verified_checkpoint() == fake
-    monkeypatch.setattr(shipped, "SHIPPED_CHECKPOINT", tmp_path / "gone.pt")
+        demo.verified_checkpoint()
+    monkeypatch.setattr(demo, "SHIPPED_SHA256", demo.sha256_of(fake))
+    assert demo.verified_checkpoint() == fake
+    monkeypatch.setattr(demo, "SHIPPED_CHECKPOINT", tmp_path / "gone.pt")
     with pytest.raises(UsageError, match="missing"):
-        shipped.verified_checkpoint()
+        demo.verified_checkpoint()
 
 
 def test_recorded_retrain_command_is_a_valid_training_command(tmp_path):
@@ -277,14 +277,14 @@ def test_recorded_retrain_command_is_a_valid_training_command(tmp_path):
 
     for split in ("train", "val"):
         (tmp_path / split).mkdir()
-    command = shipped.retrain_command(tmp_path)
+    command = demo.retrain_command(tmp_path)
     assert command[1].endswith("scripts/video_train.py")
     cfg, model_flags = parse_train_args(command[2:])
-    assert last_step(cfg) == shipped.SHIPPED_STEPS
+    assert last_step(cfg) == demo.SHIPPED_STEPS
     assert cfg.batch_size == 2 * dict(PRESETS["demo"])["batch_size"]  # the demo's 2 ranks
     assert model_flags["seq_len"] == dict(PRESETS["demo"])["seq_len"]
-    name = f"ema_{cfg.ema_rate[0]}_{shipped.SHIPPED_STEPS:06d}.pt"
-    assert shipped.SHIPPED_CHECKPOINT.name == name
+    name = f"ema_{cfg.ema_rate[0]}_{demo.SHIPPED_STEPS:06d}.pt"
+    assert demo.SHIPPED_CHECKPOINT.name == name
 
 
 def test_demo_preset_passes_the_training_flag_checks(tmp_path):
@@ -298,15 +298,11 @@ def test_demo_preset_passes_the_training_flag_checks(tmp_path):
 
 
 def test_commands_are_shown_relative_to_the_repository():
-    from ramvid.demo.pipeline import REPO, shown
-
-    assert shown([str(REPO / ".venv" / "bin" / "mpirun"), "-n", "2", "/elsewhere/x.py", "a b"]) \
-        == ".venv/bin/mpirun -n 2 /elsewhere/x.py 'a b'"
+    command = [str(demo.REPO / ".venv" / "bin" / "mpirun"), "-n", "2", "/elsewhere/x.py", "a b"]
+    assert demo.shown(command) == ".venv/bin/mpirun -n 2 /elsewhere/x.py 'a b'"
 
 
 def test_demo_flags_are_checked_in_one_line(capsys):
-    from ramvid.demo import command as demo
-
     for argv, flag in ((["--max_steps", "0"], "--max_steps"), (["--eta", "2"], "--eta"),
                        (["--samples_per_clip", "0"], "--samples_per_clip"),
                        (["--timestep_respacing", "100"], "--timestep_respacing"),

@@ -18,12 +18,10 @@ import torch
 from pytorch_msssim import ssim
 
 from ramvid.metrics import compute_fvd, frame_metrics, frechet_distance, i3d_features, load_i3d
-from ramvid.metrics.fvd import preprocess
-from ramvid.metrics.i3d import I3D, same_padding
-from ramvid.metrics.i3d_weights import (CKPT_SHA256, I3DWeightsError, _NumpyOnlyUnpickler,
-                                        fetch_checkpoint, load_into, read_checkpoint,
-                                        sha256_of, torch_name)
-from ramvid.metrics.resize import resize_bilinear_tf1
+from ramvid.metrics.fvd import preprocess, resize_bilinear_tf1
+from ramvid.metrics.i3d import (CKPT_SHA256, I3D, I3DWeightsError, _NumpyOnlyUnpickler,
+                                fetch_checkpoint, load_into, read_checkpoint, same_padding,
+                                sha256_of, torch_name)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"

@@ -1,6 +1,15 @@
-"""Clips of `seq_len` preprocessed frames: which files a rank uses, and how item k is chosen."""
+"""Videos on disk -> clips: which files are videos and of which class, which of them a rank
+reads (`Shard`), how a frame is preprocessed, the two datasets (random training windows,
+deterministic clips for sampling and evaluation) and the endless, resumable training loader.
+Decoding (seeking, frame counts) is ramvid.data.decode's job.
+"""
 from __future__ import annotations
 
+import itertools
+import numbers
+import signal
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,20 +17,82 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from ..errors import UsageError
-from .decode import (
-    ShortVideoError,
-    StreamMeta,
-    VideoReadError,
-    decode_window,
-    stream_meta,
-    to_rgb,
-)
-from .files import class_name_of, class_names_of, list_videos, warn_once
-from .preprocess import frames_to_tensor, preprocess_frame
+from .decode import ShortVideoError, StreamMeta, VideoReadError, decode_window, stream_meta, to_rgb
 
+# --------------------------------------------------------------------------- files
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".gif", ".mov", ".mkv", ".webm"})
+
+
+class VideoSkippedWarning(UserWarning):
+    """A video file was left out of the data set (empty, truncated, undecodable or too short)."""
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_once(key: str, message: str) -> None:
+    """Warn about `key` (a file path) at most once per process, however often it is met."""
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    warnings.warn(message, VideoSkippedWarning, stacklevel=3)
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def list_videos(data_dir) -> list[Path]:
+    """Every video file below `data_dir` (recursive), sorted by path so all ranks agree."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UsageError(f"--data_dir {root} is not a directory")
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_video(p))
+
+
+def class_name_of(path) -> str:
+    """The class of a video is its file name up to the first underscore ("cat_03.mp4" -> "cat")."""
+    return Path(path).stem.split("_", 1)[0]
+
+
+# --------------------------------------------------------------------------- frames
+def resize_and_crop(image: Image.Image, image_size: int) -> Image.Image:
+    """Short side -> image_size, then the central image_size x image_size square.
+
+    Halving with a 2x2 box filter (`Image.reduce(2)`; an odd last row/column is averaged
+    alone) while the image is at least twice too large averages every source pixel (no
+    aliasing) and is cheap; the final bicubic step covers the remaining factor in [1, 2).
+    """
+    while min(image.size) >= 2 * image_size:
+        image = image.reduce(2)
+    scale = image_size / min(image.size)
+    image = image.resize(
+        (round(image.width * scale), round(image.height * scale)), resample=Image.BICUBIC
+    )
+    left = (image.width - image_size) // 2
+    top = (image.height - image_size) // 2
+    return image.crop((left, top, left + image_size, top + image_size))
+
+
+def preprocess_frame(image: Image.Image, image_size: int, rgb: bool = True) -> np.ndarray:
+    """uint8 (H, W, C) with C = 3 (rgb) or 1 (Pillow "L" grayscale)."""
+    image = resize_and_crop(image, image_size).convert("RGB" if rgb else "L")
+    array = np.asarray(image, dtype=np.uint8)
+    return array if rgb else array[:, :, None]
+
+
+def frames_to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
+    """uint8 frames [(H, W, C)] * T -> float32 (C, T, H, W) in [-1, 1]."""
+    video = torch.from_numpy(np.stack(frames))  # (T, H, W, C)
+    return video.permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+
+
+# --------------------------------------------------------------------------- a rank's files
 # Domain tags keep the per-item and per-epoch random streams of one (seed, rank) apart.
 _ITEM_STREAM, _EPOCH_STREAM = 0, 1
 _LISTED_IN_ERRORS = 10
@@ -70,7 +141,7 @@ class Shard:
                 "every rank needs at least one file"
             )
         # Classes are numbered over all files before sharding, so every rank agrees.
-        class_names = class_names_of(videos)
+        class_names = sorted({class_name_of(p) for p in videos})
         class_index = {name: i for i, name in enumerate(class_names)}
         shard = videos[rank::world_size]
         with ThreadPoolExecutor(max_workers=min(4, len(shard))) as pool:
@@ -122,26 +193,30 @@ class Shard:
         warn_once(str(entry.path), f"skipping video {entry.path}: {reason}")
 
 
-class _ClipReader:
-    """Reads preprocessed clips from a shard, correcting lengths that turn out wrong."""
+# --------------------------------------------------------------------------- datasets
+class ShardClips(Dataset):
+    """Preprocessed clips of a shard's videos, correcting lengths that turn out wrong."""
 
     def __init__(self, shard: Shard, image_size: int, rgb: bool):
         self.shard = shard
         self.image_size = image_size
         self.rgb = rgb
+        self.class_names = shard.class_names
+        self.num_classes = len(self.class_names)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [entry.path for entry in self.shard.entries]
 
     def _frame(self, frame) -> np.ndarray:
         return preprocess_frame(Image.fromarray(to_rgb(frame)), self.image_size, self.rgb)
 
-    def read(self, entry: VideoEntry, start: int) -> torch.Tensor:
-        """(C, T, H, W) float32 in [-1, 1]; raises ShortVideoError/VideoReadError."""
-        frames = decode_window(entry.path, entry.meta, start, self.shard.seq_len, self._frame)
-        return frames_to_tensor(frames)
-
     def read_or_repair(self, entry: VideoEntry, start: int) -> torch.Tensor | None:
-        """The clip, or None after correcting the file's length or dropping it (then retry)."""
+        """(C, T, H, W) float32 in [-1, 1], or None after correcting the file's length or
+        dropping it (then retry)."""
         try:
-            return self.read(entry, start)
+            frames = decode_window(entry.path, entry.meta, start, self.shard.seq_len, self._frame)
+            return frames_to_tensor(frames)
         except ShortVideoError as error:
             self.shard.correct_length(entry, error.available)
         except VideoReadError as error:
@@ -149,7 +224,7 @@ class _ClipReader:
         return None
 
 
-class RandomClipDataset(Dataset):
+class RandomClipDataset(ShardClips):
     """Item k of rank r: a random window of a file; a pure function of (seed, r, k).
 
     Files are visited in a fresh random order every epoch (epoch = k // number of files);
@@ -158,8 +233,7 @@ class RandomClipDataset(Dataset):
     """
 
     def __init__(self, shard: Shard, image_size: int, rgb: bool, seed: int, rank: int):
-        self.shard = shard
-        self.reader = _ClipReader(shard, image_size, rgb)
+        super().__init__(shard, image_size, rgb)
         self.seed, self.rank = seed, rank
         self._epoch_order: tuple[int, np.ndarray] | None = None
 
@@ -186,12 +260,12 @@ class RandomClipDataset(Dataset):
             rng = np.random.default_rng([self.seed, self.rank, _ITEM_STREAM, item])
             last_start = entry.meta.num_frames - self.shard.seq_len
             start = int(rng.integers(0, last_start + 1))
-            clip = self.reader.read_or_repair(entry, start)
+            clip = self.read_or_repair(entry, start)
             if clip is not None:
                 return clip, entry.label
 
 
-class VideoClipDataset(Dataset):
+class VideoClipDataset(ShardClips):
     """Deterministic clips for sampling and evaluation: clip i = file i (sorted), frames
     [start, start + seq_len). A file shorter than start + seq_len gives its last window.
 
@@ -212,15 +286,9 @@ class VideoClipDataset(Dataset):
     ):
         if start < 0:
             raise UsageError(f"start frame must be >= 0, got {start}")
-        self.shard = Shard.scan(data_dir, seq_len, class_cond, rank, world_size)
-        self.reader = _ClipReader(self.shard, image_size, rgb)
+        super().__init__(Shard.scan(data_dir, seq_len, class_cond, rank, world_size), image_size,
+                         rgb)
         self.start = start
-        self.class_names = self.shard.class_names
-        self.num_classes = len(self.class_names)
-
-    @property
-    def paths(self) -> list[Path]:
-        return [entry.path for entry in self.shard.entries]
 
     def __len__(self) -> int:
         return len(self.shard.entries)
@@ -229,7 +297,122 @@ class VideoClipDataset(Dataset):
         entry = self.shard.entries[index]
         while self.shard.usable(entry):
             start = min(self.start, entry.meta.num_frames - self.shard.seq_len)
-            clip = self.reader.read_or_repair(entry, start)
+            clip = self.read_or_repair(entry, start)
             if clip is not None:
                 return clip, entry.label
         raise UsageError(f"clip {index}: video {entry.path} has no {self.shard.seq_len} frames")
+
+
+# --------------------------------------------------------------------------- training batches
+class _CountFrom(Sampler):
+    """Item indices start, start + 1, ... forever."""
+
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self):
+        return itertools.count(self.start)
+
+
+def _ignore_stop_signals(worker_id):
+    # Launchers (mpirun, SLURM, timeout) signal the whole process group: a worker must not die
+    # of the SIGTERM/SIGINT/SIGUSR1 that asks the main process to finish its step and checkpoint.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # Slurm's --signal=USR1@seconds
+
+
+class VideoLoader:
+    """Iterator of `(video, cond)`: video float32 (N, C, T, H, W) in [-1, 1], cond a dict
+    (`{"y": LongTensor (N,)}` with class conditioning, else `{}`).
+
+    It never ends. `state_dict()` records how many items were delivered, so
+    `load_state_dict()` on a fresh loader with the same seed, rank and world size continues with
+    exactly the next items.
+    """
+
+    def __init__(self, dataset, *, batch_size, class_cond, num_workers, seed, rank, world_size):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.class_cond = class_cond
+        self.num_workers = num_workers
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.class_names, self.num_classes = dataset.class_names, dataset.num_classes
+        self.paths = dataset.paths  # this rank's usable files
+        self._consumed = 0
+        self._batches = None
+
+    def _start(self):
+        return iter(
+            DataLoader(
+                self.dataset,
+                batch_sampler=BatchSampler(_CountFrom(self._consumed), self.batch_size,
+                                           drop_last=False),
+                num_workers=self.num_workers,
+                pin_memory=torch.cuda.is_available(),
+                worker_init_fn=_ignore_stop_signals,
+                # Worker base seeds come from this generator, not the global torch RNG, so
+                # starting a loader does not shift the training run's random stream.
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+        )
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._batches is None:
+            self._batches = self._start()
+        video, label = next(self._batches)  # (N, C, T, H, W), (N,)
+        self._consumed += video.shape[0]
+        return video, ({"y": label} if self.class_cond else {})
+
+    def state_dict(self) -> dict:
+        return {
+            "items_consumed": self._consumed,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        changed = [k for k in ("seed", "rank", "world_size") if state.get(k) != mine[k]]
+        if changed:
+            warnings.warn(
+                "data loader state saved with different "
+                + ", ".join(f"{k} ({state.get(k)} -> {mine[k]})" for k in changed)
+                + ": the data order will not continue exactly",
+                stacklevel=2,
+            )
+        self._consumed = int(state["items_consumed"])
+        self._batches = None  # restart the workers at the restored position
+
+
+def _check_positive(**values):
+    for name, value in values.items():
+        if not isinstance(value, numbers.Integral) or value < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {value!r}")
+
+
+def load_data(*, data_dir, batch_size: int, image_size: int, seq_len: int,
+              class_cond: bool = False, rgb: bool = True, rank: int = 0, world_size: int = 1,
+              seed: int = 0, num_workers: int = 2) -> VideoLoader:
+    """Endless batches of `seq_len`-frame training clips from the videos below `data_dir` (this
+    rank's shard): item k of rank r is a random window of a file, drawn from
+    `numpy.random.default_rng([seed, r, 0, k])` with the files reshuffled each epoch.
+    """
+    _check_positive(batch_size=batch_size, image_size=image_size, seq_len=seq_len,
+                    world_size=world_size)
+    if not 0 <= rank < world_size:
+        raise UsageError(f"rank {rank} is outside world size {world_size}")
+    if not isinstance(num_workers, numbers.Integral) or num_workers < 0:
+        raise UsageError(f"--num_workers must be >= 0, got {num_workers!r}")
+    if not isinstance(seed, numbers.Integral) or seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {seed!r}")
+    batch_size, image_size, seq_len = int(batch_size), int(image_size), int(seq_len)
+    rank, world_size, num_workers, seed = int(rank), int(world_size), int(num_workers), int(seed)
+    shard = Shard.scan(data_dir, seq_len, class_cond, rank, world_size)
+    dataset = RandomClipDataset(shard, image_size, rgb, seed, rank)
+    return VideoLoader(dataset, batch_size=batch_size, class_cond=class_cond,
+                       num_workers=num_workers, seed=seed, rank=rank, world_size=world_size)

@@ -146,31 +146,20 @@ def _failure_reason(path: Path, error: Exception) -> str:
     return strerror or message
 
 
-def _pts_table(path: Path, stream_index: int) -> np.ndarray | None:
-    """Sorted pts of every frame, by demuxing (no decoding); None when packets lack pts."""
+def _demux(path: Path, stream_index: int) -> tuple[int, np.ndarray | None]:
+    """(number of frames, their sorted pts or None when a packet has none), by demuxing the
+    packets without decoding them."""
     with _open(path) as container:
-        stream = container.streams[stream_index]
         stamps = []
         try:
-            for packet in container.demux(stream):
+            for packet in container.demux(container.streams[stream_index]):
                 if _usable_packet(packet):
-                    if packet.pts is None:
-                        return None
                     stamps.append(packet.pts)
         except av.FFmpegError:
             pass  # a truncated file: the packets read so far are the file's frames
-    return np.unique(np.asarray(stamps, dtype=np.int64))
-
-
-def _count_packets(path: Path, stream_index: int) -> int:
-    with _open(path) as container:
-        count = 0
-        try:
-            for packet in container.demux(container.streams[stream_index]):
-                count += _usable_packet(packet)
-        except av.FFmpegError:
-            pass
-    return count
+    if any(stamp is None for stamp in stamps):
+        return len(stamps), None
+    return len(stamps), np.unique(np.asarray(stamps, dtype=np.int64))
 
 
 def _tail_matches(container, stream, meta: StreamMeta) -> bool:
@@ -211,9 +200,9 @@ def _probe_uncached(path: Path) -> StreamMeta:
             and _tail_matches(container, stream, meta)
         )
     if not trusted:
-        meta.pts_table = _pts_table(path, meta.stream_index)
+        count, meta.pts_table = _demux(path, meta.stream_index)
         if meta.pts_table is None:
-            meta.num_frames = _count_packets(path, meta.stream_index)
+            meta.num_frames = count
         else:
             meta.num_frames = len(meta.pts_table)
             meta.first_pts = int(meta.pts_table[0]) if meta.num_frames else meta.first_pts
@@ -297,7 +286,7 @@ def decode_window(path, meta: StreamMeta, start: int, length: int, convert: Call
         except _IrregularTimestamps:
             if meta.pts_table is not None:
                 raise VideoReadError(f"{path}: decoder skipped frames near {start}") from None
-            table = _pts_table(Path(path), meta.stream_index)
+            _, table = _demux(Path(path), meta.stream_index)
             if table is None or len(table) == 0:
                 raise VideoReadError(f"{path}: frame timestamps are irregular") from None
             meta.pts_table, meta.num_frames, meta.first_pts = table, len(table), int(table[0])

@@ -3,9 +3,3 @@ from .gaussian import GaussianDiffusion, LossType, ModelMeanType, ModelVarType, 
 from .resample import create_named_schedule_sampler
 from .sampling import SAMPLERS, Conditioning, sample_loop
 from .schedules import get_named_beta_schedule, space_timesteps
-
-__all__ = [
-    "GaussianDiffusion", "SpacedDiffusion", "LossType", "ModelMeanType", "ModelVarType",
-    "create_named_schedule_sampler", "get_named_beta_schedule", "space_timesteps",
-    "SAMPLERS", "Conditioning", "sample_loop",
-]

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from . import sampling
-from .likelihood import discretized_gaussian_log_likelihood, normal_kl
-from .tensors import broadcast_mask, extract, masked_mean
+from .sampling import extract
 
 
 class ModelMeanType(enum.Enum):
@@ -39,6 +38,51 @@ class LossType(enum.Enum):
         return self in (LossType.KL, LossType.RESCALED_KL)
 
 
+# ----------------------------------------------------------------------------- the loss's pieces
+def broadcast_mask(obs_mask, x):
+    """(N, T) bool -> (N, 1, T, 1, 1), broadcastable against a video batch (N, C, T, H, W)."""
+    return obs_mask.to(x.device)[:, None, :, None, None]
+
+
+def masked_mean(values, frames):
+    """Per-video mean of `values` (N, C, T, H, W) over the frames where `frames` (N, T) is True.
+
+    A video with no such frame contributes 0 (not NaN).
+    """
+    weights = broadcast_mask(frames, values).to(values.dtype).expand_as(values)
+    total = (values * weights).flatten(1).sum(1)
+    count = weights.flatten(1).sum(1)
+    return total / count.clamp(min=1)
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+        + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
+
+
+def approx_standard_normal_cdf(x):
+    # The tanh approximation of the normal CDF keeps the bound comparable with published bpd.
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def discretized_gaussian_log_likelihood(x, *, means, log_scales):
+    """Log-likelihood of 8-bit data x in [-1, 1] under a Gaussian discretised into 256 bins."""
+    centered = x - means
+    inv_stdv = torch.exp(-log_scales)
+    cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
+    cdf_min = approx_standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    return torch.where(
+        x < -0.999,
+        log_cdf_plus,
+        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log((cdf_plus - cdf_min).clamp(min=1e-12))),
+    )
+
+
 class GaussianDiffusion:
     def __init__(self, *, betas, model_mean_type, model_var_type, loss_type,
                  rescale_timesteps=True, timestep_map=None, original_num_steps=None):
@@ -57,7 +101,6 @@ class GaussianDiffusion:
         alphas = 1.0 - betas
         self.alphas_cumprod = np.cumprod(alphas)
         self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
-        self.alphas_cumprod_next = np.append(self.alphas_cumprod[1:], 0.0)
         self.sqrt_alphas = np.sqrt(alphas)
         self.sqrt_betas = np.sqrt(betas)
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)

@@ -13,19 +13,25 @@ SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment", "harmonic")  # --schedule_
 
 
 def create_named_schedule_sampler(name, diffusion, harmonic_power=1.0):
+    steps = np.arange(diffusion.num_timesteps)
     if name == "uniform":
-        return UniformSampler(diffusion)
+        return ScheduleSampler(np.ones(len(steps)))
     if name == "loss-second-moment":
         return LossSecondMomentResampler(diffusion)
-    if name == "harmonic":
-        return HarmonicSampler(diffusion, harmonic_power)
+    if name == "harmonic":  # p(t) proportional to 1 / (t + 1)^k: more weight on low noise
+        return ScheduleSampler(1.0 / (steps + 1.0) ** harmonic_power)
     raise ValueError(f"schedule_sampler={name!r} is not one of: {', '.join(SCHEDULE_SAMPLERS)}")
 
 
 class ScheduleSampler:
+    """Draws t with probability proportional to fixed weights (num_timesteps,)."""
+
+    def __init__(self, weights):
+        self._weights = weights
+
     def weights(self):
         """Unnormalised sampling weights, numpy (num_timesteps,)."""
-        raise NotImplementedError
+        return self._weights
 
     def sample(self, batch_size, device, generator=None):
         w = self.weights()
@@ -36,24 +42,6 @@ class ScheduleSampler:
 
     def update_with_local_losses(self, local_ts, local_losses):
         """Only loss-aware samplers learn from losses."""
-
-
-class UniformSampler(ScheduleSampler):
-    def __init__(self, diffusion):
-        self._weights = np.ones(diffusion.num_timesteps)
-
-    def weights(self):
-        return self._weights
-
-
-class HarmonicSampler(ScheduleSampler):
-    """p(t) proportional to 1 / (t + 1)^k: more weight on the low-noise end."""
-
-    def __init__(self, diffusion, power=1.0):
-        self._weights = 1.0 / (np.arange(diffusion.num_timesteps) + 1.0) ** power
-
-    def weights(self):
-        return self._weights
 
 
 class LossSecondMomentResampler(ScheduleSampler):

@@ -26,7 +26,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..runtime import to_device
-from .tensors import extract
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 
@@ -166,10 +165,8 @@ def predict(diffusion, model, x, t, conditioning, clip_denoised=True, model_kwar
 #   before (None at the first); generator as in sample_loop.
 
 def ddpm_step(diffusion, x, t, out, previous, generator):
-    """Ancestral step: x_{t-1} ~ N(mean, variance) of the model; no noise at t = 0."""
-    noise = randn(x.shape, generator, x.device, x.dtype)
-    nonzero = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-    return out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
+    """Ancestral step: x_{t-1} ~ N(mean, variance) of the model."""
+    return out["mean"] + torch.exp(0.5 * out["log_variance"]) * step_noise(x, t, generator)
 
 
 def ddim_step(diffusion, x, t, out, previous, generator, eta=0.0):
@@ -186,9 +183,7 @@ def ddim_step(diffusion, x, t, out, previous, generator, eta=0.0):
     mean = out["pred_xstart"] * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps
     if eta == 0:
         return mean
-    noise = randn(x.shape, generator, x.device, x.dtype)
-    nonzero = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-    return mean + nonzero * sigma * noise
+    return mean + sigma * step_noise(x, t, generator)
 
 
 def dpmpp_2m_step(diffusion, x, t, out, previous, generator):
@@ -228,7 +223,13 @@ def sampler_tables(alphas_cumprod):
     }
 
 
-# ----------------------------------------------------------------------------- noise
+# ----------------------------------------------------------------------------- noise, tables
+def step_noise(x, t, generator):
+    """Fresh noise z for the step x_t -> x_{t-1}, zero where t = 0 (the last step adds none)."""
+    nonzero = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    return nonzero * randn(x.shape, generator, x.device, x.dtype)
+
+
 def diffuse_one_step(diffusion, x, t, generator=None):
     """x_{t-1} -> x_t: sqrt(1 - beta_t) x + sqrt(beta_t) z (resampling's re-noising)."""
     tab = diffusion.tables(x.device)
@@ -255,3 +256,8 @@ def model_device(model):
     parameters = getattr(model, "parameters", None)
     first = next(iter(parameters()), None) if parameters is not None else None
     return first.device if first is not None else torch.device("cpu")
+
+
+def extract(table, t, ndim):
+    """table[t] for a (T,) table on t's device and index tensor t (N,), shaped (N, 1, ...)."""
+    return table[t].reshape(-1, *([1] * (ndim - 1)))

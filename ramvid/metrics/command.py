@@ -26,7 +26,7 @@ from ..sample.command import (SAMPLING_FLAG, add_model_flags, check_data, load_c
 from ..sample.files import GT_PREFIX, map_npz_array, npz_shape
 from ..sample.run import RECORD_JSON, SampleJob, read_record, run_files, sample_to_folder
 from .evaluation import PROTOCOLS, run_evaluation, table
-from .i3d_weights import I3DWeightsError
+from .i3d import I3DWeightsError
 
 DESCRIPTION = "Evaluate predicted videos: PSNR/SSIM (best- and mean-of-N) and FVD."
 

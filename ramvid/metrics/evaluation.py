@@ -5,14 +5,12 @@ report (JSON-ready dict, table, the protocol in words).
 both the npz files written by ``video_sample.py`` and in-memory samples.
 """
 import sys
-
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from .frame_metrics import frame_metrics
-from .fvd import frechet_distance, i3d_features, load_i3d
+from .frame_metrics import bool_mask, frame_metrics
+from .fvd import frechet_distance, i3d_features
 from .i3d import MIN_FRAMES
 
 
@@ -132,24 +130,22 @@ def evaluate_predictions(samples, gt, obs_mask, fvd_include_given: bool = True,
     (``fvd_include_given``) or on the predicted frames only (then the given frames must be
     the same in every clip). with_frame_metrics False: FVD only (unconditional samples).
     """
-    mask = np.asarray(obs_mask.cpu() if isinstance(obs_mask, torch.Tensor) else obs_mask,
-                      dtype=bool)
+    mask = bool_mask(obs_mask)
     if with_fvd:  # before the slow frame metrics, so that a doomed run fails at once
         fvd_frames = _fvd_frames(mask, fvd_include_given, samples.shape[0] * samples.shape[1])
     results = frame_metrics(samples, gt, mask, device=device, progress=progress) \
         if with_frame_metrics else {}
     if not with_fvd:
         return results
-    if i3d is None:
-        i3d = load_i3d(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     flat_samples = samples.reshape(-1, *samples.shape[2:])   # clip-major (N_clips * S, T, ...)
-    fake = i3d_features(flat_samples, batch_size, i3d, progress=progress, frames=fvd_frames)
-    real = i3d_features(gt, batch_size, i3d, progress=progress, frames=fvd_frames)
+    fake = i3d_features(flat_samples, batch_size, i3d, device, progress, fvd_frames)
+    real = i3d_features(gt, batch_size, i3d, device, progress, fvd_frames)
     fvd, imag_residue = frechet_distance(fake, real)
     results.update(fvd=fvd, fvd_imag_residue=imag_residue, fvd_frames=fvd_frames,
                    fvd_include_given=bool(fvd_include_given),
                    fvd_num_samples=len(fake), fvd_num_real=len(real))
     return results
+
 
 def fvd_skip_reason(setup: dict) -> str:
     """Why FVD cannot be computed on these clips ("" when it can)."""

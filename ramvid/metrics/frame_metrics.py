@@ -33,11 +33,22 @@ def _to_unit(x, device=None) -> torch.Tensor:
         return x.float() / 255.0
     if not x.is_floating_point():
         raise TypeError(f"frames must be uint8 or float, got {x.dtype}")
+    check_float_range(x, "frames")
+    return (x.float() + 1.0) / 2.0
+
+
+def check_float_range(x, what):
+    """ValueError unless the float tensor `x` lies in [-1, 1] (the other input is uint8)."""
     lo, hi = float(x.min()), float(x.max())
     if lo < -1.001 or hi > 1.001:
-        raise ValueError(f"float frames must lie in [-1, 1] (got [{lo:.3g}, {hi:.3g}]); pass "
+        raise ValueError(f"float {what} must lie in [-1, 1] (got [{lo:.3g}, {hi:.3g}]); pass "
                          "uint8 for values in [0, 255]")
-    return (x.float() + 1.0) / 2.0
+
+
+def bool_mask(obs_mask) -> np.ndarray:
+    """obs_mask (numpy, list or tensor on any device) as a numpy bool array."""
+    return np.asarray(obs_mask.cpu() if isinstance(obs_mask, torch.Tensor) else obs_mask,
+                      dtype=bool)
 
 
 def _check_shapes(samples, gt, obs_mask) -> np.ndarray:
@@ -48,8 +59,7 @@ def _check_shapes(samples, gt, obs_mask) -> np.ndarray:
     if tuple(gt.shape) != expected_gt:
         raise ValueError(f"gt must be (N_clips, T, H, W, C) = {expected_gt} to match samples, "
                          f"got {tuple(gt.shape)}")
-    mask = np.asarray(obs_mask.cpu() if isinstance(obs_mask, torch.Tensor) else obs_mask,
-                      dtype=bool)
+    mask = bool_mask(obs_mask)
     num_clips, num_frames = samples.shape[0], samples.shape[2]
     if mask.shape == (num_frames,):
         mask = np.broadcast_to(mask, (num_clips, num_frames))
@@ -177,6 +187,3 @@ def mean_frame(videos, given, reference):
     out = videos.copy()
     out[~mask] = average.astype(np.uint8)
     return out
-
-
-__all__ = ["copy_last_given", "linear_interpolation", "mean_frame", "nearest_given"]

@@ -1,11 +1,17 @@
 """Fréchet Video Distance (Unterthiner et al., 2018).
 
 FVD compares two sets of videos through the Kinetics-400 I3D network:
-1. every frame is resized to 224 x 224 with TF1 ``resize_bilinear`` (``resize.py``) on the
-   0..255 scale, then mapped to [-1, 1] as ``2 * x / 255 - 1``;
+1. every frame is resized to 224 x 224 with TF1 ``resize_bilinear`` (below) on the 0..255
+   scale, then mapped to [-1, 1] as ``2 * x / 255 - 1``;
 2. I3D gives 400 logits per video, averaged over time -> one feature vector (float64);
 3. each set is summarised by its mean and covariance, and
    ``FVD = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 sqrtm(S_a S_b))``.
+
+TF1's default bilinear mapping samples output pixel i of the input at ``i * in_size / out_size``
+(no half-pixel centres), between the neighbours ``floor`` and ``ceil`` of that position, clamped
+to the image. PyTorch's ``interpolate(mode="bilinear", align_corners=False)`` uses half-pixel
+centres instead (``(i + 0.5) * in / out - 0.5``); on 64 x 64 frames that moves every sample by
+about 0.36 pixels and changes FVD by several percent, so ramvid spells the TF1 mapping out.
 """
 
 import warnings
@@ -15,21 +21,50 @@ import scipy
 import scipy.linalg
 import torch
 
-from .i3d import I3D, MIN_FRAMES
-from .i3d_weights import fetch_checkpoint, load_into, read_checkpoint
-from .resize import resize_bilinear_tf1
-
-__all__ = ["I3D", "load_i3d", "preprocess", "i3d_features", "frechet_distance", "compute_fvd"]
+from .frame_metrics import check_float_range
+from .i3d import I3D, MIN_FRAMES, load_i3d
 
 I3D_SIZE = (224, 224)
+
+
+# --------------------------------------------------------------------------- TF1 resizing
+def tf1_bilinear_taps(in_size: int, out_size: int, device=None):
+    """Neighbour indices (lo, hi) and weight of hi, each (out_size,), for one axis."""
+    # float32 throughout, as TF computes the source positions.
+    scale = torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size,
+                                                                       dtype=torch.float32)
+    source = torch.arange(out_size, dtype=torch.float32, device=device) * scale.to(device)
+    lo = torch.floor(source)
+    weight = source - lo
+    hi = torch.ceil(source).long().clamp(max=in_size - 1)
+    lo = lo.long().clamp(min=0, max=in_size - 1)
+    return lo, hi, weight
+
+
+def resize_bilinear_tf1(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(..., H, W, C) float -> (..., size[0], size[1], C), TF1 resize_bilinear arithmetic."""
+    if not images.is_floating_point():
+        raise TypeError("resize_bilinear_tf1 expects a floating-point tensor")
+    in_h, in_w = images.shape[-3], images.shape[-2]
+    out_h, out_w = size
+    if (in_h, in_w) == (out_h, out_w):
+        return images
+    y_lo, y_hi, y_weight = tf1_bilinear_taps(in_h, out_h, images.device)
+    x_lo, x_hi, x_weight = tf1_bilinear_taps(in_w, out_w, images.device)
+    y_weight = y_weight.to(images.dtype)[:, None, None]          # (out_h, 1, 1)
+    x_weight = x_weight.to(images.dtype)[:, None]                # (out_w, 1)
+
+    def along_width(rows):                                       # (..., out_h, W, C)
+        left, right = rows[..., x_lo, :], rows[..., x_hi, :]     # (..., out_h, out_w, C)
+        return left + (right - left) * x_weight
+
+    top = along_width(images[..., y_lo, :, :])
+    bottom = along_width(images[..., y_hi, :, :])
+    return top + (bottom - top) * y_weight
+
+
+# --------------------------------------------------------------------------- FVD
 _MODELS: dict[str, I3D] = {}
-
-
-def load_i3d(device="cpu") -> I3D:
-    """The Kinetics-400 I3D with its weights (downloaded once into the cache), in eval mode."""
-    model = I3D()
-    load_into(model, read_checkpoint(fetch_checkpoint()))
-    return model.eval().requires_grad_(False).to(device)
 
 
 def _cached_i3d(device) -> I3D:
@@ -58,10 +93,7 @@ def preprocess(videos: torch.Tensor) -> torch.Tensor:
     if videos.dtype == torch.uint8:
         x = videos.float()
     elif videos.is_floating_point():
-        lo, hi = float(videos.min()), float(videos.max())
-        if lo < -1.001 or hi > 1.001:
-            raise ValueError(f"float videos must lie in [-1, 1] (got [{lo:.3g}, {hi:.3g}]); "
-                             "pass uint8 for values in [0, 255]")
+        check_float_range(videos, "videos")
         # Back to the 0..255 scale so that float and uint8 inputs share the same arithmetic.
         x = (videos.float() + 1.0) * 127.5
     else:

@@ -22,7 +22,7 @@ import torch
 from .. import dist
 from ..checkpoint import CheckpointError, step_from_model_path
 from ..config import MODEL_AND_DIFFUSION_FLAGS, PRESETS, check_model_flags
-from ..data.files import VIDEO_EXTENSIONS
+from ..data import VIDEO_EXTENSIONS
 from ..diffusion.resample import SCHEDULE_SAMPLERS
 from ..errors import UsageError
 from ..flags import (Flag, add_common_flags, add_flags, at_least, comma_items, config_class,
