@@ -17,12 +17,14 @@ import numpy as np
 import torch
 
 from ..config import PRESETS, create_diffusion
+from ..data import list_videos
 from ..errors import UsageError
 from ..flags import (Flag, add_common_flags, add_flags, at_least, exit_if_dry_run, flag_values,
                      given_on_command_line, int_list, make_parser, str2bool, user_errors)
 from ..masking import frame_indices_problem, mask_from_frames
-from ..sample.command import (SAMPLING_FLAG, add_model_flags, check_data, load_checkpoint,
-                              model_on_every_rank, parse_sampling_flags, sampler_options)
+from ..sample.command import (SAMPLING_FLAG, add_model_flags, check_data, dry_run,
+                              load_checkpoint, model_on_every_rank, parse_sampling_flags,
+                              rate_key, sampler_options)
 from ..sample.files import GT_PREFIX, map_npz_array, npz_shape
 from ..sample.run import RECORD_JSON, SampleJob, read_record, run_files, sample_to_folder
 from .evaluation import PROTOCOLS, run_evaluation, table
@@ -123,23 +125,32 @@ def sample_for_evaluation(parser, argv, args):
     reason = frame_indices_problem(cond_frames, args.seq_len)
     if reason:
         raise UsageError(f"--cond_frames {cond_frames}: {reason} of the model")
-    exit_if_dry_run(args, {**vars(args), "cond_frames": list(cond_frames),
-                           "samples_per_clip": per_clip})
+
+    def job(num_clips):
+        return SampleJob(
+            model_path=args.model_path, num_samples=num_clips * per_clip,
+            batch_size=args.sample_batch_size, seed=args.seed,
+            cond_frames=tuple(sorted(cond_frames)), data_dir=args.data_dir,
+            samples_per_clip=per_clip, save_gt=True, chunk_size=args.chunk_clips * per_clip,
+            options=sampler_options(args), save_video="none")
+
+    # The count without probing a video (none needs to exist for a dry run).
+    listed = len(list_videos(args.data_dir)) if Path(args.data_dir).is_dir() else 0
+    planned = args.num_clips or protocol.num_test_videos or listed
+    dry_run(args, job(planned or 1), args.sample_batch_size,
+            {"cond_frames": list(cond_frames), "samples_per_clip": per_clip,
+             "num_clips": planned or "all clips of --data_dir (not found here: count unknown; "
+             "the plan is for one clip)"})
     model, flags = load_checkpoint(args)
     available = len(check_data(args.data_dir, flags, flags["seq_len"]))
     num_clips = args.num_clips or min(protocol.num_test_videos or available, available)
     if num_clips > available:
         raise UsageError(f"--num_clips {num_clips}: --data_dir {args.data_dir} has {available} clips")
-    job = SampleJob(
-        model_path=args.model_path, num_samples=num_clips * per_clip,
-        batch_size=args.sample_batch_size, seed=args.seed, cond_frames=tuple(sorted(cond_frames)),
-        data_dir=args.data_dir, samples_per_clip=per_clip, save_gt=True,
-        chunk_size=args.chunk_clips * per_clip, options=sampler_options(args),
-        save_video="none")
     with model_on_every_rank(model, args) as (net, info):
-        return sample_to_folder(net, create_diffusion(**flags), flags, job, info,
+        return sample_to_folder(net, create_diffusion(**flags), flags, job(num_clips), info,
                                 out_dir=args.work_dir or None, overwrite=args.overwrite,
-                                reuse_finished=True, break_lock=args.break_lock, announce=print)
+                                reuse_finished=True, break_lock=args.break_lock, announce=print,
+                                rate_key=rate_key(flags, args, args.sample_batch_size))
 
 
 def eval_main(argv=None):

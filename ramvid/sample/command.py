@@ -7,6 +7,7 @@ one the original RaMViD code saved) takes --preset or explicit flags. Every user
 with one line naming the flag and exit code 2, before any process group exists.
 video_eval.py --model_path samples through the same declarations (`SAMPLING_FLAG`) and helpers.
 """
+import json
 import math
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,8 +16,8 @@ import torch
 
 from .. import dist
 from ..checkpoint import CheckpointError
-from ..config import (MODEL_AND_DIFFUSION_FLAGS, PRESETS, check_model_flags, create_diffusion,
-                      model_and_diffusion_defaults)
+from ..config import (DIFFUSION_FLAGS, MODEL_AND_DIFFUSION_FLAGS, PRESETS, check_model_flags,
+                      create_diffusion, model_and_diffusion_defaults)
 from ..diffusion.sampling import SAMPLERS, check_sampler
 from ..errors import UsageError
 from ..flags import (Flag, add_common_flags, add_flags, as_flag_error, at_least, exit_if_dry_run,
@@ -29,7 +30,8 @@ from .batch import AUTOCAST_DTYPES, ClipSource, SamplerOptions
 from .loading import (checkpoint_flags, describe_sources, flag_sources, load_state_dict,
                       model_from_state_dict)
 from .long import SCHEMES, check_long_flags
-from .run import COLLECTIVE_TIMEOUT_S, LongSettings, SampleJob, sample_to_folder
+from .run import (COLLECTIVE_TIMEOUT_S, LongSettings, SampleJob, cost, measured_rates,
+                  sample_to_folder)
 
 
 def _finite_non_negative(value):
@@ -92,6 +94,9 @@ SAMPLE_FLAGS = SAMPLING_FLAGS + (
     Flag("cond_frames", "0,", "given frame indices, e.g. 0,1, (prediction) or 0,19, "
          "(infilling)", convert=_frame_list),
 )
+SAMPLE_DESCRIPTION = ("Sample videos from a trained ramvid model: prediction, infilling or "
+                      "unconditional generation.")
+LONG_DESCRIPTION = "Sample videos longer than the model's seq_len frames, window by window."
 LONG_FLAGS = SAMPLING_FLAGS + (
     Flag("total_length", 60, "frames per output video (any length)"),
     Flag("max_cond_frames", 4, "known frames given to each window"),
@@ -209,87 +214,100 @@ def _job(args, **extra):
         save_video=args.save_video, fps=args.fps, progress=args.progress, **extra)
 
 
-def _announce(text):
-    print(text, flush=True)
+def rate_key(flags, args, batch_size):
+    """Where a run remembers its measured seconds per step: the architecture and what sets the
+    pace of a step (batch, precision, compile)."""
+    shape = {k: flags[k] for k in ("image_size", "num_channels", "num_res_blocks", "num_heads",
+                                   "attention_resolutions", "channel_mult", "learn_sigma",
+                                   "rgb", "seq_len", "scale_time_dim")}
+    return json.dumps({**shape, "batch_size": batch_size, "precision": args.precision,
+                       "compile": args.compile}, sort_keys=True)
 
 
-def _report(paths):
-    if paths is not None:  # rank 0
-        for name in ("samples", "gt"):
-            if name in paths:
-                print(f"wrote {paths[name]}")
-        print(f"evaluate: python scripts/video_eval.py --samples {paths['folder']}")
-    return paths
+def dry_run(args, job, batch_size, extra=None):
+    """--dry_run: print the resolved flags and the job's cost as JSON, exit 0 (no data, no
+    model, no GPU needed)."""
+    flags = select_model_flags(args)
+    diffusion = create_diffusion(**{k: flags[k] for k in DIFFUSION_FLAGS})
+    plan = cost(job, diffusion, flags["seq_len"], measured_rates(rate_key(flags, args, batch_size)))
+    exit_if_dry_run(args, {**vars(args), **(extra or {}), "plan": plan})
+
+
+def _fixed_length_job(args):
+    """video_sample.py's cross-flag rules; the job."""
+    frames, seq_len = args.cond_frames, args.seq_len
+    shown = ",".join(map(str, frames))
+    reason = frame_indices_problem(frames, seq_len)
+    require(reason is None, "cond_frames", shown, reason)
+    if args.cond_generation:
+        require(bool(frames), "cond_frames", "", "is empty; name the given frames or pass "
+                "--cond_generation False")
+        require(len(frames) < seq_len, "cond_frames", shown,
+                f"gives all {seq_len} frames; nothing is left to sample")
+        require(bool(args.data_dir), "data_dir", "", "is needed for conditional sampling "
+                "(--cond_generation True takes the given frames from its clips)")
+    else:
+        require(args.guidance_scale == 1.0, "guidance_scale", args.guidance_scale,
+                "frame guidance needs given frames (--cond_generation True)")
+    return _job(args, cond_frames=tuple(sorted(frames)) if args.cond_generation else ())
+
+
+def _long_job(args):
+    """video_sample_long.py's cross-flag rules; the job."""
+    if args.start_frames < 0:
+        args.start_frames = args.max_cond_frames
+    if not args.cond_generation:
+        args.start_frames = 0
+    if args.prediction_step == 0:
+        args.prediction_step = args.seq_len - args.max_cond_frames
+    try:
+        check_long_flags(args.total_length, args.seq_len, args.max_cond_frames,
+                         args.prediction_step, args.start_frames)
+    except ValueError as e:
+        raise as_flag_error(e) from None
+    require(args.start_frames < args.total_length, "start_frames", args.start_frames,
+            f"must be fewer than --total_length {args.total_length}")
+    require(not args.start_frames or bool(args.data_dir), "data_dir", "",
+            "is needed for the start frames (or pass --start_frames 0)")
+    settings = LongSettings(args.total_length, args.scheme, args.max_cond_frames,
+                            args.prediction_step, args.start_frames)
+    return _job(args, cond_frames=tuple(range(args.start_frames)), long=settings)
 
 
 # --------------------------------------------------------------------------- the commands
-def sample_main(argv=None):
+def sample_main(argv=None, long_videos=False):
+    """video_sample.py; with long_videos, video_sample_long.py."""
     with user_errors():
-        parser = build_parser("Sample videos from a trained ramvid model: prediction, "
-                              "infilling or unconditional generation.", SAMPLE_FLAGS)
-        args = parse_sampling_flags(parser, argv, SAMPLE_FLAGS)
-        frames, seq_len = args.cond_frames, args.seq_len
-        shown = ",".join(map(str, frames))
-        reason = frame_indices_problem(frames, seq_len)
-        require(reason is None, "cond_frames", shown, reason)
+        declared = LONG_FLAGS if long_videos else SAMPLE_FLAGS
+        parser = build_parser(LONG_DESCRIPTION if long_videos else SAMPLE_DESCRIPTION, declared)
+        args = parse_sampling_flags(parser, argv, declared)
         require(not args.save_gt or bool(args.data_dir), "save_gt", args.save_gt,
                 "needs --data_dir (the ground truth are its clips)")
-        if args.cond_generation:
-            require(bool(frames), "cond_frames", "", "is empty; name the given frames or pass "
-                    "--cond_generation False")
-            require(len(frames) < seq_len, "cond_frames", shown,
-                    f"gives all {seq_len} frames; nothing is left to sample")
-            require(bool(args.data_dir), "data_dir", "", "is needed for conditional sampling "
-                    "(--cond_generation True takes the given frames from its clips)")
-        else:
-            require(args.guidance_scale == 1.0, "guidance_scale", args.guidance_scale,
-                    "frame guidance needs given frames (--cond_generation True)")
-        exit_if_dry_run(args, vars(args))
+        job = _long_job(args) if long_videos else _fixed_length_job(args)
+        dry_run(args, job, args.batch_size)
         model, flags = load_checkpoint(args)
-        if args.data_dir and (args.cond_generation or args.save_gt or flags["class_cond"]):
-            check_data(args.data_dir, flags, flags["seq_len"])
-        job = _job(args, cond_frames=tuple(sorted(frames)) if args.cond_generation else ())
+        if job.cond_frames or job.save_gt or (flags["class_cond"] and job.data_dir):
+            whole = long_videos and job.save_gt  # the ground truth spans the whole length
+            check_data(job.data_dir, flags, args.total_length if whole else flags["seq_len"],
+                       f"--save_gt True needs videos of >= --total_length {args.total_length} "
+                       "frames" if whole else "")
         with model_on_every_rank(model, args) as (net, info):
             paths = sample_to_folder(net, create_diffusion(**flags), flags, job, info,
                                      out_dir=args.out_dir or None, overwrite=args.overwrite,
-                                     break_lock=args.break_lock, announce=_announce)
-        return _report(paths)
+                                     break_lock=args.break_lock, announce=_announce,
+                                     rate_key=rate_key(flags, args, job.batch_size))
+        if paths is not None:  # rank 0
+            for name in ("samples", "gt"):
+                if name in paths:
+                    print(f"wrote {paths[name]}")
+            print(f"evaluate: python scripts/video_eval.py --samples {paths['folder']}")
+        return paths
 
 
 def sample_long_main(argv=None):
-    with user_errors():
-        parser = build_parser("Sample videos longer than the model's seq_len frames, window "
-                              "by window.", LONG_FLAGS)
-        args = parse_sampling_flags(parser, argv, LONG_FLAGS)
-        require(not args.save_gt or bool(args.data_dir), "save_gt", args.save_gt,
-                "needs --data_dir (the ground truth are its clips)")
-        if args.start_frames < 0:
-            args.start_frames = args.max_cond_frames
-        if not args.cond_generation:
-            args.start_frames = 0
-        if args.prediction_step == 0:
-            args.prediction_step = args.seq_len - args.max_cond_frames
-        try:
-            check_long_flags(args.total_length, args.seq_len, args.max_cond_frames,
-                             args.prediction_step, args.start_frames)
-        except ValueError as e:
-            raise as_flag_error(e) from None
-        require(args.start_frames < args.total_length, "start_frames", args.start_frames,
-                f"must be fewer than --total_length {args.total_length}")
-        require(not args.start_frames or bool(args.data_dir), "data_dir", "",
-                "is needed for the start frames (or pass --start_frames 0)")
-        exit_if_dry_run(args, vars(args))
-        model, flags = load_checkpoint(args)
-        if args.start_frames:
-            check_data(args.data_dir, flags, flags["seq_len"])
-        if args.save_gt:
-            check_data(args.data_dir, flags, args.total_length,
-                       f"--save_gt True needs videos of >= --total_length {args.total_length} frames")
-        settings = LongSettings(args.total_length, args.scheme, args.max_cond_frames,
-                                args.prediction_step, args.start_frames)
-        job = _job(args, cond_frames=tuple(range(args.start_frames)), long=settings)
-        with model_on_every_rank(model, args) as (net, info):
-            paths = sample_to_folder(net, create_diffusion(**flags), flags, job, info,
-                                     out_dir=args.out_dir or None, overwrite=args.overwrite,
-                                     break_lock=args.break_lock, announce=_announce)
-        return _report(paths)
+    """The installed ramvid-sample-long (scripts/video_sample_long.py calls sample_main)."""
+    return sample_main(argv, long_videos=True)
+
+
+def _announce(text):
+    print(text, flush=True)

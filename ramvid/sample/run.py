@@ -208,8 +208,8 @@ def _result(videos, gt, labels):
 
 
 def fixed_length_work(model, diffusion, flags, job):
-    """(work(indices, callback) -> arrays, denoising steps per batch, frames, ClipSource or
-    None); `flags`: the model's flags (image size, channels, labels of the clips to read)."""
+    """(work(indices, callback) -> arrays, frames per video, ClipSource or None); `flags`: the
+    model's flags (image size, channels, labels of the clips to read)."""
     seq_len = model_video_shape(model)[1]
     cond_frames = list(job.cond_frames)
     needs_data = bool(cond_frames) or job.save_gt or (model.config.num_classes is not None
@@ -227,17 +227,14 @@ def fixed_length_work(model, diffusion, flags, job):
             y=labels, options=job.options, callback=callback)
         return _result(to_uint8(videos), to_uint8(clips) if job.save_gt else None, labels)
 
-    return work, diffusion.num_timesteps, seq_len, source
+    return work, seq_len, source
 
 
 def long_video_work(model, diffusion, flags, job):
     """As fixed_length_work, for videos of job.long.total_length frames by a window plan."""
     seq_len = model_video_shape(model)[1]
     settings = job.long
-    plan = plan_long_video(settings.scheme, settings.total_length, seq_len,
-                           settings.max_cond_frames,
-                           settings.prediction_step or seq_len - settings.max_cond_frames,
-                           settings.start_frames)
+    plan = window_plan(job, seq_len)
     # One source for the start frames and the ground truth, so both come from the same file;
     # the ground truth spans the whole length, so it needs files of >= total_length frames.
     length = settings.total_length if job.save_gt else seq_len
@@ -253,25 +250,87 @@ def long_video_work(model, diffusion, flags, job):
                          callback=callback)
         return _result(to_uint8(videos), to_uint8(clips) if job.save_gt else None, labels)
 
-    return work, len(plan) * diffusion.num_timesteps, settings.total_length, source
+    return work, settings.total_length, source
+
+
+def window_plan(job, seq_len):
+    """The windows of a long-video job (ramvid.sample.long)."""
+    long = job.long
+    return plan_long_video(long.scheme, long.total_length, seq_len, long.max_cond_frames,
+                           long.prediction_step or seq_len - long.max_cond_frames,
+                           long.start_frames)
 
 
 def _clips_needed(job):
     return -(-job.num_samples // job.samples_per_clip)
 
 
+# --------------------------------------------------------------------------- cost
+def cost(job, diffusion, seq_len, rates=None):
+    """What a job costs: videos, model calls, denoising steps of batches, and the time at each
+    rate measured before for its model and batch ({device: {"s_per_step", "date"}}, see
+    `measured_rates`): a dict for --dry_run and the plan line."""
+    steps = (len(window_plan(job, seq_len)) if job.long else 1) * diffusion.num_timesteps
+    calls = steps * job.options.model_calls_per_step(bool(job.cond_frames))
+    batch_steps = -(-job.num_samples // job.batch_size) * steps
+    plan = {"videos": job.num_samples, "model_calls_per_video": calls,
+            "model_calls": job.num_samples * calls, "batch_steps": batch_steps,
+            "steps_per_batch": steps}
+    plan["time"] = {device: f"{format_duration(batch_steps * r['s_per_step'])} of one device "
+                    f"at {r['s_per_step']:.3g} s per step (measured {r['date']})"
+                    for device, r in (rates or {}).items()} or (
+        "not measured yet for this model and batch size: a run prints its rate after its "
+        "first batch and remembers it for the next --dry_run")
+    return plan
+
+
+def rates_file():
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ramvid" / \
+        "sampling_rates.json"
+
+
+def measured_rates(key):
+    """{device: {"s_per_step", "date"}} measured before under `key` ({} when none)."""
+    try:
+        return json.loads(rates_file().read_text()).get(key, {})
+    except (OSError, ValueError):
+        return {}
+
+
+def remember_rate(key, device, seconds):
+    """Record a measured rate for later dry runs; a cache that cannot be written is skipped."""
+    try:
+        rates = json.loads(rates_file().read_text()) if rates_file().is_file() else {}
+        rates.setdefault(key, {})[device] = {"s_per_step": seconds,
+                                             "date": time.strftime("%Y-%m-%d")}
+        rates_file().parent.mkdir(parents=True, exist_ok=True)
+        write_json(rates_file(), rates)
+    except (OSError, ValueError):
+        pass
+
+
+def device_name(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
 # --------------------------------------------------------------------------- the run
 def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite=False,
-                     reuse_finished=False, break_lock=False, announce=print):
+                     reuse_finished=False, break_lock=False, rate_key=None, announce=print):
     """Sample `job` on every rank into its run folder (every rank calls this; a user mistake
     raises the same UsageError on every rank before any sampling); rank 0 returns
     {"folder", "samples", "gt"?, "state": new | resume | finished}, other ranks None.
     reuse_finished: a finished run of the same settings is returned as it is (else an error).
     Rank 0 holds the folder's lock (ramvid.runlock) from before its first write to the end;
-    break_lock takes over a lock left by a dead run on another host. The model must be on
+    break_lock takes over a lock left by a dead run on another host. rate_key: where rank 0
+    remembers the measured seconds per step for later dry runs. The model must be on
     info.device."""
     build = long_video_work if job.long else fixed_length_work
-    work, steps_per_batch, num_frames, source = build(model, diffusion, flags, job)
+    work, num_frames, source = build(model, diffusion, flags, job)
+    plan = cost(job, diffusion, model_video_shape(model)[1])
+    steps_per_batch = plan["steps_per_batch"]
     record = job_record(job, flags, diffusion, num_frames, source)
     folder = run_folder(record, out_dir)
     store = ChunkStore(folder, job.num_samples, job.chunk_size,
@@ -293,9 +352,9 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
         if overwrite:
             store.discard()
         done = store.finished() if state == "resume" else []
-        calls = job.options.model_calls_per_step(bool(job.cond_frames)) * steps_per_batch
         announce(f"sampling into {folder}\nplan: {job.num_samples} videos of {num_frames} frames"
-                 f" ({record['task']}, given frames {list(job.cond_frames)}); {calls} model "
+                 f" ({record['task']}, given frames {list(job.cond_frames)}); "
+                 f"{plan['model_calls_per_video']} model "
                  f"calls per video; batches of {job.batch_size} on {info.world_size} rank(s); "
                  f"{len(chunks)} chunk(s) of {job.chunk_size}"
                  + (f", {len(done)} already finished" if done else ""))
@@ -312,8 +371,11 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
         batches = [global_batches(len(chunk), job.batch_size) for chunk in chunks]
         batches_before = np.cumsum([0] + [len(b) for b in batches])
         rounds = sum(math.ceil(len(batches[k]) / info.world_size) for k in todo)
+        remember = None if rate_key is None else \
+            (lambda seconds: remember_rate(rate_key, device_name(info.device), seconds))
         bar, callback = _progress(rounds * steps_per_batch, steps_per_batch,
-                                  job.progress and info.is_main, timed=info.is_main and bool(todo))
+                                  job.progress and info.is_main, info.is_main and bool(todo),
+                                  remember)
         # From here on an error in one rank must end all of them (no rank left in a gather).
         with dist.abort_on_failure(), bar:
             for k in todo:
@@ -361,11 +423,11 @@ def _gather_round(result, first, batches, fields, job, info):
     return out
 
 
-def _progress(total_steps, steps_per_batch, show, timed):
+def _progress(total_steps, steps_per_batch, show, timed, remember=None):
     """The bar over denoising steps and its per-step callback. With `timed`, the callback times
     up to WARMUP_STEPS steps of the first batch after its first step (start-up, kernel
-    selection, compilation) and then prints the estimate; a one-step batch is timed from the
-    start."""
+    selection, compilation), then prints the estimate and passes the rate to `remember`; a
+    one-step batch is timed from the start."""
     bar, advance = step_bar(total_steps, show)
     measure = max(1, min(steps_per_batch - 1, WARMUP_STEPS))
     stamps = ([time.perf_counter()] if steps_per_batch == 1 else []) if timed else None
@@ -383,6 +445,8 @@ def _progress(total_steps, steps_per_batch, show, timed):
                       f"estimated total {format_duration(per_step * bar.total)} for "
                       f"{bar.total} steps on rank 0")
             stamps = None
+            if remember is not None:
+                remember(per_step)
 
     return bar, callback
 
