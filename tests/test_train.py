@@ -19,6 +19,7 @@ from ramvid import create_model_and_diffusion
 from ramvid.checkpoint import load_checkpoint_file, load_latest_checkpoint
 from ramvid.diffusion.resample import LossSecondMomentResampler, create_named_schedule_sampler
 from ramvid.dist import setup_dist
+from ramvid.runlock import LOCK_NAME
 from ramvid.train.command import TrainConfig, main, parse_train_args
 from ramvid.train.logs import LossStats, RunLogger
 from ramvid.train import loop as train_loop
@@ -193,6 +194,7 @@ def test_resume_equals_uninterrupted_run(videos, tmp_path, monkeypatch):
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
     args = (straight / "args.json").read_text()
     assert '"world_size": 1' in args and '"class_names"' in args
+    assert not (resumed / LOCK_NAME).exists()  # given back at exit 0
 
 
 def _inject_nan(monkeypatch, bad_calls):
@@ -231,6 +233,7 @@ def test_consecutive_nonfinite_steps_stop_the_run(videos, tmp_path, monkeypatch)
     code = _train(videos, tmp_path, monkeypatch, "--max_steps", "10", "--save_interval", "2",
                   "--max_bad_steps", "3")
     assert code == train_loop.EXIT_DIVERGED
+    assert not (tmp_path / LOCK_NAME).exists()  # given back at exit 3
     assert "3 consecutive steps" in (tmp_path / "log.txt").read_text()
     # Step 4's checkpoint was written during the bad streak: it holds step 2's weights, since
     # steps 3, 4 and 5 changed neither the weights nor the EMA; nothing was saved after.
@@ -284,6 +287,7 @@ def test_disk_full_stops_with_one_line_and_keeps_previous_checkpoint(videos, tmp
     assert "Traceback" not in err
     assert resume_step(tmp_path, ["0.9", "0.99"]) == 1
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not (tmp_path / LOCK_NAME).exists()  # given back at exit 1
 
 
 # ----------------------------------------------------------------------------- signals
@@ -327,6 +331,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_75(videos, tmp_path):
     stopped = int(re.search(r"stopped by signal after step (\d+)", out).group(1))
     assert stopped >= 2
     assert resume_step(tmp_path, ["0.9999"]) == stopped
+    assert not (tmp_path / LOCK_NAME).exists()  # given back at exit 75
     assert "Traceback" not in err
 
 
