@@ -4,9 +4,9 @@ TensorBoard events, a tqdm bar, and held-out previews.
 Only rank 0 writes; on other ranks every RunLogger method is a no-op (their warnings still reach
 stderr).
 
-Previews (`--sample_interval N --val_data_dir DIR`): every N steps rank 0 takes the EMA weights
-(the first `--ema_rate`) and, on the same fixed held-out clips each time (the first files of DIR,
-sorted):
+Previews (`--sample_interval N --val_data_dir DIR`, `Preview`): every N steps rank 0 takes the
+EMA weights (the first `--ema_rate`) and, on the same fixed held-out clips each time (the first
+files of DIR, sorted):
 
 - samples *prediction* (frames 0 and 1 given) and *infilling* (first and last frame given)
   with a fast sampler (DDIM, `PREVIEW_RESPACING` steps, eta 1, fixed seed), and scores the
@@ -46,15 +46,7 @@ PREVIEW_CLIPS = 8  # few enough that a preview costs seconds on a CPU
 PREVIEW_RESPACING = "ddim10"
 PREVIEW_SEED = 0
 PREVIEW_COLUMNS = ("step", "val_loss", "psnr_prediction", "psnr_prediction_copy_last",
-           "psnr_infilling", "psnr_infilling_copy_last", "seconds")
-
-
-def _tensorboard_writer(logdir):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(log_dir=str(logdir))
+                   "psnr_infilling", "psnr_infilling_copy_last", "seconds")
 
 
 class RunLogger:
@@ -63,6 +55,7 @@ class RunLogger:
 
     def __init__(self, logdir, enabled=True):
         self.logdir = Path(logdir)
+        self.progress_path = self.logdir / "progress.csv"
         self.enabled = enabled
         self.bar = None
         self.tb = None
@@ -72,7 +65,11 @@ class RunLogger:
         self._log_file = open(self.logdir / "log.txt", "a", buffering=1)
         self._previous_showwarning = warnings.showwarning
         warnings.showwarning = self._showwarning
-        self.tb = _tensorboard_writer(self.logdir)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(log_dir=str(self.logdir))
+        except ImportError:  # tensorboard is optional
+            pass
 
     # ------------------------------------------------------------------ text
     def info(self, message):
@@ -92,10 +89,6 @@ class RunLogger:
         self.warn(f"{message}")
 
     # ------------------------------------------------------------------ progress.csv
-    @property
-    def progress_path(self):
-        return self.logdir / "progress.csv"
-
     def keep_rows_up_to(self, step):
         """Drop progress.csv rows after `step` (written after the checkpoint a run resumes from)."""
         if not self.enabled or not self.progress_path.exists():
@@ -265,9 +258,6 @@ class Preview:
                  f"{self.out_dir}" + ("" if self.tb is not None else
                                       "; TensorBoard is off (pip install -e .[tb] turns it on)"))
 
-    def _generator(self, stream):
-        return torch.Generator(device=self.device).manual_seed(PREVIEW_SEED * 1000 + stream)
-
     @torch.no_grad()
     def val_loss(self):
         """The training loss on the held-out clips with fixed timesteps, noise and masks."""
@@ -289,9 +279,10 @@ class Preview:
         """uint8 (N, T, H, W, C) samples with frames `cond_frames` taken from the held-out clips."""
         n = self.video.shape[0]
         obs_mask = mask_from_frames(cond_frames, n, self.seq_len, device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(PREVIEW_SEED * 1000 + stream)
         out = self.fast_diffusion.ddim_sample_loop(
             self.ema_model, tuple(self.video.shape), obs=self.video, obs_mask=obs_mask, eta=1.0,
-            model_kwargs=self.model_kwargs, generator=self._generator(stream))
+            model_kwargs=self.model_kwargs, generator=generator)
         return to_uint8(out)
 
     def run(self, step, ema):

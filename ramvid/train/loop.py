@@ -79,11 +79,8 @@ def seed_everything(seed):
 
 
 def fused_adamw_supported(device):
-    """One kernel per step instead of a dozen full-size temporaries (CPU since torch 2.4)."""
-    if device.type == "cuda":
-        return True
-    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
-    return device.type == "cpu" and (major, minor) >= (2, 4)
+    """One kernel per step instead of a dozen full-size temporaries (on the CPU since torch 2.4)."""
+    return device.type in ("cuda", "cpu")
 
 
 class EMA:
@@ -366,15 +363,16 @@ def train(cfg, model_flags, info, start, log, stop):
 
     # ------------------------------------------------------------------ the end
     if cfg.max_bad_steps and bad_in_a_row >= cfg.max_bad_steps:
-        log.info(f"ERROR: {bad_in_a_row} consecutive steps with a non-finite loss or gradient "
-                 f"(--max_bad_steps {cfg.max_bad_steps}); stopping. The last good checkpoint is "
-                 f"step {saved_step} in {logdir}")
-        return EXIT_DIVERGED
-    if saved_step != step:  # the caller's StopRequest is still active: a signal cannot cut it
-        save()
-    if stop_now:
-        log.info(f"stopped by signal after step {step}; exit code {EXIT_STOPPED}: run the same "
-                 f"command with --resume_checkpoint auto to continue")
-        return EXIT_STOPPED
-    log.info(f"done: step {step}")
-    return EXIT_OK
+        code = EXIT_DIVERGED
+        message = (f"ERROR: {bad_in_a_row} consecutive steps with a non-finite loss or gradient "
+                   f"(--max_bad_steps {cfg.max_bad_steps}); stopping. The last good checkpoint "
+                   f"is step {saved_step} in {logdir}")
+    else:
+        if saved_step != step:  # the caller's StopRequest is still active: no signal cuts it
+            saved_step = save()
+        code = EXIT_STOPPED if stop_now else EXIT_OK
+        message = (f"stopped by signal after step {step}; exit code {EXIT_STOPPED}: run the "
+                   f"same command with --resume_checkpoint auto to continue" if stop_now
+                   else f"done: step {step}")
+    log.info(message)
+    return code

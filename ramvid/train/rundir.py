@@ -1,19 +1,14 @@
 """The log dir of a run: which folder, the lock that makes this run its one writer, where the run
 starts, and what its checkpoints hold.
 
-Rank 0 takes the folder's lock (`ramvid.runlock`, naming this run's host and pid) and decides
-where the run starts before anything in the folder is created, truncated or deleted, so a refused
-start (exit code 2) leaves every file as it was:
-
-- A folder locked by another live run is refused, naming that run; a lock left by a killed run
-  on this host is taken over with a warning; one from another host only with `--break_lock True`.
-- `--resume_checkpoint auto` (or empty): the newest complete checkpoint set in the log dir, if any.
-- `--resume_checkpoint path/modelNNNNNN.pt`: that step, from that folder.
-- Checkpoint files in the log dir that this run does not continue from (another run's, or steps
-  after the one resumed from) are an error naming the folder, unless `--overwrite True`, which
-  deletes them.
-- Resuming with model or diffusion flags that differ from the resumed run's args.json is an error
-  naming each flag; training-only flags may change and are listed in the log.
+Rank 0 takes the folder's lock (`ramvid.runlock`: a live holder is refused, a killed one on this
+host taken over with a warning, one from another host only with `--break_lock True`) and decides
+where the run starts before anything in the folder is truncated or deleted, so a refused start
+(exit code 2) leaves every file as it was. `--resume_checkpoint auto` (or empty) continues from
+the newest complete checkpoint set of the log dir, `path/modelNNNNNN.pt` from that one.
+Checkpoints in the log dir that this run does not continue from (another run's, or steps after
+the one resumed from) are refused unless `--overwrite True` deletes them; model or diffusion
+flags that differ from the resumed run's args.json are refused naming each flag.
 
 A checkpoint holds, besides model, EMA and optimiser, each rank's RNG states and data-loader
 position (gathered to rank 0), the GradScaler and the schedule sampler's loss history.
@@ -49,7 +44,6 @@ class Start:
     logdir: Path
     step: int = 0  # the step the weights have seen: 0 = fresh start
     folder: Path = None  # folder of the checkpoint resumed from
-    require_all: bool = True  # False for an explicit --resume_checkpoint (fine-tuning)
     foreign: list = field(default_factory=list)  # checkpoint files --overwrite deletes
     messages: list = field(default_factory=list)  # lines for the log
     ckpt: object = None  # this rank's part of the checkpoint (TrainingCheckpoint) or None
@@ -64,7 +58,11 @@ def run_folder(cfg, model_flags, info):
     a refusal raises the same UsageError on every rank. From then on an error on one rank ends
     the whole job (`dist.abort_on_failure`), and the lock is given back however the block ends,
     before such an abort."""
-    logdir, source = _resolve_logdir(cfg)
+    # --log_dir, else $OPENAI_LOGDIR, else a new folder in the temp dir (chosen by rank 0).
+    source = "--log_dir" if cfg.log_dir else "$OPENAI_LOGDIR"
+    logdir = cfg.log_dir or os.environ.get("OPENAI_LOGDIR") or dist.run_on_main(
+        tempfile.mkdtemp, prefix=f"ramvid-{time.strftime('%Y-%m-%d-%H-%M-%S')}-")
+    logdir = Path(logdir)
     lock = FolderLock(logdir, what="training run", break_lock=cfg.break_lock)
     loaded = {}
 
@@ -79,10 +77,15 @@ def run_folder(cfg, model_flags, info):
             lock.acquire()
         try:
             start = plan_start(cfg, model_flags, logdir, info.device)
-            _make_ready(start)
         except BaseException:
             lock.release()
             raise
+        delete_checkpoint_files(start.foreign)  # what --overwrite True allows
+        if start.foreign:
+            start.messages.append(f"--overwrite True: deleted {_describe(start.foreign)} from "
+                                  f"{logdir}")
+        for tmp in remove_stale_temp_files(logdir):
+            start.messages.append(f"removed {tmp}, left by a run killed while writing a checkpoint")
         start.messages[:0] = [f"WARNING: {w.message}" for w in caught]
         loaded["ckpt"] = start.ckpt
         return replace(start, ckpt=None)  # what the other ranks receive
@@ -92,9 +95,9 @@ def run_folder(cfg, model_flags, info):
     if start.step and not info.is_main:
         # Ranks > 0 receive rank 0's weights from DDP and keep no EMA (only rank 0 saves):
         # the optimiser state and their own RNG/data position are all they read.
-        start.ckpt = load_training_checkpoint(start.folder, start.step, (),
-                                              require_all=start.require_all,
-                                              map_location=info.device, model=False)
+        start.ckpt = load_training_checkpoint(
+            start.folder, start.step, (), require_all=cfg.resume_checkpoint in ("", "auto"),
+            map_location=info.device, model=False)
     with dist.abort_on_failure():
         try:
             dist.barrier(long_wait=True)  # rank 0 may wait here for the others' reads
@@ -103,24 +106,13 @@ def run_folder(cfg, model_flags, info):
             lock.release()  # held on rank 0 only
 
 
-def _resolve_logdir(cfg):
-    """--log_dir, else $OPENAI_LOGDIR, else a new timestamped folder in the temp dir (chosen by
-    rank 0); returns (folder, the name of where it came from)."""
-    source = "--log_dir" if cfg.log_dir else "$OPENAI_LOGDIR"
-    logdir = cfg.log_dir or os.environ.get("OPENAI_LOGDIR")
-    if not logdir:
-        stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
-        logdir = dist.run_on_main(tempfile.mkdtemp, prefix=f"ramvid-{stamp}-")
-    return Path(logdir), source
-
-
 def plan_start(cfg, model_flags, logdir, map_location="cpu"):
     """A Start holding the checkpoint loaded to `map_location` (or None). Reads, never writes."""
     logdir = Path(logdir)
     plan = Start(logdir)
     if cfg.resume_checkpoint not in ("", "auto"):
         path = Path(cfg.resume_checkpoint)
-        plan.folder, plan.step, plan.require_all = path.parent, step_from_model_path(path), False
+        plan.folder, plan.step = path.parent, step_from_model_path(path)
         plan.ckpt = load_training_checkpoint(plan.folder, plan.step, cfg.ema_rate,
                                              require_all=False, map_location=map_location)
         plan.messages.append(f"resuming from {path} (step {plan.step})")
@@ -167,17 +159,6 @@ def _same_run(logdir, cfg, model_flags):
         return False
     return saved.get("ema_rate") == ",".join(cfg.ema_rate) and not _differing_model_flags(
         model_flags, saved)
-
-
-def _make_ready(plan):
-    """Rank 0, after the plan is accepted: delete what --overwrite allows, remove temporary
-    files of a run killed mid-write."""
-    delete_checkpoint_files(plan.foreign)
-    if plan.foreign:
-        plan.messages.append(f"--overwrite True: deleted {_describe(plan.foreign)} from "
-                             f"{plan.logdir}")
-    for tmp in remove_stale_temp_files(plan.logdir):
-        plan.messages.append(f"removed {tmp}, left by a run killed while writing a checkpoint")
 
 
 def _describe(paths, shown=3):
