@@ -1,5 +1,5 @@
-"""video_train.py (ramvid-train, python -m ramvid.train): flags -> distributed set-up -> log dir
--> `loop.train`.
+"""video_train.py (ramvid-train, python -m ramvid.train): flags -> distributed set-up -> the log
+dir, locked for this run (`rundir.run_folder`) -> `loop.train`.
 
 The training flags are declared once in `TRAIN_FLAGS` (ramvid.flags.Flag: name, default, help,
 choices, check). The parser, `--help`, the checks, `TrainConfig` and the training half of
@@ -10,8 +10,9 @@ To add a flag: one `Flag(...)` below; if it constrains another flag, a line in
 flag and the value.
 
 Exit codes: 0 done (--max_steps reached), 1 a failure (e.g. a checkpoint could not be written),
-2 a user mistake (bad flag; a log dir this run may not start in), 3 diverged (--max_bad_steps),
-75 stopped by a signal with a complete checkpoint (rerun to continue; see docs/TRAINING.md).
+2 a user mistake (bad flag; a log dir this run may not start in or another run holds),
+3 diverged (--max_bad_steps), 75 stopped by a signal with a complete checkpoint (rerun to
+continue; see docs/TRAINING.md).
 """
 import sys
 from contextlib import contextmanager

@@ -221,7 +221,7 @@ def train(cfg, model_flags, info, start, log, stop):
     for line in start.messages:
         log.info(line)
 
-    # ------------------------------------------------------------------ set-up
+    # ------------------------------------------------------------------ data, model, optimiser
     data = load_data(data_dir=cfg.data_dir, batch_size=cfg.batch_size,
                      image_size=model_flags["image_size"], seq_len=model_flags["seq_len"],
                      class_cond=model_flags["class_cond"], rgb=model_flags["rgb"], rank=info.rank,
@@ -240,6 +240,8 @@ def train(cfg, model_flags, info, start, log, stop):
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.use_fp16)
     autocast = torch.autocast(device.type, dtype=torch.float16 if cfg.use_fp16 else torch.bfloat16,
                               enabled=cfg.use_fp16 or cfg.bf16)
+
+    # ------------------------------------------------------------------ the state resumed from
     step, ckpt = start.step, start.ckpt
     if ckpt is not None:
         restore_training_state(ckpt, model, opt, scaler, schedule_sampler, data, info, log)
@@ -248,12 +250,15 @@ def train(cfg, model_flags, info, start, log, stop):
     ema = EMA(model, cfg.ema_rate if info.is_main else (), ckpt.emas if ckpt else None)
     start.ckpt = ckpt = None  # frees the loaded tensors (the caller still holds `start`)
     log.keep_rows_up_to(step)
+
+    # ------------------------------------------------------------------ the model as called
     ddp_model = model
     if info.world_size > 1:
         ddp_model = DDP(model, device_ids=[device] if device.type == "cuda" else None,
                         find_unused_parameters=False)  # also broadcasts rank 0's weights
     net = compile_model(ddp_model, cfg.compile)  # what is called; `model` is what is saved
 
+    # ------------------------------------------------------------------ the run's record
     global_batch = cfg.batch_size * info.world_size
     num_params = sum(p.numel() for p in model.parameters())
     if info.is_main:
@@ -269,6 +274,8 @@ def train(cfg, model_flags, info, start, log, stop):
     if cfg.exclude_conditional and cfg.max_num_mask_frames >= model_flags["seq_len"]:
         log.warn(f"--max_num_mask_frames {cfg.max_num_mask_frames} >= --seq_len: some videos get "
                  f"every frame given and contribute no loss")
+
+    # ------------------------------------------------------------------ the loop's state
     end = last_step(cfg)
     if end is not None and step >= end:
         log.info(f"step {step} is already >= the last step {end}: nothing to train")

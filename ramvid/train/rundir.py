@@ -77,15 +77,16 @@ def run_folder(cfg, model_flags, info):
             lock.acquire()
         try:
             start = plan_start(cfg, model_flags, logdir, info.device)
+            delete_checkpoint_files(start.foreign)  # what --overwrite True allows
         except BaseException:
             lock.release()
             raise
-        delete_checkpoint_files(start.foreign)  # what --overwrite True allows
         if start.foreign:
             start.messages.append(f"--overwrite True: deleted {_describe(start.foreign)} from "
                                   f"{logdir}")
-        for tmp in remove_stale_temp_files(logdir):
-            start.messages.append(f"removed {tmp}, left by a run killed while writing a checkpoint")
+        for tmp in remove_stale_temp_files(logdir):  # never raises
+            start.messages.append(f"removed {tmp}, left by a run killed while writing a "
+                                  f"checkpoint")
         start.messages[:0] = [f"WARNING: {w.message}" for w in caught]
         loaded["ckpt"] = start.ckpt
         return replace(start, ckpt=None)  # what the other ranks receive
