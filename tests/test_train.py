@@ -256,7 +256,8 @@ def test_fp16_path_unscales_before_clipping_and_skips_overflow(videos, tmp_path,
     cfg, model_flags = parse_train_args(argv)
     assert _train(videos, tmp_path / "fp32", monkeypatch, "--max_steps", "1") == 0
     seen = _inject_nan(monkeypatch, lambda call: call == 2)
-    fp16 = dataclasses.replace(cfg, use_fp16=True, ema_rate=("0.9",), log_dir=str(tmp_path / "fp16"))
+    fp16 = dataclasses.replace(cfg, use_fp16=True, ema_rate=("0.9",),
+                               log_dir=str(tmp_path / "fp16"))
     info = setup_dist()
     with StopRequest() as stop, run_folder(fp16, model_flags, info) as start, \
             RunLogger(start.logdir) as log:
