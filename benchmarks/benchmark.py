@@ -112,9 +112,8 @@ def run_one(name, args):
     from ramvid.diffusion import create_named_schedule_sampler
     from ramvid.diffusion.sampling import ddim_step, ddpm_step
     from ramvid.runtime import compile_model, configure_tf32, limit_heap_fragmentation
-    from ramvid.train.ema import EMA
-    from ramvid.train.loop import fused_adamw_supported
-    from ramvid.train.step import draw_step_inputs, forward_backward, gradient_norm
+    from ramvid.train.loop import (EMA, draw_step_inputs, forward_backward,
+                                   fused_adamw_supported, gradient_norm)
 
     heap_tuned = False if args.default_heap else limit_heap_fragmentation()  # as training does
     if args.threads:

@@ -7,6 +7,7 @@ import torch
 
 from ramvid.config import PRESETS
 from ramvid.flags import read_args_json, write_args_json
+from ramvid.runlock import LOCK_NAME
 from ramvid.train.command import main as train_main, parse_train_args
 from sample_fixtures import runs_as
 from train_fixtures import PYTHON, TINY, TRAIN_SCRIPT, make_videos, script_env
@@ -145,3 +146,4 @@ def test_script_errors_have_no_traceback(case, tmp_path, data_dir):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and named in errors[0], result.stderr
+    assert not (logdir / LOCK_NAME).exists()  # a data problem is found holding the lock

@@ -273,7 +273,7 @@ def test_recorded_retrain_command_is_a_valid_training_command(tmp_path):
     """The command that trained the shipped checkpoint passes the training flag checks and ends
     at the shipped step."""
     from ramvid.train.command import parse_train_args
-    from ramvid.train.schedules import last_step
+    from ramvid.train.loop import last_step
 
     for split in ("train", "val"):
         (tmp_path / split).mkdir()

@@ -235,8 +235,8 @@ RECORDED_DRY_RUN = {
     "steps_drop": 100, "drop": 0.5, "decay": 0.0, "max_num_mask_frames": 4, "mask_range": "2,6",
     "uncondition_rate": 0.25, "exclude_conditional": True, "max_steps": 0, "num_workers": 2,
     "max_bad_steps": 20, "dist_timeout": 600.0, "sample_interval": 0, "val_data_dir": "",
-    "log_dir": "", "overwrite": False, "keep_checkpoints": 0, "keep_every": 0,
-    "compile": False, "tf32": True,
+    "log_dir": "", "overwrite": False, "break_lock": False, "keep_checkpoints": 0,
+    "keep_every": 0, "compile": False, "tf32": True,
 }
 DRY_RUN_FLAGS = ["--preset", "bair64", "--ema_rate", "0.999,0.99", "--mask_range", "2,6",
                  "--anneal_type", "step", "--steps_drop", "100", "--drop", "0.5"]

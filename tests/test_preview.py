@@ -1,4 +1,4 @@
-"""Held-out previews while training: --sample_interval, --val_data_dir (ramvid/train/preview.py)."""
+"""Held-out previews while training: --sample_interval, --val_data_dir (ramvid/train/logs.py)."""
 import csv
 import subprocess
 import sys
@@ -11,8 +11,8 @@ import torch
 from datasets.synthetic import generate
 from ramvid.config import create_model
 from ramvid.train.command import parse_train_args
-from ramvid.train.ema import EMA
-from ramvid.train.preview import COLUMNS, Preview, preview_tasks
+from ramvid.train.logs import PREVIEW_COLUMNS, Preview, preview_tasks
+from ramvid.train.loop import EMA
 from sample_fixtures import runs_as
 
 _argv0 = runs_as("video_train")
@@ -61,8 +61,8 @@ def test_preview_of_the_same_weights_is_the_same_and_files_appear(clips, tmp_pat
     preview.run(10, ema)
     with open(tmp_path / "preview" / "preview.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["step"] for r in rows] == ["5", "10"] and list(rows[0]) == list(COLUMNS)
-    for column in COLUMNS[1:-1]:  # all but the seconds
+    assert [r["step"] for r in rows] == ["5", "10"] and list(rows[0]) == list(PREVIEW_COLUMNS)
+    for column in PREVIEW_COLUMNS[1:-1]:  # all but the seconds
         assert rows[0][column] == rows[1][column], column
     assert np.isfinite(float(rows[0]["val_loss"]))
     assert (tmp_path / "preview" / "step_000005.gif").stat().st_size > 0

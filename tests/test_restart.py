@@ -1,8 +1,10 @@
 """Stopping and restarting a run as a cluster does: stop signals delivered twice, a slow
 checkpoint write on rank 0, re-running the same command in a used log dir, pruning checkpoints."""
 import hashlib
+import json
 import re
 import signal
+import socket
 import subprocess
 import textwrap
 import time
@@ -12,10 +14,12 @@ import pytest
 import torch
 
 from ramvid.checkpoint import checkpoint_files, complete_steps, load_checkpoint_file
+from ramvid.runlock import LOCK_NAME, read_lock
 from ramvid.train.command import main
 from ramvid.train.loop import EXIT_STOPPED
 from sample_fixtures import runs_as
-from train_fixtures import PYTHON, REPO, TINY, TRAIN_SCRIPT, make_videos, progress_rows, script_env
+from train_fixtures import (MPIRUN, PYTHON, REPO, TINY, TRAIN_SCRIPT, make_videos, progress_rows,
+                            script_env)
 
 _argv0 = runs_as("video_train")
 
@@ -277,3 +281,161 @@ def test_keep_checkpoints(videos, tmp_path, keep_every, kept):
     assert sorted(checkpoint_files(tmp_path)) == kept
     assert sorted(complete_steps(tmp_path, ["0.9"])) == kept
     assert all(len(paths) == 3 for paths in checkpoint_files(tmp_path).values())
+
+
+# ----------------------------------------------------------------------------- one writer
+PROGRESS_VALUES = ("step", "samples", "loss", "mse", "loss_q0", "loss_q1", "loss_q2", "loss_q3",
+                   "grad_norm", "lr", "skipped_steps")
+
+
+def _checkpoint_hashes(folder):
+    return {name: digest for name, digest in _hashes(folder).items() if name.suffix == ".pt"}
+
+
+@pytest.mark.slow
+def test_a_second_run_in_a_held_log_dir_exits_2_and_the_first_is_unharmed(videos, tmp_path):
+    """While a run trains in a log dir, a second video_train.py there exits 2 with one line
+    naming the first's pid and host; the first then stops (SIGTERM, exit 75) at step k with the
+    same checkpoint bytes and progress.csv values as the same command run alone to step k.
+    Seen red with the lock skipped (`lock.acquire()` a no-op): the second run started over,
+    exit 0, and truncated the first's progress.csv."""
+    held, alone = tmp_path / "held", tmp_path / "alone"
+    first = _popen([TRAIN_SCRIPT, *_flags(videos, held)], script_env())
+    _wait_for_rows([first], held, 1)
+    second = subprocess.run([PYTHON, TRAIN_SCRIPT, *_flags(videos, held, "--max_steps", 2)],
+                            env=script_env(), cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert second.stderr.count("\n") == 1 and second.stderr.startswith("video_train.py: error:")
+    assert f"{held} is in use by pid {first.pid} on host {socket.gethostname()}" in second.stderr
+    assert first.poll() is None, "the first run ended before the second one started"
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == EXIT_STOPPED, err[-3000:]
+    assert not (held / LOCK_NAME).exists()
+    k = int(re.search(r"stopped by signal after step (\d+)", out).group(1))
+
+    assert main(_flags(videos, alone, "--max_steps", k)) == 0
+    assert _checkpoint_hashes(held) == _checkpoint_hashes(alone) != {}
+    assert [[r[c] for c in PROGRESS_VALUES] for r in progress_rows(held)] == \
+        [[r[c] for c in PROGRESS_VALUES] for r in progress_rows(alone)]
+    assert len(progress_rows(held)) == k
+
+
+@pytest.mark.slow
+def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning_and_the_run_resumes(videos,
+                                                                                 tmp_path):
+    """A SIGKILLed run leaves its lock file; the next start on this host removes it (the pid
+    no longer runs), says so in log.txt, and resumes from the last complete checkpoint.
+    Seen red with a dead pid taken for a running one (`runlock._gone` returning None: exit 2)
+    and with the lock's warnings not passed on to the log (no WARNING line)."""
+    run = tmp_path / "run"
+    killed = _popen([TRAIN_SCRIPT, *_flags(videos, run, "--save_interval", 2)], script_env())
+    _wait_for_rows([killed], run, 3)
+    killed.kill()
+    killed.communicate()
+    assert read_lock(run).pid == killed.pid
+    step = complete_steps(run, ["0.9"])[0]
+
+    done = subprocess.run([PYTHON, TRAIN_SCRIPT, *_flags(videos, run, "--save_interval", 2,
+                                                         "--max_steps", step + 1)],
+                          env=script_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (run / "log.txt").read_text()
+    assert (f"WARNING: {run}: removed the stale lock of pid {killed.pid} on host "
+            f"{socket.gethostname()}") in log
+    assert f"(pid {killed.pid} no longer runs)" in log
+    assert f"resuming from step {step}:" in log
+    assert complete_steps(run, ["0.9"])[0] == step + 1
+    assert not (run / LOCK_NAME).exists()
+
+
+def test_a_lock_from_another_host_needs_break_lock(videos, tmp_path, capsys):
+    """A lock whose holder this host cannot check is refused (exit 2, one line naming its host
+    and --break_lock True) and left alone; --break_lock True takes it over with a warning in the
+    log and trains. Seen red with --break_lock not passed to the lock (still refused)."""
+    tmp_path.joinpath(LOCK_NAME).write_text(json.dumps({
+        "what": "training run", "host": "elsewhere", "pid": 4242, "started": "earlier",
+        "command": "video_train.py", "token": "0123abcd"}))
+    with pytest.raises(SystemExit) as refused:
+        main(_flags(videos, tmp_path, "--max_steps", 1))
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pid 4242 on host elsewhere" in err and \
+        "--break_lock True" in err, err
+    assert read_lock(tmp_path).token == "0123abcd"
+
+    assert main(_flags(videos, tmp_path, "--max_steps", 1, "--break_lock", True)) == 0
+    log = (tmp_path / "log.txt").read_text()
+    assert "removed the stale lock of pid 4242 on host elsewhere" in log
+    assert "(--break_lock True)" in log and not (tmp_path / LOCK_NAME).exists()
+
+
+# A process that holds the training lock of argv[1] until its stdin closes.
+HOLD_LOCK = textwrap.dedent("""
+    import sys
+    from ramvid.runlock import FolderLock
+
+    with FolderLock(sys.argv[1], what="training run"):
+        print("locked", flush=True)
+        sys.stdin.read()
+""")
+
+
+@pytest.mark.slow
+def test_every_rank_learns_that_the_log_dir_is_held(videos, tmp_path):
+    """Under mpirun -n 2, a log dir held by another process ends both ranks with exit 2 and
+    one line naming the holder (rank 0 takes the lock and tells the others). Seen red with the
+    lock taken on rank 0 outside `dist.run_on_main` (rank 1 went on and failed with a
+    traceback)."""
+    holder = subprocess.Popen([PYTHON, "-c", HOLD_LOCK, str(tmp_path)], env=script_env(),
+                              cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        done = subprocess.run([MPIRUN, "-n", "2", PYTHON, TRAIN_SCRIPT,
+                               *_flags(videos, tmp_path, "--max_steps", 1)], env=script_env(),
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        holder.communicate("")
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and f"is in use by pid {holder.pid} on host" in errors[0], \
+        done.stderr[-3000:]
+    assert not (tmp_path / "log.txt").exists()
+
+
+# video_train.py whose rank RAISE_RANK raises in the step after step 2 (a crash of one rank).
+CRASH_ON_ONE_RANK = textwrap.dedent("""
+    import os, sys
+    import ramvid.train.loop as loop
+    from ramvid.train.command import main
+
+    real_draw = loop.draw_step_inputs
+
+    def draw(cfg, sampler, video, rank, step):
+        if step == 2 and rank == int(os.environ["RAISE_RANK"]):
+            raise RuntimeError("a crash in the middle of training")
+        return real_draw(cfg, sampler, video, rank, step)
+
+    loop.draw_step_inputs = draw
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+def test_a_crash_of_rank_0_in_a_two_rank_job_gives_the_lock_back(videos, tmp_path):
+    """Two ranks (torchrun's variables): rank 0 raises in step 3; the job is aborted (rank 0's
+    exit code 1) and the lock file is gone, so the next start anywhere needs no --break_lock.
+    Seen red with the lock given back after `dist.abort_on_failure` instead of inside it (the
+    abort skipped the release and the lock file stayed)."""
+    wrapper = tmp_path / "crash.py"
+    wrapper.write_text(CRASH_ON_ONE_RANK)
+    logdir, port = tmp_path / "run", _free_port()
+    procs = [_popen([wrapper, *_flags(videos, logdir, "--max_steps", 5)],
+                    script_env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RAISE_RANK="0"))
+             for rank in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert procs[0].returncode == 1, outs[0][1][-3000:]
+    assert "a crash in the middle of training" in outs[0][1]
+    assert read_lock(logdir) is None

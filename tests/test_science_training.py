@@ -15,7 +15,7 @@ import torch
 from ramvid import create_model_and_diffusion
 from ramvid.diffusion import create_named_schedule_sampler
 from ramvid.train.command import TrainConfig, main
-from ramvid.train.step import draw_step_inputs, forward_backward
+from ramvid.train.loop import draw_step_inputs, forward_backward
 from ramvid.video_io import write_video
 from train_fixtures import TINY
 

@@ -19,12 +19,12 @@ from ramvid import create_model_and_diffusion
 from ramvid.checkpoint import load_checkpoint_file, load_latest_checkpoint
 from ramvid.diffusion.resample import LossSecondMomentResampler, create_named_schedule_sampler
 from ramvid.dist import setup_dist
+from ramvid.runlock import LOCK_NAME
 from ramvid.train.command import TrainConfig, main, parse_train_args
-from ramvid.train.ema import EMA
-from ramvid.train.schedules import last_step, lr_at
-from ramvid.train.logs import RunLogger
+from ramvid.train.logs import LossStats, RunLogger
 from ramvid.train import loop as train_loop
-from ramvid.train.step import LossStats, draw_step_inputs, forward_backward
+from ramvid.train.loop import EMA, StopRequest, draw_step_inputs, forward_backward, last_step, lr_at
+from ramvid.train.rundir import run_folder
 from train_fixtures import (PYTHON, TINY, TRAIN_SCRIPT, assert_all_final_files_load, finite,
                             make_videos, progress_rows, script_env)
 
@@ -194,6 +194,7 @@ def test_resume_equals_uninterrupted_run(videos, tmp_path, monkeypatch):
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
     args = (straight / "args.json").read_text()
     assert '"world_size": 1' in args and '"class_names"' in args
+    assert not (resumed / LOCK_NAME).exists()  # given back at exit 0
 
 
 def _inject_nan(monkeypatch, bad_calls):
@@ -232,6 +233,7 @@ def test_consecutive_nonfinite_steps_stop_the_run(videos, tmp_path, monkeypatch)
     code = _train(videos, tmp_path, monkeypatch, "--max_steps", "10", "--save_interval", "2",
                   "--max_bad_steps", "3")
     assert code == train_loop.EXIT_DIVERGED
+    assert not (tmp_path / LOCK_NAME).exists()  # given back at exit 3
     assert "3 consecutive steps" in (tmp_path / "log.txt").read_text()
     # Step 4's checkpoint was written during the bad streak: it holds step 2's weights, since
     # steps 3, 4 and 5 changed neither the weights nor the EMA; nothing was saved after.
@@ -254,12 +256,12 @@ def test_fp16_path_unscales_before_clipping_and_skips_overflow(videos, tmp_path,
     cfg, model_flags = parse_train_args(argv)
     assert _train(videos, tmp_path / "fp32", monkeypatch, "--max_steps", "1") == 0
     seen = _inject_nan(monkeypatch, lambda call: call == 2)
-    fp16 = dataclasses.replace(cfg, use_fp16=True, ema_rate=("0.9",))
-    log = RunLogger(tmp_path / "fp16")
-    try:
-        assert train_loop.train(fp16, model_flags, setup_dist(), tmp_path / "fp16", log) == 0
-    finally:
-        log.close()
+    fp16 = dataclasses.replace(cfg, use_fp16=True, ema_rate=("0.9",),
+                               log_dir=str(tmp_path / "fp16"))
+    info = setup_dist()
+    with StopRequest() as stop, run_folder(fp16, model_flags, info) as start, \
+            RunLogger(start.logdir) as log:
+        assert train_loop.train(fp16, model_flags, info, start, log, stop) == 0
     rows = progress_rows(tmp_path / "fp16")
     assert [r["skipped_steps"] for r in rows] == ["0", "1", "0"]
     assert [float(r["loss_scale"]) for r in rows] == [65536.0, 32768.0, 32768.0]
@@ -278,12 +280,15 @@ def test_disk_full_stops_with_one_line_and_keeps_previous_checkpoint(videos, tmp
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    assert _train(videos, tmp_path, monkeypatch, "--max_steps", "3", "--save_interval", "1") == 1
+    with pytest.raises(SystemExit) as stop:
+        _train(videos, tmp_path, monkeypatch, "--max_steps", "3", "--save_interval", "1")
+    assert stop.value.code == 1
     err = capsys.readouterr().err
     assert "could not write checkpoint" in err and "000002.pt: No space left on device" in err
     assert "Traceback" not in err
     assert resume_step(tmp_path, ["0.9", "0.99"]) == 1
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not (tmp_path / LOCK_NAME).exists()  # given back at exit 1
 
 
 # ----------------------------------------------------------------------------- signals
@@ -327,6 +332,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_75(videos, tmp_path):
     stopped = int(re.search(r"stopped by signal after step (\d+)", out).group(1))
     assert stopped >= 2
     assert resume_step(tmp_path, ["0.9999"]) == stopped
+    assert not (tmp_path / LOCK_NAME).exists()  # given back at exit 75
     assert "Traceback" not in err
 
 

@@ -1,5 +1,5 @@
-"""video_train.py (ramvid-train, python -m ramvid.train): flags -> distributed set-up -> log dir
--> `loop.train`.
+"""video_train.py (ramvid-train, python -m ramvid.train): flags -> distributed set-up -> the log
+dir, locked for this run (`rundir.run_folder`) -> `loop.train`.
 
 The training flags are declared once in `TRAIN_FLAGS` (ramvid.flags.Flag: name, default, help,
 choices, check). The parser, `--help`, the checks, `TrainConfig` and the training half of
@@ -10,10 +10,12 @@ To add a flag: one `Flag(...)` below; if it constrains another flag, a line in
 flag and the value.
 
 Exit codes: 0 done (--max_steps reached), 1 a failure (e.g. a checkpoint could not be written),
-2 a user mistake (bad flag; a log dir this run may not start in), 3 diverged (--max_bad_steps),
-75 stopped by a signal with a complete checkpoint (rerun to continue; see docs/TRAINING.md).
+2 a user mistake (bad flag; a log dir this run may not start in or another run holds),
+3 diverged (--max_bad_steps), 75 stopped by a signal with a complete checkpoint (rerun to
+continue; see docs/TRAINING.md).
 """
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,15 +28,13 @@ from ..data import VIDEO_EXTENSIONS
 from ..diffusion.resample import SCHEDULE_SAMPLERS
 from ..errors import UsageError
 from ..flags import (Flag, add_common_flags, add_flags, at_least, comma_items, config_class,
-                     defaults, exit_if_dry_run, existing_dir, flag_values, make_parser,
-                     parse_flags, positive, unit_interval, user_errors)
+                     exit_if_dry_run, existing_dir, flag_values, make_parser, parse_flags,
+                     positive, unit_interval, user_errors)
 from ..masking import train_mask_problem
 from ..runtime import limit_heap_fragmentation
 from .logs import RunLogger
-from .loop import StopRequest, train
-from .rundir import prepare_run, resolve_logdir
-from .schedules import ANNEAL_TYPES
-
+from .loop import ANNEAL_TYPES, StopRequest, train
+from .rundir import run_folder
 
 def _ema_rates(text):
     """'0.9999,0.99' -> ('0.9999', '0.99'): rates as written, since they name the
@@ -139,6 +139,8 @@ TRAIN_FLAGS = (
          "temp folder)"),
     Flag("overwrite", False, "allow a fresh start in a log dir holding another run's checkpoints "
          "(they are deleted first)"),
+    Flag("break_lock", False, "take over a lock held by a process on another host (its heartbeat "
+         "age is shown) — only when that run is known to be dead"),
     Flag("keep_checkpoints", 0, "keep only the newest N complete checkpoints; 0 = keep all",
          check=at_least(0)),
     Flag("keep_every", 0, "with --keep_checkpoints: also keep every checkpoint whose step is a "
@@ -234,40 +236,27 @@ def _with_stand_in_classes(model_flags):
 
 
 def main(argv=None):
-    with user_errors():
+    with user_errors():  # a bad flag, or a log dir this run may not start in: one line, exit 2
         cfg, model_flags = parse_train_args(argv)
         limit_heap_fragmentation()
-        info = dist.setup_dist(timeout_s=cfg.dist_timeout)
-        prog = Path(sys.argv[0]).name
-        try:
-            # A stop signal from here on ends the run with a checkpoint after its first step.
-            with StopRequest() as stop:
-                logdir, source = resolve_logdir(cfg, info)
-                # Decided on rank 0 before anything in the log dir is touched; the same on
-                # every rank, so a UsageError here ends every rank alike (exit 2).
-                start = prepare_run(cfg, model_flags, logdir, info, source)
-                log = RunLogger(logdir, enabled=info.is_main)
-                # From here on an error in one rank must end all of them.
-                with dist.abort_on_failure():
-                    try:
-                        for line in start.plan.messages:
-                            log.info(line)
-                        code = train(cfg, model_flags, info, logdir, log, start, stop)
-                        dist.barrier()  # leave together: a launcher may end the job when the first rank exits
-                        return code
-                    except UsageError as e:  # a data problem is a bad --data_dir: one line, exit 2
-                        where = f"[rank {info.rank}] " if info.world_size > 1 else ""
-                        sys.stderr.write(f"{where}{prog}: error: {str(e).splitlines()[0]}\n")
-                        raise SystemExit(2) from None
-                    except CheckpointError as e:
-                        log.info(f"ERROR: {e}")
-                        raise
-                    finally:
-                        log.close()
-        except CheckpointError as e:  # e.g. the checkpoint named by --resume_checkpoint
-            if info.is_main or info.world_size > 1:
-                where = f"[rank {info.rank}] " if info.world_size > 1 else ""
-                sys.stderr.write(f"{where}{prog}: error: {e}\n")
-            return 1
-        finally:
-            dist.cleanup()
+        # A stop signal from here on ends the run with a checkpoint after its first step.
+        with dist.process_group(timeout_s=cfg.dist_timeout) as info, StopRequest() as stop, \
+                _one_line(info, CheckpointError, 1), \
+                run_folder(cfg, model_flags, info) as start, \
+                _one_line(info, UsageError, 2), \
+                RunLogger(start.logdir, enabled=info.is_main) as log:
+            code = train(cfg, model_flags, info, start, log, stop)
+            dist.barrier()  # leave together: a launcher may end the job when the first rank exits
+            return code
+
+
+@contextmanager
+def _one_line(info, error, exit_code):
+    """`error` raised in the block ends this rank with one line on stderr (naming the rank when
+    there are several) and `exit_code`, instead of a traceback."""
+    try:
+        yield
+    except error as e:
+        where = f"[rank {info.rank}] " if info.world_size > 1 else ""
+        sys.stderr.write(f"{where}{Path(sys.argv[0]).name}: error: {str(e).splitlines()[0]}\n")
+        raise SystemExit(exit_code) from None

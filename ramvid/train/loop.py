@@ -1,33 +1,39 @@
 """The training loop: data -> random masks -> masked diffusion loss -> AdamW -> EMA -> logs and
-checkpoints, from top to bottom in `train`."""
+checkpoints. `train` at the bottom reads from top to bottom; the pieces of one step are above it.
+
+Every random choice of step s on rank r (masks, timesteps, noise) comes from a generator seeded
+by (seed, r, s, stream), so a resumed run draws exactly what an uninterrupted run would, and the
+whole batch's choices are made before it is cut into microbatches (any microbatch size gives the
+same gradient).
+"""
 import os
 import random
 import signal
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import dist
-from ..runtime import compile_model, configure_tf32
 from ..checkpoint import CheckpointError
 from ..config import create_model_and_diffusion
-from ..flags import write_args_json
 from ..data import load_data
 from ..diffusion.resample import create_named_schedule_sampler
-from .ema import EMA
-from .preview import make_preview
-from .rundir import prepare_run
-from .schedules import last_step, lr_at
-from .state import restore_training_state, save_training_state
-from .step import LossStats, draw_step_inputs, forward_backward, gradient_norm
+from ..flags import write_args_json
+from ..masking import sample_train_mask
+from ..runtime import compile_model, configure_tf32, derive_seed, to_device
+from .logs import LOSS_TERMS, LossStats, Preview
+from .rundir import restore_training_state, save_training_state
 
 # Exit codes. EXIT_STOPPED (EX_TEMPFAIL of sysexits.h): a stop signal ended the run with a
 # complete checkpoint of the step it stopped at; rerunning the command continues it (requeue).
 EXIT_OK, EXIT_DIVERGED, EXIT_STOPPED = 0, 3, 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+ANNEAL_TYPES = ("none", "linear", "step", "time_based")  # --anneal_type
+MASK_STREAM, TIMESTEP_STREAM, NOISE_STREAM = 0, 1, 2
 
 
 class StopRequest:
@@ -73,32 +79,155 @@ def seed_everything(seed):
 
 
 def fused_adamw_supported(device):
-    """One kernel per step instead of a dozen full-size temporaries (CPU since torch 2.4)."""
-    if device.type == "cuda":
-        return True
-    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
-    return device.type == "cpu" and (major, minor) >= (2, 4)
+    """One kernel per step instead of a dozen full-size temporaries (on the CPU since torch 2.4)."""
+    return device.type in ("cuda", "cpu")
 
 
-def train(cfg, model_flags, info, logdir, log, start=None, stop=None):
-    """Train until --max_steps (or the end of a linear lr schedule), a stop signal, or
-    --max_bad_steps consecutive non-finite steps. Returns the process exit code.
+class EMA:
+    """Exponential moving averages of the model's parameters, one per rate:
+    ema <- ema + (1 - rate) (param - ema) after every optimiser step.
 
-    start: where to start (`rundir.prepare_run`); None decides it here. stop: a StopRequest
-    the caller entered earlier (a signal during start-up then stops after the first step);
-    None listens from the first step on."""
-    device = info.device
-    if start is None:
-        start = prepare_run(cfg, model_flags, logdir, info)
-        for line in start.plan.messages:
-            log.info(line)
+    Rates are kept as the strings given on the command line: they name the checkpoint files.
+    """
+
+    def __init__(self, model, rates, states=None):
+        """`states`: {rate: a state dict saved by `state_dict`}; a rate without one starts from
+        the model's weights."""
+        self.model = model
+        self.rates = list(rates)
+        self.names = [name for name, _ in model.named_parameters()]
+        self.params = {rate: [p.detach().clone() for p in model.parameters()] for rate in self.rates}
+        for rate, state in (states or {}).items():
+            missing = [n for n in self.names if n not in state]
+            if missing:
+                raise KeyError(f"EMA {rate} state lacks parameters: {', '.join(missing[:5])}")
+            with torch.no_grad():
+                for name, value in zip(self.names, self.params[rate]):
+                    value.copy_(state[name])
+
+    @torch.no_grad()
+    def update(self):
+        current = [p.detach() for p in self.model.parameters()]
+        for rate in self.rates:
+            torch._foreach_lerp_(self.params[rate], current, 1.0 - float(rate))
+
+    def state_dict(self, rate):
+        """A plain model state dict holding the EMA weights (buffers from the live model), on the
+        CPU: copied one tensor at a time, never a second full model on the GPU."""
+        live = dict(zip(self.names, self.params[rate]))
+        return {k: live.get(k, v).detach().to("cpu", copy=True)
+                for k, v in self.model.state_dict().items()}
+
+    @torch.no_grad()
+    def copy_to(self, target, rate):
+        """Put the EMA weights of `rate` into `target`, a copy of the live model, on its device
+        (buffers from the live model): no trip through the CPU."""
+        live = dict(zip(self.names, self.params[rate]))
+        target_state = target.state_dict()
+        for name, value in self.model.state_dict().items():
+            target_state[name].copy_(live.get(name, value))
+
+
+def lr_at(cfg, step):
+    """The learning rate for the update that follows `step` completed steps."""
+    if cfg.anneal_type == "none":
+        return cfg.lr
+    if cfg.anneal_type == "linear":
+        return cfg.lr * max(0.0, 1.0 - step / cfg.lr_anneal_steps)
+    if cfg.anneal_type == "step":
+        return cfg.lr * cfg.drop ** (step // cfg.steps_drop)
+    if cfg.anneal_type == "time_based":
+        return cfg.lr / (1.0 + cfg.decay * step)
+    raise ValueError(f"anneal_type={cfg.anneal_type!r} is not one of: {', '.join(ANNEAL_TYPES)}")
+
+
+def last_step(cfg):
+    """The step after which training ends, or None to run until stopped: --max_steps N ends
+    after step N; a linear schedule ends where the rate reaches 0."""
+    ends = [s for s in (cfg.max_steps, cfg.lr_anneal_steps if cfg.anneal_type == "linear" else 0)
+            if s > 0]
+    return min(ends) if ends else None
+
+
+@dataclass
+class StepInputs:
+    obs_mask: torch.Tensor  # (N, T) bool, True = frame given clean
+    t: torch.Tensor  # (N,) long timestep indices
+    weights: torch.Tensor  # (N,) importance weights of the schedule sampler
+    noise: torch.Tensor  # (N, C, T, H, W)
+
+
+def draw_step_inputs(cfg, schedule_sampler, video, rank, step):
+    """Masks, timesteps and noise for the whole batch of step `step` on rank `rank`."""
+    n, _, frames = video.shape[:3]
+    device = video.device
+
+    def generator(stream, on=torch.device("cpu")):
+        return torch.Generator(device=on).manual_seed(derive_seed(cfg.seed, rank, step, stream))
+
+    obs_mask = sample_train_mask(n, frames, cfg.uncondition_rate, cfg.max_num_mask_frames,
+                                 cfg.mask_range, generator=generator(MASK_STREAM), device=device)
+    t, weights = schedule_sampler.sample(n, "cpu", generator=generator(TIMESTEP_STREAM))
+    t, weights = to_device(t, device), to_device(weights, device)  # no wait on the GPU
+    noise = torch.randn(video.shape, generator=generator(NOISE_STREAM, device), device=device)
+    return StepInputs(obs_mask, t, weights, noise)
+
+
+def forward_backward(model, diffusion, video, model_kwargs, inputs, microbatch, *,
+                     exclude_conditional=True, autocast=None, scaler=None, schedule_sampler=None):
+    """Accumulate the gradient of the batch's mean weighted loss into `.grad`, `microbatch`
+    videos at a time; `model_kwargs` ({"y": (N,)} or {}) go to the model. Returns the per-video
+    loss terms, detached: {name: (N,)}.
+
+    `model` may be DDP-wrapped: gradients are all-reduced on the last microbatch only.
+    """
+    n = video.shape[0]
+    terms = {}
+    for start in range(0, n, microbatch):
+        part = slice(start, min(start + microbatch, n))
+        last = part.stop == n
+        sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast or nullcontext():
+                losses = diffusion.training_losses(
+                    model, video[part], inputs.t[part], obs_mask=inputs.obs_mask[part],
+                    model_kwargs={k: v[part] for k, v in model_kwargs.items()},
+                    noise=inputs.noise[part], exclude_conditional=exclude_conditional)
+            # Weighting each microbatch's mean by its share of the batch makes the summed
+            # gradients equal the full batch's, also when the last microbatch is smaller.
+            loss = (losses["loss"] * inputs.weights[part]).mean() * ((part.stop - part.start) / n)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        if schedule_sampler is not None:  # the loss-aware sampler learns from the losses
+            schedule_sampler.update_with_local_losses(inputs.t[part], losses["loss"].detach())
+        for name in LOSS_TERMS:
+            if name in losses:
+                terms.setdefault(name, []).append(losses[name].detach().float())
+    return {name: torch.cat(parts) for name, parts in terms.items()}
+
+
+def gradient_norm(parameters, clip):
+    """Total L2 norm of the gradients (one fused computation); clipped to `clip` when clip > 0."""
+    parameters = [p for p in parameters if p.grad is not None]
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(parameters, clip, foreach=True)
+    return torch.nn.utils.get_total_norm([p.grad for p in parameters], foreach=True)
+
+
+def train(cfg, model_flags, info, start, log, stop):
+    """Train from `start` (`rundir.run_folder`) until --max_steps (or the end of a linear lr
+    schedule), a stop signal (`stop`, a StopRequest entered by the caller), or --max_bad_steps
+    consecutive non-finite steps. `log` is the run's RunLogger. Returns the exit code."""
+    device, logdir = info.device, start.logdir
+    for line in start.messages:
+        log.info(line)
+
+    # ------------------------------------------------------------------ data, model, optimiser
     data = load_data(data_dir=cfg.data_dir, batch_size=cfg.batch_size,
                      image_size=model_flags["image_size"], seq_len=model_flags["seq_len"],
                      class_cond=model_flags["class_cond"], rgb=model_flags["rgb"], rank=info.rank,
                      world_size=info.world_size, seed=cfg.seed, num_workers=cfg.num_workers)
     if model_flags["class_cond"]:
         model_flags = dict(model_flags, num_classes=data.num_classes)
-
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model, diffusion = create_model_and_diffusion(**model_flags)
     model.to(device)
@@ -112,49 +241,50 @@ def train(cfg, model_flags, info, logdir, log, start=None, stop=None):
     autocast = torch.autocast(device.type, dtype=torch.float16 if cfg.use_fp16 else torch.bfloat16,
                               enabled=cfg.use_fp16 or cfg.bf16)
 
-    step, ckpt = start.plan.step, start.ckpt
+    # ------------------------------------------------------------------ the state resumed from
+    step, ckpt = start.step, start.ckpt
     if ckpt is not None:
         restore_training_state(ckpt, model, opt, scaler, schedule_sampler, data, info, log)
     # Only rank 0 saves, so only rank 0 keeps EMAs; a rate without a checkpoint starts from the
-    # model weights.
-    ema = EMA(model, cfg.ema_rate if info.is_main else ())
-    for rate, state in (ckpt.emas.items() if ckpt is not None else ()):
-        ema.load_state_dict(rate, state)
+    # (restored) model weights.
+    ema = EMA(model, cfg.ema_rate if info.is_main else (), ckpt.emas if ckpt else None)
     start.ckpt = ckpt = None  # frees the loaded tensors (the caller still holds `start`)
     log.keep_rows_up_to(step)
 
+    # ------------------------------------------------------------------ the model as called
     ddp_model = model
     if info.world_size > 1:
         ddp_model = DDP(model, device_ids=[device] if device.type == "cuda" else None,
                         find_unused_parameters=False)  # also broadcasts rank 0's weights
     net = compile_model(ddp_model, cfg.compile)  # what is called; `model` is what is saved
 
+    # ------------------------------------------------------------------ the run's record
     global_batch = cfg.batch_size * info.world_size
     num_params = sum(p.numel() for p in model.parameters())
-    config = {**model_flags, **cfg.to_json(), "world_size": info.world_size,
-              "global_batch": global_batch, "class_names": data.class_names,
-              "num_params": num_params, "resumed_from_step": step}
     if info.is_main:
         try:
-            write_args_json(logdir, config)
+            write_args_json(logdir, {**model_flags, **cfg.to_json(), "world_size": info.world_size,
+                                     "global_batch": global_batch, "class_names": data.class_names,
+                                     "num_params": num_params, "resumed_from_step": step})
         except OSError as e:
             raise CheckpointError(str(e)) from None
     log.info(f"logdir {logdir}; {num_params / 1e6:.2f}M parameters; {info.world_size} rank(s) on "
              f"{device}; global batch {global_batch} (microbatch {cfg.microbatch}); "
              f"{len(data.paths)} videos on rank 0")
-
     if cfg.exclude_conditional and cfg.max_num_mask_frames >= model_flags["seq_len"]:
         log.warn(f"--max_num_mask_frames {cfg.max_num_mask_frames} >= --seq_len: some videos get "
                  f"every frame given and contribute no loss")
+
+    # ------------------------------------------------------------------ the loop's state
     end = last_step(cfg)
     if end is not None and step >= end:
         log.info(f"step {step} is already >= the last step {end}: nothing to train")
-        return EXIT_OK
     stats = LossStats(diffusion.num_timesteps, device)
     all_reduce = torch.distributed.all_reduce if info.world_size > 1 else None
-    saved_step, bad_in_a_row = step, 0
+    preview = Preview(cfg, model_flags, model, logdir, log) \
+        if cfg.sample_interval and info.is_main else None
+    saved_step, bad_in_a_row, stop_now = step, 0, False
     interval_start, interval_steps = time.time(), 0
-    preview = make_preview(cfg, model_flags, model, logdir, log, info)  # rank 0, or None
     log.start_bar(step, end)
 
     def save():
@@ -165,84 +295,91 @@ def train(cfg, model_flags, info, logdir, log, start=None, stop=None):
             f"(--keep_checkpoints {cfg.keep_checkpoints})" if pruned else ""))
         return step
 
-    with StopRequest() if stop is None else nullcontext(stop) as stop:
-        while end is None or step < end:
-            try:
-                video, model_kwargs = next(data)  # (N, C, T, H, W) in [-1, 1], {"y": (N,)} or {}
-            except Exception:
-                if stop.requested:  # the signal also reached the loader's workers
-                    break
+    while end is None or step < end:
+        # -------------------------------------------------------------- one step
+        try:
+            video, model_kwargs = next(data)  # (N, C, T, H, W) in [-1, 1], {"y": (N,)} or {}
+        except Exception:
+            if not stop.requested:
                 raise
-            video = video.to(device, non_blocking=True)
-            model_kwargs = {k: v.to(device, non_blocking=True) for k, v in model_kwargs.items()}
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, step)
+            stop_now = True  # the signal also reached the loader's workers
+            break
+        video = video.to(device, non_blocking=True)
+        model_kwargs = {k: v.to(device, non_blocking=True) for k, v in model_kwargs.items()}
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        inputs = draw_step_inputs(cfg, schedule_sampler, video, info.rank, step)
+        terms = forward_backward(net, diffusion, video, model_kwargs, inputs, cfg.microbatch,
+                                 exclude_conditional=cfg.exclude_conditional, autocast=autocast,
+                                 scaler=scaler, schedule_sampler=schedule_sampler)
+        scaler.unscale_(opt)  # clip the true gradients, not the loss-scaled ones
+        grad_norm = gradient_norm(model.parameters(), cfg.clip)
 
-            inputs = draw_step_inputs(cfg, schedule_sampler, video, info.rank, step)
-            terms = forward_backward(net, diffusion, video, model_kwargs, inputs, cfg.microbatch,
-                                     exclude_conditional=cfg.exclude_conditional,
-                                     autocast=autocast, scaler=scaler,
-                                     schedule_sampler=schedule_sampler)
-            scaler.unscale_(opt)  # clip the true gradients, not the loss-scaled ones
-            grad_norm = gradient_norm(model.parameters(), cfg.clip)
+        # The step's one host sync: every rank agrees whether to apply it and whether to stop.
+        flags = torch.stack([~torch.isfinite(grad_norm) | ~torch.isfinite(terms["loss"].sum()),
+                             torch.tensor(stop.requested, device=device)]).float()
+        if all_reduce is not None:
+            all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        bad, stop_now = (bool(v) for v in flags.tolist())
+        if stop_now:
+            log.info(f"received {stop.signal_name or 'a stop signal (on another rank)'}: "
+                     f"finishing step {step + 1}, then saving")
+        if not bad:
+            scaler.step(opt)
+        scaler.update()  # with fp16, an overflow lowers the loss scale
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        interval_steps += 1
 
-            # The step's one host sync: every rank agrees whether to apply it and whether to stop.
-            flags = torch.stack([~torch.isfinite(grad_norm) | ~torch.isfinite(terms["loss"].sum()),
-                                 torch.tensor(stop.requested, device=device)]).float()
-            if all_reduce is not None:
-                all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-            bad, stop_now = (bool(v) for v in flags.tolist())
-            if stop_now:
-                log.info(f"received {stop.signal_name or 'a stop signal (on another rank)'}: "
-                         f"finishing step {step + 1}, then saving")
-            if not bad:
-                scaler.step(opt)
-            scaler.update()  # with fp16, an overflow lowers the loss scale
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            interval_steps += 1
+        # -------------------------------------------------------------- EMA, or a skipped step
+        if bad:  # a non-finite loss or gradient never reaches the weights or the EMA
+            bad_in_a_row += 1
+            stats.skipped += 1
+            if not cfg.use_fp16:
+                log.warn(f"step {step}: non-finite loss or gradient, update skipped "
+                         f"({bad_in_a_row} in a row)")
+            if cfg.max_bad_steps and bad_in_a_row >= cfg.max_bad_steps:
+                break  # diverged: this step is neither logged nor saved
+        else:
+            bad_in_a_row = 0
+            ema.update()
+            stats.add(terms, inputs.t, grad_norm)
+        log.advance()
 
-            if bad:  # a non-finite loss or gradient never reaches the weights or the EMA
-                bad_in_a_row += 1
-                stats.skipped += 1
-                if not cfg.use_fp16:
-                    log.warn(f"step {step}: non-finite loss or gradient, update skipped "
-                             f"({bad_in_a_row} in a row)")
-                if cfg.max_bad_steps and bad_in_a_row >= cfg.max_bad_steps:
-                    log.info(f"ERROR: {bad_in_a_row} consecutive steps with a non-finite loss or "
-                             f"gradient (--max_bad_steps {cfg.max_bad_steps}); stopping. The last "
-                             f"good checkpoint is step {saved_step} in {logdir}")
-                    log.close()
-                    return EXIT_DIVERGED
-            else:
-                bad_in_a_row = 0
-                ema.update()
-                stats.add(terms, inputs.t, grad_norm)
-            log.advance()
+        # -------------------------------------------------------------- log
+        if step % cfg.log_interval == 0:
+            row = stats.reduce(all_reduce)  # every rank takes part
+            elapsed = time.time() - interval_start
+            log.write_row({"step": step, "samples": step * global_batch, **row,
+                           "lr": opt.param_groups[0]["lr"],
+                           "samples_per_s": interval_steps * global_batch / max(elapsed, 1e-9),
+                           "loss_scale": scaler.get_scale() if cfg.use_fp16 else None})
+            interval_start, interval_steps = time.time(), 0
 
-            if step % cfg.log_interval == 0:
-                row = stats.reduce(all_reduce)  # every rank takes part
-                elapsed = time.time() - interval_start
-                row = {"step": step, "samples": step * global_batch, **row,
-                       "lr": opt.param_groups[0]["lr"],
-                       "samples_per_s": interval_steps * global_batch / max(elapsed, 1e-9),
-                       "loss_scale": scaler.get_scale() if cfg.use_fp16 else None}
-                log.write_row(row)
-                interval_start, interval_steps = time.time(), 0
-            if step % cfg.save_interval == 0 or stop_now:
-                saved_step = save()
-            if cfg.sample_interval and step % cfg.sample_interval == 0:
-                # Rank 0 previews (not training time) while the others wait without the
-                # collective timeout.
-                interval_start += dist.run_on_main(lambda: preview.run(step, ema))
-            if stop_now:
-                log.info(f"stopped by signal after step {step}; exit code {EXIT_STOPPED}: run "
-                         f"the same command with --resume_checkpoint auto to continue")
-                return EXIT_STOPPED
-        if saved_step != step:  # still under StopRequest: a signal now cannot cut the write
+        # -------------------------------------------------------------- checkpoint
+        if step % cfg.save_interval == 0 or stop_now:
             saved_step = save()
-    if end is None or step < end:  # left the loop at the loader's break
-        log.info(f"stopped by signal after step {step}; exit code {EXIT_STOPPED}")
-        return EXIT_STOPPED
-    log.info(f"done: step {step}")
-    return EXIT_OK
+
+        # -------------------------------------------------------------- preview
+        if cfg.sample_interval and step % cfg.sample_interval == 0:
+            # Rank 0 previews (not training time) while the others wait without the
+            # collective timeout.
+            interval_start += dist.run_on_main(lambda: preview.run(step, ema))
+        if stop_now:
+            break
+
+    # ------------------------------------------------------------------ the end
+    if cfg.max_bad_steps and bad_in_a_row >= cfg.max_bad_steps:
+        code = EXIT_DIVERGED
+        message = (f"ERROR: {bad_in_a_row} consecutive steps with a non-finite loss or gradient "
+                   f"(--max_bad_steps {cfg.max_bad_steps}); stopping. The last good checkpoint "
+                   f"is step {saved_step} in {logdir}")
+    else:
+        if saved_step != step:  # the caller's StopRequest is still active: no signal cuts it
+            saved_step = save()
+        code = EXIT_STOPPED if stop_now else EXIT_OK
+        message = (f"stopped by signal after step {step}; exit code {EXIT_STOPPED}: run the "
+                   f"same command with --resume_checkpoint auto to continue" if stop_now
+                   else f"done: step {step}")
+    log.info(message)
+    return code

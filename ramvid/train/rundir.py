@@ -1,102 +1,128 @@
-"""The log dir of a run: which folder, whether this run may start in it, where it resumes from.
+"""The log dir of a run: which folder, the lock that makes this run its one writer, where the run
+starts, and what its checkpoints hold.
 
-Rank 0 decides before anything in the folder is created, truncated or deleted, so a refused start
-(exit code 2) leaves every file as it was:
+Rank 0 takes the folder's lock (`ramvid.runlock`: a live holder is refused, a killed one on this
+host taken over with a warning, one from another host only with `--break_lock True`) and decides
+where the run starts before anything in the folder is truncated or deleted, so a refused start
+(exit code 2) leaves every file as it was. `--resume_checkpoint auto` (or empty) continues from
+the newest complete checkpoint set of the log dir, `path/modelNNNNNN.pt` from that one.
+Checkpoints in the log dir that this run does not continue from (another run's, or steps after
+the one resumed from) are refused unless `--overwrite True` deletes them; model or diffusion
+flags that differ from the resumed run's args.json are refused naming each flag.
 
-- `--resume_checkpoint auto` (or empty): the newest complete checkpoint set in the log dir, if any.
-- `--resume_checkpoint path/modelNNNNNN.pt`: that step, from that folder.
-- Checkpoint files in the log dir that this run does not continue from (another run's, or steps
-  after the one resumed from) are an error naming the folder, unless `--overwrite True`, which
-  deletes them.
-- Resuming with model or diffusion flags that differ from the resumed run's args.json is an error
-  naming each flag; training-only flags may change and are listed in the log.
+A checkpoint holds, besides model, EMA and optimiser, each rank's RNG states and data-loader
+position (gathered to rank 0), the GradScaler and the schedule sampler's loss history.
 """
 import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import dist
-from ..checkpoint import (CHECKPOINT_NAME, checkpoint_files, delete_checkpoint_files,
-                          is_complete, load_latest_checkpoint, load_training_checkpoint,
-                          remove_stale_temp_files, set_files, step_from_model_path)
+from ..checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_files,
+                          delete_checkpoint_files, is_complete, load_latest_checkpoint,
+                          load_training_checkpoint, remove_stale_temp_files, rng_state,
+                          save_checkpoint, set_files, set_rng_state, sets_to_prune,
+                          step_from_model_path)
 from ..config import model_and_diffusion_defaults
 from ..errors import UsageError
 from ..flags import read_args_json
+from ..runlock import FolderLock
 
 # Flags that say how to start, not what is trained: they differ between a run and its restart.
-START_FLAGS = ("resume_checkpoint", "overwrite", "log_dir")
-
-
-@dataclass
-class StartPlan:
-    """Where a run starts; the same on every rank."""
-    logdir: Path
-    step: int = 0  # the step the weights have seen: 0 = fresh start
-    folder: Path = None  # folder of the checkpoint resumed from
-    require_all: bool = True  # False for an explicit --resume_checkpoint (fine-tuning)
-    foreign: list = field(default_factory=list)  # checkpoint files --overwrite deletes
-    messages: list = field(default_factory=list)  # lines for the log
+START_FLAGS = ("resume_checkpoint", "overwrite", "log_dir", "break_lock")
+FORMAT_VERSION = 1  # of the opt file
 
 
 @dataclass
 class Start:
-    plan: StartPlan
+    """Where a run starts; decided on rank 0, the same on every rank but `ckpt`."""
+    logdir: Path
+    step: int = 0  # the step the weights have seen: 0 = fresh start
+    folder: Path = None  # folder of the checkpoint resumed from
+    foreign: list = field(default_factory=list)  # checkpoint files --overwrite deletes
+    messages: list = field(default_factory=list)  # lines for the log
     ckpt: object = None  # this rank's part of the checkpoint (TrainingCheckpoint) or None
 
 
-def resolve_logdir(cfg, info):
-    """--log_dir, else $OPENAI_LOGDIR, else a new timestamped folder in the temp dir (chosen by
-    rank 0); returns (folder, the name of where it came from)."""
+@contextmanager
+def run_folder(cfg, model_flags, info):
+    """`with run_folder(cfg, model_flags, info) as start:` the log dir, locked for this run and
+    ready to start in (a `Start`).
+
+    Rank 0 creates the folder, takes its lock, decides where to start and makes the folder ready;
+    a refusal raises the same UsageError on every rank. From then on an error on one rank ends
+    the whole job (`dist.abort_on_failure`), and the lock is given back however the block ends,
+    before such an abort."""
+    # --log_dir, else $OPENAI_LOGDIR, else a new folder in the temp dir (chosen by rank 0).
     source = "--log_dir" if cfg.log_dir else "$OPENAI_LOGDIR"
-    logdir = cfg.log_dir or os.environ.get("OPENAI_LOGDIR")
-    if not logdir:
-        stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
-        logdir = dist.run_on_main(tempfile.mkdtemp, prefix=f"ramvid-{stamp}-")
-    return Path(logdir), source
-
-
-def prepare_run(cfg, model_flags, logdir, info, source="--log_dir"):
-    """Decide where the run starts (rank 0, reading only), then make the log dir ready for it.
-    Returns a Start holding this rank's part of the checkpoint; raises UsageError on every rank
-    when the run may not start there."""
+    logdir = cfg.log_dir or os.environ.get("OPENAI_LOGDIR") or dist.run_on_main(
+        tempfile.mkdtemp, prefix=f"ramvid-{time.strftime('%Y-%m-%d-%H-%M-%S')}-")
+    logdir = Path(logdir)
+    lock = FolderLock(logdir, what="training run", break_lock=cfg.break_lock)
     loaded = {}
 
-    def decide():
-        plan, loaded["ckpt"] = plan_start(cfg, model_flags, logdir, info.device)
-        _make_ready(plan, source)
-        return plan
+    def take():
+        try:
+            logdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"log dir {logdir} ({source}) cannot be created: "
+                             f"{e.strerror}") from None
+        with warnings.catch_warnings(record=True) as caught:  # a stale lock taken over
+            warnings.simplefilter("always")
+            lock.acquire()
+        try:
+            start = plan_start(cfg, model_flags, logdir, info.device)
+            delete_checkpoint_files(start.foreign)  # what --overwrite True allows
+        except BaseException:
+            lock.release()
+            raise
+        if start.foreign:
+            start.messages.append(f"--overwrite True: deleted {_describe(start.foreign)} from "
+                                  f"{logdir}")
+        for tmp in remove_stale_temp_files(logdir):  # never raises
+            start.messages.append(f"removed {tmp}, left by a run killed while writing a "
+                                  f"checkpoint")
+        start.messages[:0] = [f"WARNING: {w.message}" for w in caught]
+        loaded["ckpt"] = start.ckpt
+        return replace(start, ckpt=None)  # what the other ranks receive
 
-    plan = dist.run_on_main(decide)
-    ckpt = loaded.get("ckpt")
-    if plan.step and not info.is_main:
+    start = dist.run_on_main(take)
+    start.ckpt = loaded.get("ckpt")
+    if start.step and not info.is_main:
         # Ranks > 0 receive rank 0's weights from DDP and keep no EMA (only rank 0 saves):
         # the optimiser state and their own RNG/data position are all they read.
-        ckpt = load_training_checkpoint(plan.folder, plan.step, (), require_all=plan.require_all,
-                                        map_location=info.device, model=False)
-    dist.barrier(long_wait=True)  # rank 0 may wait here for the others' reads
-    return Start(plan, ckpt)
+        start.ckpt = load_training_checkpoint(
+            start.folder, start.step, (), require_all=cfg.resume_checkpoint in ("", "auto"),
+            map_location=info.device, model=False)
+    with dist.abort_on_failure():
+        try:
+            dist.barrier(long_wait=True)  # rank 0 may wait here for the others' reads
+            yield start
+        finally:
+            lock.release()  # held on rank 0 only
 
 
 def plan_start(cfg, model_flags, logdir, map_location="cpu"):
-    """(StartPlan, the checkpoint loaded to `map_location` or None). Reads, never writes."""
+    """A Start holding the checkpoint loaded to `map_location` (or None). Reads, never writes."""
     logdir = Path(logdir)
-    plan = StartPlan(logdir)
-    ckpt = None
+    plan = Start(logdir)
     if cfg.resume_checkpoint not in ("", "auto"):
         path = Path(cfg.resume_checkpoint)
-        plan.folder, plan.step, plan.require_all = path.parent, step_from_model_path(path), False
-        ckpt = load_training_checkpoint(plan.folder, plan.step, cfg.ema_rate, require_all=False,
-                                        map_location=map_location)
+        plan.folder, plan.step = path.parent, step_from_model_path(path)
+        plan.ckpt = load_training_checkpoint(plan.folder, plan.step, cfg.ema_rate,
+                                             require_all=False, map_location=map_location)
         plan.messages.append(f"resuming from {path} (step {plan.step})")
     else:
-        ckpt = load_latest_checkpoint(logdir, cfg.ema_rate, map_location=map_location)
-        if ckpt is not None:
-            plan.folder, plan.step = logdir, ckpt.step
-            listed = ", ".join(p.name for p in set_files(logdir, ckpt.step, cfg.ema_rate))
-            plan.messages.append(f"resuming from step {ckpt.step}: {listed}")
+        plan.ckpt = load_latest_checkpoint(logdir, cfg.ema_rate, map_location=map_location)
+        if plan.ckpt is not None:
+            plan.folder, plan.step = logdir, plan.ckpt.step
+            listed = ", ".join(p.name for p in set_files(logdir, plan.step, cfg.ema_rate))
+            plan.messages.append(f"resuming from step {plan.step}: {listed}")
         else:
             plan.messages.append(f"no checkpoint in {logdir}: starting at step 1")
 
@@ -122,7 +148,7 @@ def plan_start(cfg, model_flags, logdir, map_location="cpu"):
                              f"complete, readable set (left by an interrupted save)")
     if plan.foreign and not cfg.overwrite:
         raise UsageError(_foreign_message(cfg, plan, same_folder))
-    return plan, ckpt
+    return plan
 
 
 def _same_run(logdir, cfg, model_flags):
@@ -134,26 +160,6 @@ def _same_run(logdir, cfg, model_flags):
         return False
     return saved.get("ema_rate") == ",".join(cfg.ema_rate) and not _differing_model_flags(
         model_flags, saved)
-
-
-def _make_ready(plan, source):
-    """Rank 0, after the plan is accepted: create the folder, delete what --overwrite allows,
-    remove temporary files of a run killed mid-write."""
-    try:
-        plan.logdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"log dir {plan.logdir} ({source}) cannot be created: "
-                         f"{e.strerror}") from None
-    delete_checkpoint_files(plan.foreign)
-    if plan.foreign:
-        plan.messages.append(f"--overwrite True: deleted {_describe(plan.foreign)} from "
-                             f"{plan.logdir}")
-    for tmp in remove_stale_temp_files(plan.logdir):
-        plan.messages.append(f"removed {tmp}, left by a run killed while writing a checkpoint")
-
-
-def _step_of(path):
-    return int(CHECKPOINT_NAME.match(Path(path).name).group(1))
 
 
 def _describe(paths, shown=3):
@@ -170,7 +176,7 @@ def _foreign_message(cfg, plan, same_folder):
                 f"step {plan.step} and delete them --overwrite True")
     why = ""
     if plan.step == 0:
-        newest = max(_step_of(p) for p in plan.foreign)
+        newest = max(int(CHECKPOINT_NAME.match(Path(p).name).group(1)) for p in plan.foreign)
         missing = [p.name for p in set_files(plan.logdir, newest, cfg.ema_rate)
                    if not p.is_file()]
         if missing:
@@ -208,9 +214,69 @@ def _check_flags_against_args_json(cfg, model_flags, plan):
             f"{'; '.join(differing)}. Pass the flags of that run (its args.json), or start a new "
             f"run in another --log_dir")
     current = cfg.to_json()
-    training_names = [k for k in current if k not in START_FLAGS]
-    changed = [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in training_names
-               if k in saved and k in current and _as_json(current[k]) != saved[k]]
-    if not changed:
-        return []
-    return [f"training flags changed since the resumed run: {', '.join(changed)}"]
+    changed = [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in current
+               if k not in START_FLAGS and k in saved and _as_json(current[k]) != saved[k]]
+    return [f"training flags changed since the resumed run: {', '.join(changed)}"] if changed \
+        else []
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_training_state(logdir, step, model, ema, opt, scaler, schedule_sampler, data, info,
+                        keep=0, keep_every=0):
+    """Write the checkpoint of `step`, then delete the sets that --keep_checkpoints `keep` and
+    --keep_every `keep_every` no longer keep. Every rank must call this (it gathers per-rank
+    state); only rank 0 writes, while the others wait for it without the collective timeout.
+    Returns the deleted steps."""
+    per_rank = dist.all_gather_object({"rng": rng_state(), "data": data.state_dict()})
+
+    def write():
+        opt_state = {
+            "format": FORMAT_VERSION,
+            "step": step,
+            "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(),
+            "schedule_sampler": (schedule_sampler.state_dict()
+                                 if hasattr(schedule_sampler, "state_dict") else {}),
+            "world_size": info.world_size,
+            "ranks": per_rank,
+        }
+        emas = {rate: ema.state_dict(rate) for rate in ema.rates}  # CPU copies
+        # The model copied to the CPU one tensor at a time (no second copy on the GPU).
+        model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        save_checkpoint(logdir, step, model_state, emas, opt_state)
+        pruned = sets_to_prune(logdir, ema.rates, keep, keep_every)
+        delete_checkpoint_files([path for paths in pruned.values() for path in paths])
+        return list(pruned)
+
+    return dist.run_on_main(write)
+
+
+def restore_training_state(ckpt, model, opt, scaler, schedule_sampler, data, info, log):
+    """Load model (when this rank loaded it), optimiser, scaler, sampler, this rank's RNG and
+    data position from `ckpt` (the EMAs are the EMA's own: `loop.EMA(..., ckpt.emas)`)."""
+    if ckpt.model is not None:
+        try:
+            model.load_state_dict(ckpt.model)
+        except RuntimeError as e:
+            reason = str(e).splitlines()[0]
+            raise CheckpointError(f"{ckpt.folder}: model checkpoint of step {ckpt.step} does not "
+                                  f"fit the model these flags build: {reason}") from None
+    if ckpt.opt is None:
+        return
+    try:
+        opt.load_state_dict(ckpt.opt["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{ckpt.folder}: optimizer state of step {ckpt.step} does not fit "
+                              f"this model: {e}") from None
+    if ckpt.opt.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(ckpt.opt["scaler"])
+    if ckpt.opt.get("schedule_sampler") and hasattr(schedule_sampler, "load_state_dict"):
+        history = ckpt.opt["schedule_sampler"]
+        schedule_sampler.load_state_dict({k: v.cpu() for k, v in history.items()})
+    ranks = ckpt.opt.get("ranks", [])
+    if len(ranks) == info.world_size:
+        set_rng_state(ranks[info.rank]["rng"])
+        data.load_state_dict(ranks[info.rank]["data"])
+    elif info.is_main:
+        log.warn(f"the checkpoint was written by {len(ranks)} ranks, this run has "
+                 f"{info.world_size}: random streams and data order restart (not an exact resume)")
