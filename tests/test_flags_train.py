@@ -59,6 +59,7 @@ Flags of scripts/video_train.py:
 | --val_data_dir | test_sample_interval_previews_the_ema_on_held_out_clips | the preview's given frames are that folder's clip |
 | --log_dir | test_log_dir_is_where_the_run_writes | files in --log_dir, not in $OPENAI_LOGDIR (used without the flag) |
 | --overwrite | test_restart.py::test_restart_in_a_used_folder_is_refused_and_touches_nothing | refused without it (bytes unchanged); with True the other run's checkpoints are deleted |
+| --break_lock | test_restart.py::test_a_lock_from_another_host_needs_break_lock | False: a log dir locked by another host refuses the run (exit 2, naming --break_lock True); True: taken over with a warning |
 | --keep_checkpoints | test_restart.py::test_keep_checkpoints | exactly the newest N complete sets remain |
 | --keep_every | test_restart.py::test_keep_checkpoints | multiples of K are kept besides the newest N |
 | --compile | test_compile_runs_the_unet_through_torch_compile | torch.compile receives the UNet (dynamic=False) and every forward goes through it |
