@@ -6,7 +6,9 @@ so checkpoints are plain state dicts (no `_orig_mod.` prefixes).
 """
 import ctypes
 import ctypes.util
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -120,3 +122,9 @@ def derive_seed(*keys):
     `keys`, e.g. (seed, rank, step, stream): nearby keys give unrelated streams."""
     state = np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]
     return int(state >> np.uint64(1))
+
+
+def cache_home():
+    """Where ramvid keeps what it fetches or measures: $RAMVID_CACHE, else ~/.cache/ramvid."""
+    root = os.environ.get("RAMVID_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "ramvid"

@@ -11,6 +11,17 @@ FIXTURES = REPO.parent / "shared" / "fixtures"
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory):
+    """The suite's own $RAMVID_CACHE (the sampling rates runs remember), in this process and the
+    commands it starts; the I3D weights fetched before are linked in, not fetched again."""
+    cache = tmp_path_factory.mktemp("ramvid_cache")
+    weights = Path(os.environ.get("RAMVID_CACHE") or Path.home() / ".cache" / "ramvid") / "i3d"
+    if weights.is_dir():
+        (cache / "i3d").symlink_to(weights)
+    os.environ["RAMVID_CACHE"] = str(cache)
+
+
 @pytest.fixture(scope="session")
 def reference():
     path = FIXTURES / "ramvid_reference.pt"

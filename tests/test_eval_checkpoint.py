@@ -110,3 +110,33 @@ def test_a_smaller_count_draws_clips_from_the_whole_folder(setup, tmp_path, caps
     report = json.loads((tmp_path / "one" / "eval.json").read_text())
     assert "4 of the 8 usable videos" in report["clips"] and "uniform draw" in report["clips"]
     assert "Clips: 4 of the 8" in report["protocol_description"]
+
+
+def test_dry_run_prints_the_cost_without_data_and_with_the_last_measured_rate(setup, tmp_path,
+                                                                             capsys):
+    """--protocol bair --dry_run on a folder that does not exist: exit 0 and the plan of the
+    protocol's 256 clips x 100 samples, each of the checkpoint's T = 100 DDPM steps (one model
+    call each): 2,560,000 calls, time not yet known; after a real run of the same model and
+    batch size the dry run states the time at the rate that run measured. Seen red with the
+    measured rate not remembered (the second plan still said "not measured yet")."""
+    checkpoint, videos = setup
+    argv = ["--model_path", checkpoint, "--data_dir", tmp_path / "not_here", "--protocol",
+            "bair", "--sample_batch_size", 2, "--dry_run"]
+    with pytest.raises(SystemExit) as stop:
+        load_script("video_eval").main([str(a) for a in argv])
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert stop.value.code == 0
+    assert (plan["videos"], plan["model_calls_per_video"]) == (25600, 100)
+    assert plan["model_calls"] == 2_560_000 and plan["batch_steps"] == 12800 * 100
+    assert plan["time"].startswith("not measured yet")
+
+    # A run of the same model (at the protocol's 16 frames) and batch size measures the rate.
+    load_script("video_sample").main([str(a) for a in [
+        "--model_path", checkpoint, "--cond_generation", False, "--seq_len", 16,
+        "--batch_size", 2, "--num_samples", 2, "--timestep_respacing", 3,
+        "--save_video", "none", "--out_dir", tmp_path / "run"]])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        load_script("video_eval").main([str(a) for a in argv])
+    [(device, time)] = json.loads(capsys.readouterr().out)["plan"]["time"].items()
+    assert device.startswith("cpu") and "of one device at" in time

@@ -32,6 +32,7 @@ from ..errors import UsageError
 from ..flags import config_json, versions, write_json
 from ..masking import mask_from_frames
 from ..runlock import FolderLock
+from ..runtime import cache_home
 from ..video_io import save_video_grid
 from .batch import (CLIP_DRAW_SEED, ClipSource, SamplerOptions, global_batches, labels_for,
                     model_video_shape, sample_batch, sample_generators, step_bar, to_uint8)
@@ -268,8 +269,8 @@ def _clips_needed(job):
 # --------------------------------------------------------------------------- cost
 def cost(job, diffusion, seq_len, rates=None):
     """What a job costs: videos, model calls, denoising steps of batches, and the time at each
-    rate measured before for its model and batch ({device: {"s_per_step", "date"}}, see
-    `measured_rates`): a dict for --dry_run and the plan line."""
+    rate measured before for its model and batch ({device: {"s_per_step", "date"}}, kept in
+    $RAMVID_CACHE/sampling_rates.json): a dict for --dry_run and the plan line."""
     steps = (len(window_plan(job, seq_len)) if job.long else 1) * diffusion.num_timesteps
     calls = steps * job.options.model_calls_per_step(bool(job.cond_frames))
     batch_steps = -(-job.num_samples // job.batch_size) * steps
@@ -285,8 +286,7 @@ def cost(job, diffusion, seq_len, rates=None):
 
 
 def rates_file():
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ramvid" / \
-        "sampling_rates.json"
+    return cache_home() / "sampling_rates.json"
 
 
 def measured_rates(key):
