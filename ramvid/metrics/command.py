@@ -37,10 +37,10 @@ DESCRIPTION = "Evaluate predicted videos: PSNR/SSIM (best- and mean-of-N) and FV
 SAMPLING_MODE_FLAGS = (
     replace(SAMPLING_FLAG["model_path"], help="checkpoint to sample from (model flags from "
             "args.json beside it, or --preset)"),
-    replace(SAMPLING_FLAG["data_dir"], help="test videos: clip i = first seq_len frames of the "
-            "i-th file"),
-    Flag("num_clips", 0, "evaluate the first N clips (0: the protocol's count, else all in "
-         "--data_dir)", check=at_least(0)),
+    replace(SAMPLING_FLAG["data_dir"], help="test videos: a clip is the first seq_len frames of "
+            "a file; the files in a fixed seeded shuffle, the first --num_clips of it scored"),
+    Flag("num_clips", 0, "evaluate N clips, a uniform draw from --data_dir (0: the protocol's "
+         "count, else all)", check=at_least(0)),
     replace(SAMPLING_FLAG["seed"], help="sample s of clip c uses a generator seeded by "
             "hash(seed, c*S+s)"),
     *(SAMPLING_FLAG[name] for name in ("sampler", "use_ddim", "eta", "clip_denoised",
