@@ -26,7 +26,7 @@ Flags of scripts/video_sample.py:
 | --clip_denoised | test_clip_denoised_clips_pred_x0 | the DDIM step uses x0 clipped to [-1, 1] (True) or unclipped (False) |
 | --resample_steps | test_resample_steps_repeat_each_step | 2 calls per step, re-noised sqrt(1 - beta) x + sqrt(beta) N(0, 1) in between |
 | --guidance_scale | test_guidance_scale_calls_twice_with_given_frames_noised | 3: 2 calls per step, the second with the given frames diffused, the step on the mixed output; 1: 1 call |
-| --data_dir | test_data_dir_clips_come_in_a_seeded_shuffle | sample i is given the first frames of file i of the sorted files shuffled with seed 0 |
+| --data_dir | test_data_dir_clip_i_is_the_ith_sorted_file | sample i is given the first frames of the i-th sorted file (runs that use every file) |
 | --samples_per_clip | test_samples_per_clip_pairs_samples_with_clips | 2: samples 2c, 2c + 1 given clip c; 1: sample i given clip i |
 | --cond_generation | test_cond_generation_false_gives_no_frame_and_reads_no_data | False: no data read, every frame noise; True: the clips read |
 | --save_gt | test_save_gt_writes_the_clips | gt_ file = the decoded clips; none without |
@@ -83,7 +83,7 @@ Flags of scripts/video_sample_long.py:
 | --clip_denoised | test_clip_denoised_clips_pred_x0 | the DDIM step uses x0 clipped to [-1, 1] (True) or unclipped (False) |
 | --resample_steps | test_resample_steps_repeat_each_step | 2 calls per step, re-noised sqrt(1 - beta) x + sqrt(beta) N(0, 1) in between |
 | --guidance_scale | test_guidance_scale_calls_twice_with_given_frames_noised | 3: 2 calls per step, the second with the given frames diffused, the step on the mixed output; 1: 1 call |
-| --data_dir | test_data_dir_clips_come_in_a_seeded_shuffle | sample i is given the first frames of file i of the sorted files shuffled with seed 0 |
+| --data_dir | test_data_dir_clip_i_is_the_ith_sorted_file | sample i is given the first frames of the i-th sorted file (runs that use every file) |
 | --samples_per_clip | test_samples_per_clip_pairs_samples_with_clips | 2: samples 2c, 2c + 1 given clip c; 1: sample i given clip i |
 | --cond_generation | test_cond_generation_false_gives_no_frame_and_reads_no_data | False: no data read, every frame noise; True: the clips read |
 | --save_gt | test_save_gt_writes_the_clips | gt_ file = the decoded clips; none without |
@@ -145,7 +145,7 @@ Flags of scripts/video_eval.py:
 | --device | test_device_places_i3d | I3D moved to cpu (given) or cuda (default, CUDA available) |
 | --output | test_eval_output_names_the_results_file | the JSON written there; default <samples>_eval.json |
 | --model_path | test_model_path_picks_the_weights | network outputs = a UNet with that file's state dict, not the other file's |
-| --data_dir | test_data_dir_clips_come_in_a_seeded_shuffle | sample i is given the first frames of file i of the sorted files shuffled with seed 0 |
+| --data_dir | test_data_dir_clip_i_is_the_ith_sorted_file | sample i is given the first frames of the i-th sorted file (runs that use every file) |
 | --num_clips | test_eval_num_clips_takes_the_first_sorted_clips | 3 / 2 clips sampled and scored |
 | --seed | test_seed_sets_each_samples_noise | x_T of sample i is N(0, 1) from (seed, i): equal in batches of 2 and 1, other with another seed |
 | --sampler | test_sampler_steps_follow_their_update_rule | next network input = the DDIM / DDPM / DPM-Solver++(2M) step of the call before |
@@ -524,14 +524,14 @@ SHARED_RUNS = {  # name: (samples, batch, flags)
     "ddim": (3, 2, ["--sampler", "ddim"]),
     "alone": (3, 1, ["--sampler", "ddim"]),
     "seed6": (2, 2, ["--sampler", "ddim", "--seed", 6]),
-    "use_ddim": (2, 2, ["--use_ddim", "True"]),
+    "use_ddim": (3, 2, ["--use_ddim", "True"]),
     "ddpm": (2, 2, []),
     "dpm": (2, 2, ["--sampler", "dpm++2m"]),
     "eta": (2, 2, ["--sampler", "ddim", "--eta", 1]),
     "no_clip": (2, 2, ["--sampler", "ddim", "--clip_denoised", "False"]),
     "resample": (2, 2, ["--sampler", "ddim", "--resample_steps", 2]),
     "guided": (2, 2, ["--sampler", "ddim", "--guidance_scale", 3]),
-    "tf32_off": (2, 2, ["--sampler", "ddim", "--tf32", "False"]),
+    "tf32_off": (3, 2, ["--sampler", "ddim", "--tf32", "False"]),
 }
 
 
@@ -625,10 +625,10 @@ def test_sampler_steps_follow_their_update_rule(runs, script, sampler):
 def test_use_ddim_is_sampler_ddim(runs, script):
     """--use_ddim True samples the bytes --sampler ddim does (and not DDPM's). Seen red with
     --use_ddim ignored when --sampler is empty."""
-    ddim, use_ddim = runs(script, "ddim").npz()[:2], runs(script, "use_ddim").npz()
+    ddim, use_ddim = runs(script, "ddim").npz(), runs(script, "use_ddim").npz()
     assert np.array_equal(use_ddim, ddim)
     assert ddim_gap(runs(script, "use_ddim")) < 1e-4
-    assert (use_ddim != runs(script, "ddpm").npz()).mean() > 0.5
+    assert (use_ddim[:2] != runs(script, "ddpm").npz()).mean() > 0.5
 
 
 @pytest.mark.parametrize("script", SCRIPTS_SAMPLING)
@@ -737,7 +737,7 @@ def test_tf32_sets_cuda_backend_flags_only(runs, script):
     on, off = runs(script, "ddim"), runs(script, "tf32_off")
     assert {c.tf32 for c in on.calls} == {(True, True)}
     assert {c.tf32 for c in off.calls} == {(False, False)}
-    assert np.array_equal(on.npz()[:2], off.npz())
+    assert np.array_equal(on.npz(), off.npz())
 
 
 @pytest.mark.parametrize("script", SCRIPTS_SAMPLING)
@@ -820,14 +820,14 @@ def test_dry_run_prints_the_configuration_and_samples_nothing(setup, tmp_path, s
 
 
 @pytest.mark.parametrize("script", SCRIPTS_SAMPLING)
-def test_data_dir_clips_come_in_a_seeded_shuffle(runs, setup, script):
-    """Sample i is given the first frames of file i of the --data_dir files (written c, a, b)
-    in sorted order shuffled by numpy's permutation with seed 0, as the help says, exactly as
-    PyAV decodes them; the record lists those files; the saved given frames are those bytes.
-    Seen red with the files listed in reverse sorted order."""
+def test_data_dir_clip_i_is_the_ith_sorted_file(runs, setup, script):
+    """A run that uses every file: sample i is given the first frames of the i-th --data_dir
+    file in sorted order (files written c, a, b), exactly as PyAV decodes them; the record lists
+    those files; the saved given frames are those bytes. Seen red with the files listed in
+    reverse sorted order."""
     done = runs(script, "ddim")
-    order = np.random.default_rng(0).permutation(len(FILE_NAMES))
-    assert done.record["clip_files"] == [sorted(FILE_NAMES)[i] for i in order]
+    order = np.arange(len(FILE_NAMES))
+    assert done.record["clip_files"] == sorted(FILE_NAMES)
     seen, want = given_clips(done, setup["clips"])
     assert torch.allclose(seen, want, atol=1e-6)
     assert np.array_equal(done.npz()[:, list(GIVEN)], setup["clips"][order][:, list(GIVEN)])

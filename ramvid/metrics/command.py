@@ -38,7 +38,7 @@ SAMPLING_MODE_FLAGS = (
     replace(SAMPLING_FLAG["model_path"], help="checkpoint to sample from (model flags from "
             "args.json beside it, or --preset)"),
     replace(SAMPLING_FLAG["data_dir"], help="test videos: a clip is the first seq_len frames of "
-            "a file; the files in a fixed seeded shuffle, the first --num_clips of it scored"),
+            "a file; all files, or a seeded uniform draw of --num_clips of them"),
     Flag("num_clips", 0, "evaluate N clips, a uniform draw from --data_dir (0: the protocol's "
          "count, else all)", check=at_least(0)),
     replace(SAMPLING_FLAG["seed"], help="sample s of clip c uses a generator seeded by "

@@ -8,10 +8,10 @@ evaluation, long videos, training previews, `sample_videos` in a notebook) runs 
 through `sample_batch`.
 
 Sample i conditioned on data takes clip (i // S) mod n of the n clips a run uses (`ClipSource`):
-a clip is the first `seq_len` frames of a video file of --data_dir, and the files come in a
-fixed seeded shuffle of the sorted list, so every rank and every run pairs sample i with the same
-clip, and any n of them are a uniform draw. S = samples_per_clip: with S = 1 the samples loop
-over the clips; with S > 1 each clip conditions S consecutive samples (clip-major).
+a clip is the first `seq_len` frames of a video file of --data_dir; all of them in sorted path
+order, or, when a run needs fewer, a seeded uniform draw, so every rank and every run pairs
+sample i with the same clip. S = samples_per_clip: with S = 1 the samples loop over the clips;
+with S > 1 each clip conditions S consecutive samples (clip-major).
 """
 import warnings
 from dataclasses import dataclass
@@ -84,12 +84,12 @@ def model_video_shape(model):
 
 
 class ClipSource:
-    """The clips of --data_dir that condition a run. Its K usable videos, in sorted path order,
-    are shuffled once by a permutation seeded with CLIP_DRAW_SEED, and a run that needs n clips
-    uses the first n of it: a uniform draw whatever n is, never biased towards the first file
-    names (Kinetics-600's start with the class), the same on every rank and every rerun
-    whatever --seed is. Sample i takes clip (i // S) mod n of them (S = samples_per_clip), so
-    its clip, like its noise, does not depend on how many samples the run draws."""
+    """The clips of --data_dir that condition a run. A run that needs all K usable videos (or
+    more: the samples then loop over them) takes them in sorted path order; a run that needs
+    fewer, n, takes the first n of a fixed shuffle of them (seeded by CLIP_DRAW_SEED): a uniform
+    draw, never biased towards the first file names (Kinetics-600's start with the class), the
+    same on every rank and every rerun whatever --seed is, and the same first clips for any n.
+    Sample i takes clip (i // S) mod n of them (S = samples_per_clip)."""
 
     def __init__(self, data_dir, flags, seq_len=None, samples_per_clip=1, num_clips=None):
         if samples_per_clip < 1:
@@ -106,8 +106,11 @@ class ClipSource:
                 f"{num_classes}: labels are the data's class indices (sorted file-name prefixes)"
             )
         self.data_clips = len(self.dataset)  # K
-        order = np.random.default_rng(CLIP_DRAW_SEED).permutation(self.data_clips).tolist()
-        self.chosen = order[:num_clips]  # all K when num_clips is None or >= K
+        if num_clips is None or num_clips >= self.data_clips:
+            self.chosen = list(range(self.data_clips))
+        else:
+            shuffled = np.random.default_rng(CLIP_DRAW_SEED).permutation(self.data_clips)
+            self.chosen = shuffled[:num_clips].tolist()
         self.files = [str(self.dataset.paths[i].relative_to(data_dir)) for i in self.chosen]
 
     def __len__(self):

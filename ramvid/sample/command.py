@@ -59,8 +59,8 @@ SAMPLING_FLAGS = (
          "frames)", check=at_least(1)),
     Flag("guidance_scale", 1.0, "frame guidance w: eps_uncond + w (eps_cond - eps_uncond); 1 = "
          "plain conditioning", check=_finite_non_negative),
-    Flag("data_dir", "", "videos whose first frames condition the samples (the files in a fixed "
-         "seeded shuffle of their sorted order; clip_files in sample_args.json)"),
+    Flag("data_dir", "", "videos whose first frames condition the samples: all files in sorted "
+         "order, or a seeded uniform draw when fewer are needed (clip_files in sample_args.json)"),
     Flag("samples_per_clip", 1, "S: samples i*S .. i*S+S-1 share clip i (1: the samples loop "
          "over the clips)", check=at_least(1)),
     Flag("cond_generation", True, "condition on frames of --data_dir clips (False: "

@@ -132,11 +132,6 @@ def npz_name(shape, prefix=""):
     return prefix + "x".join(str(s) for s in shape) + ".npz"
 
 
-def save_npz(folder, videos, labels=None, prefix=""):
-    """folder / <shape>.npz holding videos (arr_0) [and labels (arr_1)]; returns the path."""
-    path = Path(folder) / npz_name(videos.shape, prefix)
-    return write_npz(path, [videos] if labels is None else [videos, np.asarray(labels)])
-
 
 class ChunkStore:
     """Chunks of one run. `fields`: the per-sample arrays each chunk holds, in order, as

@@ -127,9 +127,11 @@ def job_record(job, flags, diffusion, num_frames, source):
         "save_video": job.save_video, "fps": job.fps, "model_flags": flags,
     }
     if source:
-        record["clip_of_sample"] = ("sample i uses clip_files[(i // samples_per_clip) mod "
-                                    f"num_clips]: the first num_clips of the {source.data_clips} "
-                                    f"usable videos in a seeded shuffle (seed {CLIP_DRAW_SEED})")
+        drawn = len(source) < source.data_clips
+        record["clip_of_sample"] = (
+            "sample i uses clip_files[(i // samples_per_clip) mod num_clips]: " +
+            (f"a uniform draw (seed {CLIP_DRAW_SEED}) of num_clips of the data_clips usable "
+             "videos" if drawn else "the usable videos in sorted path order"))
         record["clip_files"] = source.files
     return record
 
