@@ -28,20 +28,18 @@ _UCF_NAME = re.compile(r"^v_[^_]+_(?P<rest>g\d+_c\d+)$")
 
 
 def read_split_list(path):
-    """[(class, relative path)] of a trainlist/testlist file."""
+    """[(class, relative path)] of a trainlist/testlist file: the class is the path's folder, or
+    without one the word after the file name's `v_`."""
     entries = []
-    for line in Path(path).read_text().splitlines():
-        fields = line.split()
+    for fields in map(str.split, Path(path).read_text().splitlines()):
         if not fields:
             continue
         relative = fields[0].replace("\\", "/")
-        folder = relative.rsplit("/", 1)[0] if "/" in relative else None
-        name = relative.rsplit("/", 1)[-1]
+        folder, _, name = relative.rpartition("/")
         match = re.match(r"^v_([^_]+)_", name)
-        label = folder or (match.group(1) if match else None)
-        if label is None:
+        if not (folder or match):
             raise UsageError(f"{path}: cannot tell the class of {relative!r}")
-        entries.append((label, relative))
+        entries.append((folder or match.group(1), relative))
     return entries
 
 
