@@ -110,6 +110,7 @@ def run_one(name, args):
     from ramvid.diffusion import create_named_schedule_sampler
     from ramvid.diffusion.sampling import Conditioning, ddim_step, ddpm_step, predict
     from ramvid.runtime import compile_model, configure_tf32, limit_heap_fragmentation
+    from ramvid.sample.batch import AUTOCAST_DTYPES
     from ramvid.train.loop import (EMA, draw_step_inputs, forward_backward,
                                    fused_adamw_supported, gradient_norm)
 
@@ -127,7 +128,7 @@ def run_one(name, args):
     layout = torch.channels_last_3d if args.channels_last else torch.contiguous_format
     model.to(device, memory_format=layout).train()
     n_params = sum(p.numel() for p in model.parameters())
-    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    autocast_dtype = AUTOCAST_DTYPES[args.dtype]
     net = compile_model(model, args.compile)
 
     def autocast():
@@ -249,7 +250,7 @@ def main(argv=None):
         return
     failed = False
     for name in args.configs.split(","):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--one", name]
+        cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), "--one", name]
         failed |= subprocess.run(cmd).returncode != 0
     sys.exit(1 if failed else 0)
 

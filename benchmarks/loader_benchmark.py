@@ -1,12 +1,10 @@
 """How fast ramvid's loader reaches a random window of a long video, and the full pipeline.
 
-Generates (once, cached) a long synthetic h264 video, then prints JSON with
-- the median time to read a random `seq_len`-frame window by seeking (`read_window`) versus
-  decoding from the first frame, over the same random starts (the two must return the same
-  frames, checked here);
-- items/s of `load_data` (random windows, preprocessing, batching, workers).
-
     python benchmarks/loader_benchmark.py [--cache_dir DIR] [--minutes 5]
+
+Generates once (cached) a long synthetic h264 video, then prints JSON: the times to read a
+`seq_len`-frame window by seeking (`read_window`) and by decoding from the first frame at the
+same random starts (both must return the same frames), and the items/s of `load_data`.
 """
 from __future__ import annotations
 

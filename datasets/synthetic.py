@@ -169,12 +169,12 @@ def generate(out_dir, num_train=400, num_test=64, image_size=32, num_frames=20, 
 def fraction_pair(text):
     """'a,b' -> (a, b) floats; a single number gives (a, a)."""
     try:
-        values = tuple(float(v) for v in str(text).split(","))
+        values = [float(v) for v in str(text).split(",")]
+        if len(values) in (1, 2):
+            return values[0], values[-1]
     except ValueError:
-        raise ValueError(f"expected 'min,max' numbers, got {text!r}") from None
-    if len(values) not in (1, 2):
-        raise ValueError(f"expected 'min,max' numbers, got {text!r}")
-    return (values[0], values[-1])
+        pass
+    raise ValueError(f"expected 'min,max' numbers, got {text!r}")
 
 
 def _written(pair):

@@ -3,17 +3,14 @@
     python datasets/ucf101.py --ucf_dir path/to/UCF-101 --split_dir path/to/ucfTrainTestlist \
         --out_dir data/ucf101 --split 1 --mode symlink
 
-The split lists (`trainlist0N.txt`: `ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`,
-`testlist0N.txt`: the path alone) name each video by its class folder. The original file names
-start with `v_`, which `--class_cond True` would read as the class of every video, so each
-video is linked (or copied) as `<ClassFolder>_gXX_cXX.avi`: `ApplyEyeMakeup_g08_c01.avi`.
-The class comes from the list's folder, not from the file name, because a few file names spell
-their class differently from their folder (`HandstandPushups/v_HandStandPushups_g01_c01.avi`).
+The split lists name each video by its class folder (`ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi`).
+The original names start with `v_`, which `--class_cond True` would read as the class of every
+video, so each is linked (or copied) as `<ClassFolder>_gXX_cXX.avi`, the class taken from the
+folder: a few file names spell it differently (`HandstandPushups/v_HandStandPushups_g01_c01.avi`).
 """
 import re
 import shutil
 import sys
-from collections import Counter
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python datasets/ucf101.py`: import from the repo root
@@ -64,7 +61,7 @@ def arrange(ucf_dir, split_dir, out_dir, split=1, mode="symlink", overwrite=Fals
         lists[name] = read_split_list(path)
     by_name = None  # videos found anywhere under ucf_dir, indexed on first need
     out_dirs = {name: prepare_split_dir(out_dir, name, overwrite) for name in lists}
-    written, missing = Counter(), []
+    written, missing = {name: 0 for name in lists}, []
     for name, entries in lists.items():
         for label, relative in entries:
             source = ucf_dir / relative
@@ -83,10 +80,10 @@ def arrange(ucf_dir, split_dir, out_dir, split=1, mode="symlink", overwrite=Fals
             written[name] += 1
     if missing and not sum(written.values()):
         raise UsageError(f"--ucf_dir {ucf_dir}: none of the {len(missing)} listed videos is "
-                           f"there (looked for {ucf_dir / missing[0]})")
+                         f"there (looked for {ucf_dir / missing[0]})")
     for relative in missing:
         warn(f"{relative} is listed but not found under {ucf_dir}; skipped")
-    return {name: written[name] for name in lists}, missing
+    return written, missing
 
 
 FLAGS = (
