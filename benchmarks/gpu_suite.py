@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(REPO))
 
-from ramvid.flags import Flag, at_least, int_list, parse, user_errors  # noqa: E402
+from ramvid.flags import Flag, at_least, int_list, parse, user_errors, write_json  # noqa: E402
 
 BENCHMARK = REPO / "benchmarks" / "benchmark.py"
 
@@ -96,7 +96,7 @@ class Suite:
         self.results = {"suite": "benchmarks/gpu_suite.py", "tiny": args.tiny,
                         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
                         "load_avg_1min_at_start": round(os.getloadavg()[0], 2)}
-        self.save()
+        write_json(self.args.out, self.results)
 
     def skipped(self, section, name):
         """Whether --budget_s is spent; then `name` is recorded as skipped."""
@@ -108,13 +108,7 @@ class Suite:
     def record(self, section, name, value):
         self.results.setdefault(section, {})[name] = value
         self.results["elapsed_s"] = round(time.time() - self.start, 1)
-        self.save()
-
-    def save(self):
-        path = Path(self.args.out)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1, default=str))
-        tmp.replace(path)
+        write_json(self.args.out, self.results)
 
     def benchmark(self, section, name, flags):
         """One benchmark.py row, or the reason it has none. Each row runs in its own process:
@@ -307,7 +301,7 @@ def main(argv=None):
     if "protocol" in sections:
         protocol_cost(suite)
     suite.results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    suite.save()
+    write_json(args.out, suite.results)
     print(json.dumps({"out": args.out, "elapsed_s": round(time.time() - suite.start, 1)}))
 
 
