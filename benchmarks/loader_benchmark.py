@@ -8,6 +8,7 @@ same random starts (both must return the same frames), and the items/s of `load_
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -67,14 +68,9 @@ def generate_video(path: Path, minutes: float, width: int, height: int, fps: int
 
 def decode_from_start(path: Path, start: int, length: int) -> np.ndarray:
     """The slow way: decode every frame up to the end of the window (same RGB conversion)."""
-    window = []
     with av.open(str(path)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index >= start:
-                window.append(to_rgb(frame))
-                if len(window) == length:
-                    break
-    return np.stack(window)
+        frames = itertools.islice(container.decode(video=0), start, start + length)
+        return np.stack([to_rgb(frame) for frame in frames])
 
 
 def cpu_timed(fn, *args):
