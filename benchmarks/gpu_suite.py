@@ -8,17 +8,12 @@ stopped by a time limit keeps what it measured; `--budget_s` skips the rest once
 docs/PERFORMANCE.md names the target each section measures.
 
   syncs     host synchronisations counted in one training step and one sampling step
-  train     bair64 training step (benchmark.py) in fp32 with TF32 off and on, bf16, bf16 +
-            compile, at batch 4 (also microbatch 2, the paper's setting) and 8: seconds, MFU,
-            peak memory; the batch-8 rows also time the sampling step at batch 8
+  train     bair64 steps of benchmark.py: fp32 (TF32 off/on), bf16, bf16 + compile; batch 4, 8
   variants  bf16 at batch 4 with channels_last_3d, with cudnn.benchmark; CPU noise generators
-  script    torchrun scripts/video_train.py on synthetic videos: samples/s against the
-            benchmark's step at the same settings
+  script    torchrun scripts/video_train.py: samples/s against the benchmark's step
   curves    (only when named) loss curves of fp32 (TF32) and bf16 training through the script
-  quality   with --model_path and --clips_npz: PSNR (and FVD with the I3D weights) of DDPM,
-            DDIM and dpm++2m at several step counts, on the same clips and seeds
-  protocol  GPU-hours of the BAIR protocol (256 clips x 100 samples) from the measured
-            sampling steps (arithmetic, not a measurement)
+  quality   PSNR/SSIM (and FVD) of several samplers and step counts on --clips_npz
+  protocol  GPU-hours of the BAIR protocol from the measured sampling steps (arithmetic)
 """
 import csv
 import json

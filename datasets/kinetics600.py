@@ -3,14 +3,11 @@
     python datasets/kinetics600.py --csv kinetics600/train.csv --clips_dir downloads/ \
         --out_dir data/kinetics600 --short_side 128
 
-The csv is the public annotation file (columns label, youtube_id, time_start, time_end, split).
-A clip in `clips_dir` (searched recursively) is either already cut to its span,
-`<youtube_id>_<start:06d>_<end:06d>.mp4`, and kept whole, or a whole video `<youtube_id>*.mp4`
-(also .webm/.mkv), which is trimmed to [time_start, time_end). Each is resized to a short side
-of `--short_side` and written to `out_dir/<split>/<Label>_<youtube_id>_<start>_<end>.mp4`, with
-<Label> the label in CamelCase ('playing guitar' -> 'PlayingGuitar'): the prefix that
-`--class_cond True` reads as the class. Missing or unreadable clips are skipped with a warning;
-existing outputs are kept, so an interrupted run resumes where it stopped.
+Each row of the annotation csv (label, youtube_id, time_start, time_end, split) names a clip in
+`clips_dir`, either cut, `<youtube_id>_<start:06d>_<end:06d>.mp4`, and kept whole, or a whole
+video `<youtube_id>*.mp4` trimmed to [time_start, time_end). It is resized and written to
+`out_dir/<split>/<Label>_<youtube_id>_<start>_<end>.mp4`, <Label> the label in CamelCase: the
+prefix `--class_cond True` reads as the class. Existing outputs are kept, so a rerun resumes.
 """
 import csv
 import itertools
