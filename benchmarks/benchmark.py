@@ -36,11 +36,9 @@ CONFIGS = {
                         attention_resolutions="16,8", scale_time_dim=0, num_heads=4),
 }
 
-# Dense peak FLOP/s of the cards we measure on (SXM), by arithmetic, for MFU.
-PEAK_FLOPS = {
-    "H100": {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12},
-    "H200": {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12},
-}
+# Dense peak FLOP/s of the cards we measure on, H100 and H200 SXM (the same), for MFU.
+PEAK_CARDS = ("H100", "H200")
+PEAK_FLOPS = {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12}
 
 
 def known_configs(text):
@@ -110,8 +108,9 @@ def run_one(name, args):
 
     from ramvid import create_model_and_diffusion, model_and_diffusion_defaults
     from ramvid.diffusion import create_named_schedule_sampler
-    from ramvid.diffusion.sampling import ddim_step, ddpm_step
+    from ramvid.diffusion.sampling import Conditioning, ddim_step, ddpm_step, predict
     from ramvid.runtime import compile_model, configure_tf32, limit_heap_fragmentation
+    from ramvid.sample.batch import AUTOCAST_DTYPES
     from ramvid.train.loop import (EMA, draw_step_inputs, forward_backward,
                                    fused_adamw_supported, gradient_norm)
 
@@ -122,14 +121,14 @@ def run_one(name, args):
     configure_tf32(args.tf32 == "on")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     cfg = dict(CONFIGS[name])
-    batch = args.batch_size or cfg.pop("batch_size")
-    cfg.pop("batch_size", None)
+    batch = args.batch_size or cfg["batch_size"]
+    del cfg["batch_size"]
     flags = {**model_and_diffusion_defaults(), **cfg, "use_checkpoint": args.use_checkpoint}
     model, diffusion = create_model_and_diffusion(**flags)
     layout = torch.channels_last_3d if args.channels_last else torch.contiguous_format
     model.to(device, memory_format=layout).train()
     n_params = sum(p.numel() for p in model.parameters())
-    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    autocast_dtype = AUTOCAST_DTYPES[args.dtype]
     net = compile_model(model, args.compile)
 
     def autocast():
@@ -144,12 +143,11 @@ def run_one(name, args):
     ema = EMA(model, ["0.9999"])
     sampler = create_named_schedule_sampler("uniform", diffusion)
     step_cfg = SimpleNamespace(seed=0, uncondition_rate=0.25, max_num_mask_frames=4, mask_range=None)
-    step_count = [0]
 
-    def train_step():
-        # The training loop's own pieces: per-step random inputs, masked loss + backward,
+    def train_step(i=0):
+        # The training loop's own pieces: step i's random inputs, masked loss + backward,
         # clipping of the unscaled gradients, AdamW, EMA.
-        inputs = draw_step_inputs(step_cfg, sampler, x0, 0, step_count[0])
+        inputs = draw_step_inputs(step_cfg, sampler, x0, 0, i)
         forward_backward(net, diffusion, x0, {}, inputs, microbatch, autocast=autocast(),
                          scaler=scaler)
         scaler.unscale_(opt)
@@ -158,36 +156,39 @@ def run_one(name, args):
         scaler.update()
         opt.zero_grad(set_to_none=True)
         ema.update()
-        step_count[0] += 1
 
-    train_s = median_seconds(lambda i: train_step(), args.warmup, args.steps, args.device)
+    train_s = median_seconds(train_step, args.warmup, args.steps, args.device)
     train_peak = peak_memory_mb(args.device)
+
+    # One noise generator per sample, as the sampling scripts use.
+    gen_device = device if args.generators == "device" else torch.device("cpu")
+    gens = [torch.Generator(device=gen_device).manual_seed(i) for i in range(batch)]
+
+    def timesteps(t):
+        return torch.full((batch,), t, device=device, dtype=torch.long)
+
+    def sample_step(step, x, t):
+        """One unconditional reverse step x_t -> x_{t-1} of `step` (ddpm_step, ddim_step)."""
+        out = predict(diffusion, net, x, t, Conditioning(), generator=gens)
+        return step(diffusion, x, t, out, None, gens)
 
     model.eval()
     with torch.inference_mode(), autocast():
-        t = torch.full((batch,), diffusion.num_timesteps // 2, device=device, dtype=torch.long)
         with FlopCounterMode(display=False) as counter:
-            net(x0, diffusion.model_timesteps(t))
+            net(x0, diffusion.model_timesteps(timesteps(diffusion.num_timesteps // 2)))
         fwd_flops = counter.get_total_flops()
-        # One noise generator per sample, as the sampling scripts use.
-        gen_device = device if args.generators == "device" else torch.device("cpu")
-        gens = [torch.Generator(device=gen_device).manual_seed(i) for i in range(batch)]
         sampling = {}
-        for kind, step in (("ddpm", sampler_step(diffusion, ddpm_step)),
-                           ("ddim", sampler_step(diffusion, ddim_step))):
+        for kind, step in (("ddpm", ddpm_step), ("ddim", ddim_step)):
             x = torch.randn(shape, device=device).contiguous(memory_format=layout)
 
-            def sample_step(i, step=step):
-                nonlocal x
-                # Walk down from the noisiest step, as a sampler does.
-                t = torch.full((batch,), diffusion.num_timesteps - 1 - i, device=device, dtype=torch.long)
-                x = step(net, x, t, generator=gens)
+            def walk_down(i, step=step):
+                nonlocal x  # from the noisiest step down, as a sampler walks
+                x = sample_step(step, x, timesteps(diffusion.num_timesteps - 1 - i))
 
-            sampling[kind] = median_seconds(sample_step, 1, args.sample_steps, args.device)
-        t = torch.full((batch,), diffusion.num_timesteps - 1 - args.sample_steps, device=device,
-                       dtype=torch.long)
-    syncs = count_host_syncs(train_step, lambda: sampler_step(diffusion, ddpm_step)(net, x0, t, generator=gens),
-                             model) if args.sync_check and args.device == "cuda" else {}
+            sampling[kind] = median_seconds(walk_down, 1, args.sample_steps, args.device)
+    t = timesteps(diffusion.num_timesteps - 1 - args.sample_steps)
+    syncs = count_host_syncs(train_step, lambda: sample_step(ddpm_step, x0, t), model) \
+        if args.sync_check and args.device == "cuda" else {}
 
     record = {
         "config": name, "device": args.device, "dtype": args.dtype, "batch_size": batch,
@@ -208,22 +209,11 @@ def run_one(name, args):
     if args.device == "cuda":
         card = torch.cuda.get_device_name()
         record["card"] = card
-        peaks = next((v for k, v in PEAK_FLOPS.items() if k in card), None)
         precision = args.dtype if args.dtype != "fp32" else ("tf32" if args.tf32 == "on" else "fp32")
-        if peaks:
-            record["mfu"] = round(3 * fwd_flops / train_s / peaks[precision], 4)
-            record["mfu_peak"] = f"{precision} {peaks[precision] / 1e12:.0f} TFLOP/s"
+        if any(peak_card in card for peak_card in PEAK_CARDS):
+            record["mfu"] = round(3 * fwd_flops / train_s / PEAK_FLOPS[precision], 4)
+            record["mfu_peak"] = f"{precision} {PEAK_FLOPS[precision] / 1e12:.0f} TFLOP/s"
     print(json.dumps(record), flush=True)
-
-
-def sampler_step(diffusion, step):
-    """One reverse step x_t -> x_{t-1} of `step` (ddpm_step, ddim_step), unconditional."""
-    from ramvid.diffusion.sampling import Conditioning, predict
-
-    def run(net, x, t, generator=None):
-        out = predict(diffusion, net, x, t, Conditioning(), generator=generator)
-        return step(diffusion, x, t, out, None, generator)
-    return run
 
 
 def count_host_syncs(train_step, sample_step, model):
@@ -260,7 +250,7 @@ def main(argv=None):
         return
     failed = False
     for name in args.configs.split(","):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--one", name]
+        cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), "--one", name]
         failed |= subprocess.run(cmd).returncode != 0
     sys.exit(1 if failed else 0)
 

@@ -5,21 +5,15 @@
 
 Measurements run in order of importance and the JSON is rewritten after each one, so a run
 stopped by a time limit keeps what it measured; `--budget_s` skips the rest once spent.
+docs/PERFORMANCE.md names the target each section measures.
 
   syncs     host synchronisations counted in one training step and one sampling step
-  train     bair64 training step (benchmark.py): fp32 with TF32 off and on, bf16, bf16 + compile,
-            at batch 4 (also microbatch 2, the paper's setting) and 8: seconds, MFU, peak memory;
-            the sampling step at batch 8 comes with the batch-8 rows
-  variants  bf16 at batch 4 with channels_last_3d, with cudnn.benchmark; sampling noise from CPU
-            generators instead of generators on the GPU
-  script    torchrun scripts/video_train.py on 64-px synthetic videos: progress.csv samples_per_s
-            against the benchmark's step at the same settings
-  curves    (not run by default) loss curves of fp32 (TF32) and bf16 training through the
-            script, same config, data and seed: does bf16 train as well as fp32?
-  quality   with --model_path and --clips_npz: PSNR (and FVD when the I3D weights are available)
-            of DDPM, DDIM and dpm++2m at several step counts, on the same clips and seeds
-  protocol  GPU-hours of the BAIR protocol (256 clips x 100 samples), computed from the
-            measured sampling steps (arithmetic, not a measurement)
+  train     bair64 steps of benchmark.py: fp32 (TF32 off/on), bf16, bf16 + compile; batch 4, 8
+  variants  bf16 at batch 4 with channels_last_3d, with cudnn.benchmark; CPU noise generators
+  script    torchrun scripts/video_train.py: samples/s against the benchmark's step
+  curves    (only when named) loss curves of fp32 (TF32) and bf16 training through the script
+  quality   PSNR/SSIM (and FVD) of several samplers and step counts on --clips_npz
+  protocol  GPU-hours of the BAIR protocol from the measured sampling steps (arithmetic)
 """
 import csv
 import json
@@ -35,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(REPO))
 
-from ramvid.flags import Flag, at_least, int_list, parse, user_errors  # noqa: E402
+from ramvid.flags import Flag, at_least, int_list, parse, user_errors, write_json  # noqa: E402
 
 BENCHMARK = REPO / "benchmarks" / "benchmark.py"
 
@@ -97,7 +91,7 @@ class Suite:
         self.results = {"suite": "benchmarks/gpu_suite.py", "tiny": args.tiny,
                         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
                         "load_avg_1min_at_start": round(os.getloadavg()[0], 2)}
-        self.save()
+        write_json(self.args.out, self.results)
 
     def skipped(self, section, name):
         """Whether --budget_s is spent; then `name` is recorded as skipped."""
@@ -109,18 +103,13 @@ class Suite:
     def record(self, section, name, value):
         self.results.setdefault(section, {})[name] = value
         self.results["elapsed_s"] = round(time.time() - self.start, 1)
-        self.save()
-
-    def save(self):
-        path = Path(self.args.out)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1, default=str))
-        tmp.replace(path)
+        write_json(self.args.out, self.results)
 
     def benchmark(self, section, name, flags):
-        """One benchmark.py row, or the reason it has none."""
+        """One benchmark.py row, or the reason it has none. Each row runs in its own process:
+        its peak memory, compiled code and a crash (out of memory) stay its own."""
         if self.skipped(section, name):
-            return None
+            return
         small = "--steps 1 --warmup 1 --sample_steps 1 --threads 2" if self.args.tiny else \
             "--steps 5 --warmup 3 --sample_steps 5"
         if self.args.tiny:  # the tiny config's batch is 2; keep microbatches meaningful
@@ -135,16 +124,15 @@ class Suite:
         value["wall_s"] = round(time.time() - started, 1)
         value["command"] = " ".join(["python", "benchmarks/benchmark.py", *cmd[2:]])
         self.record(section, name, value)
-        return value
 
 
 def synthetic_videos(args):
     """A folder of synthetic training videos of the benchmark's frame size and length."""
+    from datasets.synthetic import generate
+
     work = Path(tempfile.mkdtemp(prefix="ramvid_script_check_"))
     size, frames = (32, 8) if args.tiny else (64, 20)
-    subprocess.run([sys.executable, "datasets/synthetic.py", "--out_dir", str(work / "data"),
-                    "--num_train", "16", "--num_test", "1", "--image_size", str(size),
-                    "--num_frames", str(frames)], check=True, cwd=REPO, capture_output=True)
+    generate(work / "data", num_train=16, num_test=1, image_size=size, num_frames=frames)
     return work
 
 
@@ -213,12 +201,11 @@ def run_curves(suite, args, work):
 def run_quality(suite, args):
     """PSNR (and FVD) of each sampler and step count on the same clips, seeds and given frames."""
     import numpy as np
-    import torch
 
     from ramvid.masking import mask_from_frames
     from ramvid.metrics.frame_metrics import frame_metrics
+    from ramvid.sample.batch import sample_videos
     from ramvid.sample.loading import load_model
-    from ramvid.sample.batch import from_uint8, to_uint8
 
     clips = np.load(args.clips_npz)["arr_0"][:args.num_clips]  # (N, T, H, W, C) uint8
     frames = args.cond_frames
@@ -238,17 +225,9 @@ def run_quality(suite, args):
             continue
         model, diffusion, _ = load_model(args.model_path, device=suite.device,
                                          timestep_respacing=respacing)
-        out, started = [], time.time()
-        for first in range(0, len(clips), 8):
-            batch = from_uint8(clips[first:first + 8])  # (n, C, T, H, W)
-            n = batch.shape[0]
-            mask = mask_from_frames(frames, n, batch.shape[2])
-            gens = [torch.Generator(device=suite.device).manual_seed(first + k) for k in range(n)]
-            with torch.inference_mode():
-                videos = diffusion.sample_loop(model, tuple(batch.shape), sampler=sampler,
-                                               obs=batch, obs_mask=mask, generator=gens)
-            out.append(to_uint8(videos.cpu()))
-        samples = np.concatenate(out)
+        started = time.time()
+        # The sampling scripts' batches of 8 and per-sample seeds: the same for every sampler.
+        samples = sample_videos(model, diffusion, obs=clips, cond_frames=frames, sampler=sampler)
         metrics = frame_metrics(samples[:, None], clips, mask_from_frames(frames, 1, clips.shape[1])[0].numpy())
         value = {"steps": diffusion.num_timesteps, "seconds": round(time.time() - started, 1),
                  "psnr_mean": round(metrics["psnr_mean"], 3), "ssim_mean": round(metrics["ssim_mean"], 4)}
@@ -257,18 +236,15 @@ def run_quality(suite, args):
         suite.record("quality", name, value)
 
 
-def tiny_quality_inputs(args):
-    """--tiny: the script check's checkpoint and random clips, to run the quality code path."""
+def tiny_quality_inputs(args, work):
+    """--tiny: the script check's last checkpoint and random clips, to run the quality code."""
     import numpy as np
 
-    checkpoints = sorted(Path(tempfile.gettempdir()).glob("ramvid_script_check_*/*/model*.pt"),
-                         key=lambda p: p.stat().st_mtime)
-    if not checkpoints:
-        return
-    args.model_path = str(checkpoints[-1])
-    args.clips_npz = str(Path(tempfile.mkdtemp(prefix="ramvid_tiny_clips_")) / "clips.npz")
-    clips = np.random.default_rng(0).integers(0, 256, (4, 8, 32, 32, 3), dtype=np.uint8)
-    np.savez(args.clips_npz, clips)
+    checkpoints = sorted(work.glob("*/model*.pt"), key=lambda p: p.stat().st_mtime)
+    if checkpoints:
+        args.model_path, args.clips_npz = str(checkpoints[-1]), str(work / "clips.npz")
+        clips = np.random.default_rng(0).integers(0, 256, (4, 8, 32, 32, 3), dtype=np.uint8)
+        np.savez(args.clips_npz, clips)
 
 
 def protocol_cost(suite):
@@ -308,20 +284,19 @@ def main(argv=None):
     if "variants" in sections:
         for name, flags in VARIANT_RUNS:
             suite.benchmark("variants", name, flags)
-    if sections & {"script", "curves"}:
-        work = synthetic_videos(args)
-        if "script" in sections:
-            run_script_check(suite, args, work)
-        if "curves" in sections:
-            run_curves(suite, args, work)
-    if "quality" in sections and args.tiny and not args.model_path:
-        tiny_quality_inputs(args)
+    work = synthetic_videos(args) if sections & {"script", "curves"} else None
+    if "script" in sections:
+        run_script_check(suite, args, work)
+    if "curves" in sections:
+        run_curves(suite, args, work)
+    if "quality" in sections and args.tiny and not args.model_path and work:
+        tiny_quality_inputs(args, work)
     if "quality" in sections and args.model_path and args.clips_npz:
         run_quality(suite, args)
     if "protocol" in sections:
         protocol_cost(suite)
     suite.results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    suite.save()
+    write_json(args.out, suite.results)
     print(json.dumps({"out": args.out, "elapsed_s": round(time.time() - suite.start, 1)}))
 
 

@@ -1,15 +1,14 @@
 """How fast ramvid's loader reaches a random window of a long video, and the full pipeline.
 
-Generates (once, cached) a long synthetic h264 video, then prints JSON with
-- the median time to read a random `seq_len`-frame window by seeking (`read_window`) versus
-  decoding from the first frame, over the same random starts (the two must return the same
-  frames, checked here);
-- items/s of `load_data` (random windows, preprocessing, batching, workers).
-
     python benchmarks/loader_benchmark.py [--cache_dir DIR] [--minutes 5]
+
+Generates once (cached) a long synthetic h264 video, then prints JSON: the times to read a
+`seq_len`-frame window by seeking (`read_window`) and by decoding from the first frame at the
+same random starts (both must return the same frames), and the items/s of `load_data`.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -69,14 +68,9 @@ def generate_video(path: Path, minutes: float, width: int, height: int, fps: int
 
 def decode_from_start(path: Path, start: int, length: int) -> np.ndarray:
     """The slow way: decode every frame up to the end of the window (same RGB conversion)."""
-    window = []
     with av.open(str(path)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index >= start:
-                window.append(to_rgb(frame))
-                if len(window) == length:
-                    break
-    return np.stack(window)
+        frames = itertools.islice(container.decode(video=0), start, start + length)
+        return np.stack([to_rgb(frame) for frame in frames])
 
 
 def cpu_timed(fn, *args):
@@ -133,12 +127,23 @@ FLAGS = (
 )
 
 
+def summary(seek_times, full_times):
+    seek, full = statistics.median(seek_times), statistics.median(full_times)
+    return {
+        "seek_window": [round(s, 4) for s in seek_times],
+        "decode_from_start": [round(s, 4) for s in full_times],
+        "seek_window_median": round(seek, 4),
+        "decode_from_start_median": round(full, 3),
+        "speedup_of_medians": round(full / seek, 1),
+        "speedup_per_start_median": round(
+            statistics.median(f / s for f, s in zip(full_times, seek_times)), 1),
+    }
+
+
 def main(argv=None):
     with user_errors():
         args = parse(__doc__.split("\n")[0], FLAGS, argv)
-        args.cache_dir = Path(args.cache_dir)
-
-        video_dir = args.cache_dir / "videos"
+        video_dir = Path(args.cache_dir) / "videos"
         video_dir.mkdir(parents=True, exist_ok=True)
         name = f"textures_{args.minutes:g}min_{args.width}x{args.height}_{args.fps}fps_gop{args.gop}"
         path = video_dir / f"{name}.mp4"
@@ -154,32 +159,20 @@ def main(argv=None):
         # spread over the whole file so that the median is not at the mercy of a few draws.
         edges = np.linspace(0, info.num_frames - args.seq_len + 1, args.starts + 1).astype(int)
         starts = [int(rng.integers(lo, hi)) for lo, hi in zip(edges[:-1], edges[1:])]
-        seek_s, full_s, seek_cpu, full_cpu = [], [], [], []
+        seek, full = [], []  # (wall s, CPU s) of every start
         for start in starts:
-            wall, cpu, window = cpu_timed(read_window, path, start, args.seq_len)
-            seek_s.append(wall)
-            seek_cpu.append(cpu)
-            wall, cpu, reference = cpu_timed(decode_from_start, path, start, args.seq_len)
-            full_s.append(wall)
-            full_cpu.append(cpu)
+            *seek_s, window = cpu_timed(read_window, path, start, args.seq_len)
+            *full_s, reference = cpu_timed(decode_from_start, path, start, args.seq_len)
+            seek.append(seek_s)
+            full.append(full_s)
             if not np.array_equal(window, reference):
                 raise SystemExit(f"seeking returned different frames than decoding at start {start}")
-
-        def summary(seek_times, full_times, digits):
-            seek, full = statistics.median(seek_times), statistics.median(full_times)
-            return {
-                "seek_window": [round(s, digits) for s in seek_times],
-                "decode_from_start": [round(s, digits) for s in full_times],
-                "seek_window_median": round(seek, 4),
-                "decode_from_start_median": round(full, 3),
-                "speedup_of_medians": round(full / seek, 1),
-                "speedup_per_start_median": round(
-                    statistics.median(f / s for f, s in zip(full_times, seek_times)), 1),
-            }
+        pipeline = measure_pipeline(video_dir, args)
 
         report = {
             "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "pyav": av.__version__,
-                        "load_avg_1min_before_after": [round(load_before, 2), None]},
+                        "load_avg_1min_before_after": [round(load_before, 2),
+                                                       round(os.getloadavg()[0], 2)]},
             "video": {
                 "path": str(path),
                 "num_frames": info.num_frames,
@@ -192,11 +185,10 @@ def main(argv=None):
             "probe_s": round(probe_s, 4),
             "seq_len": args.seq_len,
             "starts": starts,
-            "wall_seconds": summary(seek_s, full_s, 4),
-            "cpu_seconds": summary(seek_cpu, full_cpu, 4),
-            "pipeline": measure_pipeline(video_dir, args),
+            "wall_seconds": summary([s[0] for s in seek], [f[0] for f in full]),
+            "cpu_seconds": summary([s[1] for s in seek], [f[1] for f in full]),
+            "pipeline": pipeline,
         }
-        report["machine"]["load_avg_1min_before_after"][1] = round(os.getloadavg()[0], 2)
         print(json.dumps(report, indent=2))
 
 

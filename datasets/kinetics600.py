@@ -3,23 +3,17 @@
     python datasets/kinetics600.py --csv kinetics600/train.csv --clips_dir downloads/ \
         --out_dir data/kinetics600 --short_side 128
 
-The csv is the public annotation file (columns label, youtube_id, time_start, time_end, split).
-A clip in `clips_dir` (searched recursively) is either already cut to its span,
-`<youtube_id>_<start:06d>_<end:06d>.mp4`, and kept whole, or a whole video `<youtube_id>*.mp4`
-(also .webm/.mkv), which is trimmed to [time_start, time_end). Frames are resized so the short
-side is `--short_side` and written with H.264 to
-`out_dir/<split>/<Label>_<youtube_id>_<start>_<end>.mp4`, where <Label> is the label in
-CamelCase without spaces or underscores ('playing guitar' -> 'PlayingGuitar'): the prefix that
-`--class_cond True` reads as the class. Missing or unreadable clips are skipped with a warning
-each and counted in a summary; existing outputs are kept, so an
-interrupted run resumes where it stopped.
+Each row of the annotation csv (label, youtube_id, time_start, time_end, split) names a clip in
+`clips_dir`, either cut, `<youtube_id>_<start:06d>_<end:06d>.mp4`, and kept whole, or a whole
+video `<youtube_id>*.mp4` trimmed to [time_start, time_end). It is resized and written to
+`out_dir/<split>/<Label>_<youtube_id>_<start>_<end>.mp4`, <Label> the label in CamelCase: the
+prefix `--class_cond True` reads as the class. Existing outputs are kept, so a rerun resumes.
 """
 import csv
 import itertools
 import re
 import sys
 from collections import Counter
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -28,7 +22,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python datasets/kinetics600.py`: import from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.common import class_token, warn, worker_pool, workers_flag  # noqa: E402
+from datasets.common import parallel_map, warn, workers_flag  # noqa: E402
 from ramvid.errors import UsageError  # noqa: E402
 from ramvid.flags import (Flag, existing_dir, existing_file, in_range, parse,  # noqa: E402
                           user_errors)
@@ -40,29 +34,21 @@ _TRIMMED = re.compile(r"^(?P<id>.+)_(?P<start>\d{6})_(?P<end>\d{6})$")
 _YOUTUBE_ID_LENGTH = 11
 
 
-class ClipIndex:
-    """The downloaded clips under a folder, looked up by YouTube id and span."""
-
-    def __init__(self, clips_dir):
-        self.trimmed, self.whole = {}, {}
-        for path in sorted(Path(clips_dir).rglob("*")):
-            if path.suffix.lower() not in SOURCE_SUFFIXES or path.name.startswith("."):
-                continue
-            match = _TRIMMED.match(path.stem)
-            if match:
-                self.trimmed[(match["id"], int(match["start"]), int(match["end"]))] = path
-            else:
-                # `<id>.mp4`, or a downloader's `<id>.f137.mp4`-style name: index both.
-                self.whole.setdefault(path.stem, path)
-                self.whole.setdefault(path.stem[:_YOUTUBE_ID_LENGTH], path)
-
-    def find(self, youtube_id, start, end):
-        """(path, needs_trim) of a clip, or (None, None) when it was not downloaded."""
-        if (youtube_id, start, end) in self.trimmed:
-            return self.trimmed[(youtube_id, start, end)], False
-        if youtube_id in self.whole:
-            return self.whole[youtube_id], True
-        return None, None
+def index_clips(clips_dir):
+    """The downloaded clips under a folder: ({(youtube_id, start, end): path} of cut clips,
+    {youtube_id: path} of whole videos)."""
+    trimmed, whole = {}, {}
+    for path in sorted(Path(clips_dir).rglob("*")):
+        if path.suffix.lower() not in SOURCE_SUFFIXES or path.name.startswith("."):
+            continue
+        match = _TRIMMED.match(path.stem)
+        if match:
+            trimmed[(match["id"], int(match["start"]), int(match["end"]))] = path
+        else:
+            # `<id>.mp4`, or a downloader's `<id>.f137.mp4`-style name: index both.
+            whole.setdefault(path.stem, path)
+            whole.setdefault(path.stem[:_YOUTUBE_ID_LENGTH], path)
+    return trimmed, whole
 
 
 def read_annotations(csv_path, default_split):
@@ -88,15 +74,18 @@ def read_annotations(csv_path, default_split):
     return rows
 
 
-def check_class_tokens(labels):
-    """{label: token}; two labels that would share a file-name prefix are an error."""
-    tokens = {label: class_token(label) for label in sorted(set(labels))}
-    owners = {}
-    for label, token in tokens.items():
+def class_tokens(labels):
+    """{label: file-name prefix}: the label's letters and digits in CamelCase ("massaging
+    person's head" -> 'MassagingPersonsHead'); two labels with one prefix are an error."""
+    tokens, owners = {}, {}
+    for label in sorted(set(labels)):
+        words = re.findall(r"[A-Za-z0-9]+", label.replace("'", ""))
+        token = "".join(w[0].upper() + w[1:] for w in words)
+        if not token:
+            raise UsageError(f"label {label!r} has no letters or digits to name its class")
         if token in owners:
-            raise UsageError(
-                f"labels {owners[token]!r} and {label!r} both become class {token!r}")
-        owners[token] = label
+            raise UsageError(f"labels {owners[token]!r} and {label!r} both become class {token!r}")
+        tokens[label], owners[token] = token, label
     return tokens
 
 
@@ -107,48 +96,40 @@ def resized_size(width, height, short_side):
 
 
 def span_frames(container, stream, start, end):
-    """Decoded frames of `stream` whose time (from the stream's start) is in [start, end)."""
+    """Decoded frames of `stream` whose time (from the stream's start) is in [start, end); all of
+    them when start is None."""
     offset = stream.start_time * stream.time_base if stream.start_time is not None else 0
     if start is not None and start > 0:
         # Lands on the keyframe at or before `start`; the frames before it are dropped below.
         container.seek(int((start + offset) / stream.time_base), stream=stream)
     for frame in container.decode(stream):
         if start is not None:
-            if frame.pts is not None:
-                t = frame.pts * stream.time_base - offset
-            else:
-                t = Fraction(frame.time)
-            if t < start:
-                continue
+            t = frame.pts * stream.time_base - offset
             if t >= end:
                 return
+            if t < start:
+                continue
         yield frame
 
 
-def convert_clip(source, target, start, end, short_side, crf):
-    """Trim (when start is not None) and resize one clip; returns the number of frames."""
-    with av.open(str(source)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        fps = stream.average_rate or stream.guessed_rate or 25
-        frames = span_frames(container, stream, start, end)
-        first = next(frames, None)
-        if first is None:
-            raise ValueError(f"no frames in {start}..{end} s")
-        width, height = resized_size(first.width, first.height, short_side)
-        with VideoWriter(target, width, height, fps, crf) as writer:
-            for frame in itertools.chain([first], frames):
-                writer.write(frame.reformat(width=width, height=height, format="yuv420p",
-                                            interpolation="AREA"))
-        return writer.count
-
-
-def _convert_job(job):
-    """One downloaded clip -> ('written' | 'broken', message)."""
+def convert_clip(job):
+    """Trim (when start is not None) and resize one clip -> ('written' | 'broken', message)."""
     source, target, start, end, short_side, crf = job
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        convert_clip(source, target, start, end, short_side, crf)
+        with av.open(str(source)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            frames = span_frames(container, stream, start, end)
+            first = next(frames, None)
+            if first is None:
+                raise ValueError(f"no frames in {start}..{end} s")
+            width, height = resized_size(first.width, first.height, short_side)
+            fps = stream.average_rate or stream.guessed_rate or 25
+            with VideoWriter(target, width, height, fps, crf) as writer:
+                for frame in itertools.chain([first], frames):
+                    writer.write(frame.reformat(width=width, height=height, format="yuv420p",
+                                                interpolation="AREA"))
     except (av.error.FFmpegError, IndexError, ValueError, OSError) as err:
         return "broken", f"{source}: {type(err).__name__}: {err}"
     return "written", None
@@ -158,8 +139,8 @@ def convert(csv_path, clips_dir, out_dir, short_side=128, crf=18, split="train",
             overwrite=False, progress=True):
     """Convert every annotated clip that was downloaded; returns a Counter of outcomes."""
     rows = read_annotations(csv_path, split)
-    tokens = check_class_tokens(row[0] for row in rows)
-    index = ClipIndex(clips_dir)
+    tokens = class_tokens(row[0] for row in rows)
+    trimmed, whole = index_clips(clips_dir)
     outcomes, jobs = Counter(), []
     for label, youtube_id, start, end, split_name in rows:
         name = f"{tokens[label]}_{youtube_id}_{start:06d}_{end:06d}.mp4"
@@ -167,19 +148,19 @@ def convert(csv_path, clips_dir, out_dir, short_side=128, crf=18, split="train",
         if target.exists() and not overwrite:
             outcomes["existing"] += 1
             continue
-        source, needs_trim = index.find(youtube_id, start, end)
-        if source is None:
+        if (youtube_id, start, end) in trimmed:
+            jobs.append((trimmed[(youtube_id, start, end)], target, None, end, short_side, crf))
+        elif youtube_id in whole:
+            jobs.append((whole[youtube_id], target, start, end, short_side, crf))
+        else:
             outcomes["missing"] += 1
             warn(f"{youtube_id} ({start}..{end} s) not found in --clips_dir {clips_dir}; skipped")
-            continue
-        jobs.append((source, target, start if needs_trim else None, end, short_side, crf))
-    with worker_pool(workers) as pool:
-        results = pool.imap_unordered(_convert_job, jobs, chunksize=8)
-        for status, message in tqdm(results, total=len(jobs), desc="kinetics", unit="clip",
-                                    disable=not progress):
-            outcomes[status] += 1
-            if message:
-                warn(f"{message}; skipped")
+    results = parallel_map(convert_clip, jobs, workers, chunksize=8)
+    for status, message in tqdm(results, total=len(jobs), desc="kinetics", unit="clip",
+                                disable=not progress):
+        outcomes[status] += 1
+        if message:
+            warn(f"{message}; skipped")
     return outcomes
 
 

@@ -1,20 +1,13 @@
 """The embedded synthetic data set: coloured sprites bouncing in a box.
 
-Each clip shows one to three sprites (circle, square, triangle, diamond) of distinct colours on
-a plain dark background. A sprite starts at a random position with a random velocity, moves
-with constant velocity and bounces elastically off the walls, so one frame says where the
-sprites are but two frames are needed to say where they go: prediction and infilling are both
-well posed. Sprites are drawn in a fixed depth order, the main sprite (index 0) on top; its
-shape is the clip's class and the file name's prefix (`circle_00012.mp4`).
-
     python datasets/synthetic.py --out_dir data/sprites --num_train 400 --num_test 64 --seed 0
 
-Every clip is drawn from its own generator seeded by (seed, split, index), so any single clip
-can be reproduced, and the train, test and (optional) val sets never share a clip.
-
-`--speed`, `--radius` (fractions of the frame size) and `--color_by_shape` make the motion
-easier to see and to learn; `make demo` uses one large sprite moving 2 px per frame in a
-16 x 16 frame, its colour fixed by its shape (docs/DEMO.md).
+Each clip shows one to `max_sprites` sprites (circle, square, triangle, diamond) of distinct
+colours on a plain dark background, moving with constant velocity and bouncing elastically off
+the walls: one frame says where the sprites are, two where they go, so prediction and infilling
+are well posed. Sprite 0 is drawn on top; its shape is the clip's class and file-name prefix
+(`circle_00012.mp4`). Clip i of a split comes from its own generator seeded by (seed, split, i),
+so any clip can be reproduced alone and the splits never share one (docs/DATASETS.md).
 """
 import sys
 import time
@@ -75,9 +68,8 @@ def shape_mask(shape, dy, dx, radius):
         return np.maximum(np.abs(dy), np.abs(dx)) <= radius / np.sqrt(2)
     if name == "diamond":
         return np.abs(dy) + np.abs(dx) <= radius
-    if name == "triangle":  # equilateral, pointing up, vertices on the circumcircle
-        return (dy <= radius / 2) & (np.abs(dx) <= (dy + radius) / np.sqrt(3))
-    raise ValueError(f"unknown shape {shape}")
+    # triangle: equilateral, pointing up, vertices on the circumcircle
+    return (dy <= radius / 2) & (np.abs(dx) <= (dy + radius) / np.sqrt(3))
 
 
 def sample_clip(rng, image_size, num_frames, max_sprites, speed=SPEED_RANGE, radius=RADIUS_RANGE,
@@ -156,22 +148,19 @@ def generate(out_dir, num_train=400, num_test=64, image_size=32, num_frames=20, 
     .mp4 clips named `<shape>_<index>.mp4`. Returns {split: [paths]}.
     """
     check_sizes(image_size, num_frames, max_sprites, speed, radius)
-    for flag, count in (("--num_train", num_train), ("--num_test", num_test),
-                        ("--num_val", num_val)):
-        if not 0 <= count <= 99999:
-            raise UsageError(f"{flag} must be in 0..99999, got {count}")
-    counts = {"train": num_train, "test": num_test}
-    if num_val:
-        counts["val"] = num_val
-    split_dirs = {split: prepare_split_dir(out_dir, split, overwrite) for split in counts}
-    written = {}
+    counts = {"train": num_train, "test": num_test, "val": num_val}
     for split, count in counts.items():
-        split_dir, written[split] = split_dirs[split], []
-        for i in range(count):
-            # One clip at a time keeps memory flat for large sets.
+        if not 0 <= count <= 99999:
+            raise UsageError(f"--num_{split} must be in 0..99999, got {count}")
+    if not num_val:
+        del counts["val"]
+    split_dirs = {split: prepare_split_dir(out_dir, split, overwrite) for split in counts}
+    written = {split: [] for split in counts}
+    for split, count in counts.items():
+        for i in range(count):  # one clip at a time keeps memory flat for large sets
             clip = sample_clip(clip_rng(seed, split, i), image_size, num_frames, max_sprites,
                                speed, radius, color_by_shape)
-            path = split_dir / f"{SHAPES[clip['shapes'][0]]}_{i:05d}.mp4"
+            path = split_dirs[split] / f"{SHAPES[clip['shapes'][0]]}_{i:05d}.mp4"
             write_video(path, clip["video"], fps=fps)
             written[split].append(path)
     return written
@@ -180,12 +169,12 @@ def generate(out_dir, num_train=400, num_test=64, image_size=32, num_frames=20, 
 def fraction_pair(text):
     """'a,b' -> (a, b) floats; a single number gives (a, a)."""
     try:
-        values = tuple(float(v) for v in str(text).split(","))
+        values = [float(v) for v in str(text).split(",")]
+        if len(values) in (1, 2):
+            return values[0], values[-1]
     except ValueError:
-        raise ValueError(f"expected 'min,max' numbers, got {text!r}") from None
-    if len(values) not in (1, 2):
-        raise ValueError(f"expected 'min,max' numbers, got {text!r}")
-    return (values[0], values[-1])
+        pass
+    raise ValueError(f"expected 'min,max' numbers, got {text!r}")
 
 
 def _written(pair):

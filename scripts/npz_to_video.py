@@ -7,18 +7,16 @@ Any file written by `np.savez(path, arr)` with that layout works, including thos
 RaMViD implementations. Frames named by --cond_frames get a red border (given frames).
 """
 import sys
-import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
-
 from ramvid.errors import UsageError
 from ramvid.flags import (Flag, add_flags, at_least, flag_values, int_list, make_parser, one_of,
                           user_errors)
+from ramvid.metrics.command import load_clips
 from ramvid.video_io import FORMATS, save_video_grid
 
 FLAGS = (
@@ -33,21 +31,7 @@ FLAGS = (
 
 
 def load_videos(path):
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):
-        raise UsageError(f"{path}: not an npz file (written by np.savez)")
-    try:
-        with np.load(path) as archive:
-            if "arr_0" not in archive.files:
-                raise UsageError(f"{path}: no arr_0 (holds {', '.join(archive.files) or 'nothing'})")
-            videos = archive["arr_0"]
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: not a readable npz file ({str(e).splitlines()[0]})") from None
-    if videos.ndim != 5 or videos.shape[-1] not in (1, 3) or videos.dtype != np.uint8:
-        raise UsageError(f"{path}: arr_0 is {videos.dtype} {videos.shape}; expected uint8 "
-                         "N x T x H x W x C with C = 1 or 3")
+    videos = load_clips(Path(path), "npz")  # (N, T, H, W, C) uint8
     if len(videos) == 0:
         raise UsageError(f"{path}: arr_0 holds no videos")
     return videos
