@@ -163,15 +163,11 @@ def animated_grid(videos, mask, columns=None, border=2, gap=2, scale=1):
     return np.stack([_tile(frames[:, t], rows, cols, gap) for t in range(frames.shape[1])])
 
 
-def auto_scale(height):
-    """Integer upscaling that makes small frames (e.g. 16 x 16) big enough to see."""
-    return max(1, 64 // max(1, height))
-
-
 def save_video_grid(path, videos, obs_mask=None, cond_frames=None, fps=4, scale=None,
                     columns=None):
     """Write a grid of `videos` (uint8 (N, T, H, W, C)) to `path`; the format follows the
-    suffix: .gif / .mp4 (animated, one tile per video) or .png (filmstrip). Returns the path."""
+    suffix: .gif / .mp4 (animated, one tile per video) or .png (filmstrip). Small frames are
+    enlarged to about 64 pixels unless `scale` is given. Returns the path."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
@@ -179,34 +175,17 @@ def save_video_grid(path, videos, obs_mask=None, cond_frames=None, fps=4, scale=
     videos = as_rgb_videos(videos)
     n, t, h = videos.shape[:3]
     mask = grid_obs_mask(n, t, obs_mask, cond_frames)
-    scale = auto_scale(h) if scale is None else int(scale)
+    scale = max(1, 64 // h) if scale is None else int(scale)
     if fmt == "png":
         Image.fromarray(filmstrip(videos, mask, scale=scale)).save(path)
         return path
-    frames = animated_grid(videos, mask, columns=columns, scale=scale)
+    frames = animated_grid(videos, mask, columns=columns, scale=scale)  # (T, H', W', 3)
     if fmt == "gif":
-        _write_gif(path, frames, fps)
-    else:
-        _write_mp4(path, frames, fps)
+        images = [Image.fromarray(frame) for frame in frames]
+        images[0].save(path, save_all=True, append_images=images[1:],
+                       duration=round(1000 / fps), loop=0, optimize=False)
+    else:  # yuv420p (what every player decodes) needs even width and height: a white margin
+        even = ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0))
+        # crf 18: visually lossless enough to judge samples
+        write_video(path, np.pad(frames, even, constant_values=255), fps, crf=18)
     return path
-
-
-def _write_gif(path, frames, fps):
-    images = [Image.fromarray(frame) for frame in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps),
-                   loop=0, optimize=False)
-
-
-def _write_mp4(path, frames, fps):
-    # yuv420p (what every player decodes) needs even width and height.
-    t, h, w, _ = frames.shape
-    padded = np.empty((t, h + h % 2, w + w % 2, 3), dtype=np.uint8)
-    padded[:] = BACKGROUND
-    padded[:, :h, :w] = frames
-    write_video(path, padded, fps, crf=18)  # visually lossless enough to judge samples
-
-
-__all__ = [
-    "FORMATS", "GENERATED_COLOR", "GIVEN_COLOR", "animated_grid", "as_rgb_videos", "auto_scale",
-    "bordered_frames", "filmstrip", "grid_obs_mask", "save_video_grid",
-]
