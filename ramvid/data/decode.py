@@ -65,9 +65,6 @@ class StreamMeta:
     stream_index: int
     pts_table: np.ndarray | None = None  # (num_frames,) sorted pts of every frame, when built
 
-    def info(self) -> VideoInfo:
-        return VideoInfo(self.num_frames, float(self.fps), self.width, self.height)
-
     def pts_of(self, index: int) -> int:
         if self.pts_table is not None:
             return int(self.pts_table[min(index, len(self.pts_table) - 1)])
@@ -227,7 +224,8 @@ def stream_meta(path) -> StreamMeta:
 
 def probe(path) -> VideoInfo:
     """Number of frames, frame rate and size of the first video stream of `path`."""
-    return stream_meta(path).info()
+    meta = stream_meta(path)
+    return VideoInfo(meta.num_frames, float(meta.fps), meta.width, meta.height)
 
 
 def _decode_once(path, meta, start, length, convert, seek_to, counter):

@@ -15,10 +15,8 @@ type them. Training and sampling run under `mpirun -n <procs>` with one thread p
 ranks use two cores better than one process with two threads: small 3D convolutions scale poorly
 across threads). Without mpirun the same scripts run as one plain process.
 
-Scores follow ramvid.metrics.frame_metrics: PSNR and SSIM of every generated frame against the
-ground truth (given frames are left out, since a sampler copies them), averaged per clip and
-then over clips. With N samples per clip, "one sample" is the mean over the N samples (what one
-sample scores on average) and "best of N" takes each clip's best sample, as papers report.
+Scores are ramvid.metrics.frame_metrics' PSNR and SSIM of the generated frames: "one sample" is
+the mean over a clip's N samples, "best of N" its best one, as papers report.
 """
 import json
 import os
@@ -186,14 +184,11 @@ def shown(command):
 # ----------------------------------------------------------------------------- the steps
 def verified_checkpoint():
     """The shipped checkpoint's path, after checking its bytes against SHIPPED_SHA256."""
-    if not SHIPPED_CHECKPOINT.is_file():
-        raise UsageError(f"the shipped demo checkpoint {SHIPPED_CHECKPOINT} is missing; restore "
-                         "it from git or rebuild it with `python scripts/demo.py --retrain`")
-    found = sha256_of(SHIPPED_CHECKPOINT)
+    found = sha256_of(SHIPPED_CHECKPOINT) if SHIPPED_CHECKPOINT.is_file() else None
     if found != SHIPPED_SHA256:
-        raise UsageError(f"{SHIPPED_CHECKPOINT} has sha256 {found}, not the recorded "
-                         f"{SHIPPED_SHA256}; restore it from git or rebuild it with "
-                         "`python scripts/demo.py --retrain`")
+        problem = f"has sha256 {found}, not the recorded {SHIPPED_SHA256}" if found else "is missing"
+        raise UsageError(f"the shipped demo checkpoint {SHIPPED_CHECKPOINT} {problem}; restore it "
+                         "from git or rebuild it with `python scripts/demo.py --retrain`")
     return SHIPPED_CHECKPOINT
 
 
@@ -413,7 +408,6 @@ def plot_training_loss(progress_csv, png_path, title="training loss", preview_cs
                     label=f"t quartile {q}" + (" (least noise)" if q == 0 else ""))
     ax.set(yscale="log", xlabel="step", ylabel="MSE (frames not given)", title=title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
     if previews:
         ax = axes[0, 1]
         for task, color in (("prediction", "tab:blue"), ("infilling", "tab:orange")):
@@ -424,6 +418,7 @@ def plot_training_loss(progress_csv, png_path, title="training loss", preview_cs
         ax.set(xlabel="step", ylabel="PSNR dB (held-out previews)",
                title="held-out previews (EMA weights, DDIM 10 steps)")
         ax.grid(True, alpha=0.3)
+    for ax in axes[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png_path)

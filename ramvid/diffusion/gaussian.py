@@ -35,9 +35,6 @@ class LossType(enum.Enum):
     KL = "kl"
     RESCALED_KL = "rescaled_kl"  # VB * num_timesteps: the variational bound alone
 
-    def is_vb(self):
-        return self in (LossType.KL, LossType.RESCALED_KL)
-
 
 # ----------------------------------------------------------------------------- the loss's pieces
 def broadcast_mask(obs_mask, x):
@@ -257,7 +254,7 @@ class GaussianDiffusion:
 
         model_output = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
         terms = {}
-        if self.loss_type.is_vb():
+        if self.loss_type in (LossType.KL, LossType.RESCALED_KL):
             terms["vb"] = self._vb_terms_bpd(model_output, x_start, x_t, t, loss_frames)
             terms["loss"] = terms["vb"] * (self.num_timesteps if self.loss_type == LossType.RESCALED_KL else 1)
             return terms
