@@ -1,14 +1,10 @@
-"""Writing and reading video files with PyAV.
+"""Writing and reading video files with PyAV, and grids of videos to look at.
 
-The synthetic set and BAIR are written losslessly: H.264 in its RGB flavour (`libx264rgb`,
-`qp=0`) inside .mp4. Colours survive exactly (round-trip error 0), the files are small, and
-the training loader reads them with PyAV. Real camera footage (Kinetics-600) and sample grids
-are written lossy (`libx264`, yuv420p, CRF), which every player decodes.
-
-Grids of videos to look at: an animated grid (gif, mp4) or a filmstrip (png). Videos are uint8
-arrays (N, T, H, W, C) with C = 1 or 3, as in the sample npz files. Every frame gets a border:
-given (conditioning) frames a coloured one, generated frames a dark one, so a reader sees at a
-glance which frames the model made.
+Datasets are written losslessly (`libx264rgb`, `qp=0` in .mp4: colours survive exactly, see
+docs/DATASETS.md); camera footage (Kinetics-600) and grids lossy (`libx264`, yuv420p, CRF), which
+every player decodes. A grid is animated (gif, mp4) or a filmstrip (png) of uint8 videos
+(N, T, H, W, C), C = 1 or 3, as in the sample npz files; every frame gets a border, coloured for
+a given (conditioning) frame and dark for a generated one.
 
     save_video_grid("samples.gif", videos, obs_mask=mask)  # mask: bool (N, T) or (T,)
     save_video_grid("samples.png", videos, cond_frames=[0, 1])
@@ -113,9 +109,7 @@ def grid_obs_mask(num_videos, num_frames, obs_mask=None, cond_frames=None):
     mask = np.zeros((num_videos, num_frames), dtype=bool)
     if obs_mask is not None:
         mask |= np.broadcast_to(np.asarray(obs_mask, dtype=bool), (num_videos, num_frames))
-    for frame in cond_frames or ():
-        if 0 <= frame < num_frames:
-            mask[:, frame] = True
+    mask[:, [frame for frame in cond_frames or () if 0 <= frame < num_frames]] = True
     return mask
 
 

@@ -1,16 +1,12 @@
-"""Frame-accurate random access into video files with PyAV.
+"""Frame-accurate random access into video files with PyAV (docs/DATA_LOADER.md): a window of
+frames is read by seeking to the keyframe before it and decoding forward until it is complete, so
+the cost depends on the keyframe interval, never on the file's length.
 
-A window of frames is read by seeking to the keyframe before it and decoding forward until the
-window is complete, so the cost depends on the keyframe interval, never on the file's length.
-
-Frame index <-> timestamp. Frame i of a constant-rate stream is shown at
-`first_pts + i / (fps * time_base)`; a stream whose timestamps do not follow that (variable
-frame rate, gif delays, containers without a trustworthy frame count) instead gets a table of
-every frame's presentation timestamp, read by demuxing packets without decoding them. Either way
-the index of a decoded frame comes from its own timestamp, so a seek that lands early or late
-is noticed instead of silently shifting the window.
-
-Per-file metadata (`StreamMeta`) is computed once per process and cached by path, mtime, size.
+Frame i of a constant-rate stream is shown at `first_pts + i / (fps * time_base)`; a stream whose
+timestamps do not follow that (variable frame rate, gif delays, containers without a trustworthy
+frame count) gets a table of every frame's timestamp, read by demuxing without decoding. Either
+way a decoded frame's index comes from its own timestamp, so a seek that lands early or late is
+noticed. Per-file metadata (`StreamMeta`) is cached per process by path, mtime and size.
 """
 from __future__ import annotations
 

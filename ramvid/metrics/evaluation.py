@@ -78,18 +78,15 @@ def describe(protocol: Protocol, num_clips, samples_per_clip, num_frames, image_
             f"({'given frames included' if fvd_include_given else 'given frames excluded'}), "
             f"all {num_clips * samples_per_clip} samples against the {num_clips} ground-truth "
             "clips.")
-    departures = []
-    if protocol.num_test_videos and num_clips != protocol.num_test_videos:
-        departures.append(f"{num_clips} clips instead of {protocol.num_test_videos}")
-    if protocol.samples_per_clip and samples_per_clip != protocol.samples_per_clip:
-        departures.append(f"{samples_per_clip} samples per clip instead of "
-                          f"{protocol.samples_per_clip}")
-    if protocol.image_size and image_size != protocol.image_size:
-        departures.append(f"{image_size}x{image_size} frames instead of "
-                          f"{protocol.image_size}x{protocol.image_size}")
-    if protocol.cond_frames is not None and tuple(cond_frames) != protocol.cond_frames:
-        departures.append(f"given frames {list(cond_frames)} instead of "
-                          f"{list(protocol.cond_frames)}")
+    # (the preset's value or None where it sets none, the applied one, how to say it)
+    departures = [f"{form.format(applied)} instead of {form.format(preset)}"
+                  for preset, applied, form in (
+                      (protocol.num_test_videos, num_clips, "{} clips"),
+                      (protocol.samples_per_clip, samples_per_clip, "{} samples per clip"),
+                      (protocol.image_size, image_size, "{0}x{0} frames"),
+                      (None if protocol.cond_frames is None else list(protocol.cond_frames),
+                       list(cond_frames), "given frames {}"))
+                  if preset is not None and applied != preset]
     if fvd_include_given != protocol.fvd_include_given:
         departures.append("FVD given-frame setting differs from the preset")
     if departures:
