@@ -37,14 +37,16 @@ class UNetConfig:
         for flag, width in [("num_channels", self.model_channels)] + [
                 ("num_channels x channel_mult", w) for w in widths]:
             if width % 32:
-                raise ValueError(f"{flag}={width} is not divisible by 32 (GroupNorm uses 32 groups)")
-        for flag, heads in (("num_heads", self.num_heads), ("num_heads_upsample", self.heads_upsample)):
+                raise ValueError(f"{flag}={width} is not divisible by 32 (GroupNorm uses 32 "
+                                 "groups)")
+        for flag, heads in (("num_heads", self.num_heads),
+                            ("num_heads_upsample", self.heads_upsample)):
             if heads < 1 or any(width % heads for width in widths):
                 raise ValueError(f"{flag}={heads} must divide the channel counts {widths}")
         if self.scale_time_dim < 0:
             raise ValueError(f"scale_time_dim={self.scale_time_dim} must be >= 0")
         halvings = self.time_strides().count(2)
-        if 2 ** halvings > self.seq_len:
+        if self.scale_time_dim > 0 and 2 ** halvings > self.seq_len:
             raise ValueError(f"scale_time_dim={self.scale_time_dim} halves time {halvings} times, "
                              f"more than seq_len={self.seq_len} frames allow")
 

@@ -169,7 +169,7 @@ def save_video_grid(path, videos, obs_mask=None, cond_frames=None, fps=4, scale=
     videos = as_rgb_videos(videos)
     n, t, h = videos.shape[:3]
     mask = grid_obs_mask(n, t, obs_mask, cond_frames)
-    scale = max(1, 64 // h) if scale is None else int(scale)
+    scale = max(1, 64 // max(1, h)) if scale is None else int(scale)
     if fmt == "png":
         Image.fromarray(filmstrip(videos, mask, scale=scale)).save(path)
         return path

@@ -57,7 +57,8 @@ BASELINES = (COPY_LAST, LINEAR, MEAN)
 # clips, by `retrain_command` (SHIPPED_STEPS steps of one process with RETRAIN_THREADS threads;
 # another thread count changes float rounding). `--retrain` runs it again.
 SHIPPED_STEPS = 16000
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "shipped" / f"ema_0.99_{SHIPPED_STEPS:06d}.pt"
+SHIPPED_CHECKPOINT = (Path(__file__).resolve().parent / "shipped"
+                      / f"ema_0.99_{SHIPPED_STEPS:06d}.pt")  # its run's args.json beside it
 SHIPPED_SHA256 = "caa6e4b27ee01e9037e87e28c2faff9d8f5c0cd1b5bc85360997704b2d61b2b6"
 RETRAIN_THREADS = 2
 RETRAIN_MINUTES = "about 86 minutes"  # the recorded run, on the 2-core development machine
@@ -186,7 +187,8 @@ def verified_checkpoint():
     """The shipped checkpoint's path, after checking its bytes against SHIPPED_SHA256."""
     found = sha256_of(SHIPPED_CHECKPOINT) if SHIPPED_CHECKPOINT.is_file() else None
     if found != SHIPPED_SHA256:
-        problem = f"has sha256 {found}, not the recorded {SHIPPED_SHA256}" if found else "is missing"
+        problem = (f"has sha256 {found}, not the recorded {SHIPPED_SHA256}" if found
+                   else "is missing")
         raise UsageError(f"the shipped demo checkpoint {SHIPPED_CHECKPOINT} {problem}; restore it "
                          "from git or rebuild it with `python scripts/demo.py --retrain`")
     return SHIPPED_CHECKPOINT
@@ -229,8 +231,8 @@ def run_step(name, command, threads, folder):
 
 
 def train(name, command, threads, folder, step, timings):
-    """Run a training command into `folder`; returns the EMA weights (the first EMA rate's) it
-    saved at `step`."""
+    """Run a training command into `folder` (its seconds go to timings["<folder name>_s"]);
+    returns the EMA weights (the first EMA rate's) it saved at `step`."""
     timings[f"{folder.name}_s"] = seconds = run_step(name, command, threads, folder)
     found = sorted(folder.glob(f"ema_*_{step:06d}.pt"))
     if not found:
@@ -262,7 +264,8 @@ def score_task(ours, gt, frames, reference):
     if max(frames) - min(frames) >= len(frames):  # a gap between the given frames
         videos[LINEAR] = linear_interpolation(gt, given)
     videos[MEAN] = mean_frame(gt, given, reference)
-    return {name: score(ours.get(name, v[:, None]), gt, given) for name, v in videos.items()}, videos
+    scores = {name: score(ours.get(name, v[:, None]), gt, given) for name, v in videos.items()}
+    return scores, videos
 
 
 def margins(scores, ours):
@@ -437,8 +440,9 @@ def write_grids(run_dir, labels, videos, truths):
         files[f"{task} vs truth gif"] = save_video_grid(
             run_dir / f"{task}_vs_truth.gif", stack, cond_frames=TASKS[task], fps=3,
             columns=min(8, len(truths[task])))
-    strip = np.stack([v for i in range(3) for v in (truths["prediction"][i],
-                      videos["prediction"][labels["shipped"]][i], videos["prediction"][COPY_LAST][i])])
+    prediction = videos["prediction"]
+    strip = np.stack([v for i in range(3) for v in (
+        truths["prediction"][i], prediction[labels["shipped"]][i], prediction[COPY_LAST][i])])
     files["prediction frame strip"] = save_video_grid(
         run_dir / "prediction_strip.png", strip, cond_frames=TASKS["prediction"], scale=3)
     return files
@@ -459,7 +463,8 @@ def summarise(cfg, checkpoints, labels, timings, start, retrain_shown):
              "loss_last_10pct": float(loss[-tenth:].mean()),
              "samples_per_s": float(progress["samples_per_s"][-1])}
     files = {"run": cfg.run_dir, "loss plot": plot, "metrics": cfg.run_dir / "metrics.json",
-             "short run: checkpoints, logs": train_dir, "short run: previews": train_dir / "preview",
+             "short run: checkpoints, logs": train_dir,
+             "short run: previews": train_dir / "preview",
              **write_grids(cfg.run_dir, labels, videos, truths),
              "unconditional npz": sample_files(cfg.run_dir / "shipped" / "unconditional")[0]}
     gif = sorted((cfg.run_dir / "shipped" / "unconditional").rglob("samples_*.gif"))

@@ -140,8 +140,8 @@ class GaussianDiffusion:
             arrays = {name: a for name, a in vars(self).items() if isinstance(a, np.ndarray)}
             arrays.update(sampling.sampler_tables(self.alphas_cumprod))
             self._device_tables[device] = SimpleNamespace(**{
-                name: torch.from_numpy(a).to(device, torch.float32 if a.dtype == np.float64 else None)
-                for name, a in arrays.items()})
+                name: torch.from_numpy(a).to(device, torch.float32 if a.dtype == np.float64
+                                             else None) for name, a in arrays.items()})
         return self._device_tables[device]
 
     # ----------------------------------------------------------------- forward process

@@ -133,7 +133,9 @@ def _fill_from_given(videos, given, interpolate):
         after = np.minimum.accumulate(np.where(row, t, len(t))[::-1])[::-1]  # next one, or T
         a = np.where(before < 0, after, before)
         b = np.where(after == len(t), a, after)
-        w = np.where(b > a, (t - a) / np.maximum(b - a, 1), 0.0) if interpolate else np.zeros(len(t))
+        w = np.zeros(len(t))  # (T,): the weight of frame b
+        if interpolate:
+            w = np.where(b > a, (t - a) / np.maximum(b - a, 1), 0.0)
         w = w[:, None, None, None]
         out[i] = np.clip(np.rint((1 - w) * videos[i, a] + w * videos[i, b]), 0, 255)
     return out
