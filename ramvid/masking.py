@@ -19,15 +19,15 @@ def sample_train_mask(batch, seq_len, uncondition_rate, max_num_mask_frames, mas
     if not 0.0 <= uncondition_rate <= 1.0:
         raise ValueError(f"uncondition_rate={uncondition_rate} must lie in [0, 1]")
     mask = torch.zeros(batch, seq_len, dtype=torch.bool)
-    if max_num_mask_frames == 0:
-        return _to(mask, device)
-    unconditional = torch.rand(batch, generator=generator) < uncondition_rate
-    counts = torch.randint(1, max_num_mask_frames + 1, (batch,), generator=generator)
-    for i in range(batch):
-        chosen = torch.randperm(hi - lo, generator=generator)[: counts[i]] + lo
-        if not unconditional[i]:
-            mask[i, chosen] = True
-    return _to(mask, device)
+    if max_num_mask_frames > 0:
+        unconditional = torch.rand(batch, generator=generator) < uncondition_rate
+        counts = torch.randint(1, max_num_mask_frames + 1, (batch,), generator=generator)
+        for i in range(batch):
+            chosen = torch.randperm(hi - lo, generator=generator)[: counts[i]] + lo
+            if not unconditional[i]:
+                mask[i, chosen] = True
+    # Drawn on the CPU (the same masks on every device), copied without a host sync.
+    return mask if device is None else to_device(mask, device)
 
 
 def train_mask_problem(seq_len, max_num_mask_frames, mask_range=None):
@@ -52,11 +52,6 @@ def frame_indices_problem(frames, seq_len):
     if len(set(frames)) != len(frames):
         return "names a frame twice"
     return None
-
-
-def _to(mask, device):
-    # Drawn on the CPU (the same masks on every device), copied without a host sync.
-    return mask if device is None else to_device(mask, device)
 
 
 def mask_from_frames(frames, batch, seq_len, device=None):

@@ -35,25 +35,20 @@ class UNetConfig:
     def __post_init__(self):
         widths = [self.model_channels * m for m in self.channel_mult]
         for flag, width in [("num_channels", self.model_channels)] + [
-            ("num_channels x channel_mult", w) for w in widths
-        ]:
-            if width % 32 != 0:
-                raise ValueError(
-                    f"{flag}={width} is not divisible by 32 (GroupNorm uses 32 groups)"
-                )
-        for width in widths:
-            for flag, heads in (("num_heads", self.num_heads),
-                                ("num_heads_upsample", self.heads_upsample)):
-                if heads < 1 or width % heads != 0:
-                    raise ValueError(f"{flag}={heads} must divide the channel count {width}")
+                ("num_channels x channel_mult", w) for w in widths]:
+            if width % 32:
+                raise ValueError(f"{flag}={width} is not divisible by 32 (GroupNorm uses 32 "
+                                 "groups)")
+        for flag, heads in (("num_heads", self.num_heads),
+                            ("num_heads_upsample", self.heads_upsample)):
+            if heads < 1 or any(width % heads for width in widths):
+                raise ValueError(f"{flag}={heads} must divide the channel counts {widths}")
         if self.scale_time_dim < 0:
             raise ValueError(f"scale_time_dim={self.scale_time_dim} must be >= 0")
-        halvings = sum(1 for s in self.time_strides() if s == 2)
+        halvings = self.time_strides().count(2)
         if self.scale_time_dim > 0 and 2 ** halvings > self.seq_len:
-            raise ValueError(
-                f"scale_time_dim={self.scale_time_dim} halves time {halvings} times, "
-                f"more than seq_len={self.seq_len} frames allow"
-            )
+            raise ValueError(f"scale_time_dim={self.scale_time_dim} halves time {halvings} times, "
+                             f"more than seq_len={self.seq_len} frames allow")
 
     @property
     def heads_upsample(self):
@@ -61,34 +56,30 @@ class UNetConfig:
 
     def time_strides(self):
         """Temporal stride of each downsampling step: level k halves time while S // 2^(k+1) > 0."""
-        strides = []
-        for level in range(len(self.channel_mult) - 1):
-            target = self.scale_time_dim // 2 ** (level + 1) if self.scale_time_dim > 0 else 0
-            strides.append(2 if target > 0 else 1)
-        return strides
+        return [2 if self.scale_time_dim // 2 ** (level + 1) > 0 else 1
+                for level in range(len(self.channel_mult) - 1)]
 
 
 def timestep_embedding(timesteps, dim, max_period=10000):
-    """Sinusoidal embedding of (possibly fractional) timesteps: (N,) -> (N, dim), cos then sin."""
+    """Sinusoidal embedding of (possibly fractional) timesteps: (N,) -> (N, dim), cos then sin
+    (dim is even: a multiple of 32)."""
     half = dim // 2
     freqs = torch.exp(
         -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
     )
     args = timesteps[:, None].float() * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 class GroupNorm32(nn.GroupNorm):
-    # Statistics in float32 even under autocast: low-precision variance over T*H*W drifts.
+    """GroupNorm with 32 groups, its statistics in float32 even under autocast (a low-precision
+    variance over T*H*W drifts)."""
+
+    def __init__(self, channels):
+        super().__init__(32, channels)
+
     def forward(self, x):
         return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).type(x.dtype)
-
-
-def normalization(channels):
-    return GroupNorm32(32, channels)
 
 
 def zero_module(module):
@@ -105,25 +96,20 @@ def _norm_silu(norm, x, scale, shift):
 
 
 def norm_silu(norm, x, scale=None, shift=None):
-    """silu(norm(x) * (1 + scale) + shift), keeping only x for the backward pass.
-
-    Normalisation and activation are cheap to recompute but each would otherwise keep a
-    full-size copy of the feature map alive until backward: recomputing them cuts the
-    activation memory of a ResBlock from seven feature maps to four for a few % of time.
-    """
+    """silu(norm(x) * (1 + scale) + shift), keeping only x for the backward pass: both are cheap
+    to recompute, and each would keep a full-size feature map alive (docs/PERFORMANCE.md)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return checkpoint(_norm_silu, norm, x, scale, shift, use_reentrant=False)
     return _norm_silu(norm, x, scale, shift)
 
 
-class TimestepBlock(nn.Module):
-    """A block whose forward also takes the timestep embedding."""
-
-
 class TimestepEmbedSequential(nn.Sequential):
+    """Layers of one UNet block: a ResBlock also takes the timestep embedding, an Upsample the
+    (T, H, W) to land on."""
+
     def forward(self, x, emb, out_size=None):
         for layer in self:
-            if isinstance(layer, TimestepBlock):
+            if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, Upsample):
                 x = layer(x, out_size)
@@ -139,11 +125,9 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv3d(channels, channels, 3, padding=1)
 
-    def forward(self, x, out_size=None):
+    def forward(self, x, out_size):
         # (N, C, T, H, W); out_size is the recorded (T, H, W) of the level above, so odd
         # temporal lengths (7 -> 4 on the way down) are restored exactly on the way up.
-        if out_size is None:
-            out_size = (x.shape[2], x.shape[3] * 2, x.shape[4] * 2)
         x = F.interpolate(x, size=tuple(out_size), mode="nearest")
         return self.conv(x)
 
@@ -157,21 +141,21 @@ class Downsample(nn.Module):
         return self.op(x)
 
 
-class ResBlock(TimestepBlock):
+class ResBlock(nn.Module):
     def __init__(self, channels, emb_channels, dropout, out_channels, use_scale_shift_norm,
                  use_checkpoint):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
         self.use_checkpoint = use_checkpoint
         self.in_layers = nn.Sequential(
-            normalization(channels), nn.SiLU(), nn.Conv3d(channels, out_channels, 3, padding=1)
+            GroupNorm32(channels), nn.SiLU(), nn.Conv3d(channels, out_channels, 3, padding=1)
         )
         self.emb_layers = nn.Sequential(
             nn.SiLU(),
             nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels),
         )
         self.out_layers = nn.Sequential(
-            normalization(out_channels),
+            GroupNorm32(out_channels),
             nn.SiLU(),
             nn.Dropout(p=dropout),
             zero_module(nn.Conv3d(out_channels, out_channels, 3, padding=1)),
@@ -206,7 +190,7 @@ class AttentionBlock(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.use_checkpoint = use_checkpoint
-        self.norm = normalization(channels)
+        self.norm = GroupNorm32(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
 
@@ -283,7 +267,7 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(  # applied as norm_silu + conv in forward
-            normalization(ch), nn.SiLU(), zero_module(nn.Conv3d(ch, cfg.out_channels, 3, padding=1))
+            GroupNorm32(ch), nn.SiLU(), zero_module(nn.Conv3d(ch, cfg.out_channels, 3, padding=1))
         )
 
     def forward(self, x, timesteps, y=None):

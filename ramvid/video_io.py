@@ -1,14 +1,10 @@
-"""Writing and reading video files with PyAV.
+"""Writing and reading video files with PyAV, and grids of videos to look at.
 
-The synthetic set and BAIR are written losslessly: H.264 in its RGB flavour (`libx264rgb`,
-`qp=0`) inside .mp4. Colours survive exactly (round-trip error 0), the files are small, and
-the training loader reads them with PyAV. Real camera footage (Kinetics-600) and sample grids
-are written lossy (`libx264`, yuv420p, CRF), which every player decodes.
-
-Grids of videos to look at: an animated grid (gif, mp4) or a filmstrip (png). Videos are uint8
-arrays (N, T, H, W, C) with C = 1 or 3, as in the sample npz files. Every frame gets a border:
-given (conditioning) frames a coloured one, generated frames a dark one, so a reader sees at a
-glance which frames the model made.
+Datasets are written losslessly (`libx264rgb`, `qp=0` in .mp4: colours survive exactly, see
+docs/DATASETS.md); camera footage (Kinetics-600) and grids lossy (`libx264`, yuv420p, CRF), which
+every player decodes. A grid is animated (gif, mp4) or a filmstrip (png) of uint8 videos
+(N, T, H, W, C), C = 1 or 3, as in the sample npz files; every frame gets a border, coloured for
+a given (conditioning) frame and dark for a generated one.
 
     save_video_grid("samples.gif", videos, obs_mask=mask)  # mask: bool (N, T) or (T,)
     save_video_grid("samples.png", videos, cond_frames=[0, 1])
@@ -113,9 +109,7 @@ def grid_obs_mask(num_videos, num_frames, obs_mask=None, cond_frames=None):
     mask = np.zeros((num_videos, num_frames), dtype=bool)
     if obs_mask is not None:
         mask |= np.broadcast_to(np.asarray(obs_mask, dtype=bool), (num_videos, num_frames))
-    for frame in cond_frames or ():
-        if 0 <= frame < num_frames:
-            mask[:, frame] = True
+    mask[:, [frame for frame in cond_frames or () if 0 <= frame < num_frames]] = True
     return mask
 
 
@@ -163,15 +157,11 @@ def animated_grid(videos, mask, columns=None, border=2, gap=2, scale=1):
     return np.stack([_tile(frames[:, t], rows, cols, gap) for t in range(frames.shape[1])])
 
 
-def auto_scale(height):
-    """Integer upscaling that makes small frames (e.g. 16 x 16) big enough to see."""
-    return max(1, 64 // max(1, height))
-
-
 def save_video_grid(path, videos, obs_mask=None, cond_frames=None, fps=4, scale=None,
                     columns=None):
     """Write a grid of `videos` (uint8 (N, T, H, W, C)) to `path`; the format follows the
-    suffix: .gif / .mp4 (animated, one tile per video) or .png (filmstrip). Returns the path."""
+    suffix: .gif / .mp4 (animated, one tile per video) or .png (filmstrip). Small frames are
+    enlarged to about 64 pixels unless `scale` is given. Returns the path."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
@@ -179,34 +169,17 @@ def save_video_grid(path, videos, obs_mask=None, cond_frames=None, fps=4, scale=
     videos = as_rgb_videos(videos)
     n, t, h = videos.shape[:3]
     mask = grid_obs_mask(n, t, obs_mask, cond_frames)
-    scale = auto_scale(h) if scale is None else int(scale)
+    scale = max(1, 64 // max(1, h)) if scale is None else int(scale)
     if fmt == "png":
         Image.fromarray(filmstrip(videos, mask, scale=scale)).save(path)
         return path
-    frames = animated_grid(videos, mask, columns=columns, scale=scale)
+    frames = animated_grid(videos, mask, columns=columns, scale=scale)  # (T, H', W', 3)
     if fmt == "gif":
-        _write_gif(path, frames, fps)
-    else:
-        _write_mp4(path, frames, fps)
+        images = [Image.fromarray(frame) for frame in frames]
+        images[0].save(path, save_all=True, append_images=images[1:],
+                       duration=round(1000 / fps), loop=0, optimize=False)
+    else:  # yuv420p (what every player decodes) needs even width and height: a white margin
+        even = ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0))
+        # crf 18: visually lossless enough to judge samples
+        write_video(path, np.pad(frames, even, constant_values=255), fps, crf=18)
     return path
-
-
-def _write_gif(path, frames, fps):
-    images = [Image.fromarray(frame) for frame in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps),
-                   loop=0, optimize=False)
-
-
-def _write_mp4(path, frames, fps):
-    # yuv420p (what every player decodes) needs even width and height.
-    t, h, w, _ = frames.shape
-    padded = np.empty((t, h + h % 2, w + w % 2, 3), dtype=np.uint8)
-    padded[:] = BACKGROUND
-    padded[:, :h, :w] = frames
-    write_video(path, padded, fps, crf=18)  # visually lossless enough to judge samples
-
-
-__all__ = [
-    "FORMATS", "GENERATED_COLOR", "GIVEN_COLOR", "animated_grid", "as_rgb_videos", "auto_scale",
-    "bordered_frames", "filmstrip", "grid_obs_mask", "save_video_grid",
-]

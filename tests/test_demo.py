@@ -8,13 +8,12 @@ import pytest
 
 from datasets.synthetic import make_clips
 from ramvid.errors import UsageError
-from ramvid.metrics.frame_metrics import copy_last_given, linear_interpolation, mean_frame, nearest_given
+from ramvid.metrics.frame_metrics import copy_last_given, linear_interpolation, mean_frame
 from ramvid.demo import command as demo
-from ramvid.demo.command import (DemoConfig, launch_prefix, prepare_data, sample_command,
-                                 train_command)
-from ramvid.demo.report import (COPY_LAST, LINEAR, MEAN, common_truth, format_table,
-                                grouped_samples, margins, plot_training_loss, read_progress, score,
-                                sample_files, score_conditional_task, training_reference)
+from ramvid.demo.command import (COPY_LAST, LINEAR, MEAN, DemoConfig, common_truth, format_table,
+                                 grouped_samples, launch_prefix, margins, plot_training_loss,
+                                 prepare_data, read_progress, sample_command, sample_files, score,
+                                 score_task, short_run_command, training_reference)
 from ramvid.config import PRESETS
 
 
@@ -28,12 +27,6 @@ def mask_of(frames, t=8):
     mask = np.zeros(t, dtype=bool)
     mask[frames] = True
     return mask
-
-
-def test_nearest_given_frames():
-    previous, following = nearest_given(mask_of([2, 5]))
-    assert previous.tolist() == [-1, -1, 2, 2, 2, 5, 5, 5]
-    assert following.tolist() == [2, 2, 2, 5, 5, 5, -1, -1]
 
 
 def test_copy_last_given_repeats_the_latest_given_frame():
@@ -101,11 +94,11 @@ def test_best_of_n_takes_each_clips_best_sample_and_one_sample_the_mean():
 def test_scoring_a_task_against_baselines_on_sprite_clips():
     gt = make_clips(4, image_size=16, num_frames=8, seed=3, split="test", max_sprites=1).videos
     reference = make_clips(6, image_size=16, num_frames=8, seed=3, max_sprites=1).videos
-    scores, videos = score_conditional_task({"ours": gt[:, None].copy()}, gt, [0, 1], reference)
+    scores, videos = score_task({"ours": gt[:, None].copy()}, gt, [0, 1], reference)
     assert set(scores) == {"ours", COPY_LAST, MEAN}  # nothing lies between frames 0 and 1
     assert scores["ours"]["psnr"] == pytest.approx(100.0)  # a perfect "model" hits the cap
     assert scores[COPY_LAST]["psnr"] < 40 and videos[COPY_LAST].shape == gt.shape
-    infill, _ = score_conditional_task({"ours": gt[:, None].copy()}, gt, [0, 7], reference)
+    infill, _ = score_task({"ours": gt[:, None].copy()}, gt, [0, 7], reference)
     assert LINEAR in infill
     gain = margins({"prediction": scores}, "ours")["prediction"]
     assert gain["psnr_gain_over_copy_last_db"] > 60 and gain["best_baseline"] in (COPY_LAST, MEAN)
@@ -190,7 +183,7 @@ def test_data_is_drawn_once_and_reused_while_settings_match(tmp_path, monkeypatc
     assert prepare_data(cfg) == (0.0, True)
     _, reused = prepare_data(demo_config(tmp_path, num_test=1))  # other settings: drawn anew
     assert not reused and len(list((cfg.data_dir / "test").glob("*.mp4"))) == 1
-    assert training_reference(cfg.data_dir / "train", 16, 8).shape == (3, 8, 16, 16, 3)
+    assert training_reference(cfg.data_dir / "train").shape == (3, 8, 16, 16, 3)
 
 
 def test_commands_use_the_real_scripts_and_flags(tmp_path):
@@ -199,14 +192,14 @@ def test_commands_use_the_real_scripts_and_flags(tmp_path):
     assert mpi == ["/x/mpirun", "-n", "2", sys.executable]
     assert launch_prefix(2, None) == [sys.executable]
 
-    train = train_command(cfg, mpi)
+    train = short_run_command(cfg, mpi)
     assert train[4].endswith("scripts/video_train.py")
     flags = dict(zip(train[5::2], train[6::2]))
     assert flags["--preset"] == "demo" and flags["--max_steps"] == "7"
     assert flags["--save_interval"] == "7"  # the final checkpoint is the one sampled
     assert flags["--sample_interval"] == "5" and flags["--val_data_dir"].endswith("val")
     assert "--batch_size" not in flags  # the preset's, per rank
-    single = train_command(cfg, [sys.executable])
+    single = short_run_command(cfg, [sys.executable])
     single = dict(zip(single[2::2], single[3::2]))
     # One process keeps the global batch of two ranks.
     assert single["--batch_size"] == str(2 * dict(PRESETS["demo"])["batch_size"])

@@ -1,16 +1,12 @@
-"""Frame-accurate random access into video files with PyAV.
+"""Frame-accurate random access into video files with PyAV (docs/DATA_LOADER.md): a window of
+frames is read by seeking to the keyframe before it and decoding forward until it is complete, so
+the cost depends on the keyframe interval, never on the file's length.
 
-A window of frames is read by seeking to the keyframe before it and decoding forward until the
-window is complete, so the cost depends on the keyframe interval, never on the file's length.
-
-Frame index <-> timestamp. Frame i of a constant-rate stream is shown at
-`first_pts + i / (fps * time_base)`; a stream whose timestamps do not follow that (variable
-frame rate, gif delays, containers without a trustworthy frame count) instead gets a table of
-every frame's presentation timestamp, read by demuxing packets without decoding them. Either way
-the index of a decoded frame comes from its own timestamp, so a seek that lands early or late
-is noticed instead of silently shifting the window.
-
-Per-file metadata (`StreamMeta`) is computed once per process and cached by path, mtime, size.
+Frame i of a constant-rate stream is shown at `first_pts + i / (fps * time_base)`; a stream whose
+timestamps do not follow that (variable frame rate, gif delays, containers without a trustworthy
+frame count) gets a table of every frame's timestamp, read by demuxing without decoding. Either
+way a decoded frame's index comes from its own timestamp, so a seek that lands early or late is
+noticed. Per-file metadata (`StreamMeta`) is cached per process by path, mtime and size.
 """
 from __future__ import annotations
 
@@ -64,9 +60,6 @@ class StreamMeta:
     height: int
     stream_index: int
     pts_table: np.ndarray | None = None  # (num_frames,) sorted pts of every frame, when built
-
-    def info(self) -> VideoInfo:
-        return VideoInfo(self.num_frames, float(self.fps), self.width, self.height)
 
     def pts_of(self, index: int) -> int:
         if self.pts_table is not None:
@@ -146,20 +139,21 @@ def _failure_reason(path: Path, error: Exception) -> str:
     return strerror or message
 
 
-def _demux(path: Path, stream_index: int) -> tuple[int, np.ndarray | None]:
-    """(number of frames, their sorted pts or None when a packet has none), by demuxing the
-    packets without decoding them."""
+def _count_frames(path: Path, meta: StreamMeta) -> None:
+    """Set meta's frame count by demuxing the packets without decoding them and, when every
+    packet has a timestamp, its table of sorted pts and its first pts."""
     with _open(path) as container:
         stamps = []
         try:
-            for packet in container.demux(container.streams[stream_index]):
+            for packet in container.demux(container.streams[meta.stream_index]):
                 if _usable_packet(packet):
                     stamps.append(packet.pts)
         except av.FFmpegError:
             pass  # a truncated file: the packets read so far are the file's frames
-    if any(stamp is None for stamp in stamps):
-        return len(stamps), None
-    return len(stamps), np.unique(np.asarray(stamps, dtype=np.int64))
+    meta.num_frames = len(stamps)
+    if stamps and None not in stamps:
+        meta.pts_table = np.unique(np.asarray(stamps, dtype=np.int64))
+        meta.num_frames, meta.first_pts = len(meta.pts_table), int(meta.pts_table[0])
 
 
 def _tail_matches(container, stream, meta: StreamMeta) -> bool:
@@ -200,12 +194,7 @@ def _probe_uncached(path: Path) -> StreamMeta:
             and _tail_matches(container, stream, meta)
         )
     if not trusted:
-        count, meta.pts_table = _demux(path, meta.stream_index)
-        if meta.pts_table is None:
-            meta.num_frames = count
-        else:
-            meta.num_frames = len(meta.pts_table)
-            meta.first_pts = int(meta.pts_table[0]) if meta.num_frames else meta.first_pts
+        _count_frames(path, meta)
     return meta
 
 
@@ -227,7 +216,8 @@ def stream_meta(path) -> StreamMeta:
 
 def probe(path) -> VideoInfo:
     """Number of frames, frame rate and size of the first video stream of `path`."""
-    return stream_meta(path).info()
+    meta = stream_meta(path)
+    return VideoInfo(meta.num_frames, float(meta.fps), meta.width, meta.height)
 
 
 def _decode_once(path, meta, start, length, convert, seek_to, counter):
@@ -286,10 +276,9 @@ def decode_window(path, meta: StreamMeta, start: int, length: int, convert: Call
         except _IrregularTimestamps:
             if meta.pts_table is not None:
                 raise VideoReadError(f"{path}: decoder skipped frames near {start}") from None
-            _, table = _demux(Path(path), meta.stream_index)
-            if table is None or len(table) == 0:
+            _count_frames(Path(path), meta)
+            if meta.pts_table is None:
                 raise VideoReadError(f"{path}: frame timestamps are irregular") from None
-            meta.pts_table, meta.num_frames, meta.first_pts = table, len(table), int(table[0])
 
 
 def read_window(path, start: int, length: int) -> np.ndarray:

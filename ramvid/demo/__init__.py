@@ -1,2 +1,2 @@
-"""`make demo`: the command and its steps (command.py, ramvid.demo.command:main), the scoring
-and report at its end (report.py), and the shipped checkpoint (shipped/)."""
+"""`make demo`: the command, its steps, and the scoring and report at its end (command.py,
+ramvid.demo.command:main), and the shipped checkpoint (shipped/)."""

@@ -7,14 +7,16 @@
    the recorded command, `retrain_command` below) and with this run's: prediction (first two
    frames given), infilling (first and last given), N samples per clip; unconditional videos;
 4. scores prediction and infilling against simple baselines on the same clips, writes
-   metrics.json, a loss plot, comparison gifs and a frame strip, and prints a table
-   (ramvid/demo/report.py).
+   metrics.json, a loss plot, comparison gifs and a frame strip, and prints a table.
 See docs/DEMO.md.
 
 Every step runs the project's own command-line scripts in a subprocess, exactly as a user would
 type them. Training and sampling run under `mpirun -n <procs>` with one thread per rank (two
 ranks use two cores better than one process with two threads: small 3D convolutions scale poorly
 across threads). Without mpirun the same scripts run as one plain process.
+
+Scores are ramvid.metrics.frame_metrics' PSNR and SSIM of the generated frames: "one sample" is
+the mean over a clip's N samples, "best of N" its best one, as papers report.
 """
 import json
 import os
@@ -25,34 +27,40 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
+
+import numpy as np
 
 from ..config import PRESETS
 from ..diffusion import space_timesteps
 from ..errors import UsageError
-from ..flags import Flag, at_least, parse, unit_interval, user_errors
+from ..flags import Flag, at_least, parse, unit_interval, user_errors, write_json
+from ..metrics.frame_metrics import copy_last_given, frame_metrics, linear_interpolation, mean_frame
 from ..metrics.i3d import sha256_of
-from .report import summarise
+from ..sample.files import read_npz
+from ..video_io import save_video_grid
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_STEPS = 600  # the short run: about 2.5 minutes on 2 idle cores (docs/DEMO.md)
 # The demo's clips (datasets/synthetic.py): one sprite, radius 3.5-4.5 px, moving 2 px per
 # frame in a 16 x 16 box, its colour fixed by its shape (docs/DEMO.md says why). The seed is
 # fixed: the shipped checkpoint was trained on exactly these training clips, and the test and
 # val clips come from other generator streams, so they are held out for it too.
 DEMO_DATA = dict(num_train=2000, num_val=32, image_size=16, num_frames=8, max_sprites=1,
                  speed=(0.125, 0.125), radius=(0.22, 0.28), color_by_shape=True, seed=0)
+# The frames each task gives the sampler; None: unconditional.
+TASKS = {"prediction": [0, 1], "infilling": [0, DEMO_DATA["num_frames"] - 1],
+         "unconditional": None}
+SOURCES = ("shipped", "this_run")  # run_dir/<source>/<task>: which checkpoint sampled it
+COPY_LAST, LINEAR, MEAN = "copy last given", "linear interp.", "mean frame"
+BASELINES = (COPY_LAST, LINEAR, MEAN)
 
-# The checkpoint shipped in the repository. A few minutes of CPU training shows the loss falling
-# and the model learning; the shipped checkpoint shows what the same `demo` preset reaches with
-# longer training on the same clips: SHIPPED_STEPS steps of one process with two threads.
-# `--retrain` runs `retrain_command` again and compares the result with SHIPPED_SHA256.
-SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+# The checkpoint shipped in the repository: the same `demo` preset trained longer on the same
+# clips, by `retrain_command` (SHIPPED_STEPS steps of one process with RETRAIN_THREADS threads;
+# another thread count changes float rounding). `--retrain` runs it again.
 SHIPPED_STEPS = 16000
-LR_ANNEAL_STEPS = 16000  # the learning rate falls linearly from 5e-4 towards 0 at this step
-SHIPPED_CHECKPOINT = SHIPPED_DIR / f"ema_0.99_{SHIPPED_STEPS:06d}.pt"  # args.json beside it
+SHIPPED_CHECKPOINT = (Path(__file__).resolve().parent / "shipped"
+                      / f"ema_0.99_{SHIPPED_STEPS:06d}.pt")  # its run's args.json beside it
 SHIPPED_SHA256 = "caa6e4b27ee01e9037e87e28c2faff9d8f5c0cd1b5bc85360997704b2d61b2b6"
-RETRAIN_THREADS = 2  # the recorded run used two threads; another count changes float rounding
+RETRAIN_THREADS = 2
 RETRAIN_MINUTES = "about 86 minutes"  # the recorded run, on the 2-core development machine
 
 
@@ -70,26 +78,8 @@ class DemoConfig:
     eta: float  # DDIM noise: 1 re-injects noise each step, which corrects drifting frames
     sample_interval: int  # held-out previews during the short run
     preset: str = "demo"
-    tasks: ClassVar[tuple] = ("prediction", "infilling", "unconditional")
-
-    @property
-    def seq_len(self):
-        return DEMO_DATA["num_frames"]
-
-    @property
-    def image_size(self):
-        return DEMO_DATA["image_size"]
-
-    def given_frames(self, task):
-        """The frames a task gives the sampler; None: unconditional."""
-        return {"prediction": [0, 1], "infilling": [0, self.seq_len - 1],
-                "unconditional": None}[task]
-
-    def to_json(self):
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
-# ----------------------------------------------------------------------------- flags
 def ddim_respacing(text):
     """The reason `text` is not a DDIM respacing of the demo's diffusion steps, or None."""
     if not text.startswith("ddim"):
@@ -105,8 +95,8 @@ DEMO_FLAGS = (
     Flag("out_dir", "", "run folder (empty: runs/demo-<time>)"),
     Flag("data_dir", str(REPO / "runs" / "demo_data"),
          "synthetic clips, drawn once and reused while the settings match"),
-    Flag("max_steps", DEFAULT_STEPS, "steps of the short training run from scratch",
-         check=at_least(1)),
+    # 600 steps: about 2.5 minutes on 2 idle cores (docs/DEMO.md)
+    Flag("max_steps", 600, "steps of the short training run from scratch", check=at_least(1)),
     Flag("sample_interval", 200, "held-out previews of the short run every this many steps",
          check=at_least(1)),
     Flag("procs", 2, "mpirun ranks (one core each)", check=at_least(1)),
@@ -128,65 +118,97 @@ def parse_args(argv=None):
     return parse(__doc__.split("\n\n")[0], DEMO_FLAGS, argv)
 
 
-def make_config(args):
-    run_dir = Path(args.out_dir or REPO / "runs" / time.strftime("demo-%Y%m%d-%H%M%S"))
-    return DemoConfig(
-        run_dir=run_dir, data_dir=Path(args.data_dir), max_steps=args.max_steps,
-        num_test=args.num_test, samples_per_clip=args.samples_per_clip, num_unconditional=16,
-        seed=args.seed, procs=args.procs, respacing=args.timestep_respacing, eta=args.eta,
-        sample_interval=min(args.sample_interval, args.max_steps),
-    )
+# ----------------------------------------------------------------------------- the commands
+def train_command(data_dir, max_steps, sample_interval, seed, *flags, save_interval=None):
+    """video_train.py on the demo's clips in `data_dir` (train/; previews of val/) with the
+    `demo` preset and `flags`, saving at `max_steps`."""
+    return [str(REPO / "scripts" / "video_train.py"), "--data_dir", str(Path(data_dir) / "train"),
+            "--preset", "demo", *flags, "--max_steps", str(max_steps),
+            "--save_interval", str(save_interval or max_steps), "--log_interval", "10",
+            "--seed", str(seed), "--num_workers", "1", "--sample_interval", str(sample_interval),
+            "--val_data_dir", str(Path(data_dir) / "val")]
 
 
-# ----------------------------------------------------------------------------- shipped checkpoint
 def retrain_command(data_dir):
-    """The command that trained the shipped checkpoint (one process with RETRAIN_THREADS
-    threads; global batch 8, as the preset's 4 per rank on 2 ranks), on the demo's clips in
-    `data_dir`. It ends at SHIPPED_STEPS, the end of the learning-rate schedule, where the
-    checkpoint was taken (docs/DEMO.md)."""
-    return [
-        sys.executable, str(REPO / "scripts" / "video_train.py"),
-        "--data_dir", str(Path(data_dir) / "train"), "--preset", "demo", "--batch_size", "8",
-        "--anneal_type", "linear", "--lr_anneal_steps", str(LR_ANNEAL_STEPS),
-        "--max_steps", str(SHIPPED_STEPS),
-        "--save_interval", "1000", "--log_interval", "10", "--seed", "0", "--num_workers", "1",
-        "--sample_interval", "1000", "--val_data_dir", str(Path(data_dir) / "val"),
+    """The command that trained the shipped checkpoint (global batch 8: the preset's 4 per rank
+    on 2 ranks), on the demo's clips in `data_dir`. It ends at the end of its learning-rate
+    schedule, where the checkpoint was taken (docs/DEMO.md)."""
+    return [sys.executable] + train_command(
+        data_dir, SHIPPED_STEPS, 1000, 0, "--batch_size", "8", "--anneal_type", "linear",
+        "--lr_anneal_steps", str(SHIPPED_STEPS), save_interval=1000)
+
+
+def short_run_command(cfg, prefix):
+    """The short run from scratch that `make demo` trains, with held-out previews."""
+    # One process holds every rank's videos, so the global batch stays the preset's.
+    batch = (["--batch_size", str(PRESETS["demo"]["batch_size"] * cfg.procs)]
+             if len(prefix) == 1 and cfg.procs > 1 else [])
+    return prefix + train_command(cfg.data_dir, cfg.max_steps, cfg.sample_interval, cfg.seed,
+                                  *batch)
+
+
+def sample_command(cfg, prefix, checkpoint, task):
+    """video_sample.py for one task: N samples of each test clip, clip-major (unconditional:
+    cfg.num_unconditional videos)."""
+    frames = TASKS[task]
+    count = cfg.num_test * cfg.samples_per_clip if frames else cfg.num_unconditional
+    ranks = 1 if len(prefix) == 1 else cfg.procs
+    command = prefix + [
+        str(REPO / "scripts" / "video_sample.py"), "--model_path", str(checkpoint),
+        "--num_samples", str(count), "--batch_size", str(-(-count // ranks)),
+        "--use_ddim", "True", "--eta", str(cfg.eta), "--timestep_respacing", cfg.respacing,
+        "--seed", str(cfg.seed), "--save_video", "gif",
     ]
-
-
-def verified_checkpoint():
-    """The shipped checkpoint's path, after checking its bytes against SHIPPED_SHA256."""
-    if not SHIPPED_CHECKPOINT.is_file():
-        raise UsageError(f"the shipped demo checkpoint {SHIPPED_CHECKPOINT} is missing; restore "
-                         "it from git or rebuild it with `python scripts/demo.py --retrain`")
-    found = sha256_of(SHIPPED_CHECKPOINT)
-    if found != SHIPPED_SHA256:
-        raise UsageError(f"{SHIPPED_CHECKPOINT} has sha256 {found}, not the recorded "
-                         f"{SHIPPED_SHA256}; restore it from git or rebuild it with "
-                         "`python scripts/demo.py --retrain`")
-    return SHIPPED_CHECKPOINT
-
-
-# ----------------------------------------------------------------------------- launching
-def find_mpirun():
-    """The mpirun beside the running Python (the venv's MPICH), else one on PATH, else None."""
-    beside = Path(sys.executable).parent / "mpirun"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("mpirun")
+    if frames:
+        return command + ["--data_dir", str(cfg.data_dir / "test"), "--save_gt", "True",
+                          "--samples_per_clip", str(cfg.samples_per_clip),
+                          "--cond_frames", ",".join(map(str, frames)) + ","]
+    return command + ["--cond_generation", "False"]
 
 
 def launch_prefix(procs, mpirun):
     """Command prefix running a Python script on `procs` ranks (plain python without mpirun)."""
-    if mpirun and procs > 1:
-        return [mpirun, "-n", str(procs), sys.executable]
-    return [sys.executable]
+    return [mpirun, "-n", str(procs), sys.executable] if mpirun and procs > 1 else [sys.executable]
+
+
+def find_mpirun():
+    """The mpirun beside the running Python (the venv's MPICH), else one on PATH, else None."""
+    beside = Path(sys.executable).parent / "mpirun"
+    return str(beside) if beside.exists() else shutil.which("mpirun")
 
 
 def shown(command):
     """The command as a user would type it in the repository root (paths inside it relative)."""
-    inside = str(REPO) + os.sep
-    return shlex.join(part.removeprefix(inside) for part in command)
+    return shlex.join(part.removeprefix(str(REPO) + os.sep) for part in command)
+
+
+# ----------------------------------------------------------------------------- the steps
+def verified_checkpoint():
+    """The shipped checkpoint's path, after checking its bytes against SHIPPED_SHA256."""
+    found = sha256_of(SHIPPED_CHECKPOINT) if SHIPPED_CHECKPOINT.is_file() else None
+    if found != SHIPPED_SHA256:
+        problem = (f"has sha256 {found}, not the recorded {SHIPPED_SHA256}" if found
+                   else "is missing")
+        raise UsageError(f"the shipped demo checkpoint {SHIPPED_CHECKPOINT} {problem}; restore it "
+                         "from git or rebuild it with `python scripts/demo.py --retrain`")
+    return SHIPPED_CHECKPOINT
+
+
+def prepare_data(cfg):
+    """Draw the synthetic clips once into cfg.data_dir (train/, val/, test/); a later demo with
+    the same settings reuses them. Returns (seconds, reused)."""
+    from datasets.synthetic import generate
+
+    stamp_path = cfg.data_dir / "demo_data.json"
+    settings = json.loads(json.dumps(dict(DEMO_DATA, num_test=cfg.num_test)))  # as JSON reads
+    if stamp_path.is_file() and json.loads(stamp_path.read_text()) == settings:
+        return 0.0, True
+    start = time.time()
+    stamp_path.unlink(missing_ok=True)  # a half-drawn set must not look complete
+    generate(cfg.data_dir, overwrite=True, **dict(settings, speed=tuple(settings["speed"]),
+                                                 radius=tuple(settings["radius"])))
+    stamp_path.write_text(json.dumps(settings) + "\n")  # written last: marks a complete set
+    return time.time() - start, False
 
 
 def run_step(name, command, threads, folder):
@@ -208,130 +230,310 @@ def run_step(name, command, threads, folder):
     return time.time() - start
 
 
-def ema_checkpoint(train_dir, step):
-    """The EMA weights the training run saved at `step` (the first EMA rate's)."""
-    found = sorted(Path(train_dir).glob(f"ema_*_{step:06d}.pt"))
+def train(name, command, threads, folder, step, timings):
+    """Run a training command into `folder` (its seconds go to timings["<folder name>_s"]);
+    returns the EMA weights (the first EMA rate's) it saved at `step`."""
+    timings[f"{folder.name}_s"] = seconds = run_step(name, command, threads, folder)
+    found = sorted(folder.glob(f"ema_*_{step:06d}.pt"))
     if not found:
-        raise UsageError(f"training finished but {train_dir} holds no ema_*_{step:06d}.pt")
+        raise UsageError(f"training finished but {folder} holds no ema_*_{step:06d}.pt")
+    print(f"{name} took {seconds:.0f} s -> {found[0]}", flush=True)
     return found[0]
 
 
-# ----------------------------------------------------------------------------- the steps
-def prepare_data(cfg):
-    """Draw the synthetic clips once into cfg.data_dir (train/, val/, test/); a later demo with
-    the same settings reuses them. Returns (seconds, reused)."""
-    from datasets.synthetic import generate
-
-    stamp_path = cfg.data_dir / "demo_data.json"
-    settings = json.loads(json.dumps(dict(DEMO_DATA, num_test=cfg.num_test)))  # as JSON reads
-    if stamp_path.is_file() and json.loads(stamp_path.read_text()) == settings:
-        return 0.0, True
-    start = time.time()
-    stamp_path.unlink(missing_ok=True)  # a half-drawn set must not look complete
-    generate(cfg.data_dir, overwrite=True, **dict(settings, speed=tuple(settings["speed"]),
-                                                 radius=tuple(settings["radius"])))
-    stamp_path.write_text(json.dumps(settings) + "\n")  # written last: marks a complete set
-    return time.time() - start, False
+# ----------------------------------------------------------------------------- scores
+def score(samples, gt, given):
+    """PSNR (dB) and SSIM of `samples` (uint8 (N, S, T, H, W, C): S samples per clip) against
+    `gt` (uint8 (N, T, H, W, C)) over the frames that are not given (`given`: bool (T,)): the
+    one-sample mean, best of S, and per clip."""
+    result = frame_metrics(samples, gt, given)
+    return {"psnr": result["psnr_mean"], "ssim": result["ssim_mean"],
+            "psnr_best": result["psnr_best"], "ssim_best": result["ssim_best"],
+            "samples_per_clip": result["samples_per_clip"],
+            "psnr_per_clip": result["per_clip"]["psnr_mean"].tolist(),
+            "ssim_per_clip": result["per_clip"]["ssim_mean"].tolist()}
 
 
-def train_command(cfg, prefix):
-    """The short run from scratch that `make demo` trains, with held-out previews."""
-    command = prefix + [
-        str(REPO / "scripts" / "video_train.py"), "--data_dir", str(cfg.data_dir / "train"),
-        "--preset", cfg.preset, "--max_steps", str(cfg.max_steps),
-        "--save_interval", str(cfg.max_steps), "--log_interval", "10", "--seed", str(cfg.seed),
-        "--num_workers", "1", "--sample_interval", str(cfg.sample_interval),
-        "--val_data_dir", str(cfg.data_dir / "val"),
-    ]
-    if len(prefix) == 1 and cfg.procs > 1:
-        # One process holds every rank's videos, so the global batch stays the preset's.
-        command += ["--batch_size", str(PRESETS[cfg.preset]["batch_size"] * cfg.procs)]
-    return command
+def score_task(ours, gt, frames, reference):
+    """Our samples ({label: (N, S, T, H, W, C)}) and the baselines scored on the same clips `gt`
+    (N, T, H, W, C) with `frames` given: ({method: scores}, {method: one video per clip}).
+    Linear interpolation only where a missing frame lies between two given frames."""
+    given = np.isin(np.arange(gt.shape[1]), frames)
+    videos = {label: samples[:, 0] for label, samples in ours.items()}
+    videos[COPY_LAST] = copy_last_given(gt, given)
+    if max(frames) - min(frames) >= len(frames):  # a gap between the given frames
+        videos[LINEAR] = linear_interpolation(gt, given)
+    videos[MEAN] = mean_frame(gt, given, reference)
+    scores = {name: score(ours.get(name, v[:, None]), gt, given) for name, v in videos.items()}
+    return scores, videos
 
 
-def sample_command(cfg, prefix, checkpoint, task):
-    frames = cfg.given_frames(task)
-    per_clip = cfg.samples_per_clip if frames else 1
-    count = cfg.num_test * per_clip if frames else cfg.num_unconditional
-    ranks = 1 if len(prefix) == 1 else cfg.procs
-    command = prefix + [
-        str(REPO / "scripts" / "video_sample.py"), "--model_path", str(checkpoint),
-        "--num_samples", str(count), "--batch_size", str(-(-count // ranks)),
-        "--use_ddim", "True", "--eta", str(cfg.eta), "--timestep_respacing", cfg.respacing,
-        "--seed", str(cfg.seed),
-        "--save_video", "gif",
-    ]
-    if frames:
-        command += ["--data_dir", str(cfg.data_dir / "test"), "--save_gt", "True",
-                    "--samples_per_clip", str(per_clip),
-                    "--cond_frames", ",".join(map(str, frames)) + ","]
-    else:
-        command += ["--cond_generation", "False"]
-    return command
+def margins(scores, ours):
+    """PSNR / SSIM of `ours` (one-sample mean) minus the baselines', per task: {task: {...}}."""
+    out = {}
+    for task, by_method in scores.items():
+        mine = by_method[ours]
+        best = max((m for m in BASELINES if m in by_method), key=lambda m: by_method[m]["psnr"])
+        out[task] = {"best_baseline": best,
+                     "psnr_gain_over_best_baseline_db": mine["psnr"] - by_method[best]["psnr"]}
+        for method, name in ((COPY_LAST, "copy_last"), (LINEAR, "linear")):
+            if method in by_method:
+                out[task][f"psnr_gain_over_{name}_db"] = mine["psnr"] - by_method[method]["psnr"]
+                out[task][f"ssim_gain_over_{name}"] = mine["ssim"] - by_method[method]["ssim"]
+    return out
+
+
+# ----------------------------------------------------------------------------- the samples
+def sample_files(task_dir):
+    """(samples npz, ground-truth npz or None) that video_sample.py wrote under task_dir (in
+    task_dir itself or in the one run folder it made there)."""
+    found = sorted(Path(task_dir).rglob("*.npz"))
+    samples = [p for p in found if not p.name.startswith("gt_")]
+    truth = [p for p in found if p.name.startswith("gt_")]
+    if len(samples) != 1 or len(truth) > 1:
+        raise UsageError(f"expected one samples .npz (and at most one gt_*.npz) under "
+                         f"{task_dir}, found {len(samples)} and {len(truth)}")
+    return samples[0], (truth[0] if truth else None)
+
+
+def grouped_samples(samples, gt, given_frames, per_clip):
+    """Samples (N * S, T, H, W, C) in clip-major order and their ground truth (one row per
+    sample) -> (samples (N, S, T, H, W, C), gt (N, T, H, W, C)).
+
+    Checks what a silent mix-up would break: each clip's S truth rows are one clip, and every
+    sample shows its clip's given frames exactly (the sampler copies them)."""
+    if samples.shape != gt.shape or len(samples) % per_clip:
+        raise UsageError(f"samples {samples.shape} and ground truth {gt.shape} do not form "
+                         f"groups of {per_clip} samples per clip")
+    samples = samples.reshape(-1, per_clip, *samples.shape[1:])
+    gt = gt.reshape(-1, per_clip, *gt.shape[1:])
+    if not (gt == gt[:, :1]).all():
+        raise UsageError("the ground truth of one clip's samples differs: the sample order is "
+                         "not clip-major")
+    if not (samples[:, :, given_frames] == gt[:, :, given_frames]).all():
+        raise UsageError("samples do not show their clips' given frames")
+    return samples, gt[:, 0]
+
+
+def common_truth(truths):
+    """The one ground truth (N, T, H, W, C) of several models' samples ({label: truth}): scores
+    are comparable only when every model was sampled on the same clips."""
+    (first_label, first), *others = truths.items()
+    for label, gt in others:
+        if not np.array_equal(gt, first):
+            raise UsageError(f"{label} and {first_label} were sampled on different clips "
+                             f"({gt.shape} vs {first.shape} or other pixels); their scores "
+                             "would not be comparable")
+    return first
+
+
+def training_reference(train_dir, limit=256):
+    """uint8 (M, T, H, W, C): the first `limit` training clips as the model sees them (after the
+    data loader's resizing), for the mean-frame baseline."""
+    import torch
+
+    from ..data import VideoClipDataset
+    from ..sample.batch import to_uint8
+
+    dataset = VideoClipDataset(train_dir, DEMO_DATA["image_size"], DEMO_DATA["num_frames"])
+    return to_uint8(torch.stack([dataset[i][0] for i in range(min(limit, len(dataset)))]))
+
+
+def score_tasks(cfg, labels):
+    """Both checkpoints' samples of prediction and infilling, checked and scored against the
+    baselines: ({task: {method: scores}}, {task: {method: one video per clip}}, {task: truth})."""
+    reference = training_reference(cfg.data_dir / "train")
+    scores, videos, truths = {}, {}, {}
+    for task in ("prediction", "infilling"):
+        ours, truth = {}, {}
+        for source in SOURCES:
+            samples_path, gt_path = sample_files(cfg.run_dir / source / task)
+            ours[labels[source]], truth[labels[source]] = grouped_samples(
+                read_npz(samples_path)[0], read_npz(gt_path)[0], TASKS[task], cfg.samples_per_clip)
+        truths[task] = common_truth(truth)
+        scores[task], videos[task] = score_task(ours, truths[task], TASKS[task], reference)
+    return scores, videos, truths
+
+
+# ----------------------------------------------------------------------------- table, plot, grids
+def format_table(rows, tasks):
+    """A fixed-width text table: one row per (label, {task: {"psnr", "ssim"} or None}), PSNR
+    and SSIM per task; '-' where a method does not apply to a task."""
+    lines = [["method"] + [c for task in tasks for c in (task, "")],
+             [""] + ["PSNR dB", "SSIM"] * len(tasks)]
+    for label, by_task in rows:
+        lines.append([label] + [c for task in tasks for c in (
+            ("-", "-") if by_task.get(task) is None
+            else (f"{by_task[task]['psnr']:.2f}", f"{by_task[task]['ssim']:.3f}"))])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    text.insert(2, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def table_rows(scores, labels, per_clip):
+    rows = []
+    for source in SOURCES:
+        label = labels[source]
+        rows.append((f"{label}: one sample", {t: s[label] for t, s in scores.items()}))
+        rows.append((f"{label}: best of {per_clip}",
+                     {t: {"psnr": s[label]["psnr_best"], "ssim": s[label]["ssim_best"]}
+                      for t, s in scores.items()}))
+    return rows + [(method, {t: s.get(method) for t, s in scores.items()}) for method in BASELINES]
+
+
+def read_progress(path):
+    """A run's progress.csv (or preview.csv) -> {column: float array}; empty cells are NaN."""
+    rows = np.atleast_1d(np.genfromtxt(path, delimiter=",", names=True))
+    if rows.dtype.names is None or not len(rows):
+        raise ValueError(f"{path} holds no logged steps")
+    return {name: rows[name] for name in rows.dtype.names}
+
+
+def plot_training_loss(progress_csv, png_path, title="training loss", preview_csv=None):
+    """Save a PNG of the loss against the step: the total and the four timestep quartiles
+    (q0 = least noise); with `preview_csv` (written by --sample_interval) a second panel shows
+    the held-out PSNR of the previews beside copy-last. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a laptop terminal or a CI box
+    import matplotlib.pyplot as plt
+
+    columns = read_progress(progress_csv)
+    previews = read_progress(preview_csv) if preview_csv and Path(preview_csv).is_file() else None
+    fig, axes = plt.subplots(1, 2 if previews else 1, figsize=(10 if previews else 6, 3.6),
+                             dpi=120, squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(columns["step"], columns["loss"], color="black", lw=2, label="loss (all t)")
+    for q in range(4):
+        if np.isfinite(columns.get(f"loss_q{q}", np.nan)).any():
+            ax.plot(columns["step"], columns[f"loss_q{q}"], lw=1, alpha=0.8,
+                    label=f"t quartile {q}" + (" (least noise)" if q == 0 else ""))
+    ax.set(yscale="log", xlabel="step", ylabel="MSE (frames not given)", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    if previews:
+        ax = axes[0, 1]
+        for task, color in (("prediction", "tab:blue"), ("infilling", "tab:orange")):
+            ax.plot(previews["step"], previews[f"psnr_{task}"], "o-", color=color,
+                    label=f"{task}: model")
+            ax.plot(previews["step"], previews[f"psnr_{task}_copy_last"], "--", color=color,
+                    label=f"{task}: copy last given")
+        ax.set(xlabel="step", ylabel="PSNR dB (held-out previews)",
+               title="held-out previews (EMA weights, DDIM 10 steps)")
+        ax.grid(True, alpha=0.3)
+    for ax in axes[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def write_grids(run_dir, labels, videos, truths):
+    """Per task an animated grid (truth of 8 clips, both models, the baselines that fill frames
+    from the given ones) and a frame strip of prediction, clip by clip; given frames outlined.
+    Returns {name: path}."""
+    files = {}
+    for task, by_method in videos.items():
+        rows = [labels[s] for s in SOURCES] + [m for m in (LINEAR, COPY_LAST) if m in by_method]
+        stack = np.concatenate([truths[task][:8]] + [by_method[name][:8] for name in rows])
+        files[f"{task} vs truth gif"] = save_video_grid(
+            run_dir / f"{task}_vs_truth.gif", stack, cond_frames=TASKS[task], fps=3,
+            columns=min(8, len(truths[task])))
+    prediction = videos["prediction"]
+    strip = np.stack([v for i in range(3) for v in (
+        truths["prediction"][i], prediction[labels["shipped"]][i], prediction[COPY_LAST][i])])
+    files["prediction frame strip"] = save_video_grid(
+        run_dir / "prediction_strip.png", strip, cond_frames=TASKS["prediction"], scale=3)
+    return files
+
+
+# ----------------------------------------------------------------------------- the summary
+def summarise(cfg, checkpoints, labels, timings, start, retrain_shown):
+    """Score the samples of both checkpoints ({source: path}, named by `labels`), write
+    metrics.json, the loss plot and the grids, and print the table and where everything is."""
+    scores, videos, truths = score_tasks(cfg, labels)
+    train_dir = cfg.run_dir / "train"
+    plot = plot_training_loss(train_dir / "progress.csv", cfg.run_dir / "training_loss.png",
+                              title=f"this run: demo preset, {cfg.max_steps} steps",
+                              preview_csv=train_dir / "preview" / "preview.csv")
+    progress = read_progress(train_dir / "progress.csv")
+    loss, tenth = progress["loss"], max(1, len(progress["loss"]) // 10)
+    train = {"steps": int(progress["step"][-1]), "loss_first_10pct": float(loss[:tenth].mean()),
+             "loss_last_10pct": float(loss[-tenth:].mean()),
+             "samples_per_s": float(progress["samples_per_s"][-1])}
+    files = {"run": cfg.run_dir, "loss plot": plot, "metrics": cfg.run_dir / "metrics.json",
+             "short run: checkpoints, logs": train_dir,
+             "short run: previews": train_dir / "preview",
+             **write_grids(cfg.run_dir, labels, videos, truths),
+             "unconditional npz": sample_files(cfg.run_dir / "shipped" / "unconditional")[0]}
+    gif = sorted((cfg.run_dir / "shipped" / "unconditional").rglob("samples_*.gif"))
+    if gif:
+        files["unconditional gif"] = gif[0]
+    timings["total_s"] = time.time() - start
+    gains = {labels[source]: margins(scores, labels[source]) for source in SOURCES}
+    write_json(cfg.run_dir / "metrics.json", {
+        "config": asdict(cfg), "checkpoints": {labels[k]: v for k, v in checkpoints.items()},
+        "shipped_checkpoint_command": retrain_shown, "training": train, "timings_s": timings,
+        "scores": scores, "margins": gains, "files": files})
+
+    print(f"\nPSNR / SSIM over the generated frames of {cfg.num_test} held-out clips (given "
+          f"frames excluded; higher is better; {cfg.samples_per_clip} samples per clip):\n")
+    print(format_table(table_rows(scores, labels, cfg.samples_per_clip), list(scores)))
+    print()
+    for label, by_task in gains.items():
+        for task, gain in by_task.items():
+            line = (f"{label}, {task}: {gain['psnr_gain_over_copy_last_db']:+.2f} dB "
+                    f"PSNR, {gain['ssim_gain_over_copy_last']:+.3f} SSIM over {COPY_LAST}")
+            if "psnr_gain_over_linear_db" in gain:
+                line += (f"; {gain['psnr_gain_over_linear_db']:+.2f} dB, "
+                         f"{gain['ssim_gain_over_linear']:+.3f} SSIM over {LINEAR}")
+            print(line)
+    print(f"this run: training loss {train['loss_first_10pct']:.3f} -> "
+          f"{train['loss_last_10pct']:.3f} over {train['steps']} steps")
+    print(f"the shipped checkpoint was trained by: {retrain_shown}")
+    sampling = sum(v for k, v in timings.items() if k.startswith("sample_"))
+    print(f"time: data {timings['data_s']:.0f} s, training {timings['train_s']:.0f} s, sampling "
+          f"{sampling:.0f} s, total {timings['total_s']:.0f} s\n")
+    width = max(len(k) for k in files)
+    for name, path in files.items():
+        print(f"  {name.ljust(width)}  {path}")
+    print("\nopen the gifs (rows: truth, shipped checkpoint, this run, baselines; "
+          "red outline = given frame)")
 
 
 def banner(text):
     print(f"\n== {text}", flush=True)
 
 
-def retrain(cfg, timings):
-    """Run the shipped checkpoint's recorded command; returns the new checkpoint."""
-    train_dir = cfg.run_dir / "retrain"
-    banner(f"retraining the shipped checkpoint ({SHIPPED_STEPS} steps, {RETRAIN_THREADS} "
-           f"thread(s), {RETRAIN_MINUTES}; log: {train_dir})")
-    timings["retrain_s"] = run_step("retraining", retrain_command(cfg.data_dir), RETRAIN_THREADS,
-                                    train_dir)
-    checkpoint = ema_checkpoint(train_dir, SHIPPED_STEPS)
-    same = sha256_of(checkpoint) == SHIPPED_SHA256
-    print(f"retrained in {timings['retrain_s']:.0f} s -> {checkpoint}: "
-          + ("identical to the shipped checkpoint (sha256)" if same else
-             "differs from the shipped checkpoint (another torch build or CPU rounds "
-             "differently); the demo continues with the retrained one"), flush=True)
-    return checkpoint
-
-
-def train_short_run(cfg, prefix, threads, timings):
-    banner(f"2/4 training the `demo` preset from scratch for {cfg.max_steps} steps "
-           f"(log: {cfg.run_dir / 'train'})")
-    train_dir = cfg.run_dir / "train"
-    timings["train_s"] = run_step("training", train_command(cfg, prefix), threads, train_dir)
-    checkpoint = ema_checkpoint(train_dir, cfg.max_steps)
-    print(f"trained in {timings['train_s']:.0f} s -> {checkpoint}", flush=True)
-    return checkpoint
-
-
-def sample_all(cfg, prefix, threads, checkpoints, timings):
-    """Sample every task with every checkpoint ({source: path}) into run_dir/<source>/<task>."""
-    banner(f"3/4 sampling held-out clips with {cfg.respacing} (eta {cfg.eta:g}), "
-           f"{cfg.samples_per_clip} samples per clip, EMA weights")
-    for source, checkpoint in checkpoints.items():
-        for task in cfg.tasks:
-            if task == "unconditional" and source != "shipped":
-                continue  # the better model's unconditional videos are the ones to look at
-            command = sample_command(cfg, prefix, checkpoint, task)
-            seconds = run_step(f"sampling ({source}, {task})", command, threads,
-                               cfg.run_dir / source / task)
-            timings[f"sample_{source}_{task}_s"] = seconds
-            print(f"{source} {task}: {seconds:.0f} s", flush=True)
-
-
 def main(argv=None):
     with user_errors():
         args = parse_args(argv)
-        cfg = make_config(args)
-        start = time.time()
-        timings = {}
+        cfg = DemoConfig(
+            run_dir=Path(args.out_dir or REPO / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")),
+            data_dir=Path(args.data_dir), max_steps=args.max_steps, num_test=args.num_test,
+            samples_per_clip=args.samples_per_clip, num_unconditional=16, seed=args.seed,
+            procs=args.procs, respacing=args.timestep_respacing, eta=args.eta,
+            sample_interval=min(args.sample_interval, args.max_steps))
+        start, timings = time.time(), {}
         shipped = None if args.retrain else verified_checkpoint()  # checked before any work
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         print(f"ramvid demo -> {cfg.run_dir}", flush=True)
 
         banner(f"1/4 synthetic clips ({cfg.num_test} held-out test clips) in {cfg.data_dir}")
-        seconds, reused = prepare_data(cfg)
-        timings["data_s"] = seconds
-        print("reused the clips drawn by an earlier demo" if reused else f"drawn in {seconds:.1f} s",
-              flush=True)
+        timings["data_s"], reused = prepare_data(cfg)
+        print("reused the clips drawn by an earlier demo" if reused
+              else f"drawn in {timings['data_s']:.1f} s", flush=True)
         if args.retrain:
-            shipped = retrain(cfg, timings)
+            folder = cfg.run_dir / "retrain"
+            banner(f"retraining the shipped checkpoint ({SHIPPED_STEPS} steps, {RETRAIN_THREADS} "
+                   f"thread(s), {RETRAIN_MINUTES}; log: {folder})")
+            shipped = train("retraining", retrain_command(cfg.data_dir), RETRAIN_THREADS, folder,
+                            SHIPPED_STEPS, timings)
+            print("identical to the shipped checkpoint (sha256)"
+                  if sha256_of(shipped) == SHIPPED_SHA256 else
+                  "differs from the shipped checkpoint (another torch build or CPU rounds "
+                  "differently); the demo continues with the retrained one", flush=True)
 
         mpirun = find_mpirun()
         if mpirun is None and cfg.procs > 1:
@@ -339,9 +541,22 @@ def main(argv=None):
                   f"{cfg.procs} threads instead of {cfg.procs} ranks", flush=True)
         prefix = launch_prefix(cfg.procs, mpirun)
         threads = 1 if len(prefix) > 1 else cfg.procs
-        this_run = train_short_run(cfg, prefix, threads, timings)
+        banner(f"2/4 training the `demo` preset from scratch for {cfg.max_steps} steps "
+               f"(log: {cfg.run_dir / 'train'})")
+        this_run = train("training", short_run_command(cfg, prefix), threads,
+                         cfg.run_dir / "train", cfg.max_steps, timings)
+
+        banner(f"3/4 sampling held-out clips with {cfg.respacing} (eta {cfg.eta:g}), "
+               f"{cfg.samples_per_clip} samples per clip, EMA weights")
         checkpoints = {"shipped": shipped, "this_run": this_run}
-        sample_all(cfg, prefix, threads, checkpoints, timings)
+        for source, checkpoint in checkpoints.items():
+            # The better model's unconditional videos are the ones to look at.
+            for task in TASKS if source == "shipped" else ("prediction", "infilling"):
+                seconds = run_step(f"sampling ({source}, {task})",
+                                   sample_command(cfg, prefix, checkpoint, task), threads,
+                                   cfg.run_dir / source / task)
+                timings[f"sample_{source}_{task}_s"] = seconds
+                print(f"{source} {task}: {seconds:.0f} s", flush=True)
 
         banner("4/4 scoring against baselines on the same held-out clips")
         shipped_label = "retrained" if args.retrain else "shipped"

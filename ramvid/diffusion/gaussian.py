@@ -8,6 +8,7 @@ Conditioning is a bool `obs_mask` of shape (N, T): True marks a given (clean) fr
 """
 import enum
 import math
+from functools import partialmethod
 from types import SimpleNamespace
 
 import numpy as np
@@ -33,9 +34,6 @@ class LossType(enum.Enum):
     RESCALED_MSE = "rescaled_mse"  # MSE + VB * num_timesteps / 1000 (learned sigma)
     KL = "kl"
     RESCALED_KL = "rescaled_kl"  # VB * num_timesteps: the variational bound alone
-
-    def is_vb(self):
-        return self in (LossType.KL, LossType.RESCALED_KL)
 
 
 # ----------------------------------------------------------------------------- the loss's pieces
@@ -118,8 +116,6 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         )
-        self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
-        self.log_one_minus_alphas_cumprod = np.log(self.one_minus_alphas_cumprod)
         self.log_betas = np.log(betas)
         # The variance of p(x_{t-1} | x_t) when it is not learned.
         if self.model_var_type == ModelVarType.FIXED_LARGE:
@@ -132,40 +128,23 @@ class GaussianDiffusion:
             self.model_log_variance = self.posterior_log_variance_clipped
         self._device_tables = {}
 
-    # The (T,) tables read at t by the maths (copied to each device once, see `tables`).
-    TABLES = (
-        "betas", "log_betas", "sqrt_betas", "sqrt_alphas", "alphas_cumprod", "alphas_cumprod_prev",
-        "sqrt_alphas_cumprod", "one_minus_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-        "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
-        "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1",
-        "posterior_mean_coef2", "model_variance", "model_log_variance",
-    )
-
     def tables(self, device):
-        """The float64 tables above (and the samplers' own) as float32 tensors on `device`.
+        """The (T,) float64 arrays above (and the samplers' own) as float32 tensors on `device`,
+        `timestep_map` as integers.
 
         They are copied once per device, so reading them at t (a tensor on that device) is one
         gather: no numpy -> tensor copy and no host synchronisation per call.
         """
         device = torch.device(device)
         if device not in self._device_tables:
-            arrays = {name: getattr(self, name) for name in self.TABLES}
+            arrays = {name: a for name, a in vars(self).items() if isinstance(a, np.ndarray)}
             arrays.update(sampling.sampler_tables(self.alphas_cumprod))
-            on_device = {name: torch.from_numpy(np.asarray(a, dtype=np.float64)).float().to(device)
-                         for name, a in arrays.items()}
-            on_device["timestep_map"] = torch.from_numpy(np.asarray(self.timestep_map)).to(device)
-            self._device_tables[device] = SimpleNamespace(**on_device)
+            self._device_tables[device] = SimpleNamespace(**{
+                name: torch.from_numpy(a).to(device, torch.float32 if a.dtype == np.float64
+                                             else None) for name, a in arrays.items()})
         return self._device_tables[device]
 
     # ----------------------------------------------------------------- forward process
-    def q_mean_variance(self, x_start, t):
-        """Mean, variance and log-variance of q(x_t | x_0)."""
-        tab = self.tables(t.device)
-        mean = extract(tab.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
-        variance = extract(tab.one_minus_alphas_cumprod, t, x_start.ndim)
-        log_variance = extract(tab.log_one_minus_alphas_cumprod, t, x_start.ndim)
-        return mean, variance, log_variance
-
     def q_sample(self, x_start, t, noise=None):
         """Draw x_t ~ q(x_t | x_0)."""
         if noise is None:
@@ -249,16 +228,10 @@ class GaussianDiffusion:
         ) / extract(tab.sqrt_recipm1_alphas_cumprod, t, x_t.ndim)
 
     # ----------------------------------------------------------------- sampling (sampling.py)
-    def sample_loop(self, model, shape, **kwargs):
-        """The final (N, C, T, H, W) sample; see `sampling.sample_loop` for the arguments."""
-        return sampling.sample_loop(self, model, shape, **kwargs)
-
+    sample_loop = sampling.sample_loop  # (model, shape, **kwargs) -> the (N, C, T, H, W) sample
     # The names improved-diffusion's users know.
-    def p_sample_loop(self, model, shape, **kwargs):
-        return sampling.sample_loop(self, model, shape, sampler="ddpm", **kwargs)
-
-    def ddim_sample_loop(self, model, shape, **kwargs):
-        return sampling.sample_loop(self, model, shape, sampler="ddim", **kwargs)
+    p_sample_loop = partialmethod(sampling.sample_loop, sampler="ddpm")
+    ddim_sample_loop = partialmethod(sampling.sample_loop, sampler="ddim")
 
     # ----------------------------------------------------------------- training
     def training_losses(self, model, x_start, t, obs_mask=None, model_kwargs=None, noise=None,
@@ -281,7 +254,7 @@ class GaussianDiffusion:
 
         model_output = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
         terms = {}
-        if self.loss_type.is_vb():
+        if self.loss_type in (LossType.KL, LossType.RESCALED_KL):
             terms["vb"] = self._vb_terms_bpd(model_output, x_start, x_t, t, loss_frames)
             terms["loss"] = terms["vb"] * (self.num_timesteps if self.loss_type == LossType.RESCALED_KL else 1)
             return terms

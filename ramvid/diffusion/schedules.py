@@ -20,20 +20,15 @@ def get_named_beta_schedule(name, num_diffusion_timesteps):
             )
         return np.linspace(scale * 1e-4, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
     if name == "cosine":
-        return betas_for_alpha_bar(
-            num_diffusion_timesteps,
-            lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2,
-        )
+        # beta_i = 1 - alpha_bar((i + 1) / T) / alpha_bar(i / T) of the continuous alpha-bar
+        # cos^2, clipped at 0.999
+        def alpha_bar(t):
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        steps = num_diffusion_timesteps
+        return np.array([min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999)
+                         for i in range(steps)], dtype=np.float64)
     raise ValueError(f"noise_schedule={name!r} is not one of: {', '.join(NOISE_SCHEDULES)}")
-
-
-def betas_for_alpha_bar(num_diffusion_timesteps, alpha_bar, max_beta=0.999):
-    """Discretise a continuous alpha-bar(t), t in [0, 1], into betas, clipped at max_beta."""
-    betas = []
-    for i in range(num_diffusion_timesteps):
-        t1, t2 = i / num_diffusion_timesteps, (i + 1) / num_diffusion_timesteps
-        betas.append(min(1 - alpha_bar(t2) / alpha_bar(t1), max_beta))
-    return np.array(betas, dtype=np.float64)
 
 
 def space_timesteps(num_timesteps, section_counts, betas=None):

@@ -1,8 +1,6 @@
-"""Evaluating predicted videos: the benchmark protocols, one function that applies them, and the
+"""Evaluating predicted videos (docs/EVALUATION.md): the benchmark protocols, one function that
+applies them to arrays (``evaluate_predictions``: npz files or in-memory samples), and the
 report (JSON-ready dict, table, the protocol in words).
-
-``evaluate_predictions`` takes sampled clips and their ground truth as arrays, so it serves
-both the npz files written by ``video_sample.py`` and in-memory samples.
 """
 import sys
 from dataclasses import dataclass
@@ -80,18 +78,15 @@ def describe(protocol: Protocol, num_clips, samples_per_clip, num_frames, image_
             f"({'given frames included' if fvd_include_given else 'given frames excluded'}), "
             f"all {num_clips * samples_per_clip} samples against the {num_clips} ground-truth "
             "clips.")
-    departures = []
-    if protocol.num_test_videos and num_clips != protocol.num_test_videos:
-        departures.append(f"{num_clips} clips instead of {protocol.num_test_videos}")
-    if protocol.samples_per_clip and samples_per_clip != protocol.samples_per_clip:
-        departures.append(f"{samples_per_clip} samples per clip instead of "
-                          f"{protocol.samples_per_clip}")
-    if protocol.image_size and image_size != protocol.image_size:
-        departures.append(f"{image_size}x{image_size} frames instead of "
-                          f"{protocol.image_size}x{protocol.image_size}")
-    if protocol.cond_frames is not None and tuple(cond_frames) != protocol.cond_frames:
-        departures.append(f"given frames {list(cond_frames)} instead of "
-                          f"{list(protocol.cond_frames)}")
+    # (the preset's value or None where it sets none, the applied one, how to say it)
+    departures = [f"{form.format(applied)} instead of {form.format(preset)}"
+                  for preset, applied, form in (
+                      (protocol.num_test_videos, num_clips, "{} clips"),
+                      (protocol.samples_per_clip, samples_per_clip, "{} samples per clip"),
+                      (protocol.image_size, image_size, "{0}x{0} frames"),
+                      (None if protocol.cond_frames is None else list(protocol.cond_frames),
+                       list(cond_frames), "given frames {}"))
+                  if preset is not None and applied != preset]
     if fvd_include_given != protocol.fvd_include_given:
         departures.append("FVD given-frame setting differs from the preset")
     if departures:
@@ -101,22 +96,18 @@ def describe(protocol: Protocol, num_clips, samples_per_clip, num_frames, image_
     return "\n".join(lines)
 
 
-def _fvd_frames(mask: np.ndarray, include_given: bool, num_samples: int) -> list[int]:
-    """Frame indices FVD looks at, after checking that I3D and the statistics can use them."""
-    if min(num_samples, len(mask)) < 2:
-        raise ValueError(f"FVD needs at least 2 sampled and 2 ground-truth clips, got "
-                         f"{num_samples} and {len(mask)}")
+def fvd_frames(mask: np.ndarray, include_given: bool) -> tuple[list[int], str]:
+    """The frame indices FVD looks at in clips with given frames `mask` (N_clips, T), and why
+    I3D cannot use them ("" when it can)."""
     if include_given:
-        frames = list(range(mask.shape[1]))
+        frames, which = list(range(mask.shape[1])), "frames per clip"
+    elif (mask == mask[:1]).all():
+        frames, which = np.flatnonzero(~mask[0]).tolist(), "predicted frames per clip"
     else:
-        if not (mask == mask[:1]).all():
-            raise ValueError("FVD without the given frames needs the same given frames in "
-                             "every clip")
-        frames = np.flatnonzero(~mask[0]).tolist()
+        raise ValueError("FVD without the given frames needs the same given frames in every clip")
     if len(frames) < MIN_FRAMES:
-        raise ValueError(f"FVD on {len(frames)} frames: I3D needs at least {MIN_FRAMES}; "
-                         "include the given frames or skip FVD")
-    return frames
+        return frames, f"{len(frames)} {which}, I3D needs at least {MIN_FRAMES}"
+    return frames, ""
 
 
 def evaluate_predictions(samples, gt, obs_mask, fvd_include_given: bool = True,
@@ -132,29 +123,24 @@ def evaluate_predictions(samples, gt, obs_mask, fvd_include_given: bool = True,
     """
     mask = bool_mask(obs_mask)
     if with_fvd:  # before the slow frame metrics, so that a doomed run fails at once
-        fvd_frames = _fvd_frames(mask, fvd_include_given, samples.shape[0] * samples.shape[1])
+        if min(samples.shape[0] * samples.shape[1], len(mask)) < 2:
+            raise ValueError(f"FVD needs at least 2 sampled and 2 ground-truth clips, got "
+                             f"{samples.shape[0] * samples.shape[1]} and {len(mask)}")
+        frames, short = fvd_frames(mask, fvd_include_given)
+        if short:
+            raise ValueError(f"FVD on {short}; include the given frames or skip FVD")
     results = frame_metrics(samples, gt, mask, device=device, progress=progress) \
         if with_frame_metrics else {}
     if not with_fvd:
         return results
     flat_samples = samples.reshape(-1, *samples.shape[2:])   # clip-major (N_clips * S, T, ...)
-    fake = i3d_features(flat_samples, batch_size, i3d, device, progress, fvd_frames)
-    real = i3d_features(gt, batch_size, i3d, device, progress, fvd_frames)
+    fake = i3d_features(flat_samples, batch_size, i3d, device, progress, frames)
+    real = i3d_features(gt, batch_size, i3d, device, progress, frames)
     fvd, imag_residue = frechet_distance(fake, real)
-    results.update(fvd=fvd, fvd_imag_residue=imag_residue, fvd_frames=fvd_frames,
+    results.update(fvd=fvd, fvd_imag_residue=imag_residue, fvd_frames=frames,
                    fvd_include_given=bool(fvd_include_given),
                    fvd_num_samples=len(fake), fvd_num_real=len(real))
     return results
-
-
-def fvd_skip_reason(setup: dict) -> str:
-    """Why FVD cannot be computed on these clips ("" when it can)."""
-    mask = setup["obs_mask"]
-    frames = mask.shape[1] if setup["include_given"] else int((~mask[0]).sum())
-    if frames >= MIN_FRAMES:
-        return ""
-    which = "frames per clip" if setup["include_given"] else "predicted frames per clip"
-    return f"FVD not computed: {frames} {which}, I3D needs at least {MIN_FRAMES}"
 
 
 def run_evaluation(samples, gt, setup, cond_frames, origin, *, with_fvd=True, skip_short_fvd=False,
@@ -164,7 +150,8 @@ def run_evaluation(samples, gt, setup, cond_frames, origin, *, with_fvd=True, sk
     skip_short_fvd: clips too short for I3D get PSNR/SSIM and a note instead of an error."""
     protocol, t = setup["protocol"], setup["num_frames"]
     samples, gt = samples[:, :, :t], gt[:, :t]
-    skipped = fvd_skip_reason(setup) if with_fvd and skip_short_fvd else ""
+    short = with_fvd and skip_short_fvd and fvd_frames(setup["obs_mask"], setup["include_given"])[1]
+    skipped = f"FVD not computed: {short}" if short else ""
     with_fvd = with_fvd and not skipped
     if skipped:
         print(skipped, flush=True)
@@ -180,8 +167,8 @@ def run_evaluation(samples, gt, setup, cond_frames, origin, *, with_fvd=True, sk
         "num_clips": int(num_clips), "samples_per_clip": int(per_clip), "num_frames": t,
         "image_size": int(gt.shape[2]), "cond_frames": list(cond_frames),
         "fvd_include_given": setup["include_given"],
-        **{k: raw[k] for k in ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean") if k in raw},
-        **{k: raw[k] for k in ("fvd", "fvd_imag_residue", "fvd_num_samples", "fvd_num_real",
+        **{k: raw[k] for k in ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean", "fvd",
+                               "fvd_imag_residue", "fvd_num_samples", "fvd_num_real",
                                "fvd_frames") if k in raw},
     }
     if "per_clip" in raw:

@@ -1,21 +1,15 @@
-"""Per-frame PSNR and SSIM of sampled videos against their ground truth.
+"""Per-frame PSNR and SSIM of sampled videos against their ground truth (docs/EVALUATION.md),
+and the baselines a video model must beat on the same clips.
 
-Protocol (as FitVid and the video-prediction literature report it): every generated frame
-of every sample is compared with the ground-truth frame; given frames (``obs_mask`` True)
-are left out, since a sampler copies them. A sample's score is the mean over its generated
-frames. Per test clip ramvid reports the best of its N samples (the highest PSNR and,
-independently, the highest SSIM; FitVid uses N = 100) and the mean over the N samples;
-the headline numbers average these over the clips.
+Only generated frames count (a sampler copies the given ones, ``obs_mask`` True); a sample
+scores the mean over its generated frames; per clip ramvid reports the best of its N samples
+(PSNR and SSIM each their own best, as FitVid) and their mean, both averaged over clips. Frames
+are compared on the [0, 1] scale: uint8 / 255, or (x + 1) / 2 for floats in [-1, 1].
 
-Frames are compared on the [0, 1] scale: uint8 / 255, or (x + 1) / 2 for floats in [-1, 1].
-SSIM is ``pytorch_msssim.ssim`` (11 x 11 Gaussian window, sigma 1.5, K = (0.01, 0.03)).
-
-The baselines a video model must beat on the same clips fill the frames that were not given
-(``given`` False) from the given ones (or, for the mean frame, from the training set) and return
-videos in the layout of the sample npz files: uint8 (N, T, H, W, C). Given frames are copied
-unchanged, exactly as a sampler does, so the frame metrics compare only what each method made.
+The baselines fill the frames that were not given (``given`` False) from the given ones (the
+mean frame: from the training set) and return uint8 (N, T, H, W, C) as in the sample npz files;
+given frames stay unchanged, as a sampler leaves them.
 """
-
 import numpy as np
 import torch
 from pytorch_msssim import ssim
@@ -127,52 +121,37 @@ def _check(videos, given):
     return videos, mask
 
 
-def nearest_given(mask):
-    """For a bool (T,) mask: (previous, following) given frame of every frame, -1 where none.
-    A given frame is its own previous and following frame."""
-    num_frames = len(mask)
-    previous = np.full(num_frames, -1)
-    following = np.full(num_frames, -1)
-    last = -1
-    for t in range(num_frames):
-        last = t if mask[t] else last
-        previous[t] = last
-    nxt = -1
-    for t in reversed(range(num_frames)):
-        nxt = t if mask[t] else nxt
-        following[t] = nxt
-    return previous, following
+def _fill_from_given(videos, given, interpolate):
+    """Every frame that is not given from its nearest given frames: the latest one before it (the
+    first given frame when none precedes it) or, with `interpolate`, between two given frames
+    their linear blend in time (pixel-wise cross-fade). Given frames stay unchanged."""
+    videos, mask = _check(videos, given)
+    out = np.empty_like(videos)
+    t = np.arange(videos.shape[1])
+    for i, row in enumerate(mask):
+        before = np.maximum.accumulate(np.where(row, t, -1))  # latest given frame <= t, or -1
+        after = np.minimum.accumulate(np.where(row, t, len(t))[::-1])[::-1]  # next one, or T
+        a = np.where(before < 0, after, before)
+        b = np.where(after == len(t), a, after)
+        w = np.zeros(len(t))  # (T,): the weight of frame b
+        if interpolate:
+            w = np.where(b > a, (t - a) / np.maximum(b - a, 1), 0.0)
+        w = w[:, None, None, None]
+        out[i] = np.clip(np.rint((1 - w) * videos[i, a] + w * videos[i, b]), 0, 255)
+    return out
 
 
 def copy_last_given(videos, given):
     """Every frame repeats the latest given frame before it (the first given frame when none
     precedes it): the "nothing moves" guess."""
-    videos, mask = _check(videos, given)
-    out = videos.copy()
-    for i, row in enumerate(mask):
-        previous, following = nearest_given(row)
-        source = np.where(previous >= 0, previous, following)
-        out[i] = videos[i, source]
-    return out
+    return _fill_from_given(videos, given, interpolate=False)
 
 
 def linear_interpolation(videos, given):
-    """Each frame between two given frames blends them linearly in time (pixel-wise cross-fade);
-    before the first / after the last given frame it holds that frame. With only leading given
-    frames (prediction) this equals `copy_last_given`."""
-    videos, mask = _check(videos, given)
-    out = videos.copy()
-    for i, row in enumerate(mask):
-        previous, following = nearest_given(row)
-        for t in np.flatnonzero(~row):
-            a, b = previous[t], following[t]
-            if a < 0 or b < 0:
-                out[i, t] = videos[i, b if a < 0 else a]
-                continue
-            w = (t - a) / (b - a)
-            blend = (1 - w) * videos[i, a].astype(np.float64) + w * videos[i, b]
-            out[i, t] = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
-    return out
+    """Each frame between two given frames blends them linearly in time; before the first / after
+    the last given frame it holds that frame. With only leading given frames (prediction) this
+    equals `copy_last_given`."""
+    return _fill_from_given(videos, given, interpolate=True)
 
 
 def mean_frame(videos, given, reference):

@@ -1,19 +1,14 @@
-"""Fréchet Video Distance (Unterthiner et al., 2018).
-
-FVD compares two sets of videos through the Kinetics-400 I3D network:
-1. every frame is resized to 224 x 224 with TF1 ``resize_bilinear`` (below) on the 0..255
-   scale, then mapped to [-1, 1] as ``2 * x / 255 - 1``;
-2. I3D gives 400 logits per video, averaged over time -> one feature vector (float64);
-3. each set is summarised by its mean and covariance, and
-   ``FVD = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 sqrtm(S_a S_b))``.
+"""Fréchet Video Distance (Unterthiner et al., 2018) as docs/EVALUATION.md describes it: frames
+resized with TF1 ``resize_bilinear`` on the 0..255 scale, mapped to [-1, 1], I3D logits averaged
+over time (float64), then the Fréchet distance of the two sets' Gaussians.
 
 TF1's default bilinear mapping samples output pixel i of the input at ``i * in_size / out_size``
 (no half-pixel centres), between the neighbours ``floor`` and ``ceil`` of that position, clamped
 to the image. PyTorch's ``interpolate(mode="bilinear", align_corners=False)`` uses half-pixel
-centres instead (``(i + 0.5) * in / out - 0.5``); on 64 x 64 frames that moves every sample by
-about 0.36 pixels and changes FVD by several percent, so ramvid spells the TF1 mapping out.
+centres instead, which on 64 x 64 frames moves every sample by about 0.36 pixels and changes FVD
+by several percent, so ramvid spells the TF1 mapping out.
 """
-
+import functools
 import warnings
 
 import numpy as np
@@ -64,27 +59,9 @@ def resize_bilinear_tf1(images: torch.Tensor, size: tuple[int, int]) -> torch.Te
 
 
 # --------------------------------------------------------------------------- FVD
-_MODELS: dict[str, I3D] = {}
-
-
-def _cached_i3d(device) -> I3D:
-    key = str(torch.device(device))
-    if key not in _MODELS:
-        _MODELS[key] = load_i3d(device)
-    return _MODELS[key]
-
-
-def _check_videos(videos, name="videos", num_frames=None):
-    if videos.ndim != 5 or videos.shape[0] == 0:
-        raise ValueError(f"{name} must be (N, T, H, W, C) with N >= 1, got shape "
-                         f"{tuple(videos.shape)}")
-    if videos.shape[-1] not in (1, 3):
-        raise ValueError(f"{name} must have 1 or 3 channels last, got shape "
-                         f"{tuple(videos.shape)}")
-    num_frames = videos.shape[1] if num_frames is None else num_frames
-    if num_frames < MIN_FRAMES:
-        raise ValueError(f"{name}: I3D needs at least {MIN_FRAMES} frames per video, got "
-                         f"{num_frames}")
+@functools.cache
+def _cached_i3d(device: str) -> I3D:
+    return load_i3d(device)
 
 
 def preprocess(videos: torch.Tensor) -> torch.Tensor:
@@ -111,10 +88,16 @@ def i3d_features(videos, batch_size: int = 16, model: I3D | None = None,
     logits averaged over time. ``frames`` (indices) keeps only those frames of every video,
     batch by batch, without copying the whole array; ``progress`` wraps the batch iterator
     (e.g. ``tqdm``)."""
+    if videos.ndim != 5 or videos.shape[0] == 0 or videos.shape[-1] not in (1, 3):
+        raise ValueError("videos must be (N, T, H, W, C) with N >= 1 and C = 1 or 3, got shape "
+                         f"{tuple(videos.shape)}")
     frames = None if frames is None else list(frames)
-    _check_videos(videos, num_frames=None if frames is None else len(frames))
+    num_frames = videos.shape[1] if frames is None else len(frames)
+    if num_frames < MIN_FRAMES:
+        raise ValueError(f"I3D needs at least {MIN_FRAMES} frames per video, got {num_frames}")
     if model is None:
-        model = _cached_i3d(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = _cached_i3d(str(torch.device(device or ("cuda" if torch.cuda.is_available()
+                                                         else "cpu"))))
     device = next(model.parameters()).device
     starts = range(0, videos.shape[0], batch_size)
     features = []
@@ -130,14 +113,6 @@ def i3d_features(videos, batch_size: int = 16, model: I3D | None = None,
     return np.concatenate(features, axis=0)
 
 
-def _require_scipy_113():
-    major, minor = (int(p) for p in scipy.__version__.split(".")[:2])
-    if (major, minor) < (1, 13):
-        raise RuntimeError(
-            f"FVD needs scipy >= 1.13 (found {scipy.__version__}): older scipy.linalg.sqrtm "
-            "returns wrong results for the rank-deficient covariances FVD produces")
-
-
 def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> tuple[float, float]:
     """Fréchet distance between Gaussians fitted to (N_a, D) and (N_b, D) features.
 
@@ -146,7 +121,10 @@ def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> tuple[float, flo
     numerical error left in it (dropped from the distance). A residue that is not small
     compared with the distance means too few videos for the feature dimension.
     """
-    _require_scipy_113()
+    if tuple(int(p) for p in scipy.__version__.split(".")[:2]) < (1, 13):
+        raise RuntimeError(
+            f"FVD needs scipy >= 1.13 (found {scipy.__version__}): older scipy.linalg.sqrtm "
+            "returns wrong results for the rank-deficient covariances FVD produces")
     feat_a, feat_b = np.asarray(feat_a, np.float64), np.asarray(feat_b, np.float64)
     if feat_a.ndim != 2 or feat_b.ndim != 2 or feat_a.shape[1] != feat_b.shape[1]:
         raise ValueError(f"features must be (N, D) with equal D, got {feat_a.shape} and "

