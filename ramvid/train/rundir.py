@@ -2,8 +2,8 @@
 starts, and what its checkpoints hold.
 
 The folder is --log_dir, else $OPENAI_LOGDIR; one process on a workstation may name neither
-(runs/<date-time> in the working directory), a job under a launcher or in Slurm must, since its
-requeue or relaunch continues only where its last start wrote.
+(runs/<date-time>-<pid> in the working directory), a job under a launcher or in Slurm must,
+since its requeue or relaunch continues only where its last start wrote.
 
 Rank 0 takes the folder's lock (`ramvid.runlock`: a live holder is refused, a killed one on this
 host taken over with a warning, one from another host only with `--break_lock True`) and decides
@@ -73,7 +73,8 @@ def run_folder(cfg, model_flags, info):
                          f"default folder would be new on every start, so a requeued or "
                          f"restarted job would start over; name one folder for all its starts")
     if not logdir:  # one process on a workstation
-        logdir, source = Path("runs", time.strftime("%Y-%m-%d-%H-%M-%S")), "default"
+        logdir = Path("runs", f"{time.strftime('%Y-%m-%d-%H-%M-%S')}-{os.getpid()}")
+        source = "default"
     logdir = Path(logdir)
     lock = FolderLock(logdir, what="training run", break_lock=cfg.break_lock)
     loaded = {}
