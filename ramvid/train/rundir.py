@@ -176,7 +176,8 @@ def record_start(logdir, step, record):
     if saved is None:
         saved = {**record, "resumed_from_step": step}
     else:
-        changed = {k: v for k, v in record.items() if _in_force(saved).get(k) != v}
+        in_force = _in_force(saved)
+        changed = {k: v for k, v in record.items() if in_force.get(k) != v}
         saved["restarts"] = [*saved.get("restarts", []), {"step": step, "changed": changed}]
     try:
         write_args_json(logdir, saved)
