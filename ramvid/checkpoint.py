@@ -9,14 +9,15 @@ A training checkpoint at step S in a log directory is three kinds of files:
 
 Every file is written to a temporary name in the same folder, fsynced, and renamed over the final
 name, so a crash at any moment leaves the previous checkpoints intact and never a truncated file
-under a final name. Every file is read with `weights_only=True`: tensors, numbers, strings and
-containers only, so a checkpoint from an untrusted source cannot run code.
+under a final name: a set whose files all exist is complete, one lacking a file an interrupted
+save. Every file is read with `weights_only=True`: tensors, numbers, strings and containers only,
+so a checkpoint from an untrusted source cannot run code.
 """
 import os
 import pickle
 import random
 import re
-import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# A read that fails is tried again after 1 s and 2 s: network file systems (NFS, Lustre) report
+# transient EIO/ESTALE errors.
+LOAD_ATTEMPTS, LOAD_BACKOFF_S = 3, 1.0
 MODEL_NAME = re.compile(r"^model(\d{6,})\.pt$")
 # Any file of a checkpoint set, whatever the EMA rates: group 1 is the step.
 CHECKPOINT_NAME = re.compile(r"^(?:model|opt|ema_.+_)(\d{6,})\.pt$")
@@ -91,10 +95,11 @@ def atomic_save(obj, path):
     the temporary file is removed and any previous file at `path` is untouched.
     """
     path = Path(path)
-    tmp = None
+    # open() honours the umask (mkstemp would make every checkpoint owner-only); the pid keeps
+    # the name apart from another process's.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
@@ -106,10 +111,7 @@ def atomic_save(obj, path):
         raise CheckpointError(f"could not write checkpoint {path}: {reason}") from e
     finally:
         if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temp_files(folder):
@@ -138,9 +140,9 @@ def save_checkpoint(folder, step, model_state, ema_states, opt_state):
 
 
 # --------------------------------------------------------------------------- reading
-def load_checkpoint_file(path, map_location="cpu"):
-    """torch.load(path, map_location=map_location, weights_only=True) with one-line errors naming
-    the file.
+def load_checkpoint_file(path):
+    """torch.load(path, map_location="cpu", weights_only=True) with one-line errors naming the
+    file; a failed read is tried LOAD_ATTEMPTS times.
 
     A file holding anything but tensors, numbers, strings and containers (e.g. pickled code) is
     refused without being executed.
@@ -148,28 +150,33 @@ def load_checkpoint_file(path, map_location="cpu"):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols it may not read
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        detail = str(e).strip().splitlines()
-        detail = next((line for line in detail if "Unsupported" in line or "global" in line.lower()),
-                      detail[0] if detail else "")
-        raise CheckpointError(
-            f"refusing to load {path}: it is not a plain weights checkpoint (it holds Python "
-            f"objects or code; only tensors, numbers, strings and containers are accepted). "
-            f"{detail.strip()}"
-        ) from None
-    except Exception as e:  # truncated zip, bad magic number, EOF, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        first = first.split(". ")[0]
-        raise CheckpointError(f"cannot read checkpoint {path} (corrupt or truncated?): {first}") from None
+    for attempt in range(LOAD_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # torch warns about pickle protocols it may not read
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            detail = str(e).strip().splitlines()
+            detail = next((line for line in detail
+                           if "Unsupported" in line or "global" in line.lower()),
+                          detail[0] if detail else "")
+            raise CheckpointError(
+                f"refusing to load {path}: it is not a plain weights checkpoint (it holds Python "
+                f"objects or code; only tensors, numbers, strings and containers are accepted). "
+                f"{detail.strip()}"
+            ) from None
+        except Exception as e:  # EIO, ESTALE, out of memory, truncated zip, bad magic, EOF, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if attempt + 1 == LOAD_ATTEMPTS:
+                raise CheckpointError(f"cannot read checkpoint {path} ({LOAD_ATTEMPTS} "
+                                      f"attempts): {first.split('. ')[0]}") from None
+            time.sleep(LOAD_BACKOFF_S * 2**attempt)
 
 
 @dataclass
 class TrainingCheckpoint:
-    """What a resumed run needs (of it, what this rank needs), loaded to one device."""
+    """What a resumed run needs (of it, what this rank needs), loaded to the CPU: restoring copies
+    each tensor to the device, so a resume never holds a second copy of the model there."""
     step: int
     folder: Path
     model: dict = None  # None when not loaded (ranks > 0 receive rank 0's weights from DDP)
@@ -177,10 +184,9 @@ class TrainingCheckpoint:
     opt: dict = None  # None when the opt file is missing (explicit resume only)
 
 
-def load_training_checkpoint(folder, step, ema_rates, require_all=True, map_location="cpu",
-                             model=True):
+def load_training_checkpoint(folder, step, ema_rates, require_all=True, model=True):
     """Load the model (unless model=False), the EMAs of `ema_rates` and the opt file of `step`
-    from `folder`, to `map_location`.
+    from `folder`, to the CPU.
 
     require_all=True: any missing or unreadable file raises CheckpointError. False (a resume
     the user asked for explicitly): a missing opt or EMA file is a warning, the EMA then starts
@@ -189,28 +195,19 @@ def load_training_checkpoint(folder, step, ema_rates, require_all=True, map_loca
     paths = checkpoint_paths(folder, step, ema_rates)
     ckpt = TrainingCheckpoint(step=step, folder=Path(folder))
     if model:
-        ckpt.model = load_checkpoint_file(paths["model"], map_location)
+        ckpt.model = load_checkpoint_file(paths["model"])
     for rate, path in paths["ema"].items():
         if path.exists() or require_all:
-            ckpt.emas[rate] = load_checkpoint_file(path, map_location)
+            ckpt.emas[rate] = load_checkpoint_file(path)
         else:
             warnings.warn(f"{path} not found: EMA {rate} restarts from the model weights")
     if paths["opt"].exists() or require_all:
-        ckpt.opt = load_checkpoint_file(paths["opt"], map_location)
+        ckpt.opt = load_checkpoint_file(paths["opt"])
         if not isinstance(ckpt.opt, dict) or "optimizer" not in ckpt.opt:
             raise CheckpointError(f"{paths['opt']} does not hold an optimizer state")
     else:
         warnings.warn(f"{paths['opt']} not found: the optimiser starts from scratch at step {step}")
     return ckpt
-
-
-def candidate_steps(folder):
-    """Steps with a modelNNNNNN.pt in `folder`, newest first."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    steps = [int(m.group(1)) for p in folder.iterdir() if (m := MODEL_NAME.match(p.name))]
-    return sorted(steps, reverse=True)
 
 
 def is_complete(folder, step, ema_rates):
@@ -220,19 +217,26 @@ def is_complete(folder, step, ema_rates):
 
 def complete_steps(folder, ema_rates):
     """Steps of `folder` whose model, opt and every EMA file exist, newest first."""
-    return [s for s in candidate_steps(folder) if is_complete(folder, s, ema_rates)]
+    folder = Path(folder)
+    steps = [int(m.group(1)) for p in folder.iterdir() if (m := MODEL_NAME.match(p.name))] \
+        if folder.is_dir() else []
+    return sorted((s for s in steps if is_complete(folder, s, ema_rates)), reverse=True)
 
 
-def load_latest_checkpoint(folder, ema_rates, map_location="cpu"):
-    """The newest complete checkpoint in `folder` (model, opt and every EMA present and readable),
-    or None. Incomplete or unreadable sets are skipped with a warning."""
-    for step in candidate_steps(folder):
-        try:
-            return load_training_checkpoint(folder, step, ema_rates, require_all=True,
-                                            map_location=map_location)
-        except CheckpointError as e:
-            warnings.warn(f"skipping checkpoint step {step}: {e}")
-    return None
+def load_latest_checkpoint(folder, ema_rates):
+    """The newest complete checkpoint set in `folder`, loaded to the CPU, or None when there is
+    none. Sets lacking a file (an interrupted save) are passed over; a complete set that cannot
+    be read raises CheckpointError, since resuming from an older set would discard progress."""
+    steps = complete_steps(folder, ema_rates)
+    if not steps:
+        return None
+    try:
+        return load_training_checkpoint(folder, steps[0], ema_rates)
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{e}. Nothing was changed. If the file system failed for a moment, run the same "
+            f"command again; if the file is damaged, move the files of step {steps[0]} out of "
+            f"{folder} to resume from the checkpoint before it") from None
 
 
 def checkpoint_files(folder):
@@ -301,11 +305,3 @@ def set_rng_state(state):
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
 
-
-__all__ = [
-    "CheckpointError", "TrainingCheckpoint", "atomic_save", "candidate_steps", "checkpoint_files",
-    "checkpoint_paths", "complete_steps", "delete_checkpoint_files", "ema_filename",
-    "is_complete", "load_checkpoint_file", "load_latest_checkpoint", "load_training_checkpoint",
-    "model_filename", "opt_filename", "remove_stale_temp_files", "rng_state", "save_checkpoint",
-    "set_files", "set_rng_state", "sets_to_prune", "step_from_model_path",
-]

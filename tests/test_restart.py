@@ -1,8 +1,12 @@
 """Stopping and restarting a run as a cluster does: stop signals delivered twice, a slow
 checkpoint write on rank 0, re-running the same command in a used log dir, pruning checkpoints."""
+import csv
+import errno
 import hashlib
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,10 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from ramvid import checkpoint as ck
 from ramvid.checkpoint import checkpoint_files, complete_steps, load_checkpoint_file
+from ramvid.dist import DistInfo
 from ramvid.runlock import LOCK_NAME, read_lock
-from ramvid.train.command import main
+from ramvid.train.command import main, parse_train_args
 from ramvid.train.loop import EXIT_STOPPED
+from ramvid.train.rundir import run_folder
 from sample_fixtures import runs_as
 from train_fixtures import (MPIRUN, PYTHON, REPO, TINY, TRAIN_SCRIPT, make_videos, progress_rows,
                             script_env)
@@ -439,3 +446,217 @@ def test_a_crash_of_rank_0_in_a_two_rank_job_gives_the_lock_back(videos, tmp_pat
     assert procs[0].returncode == 1, outs[0][1][-3000:]
     assert "a crash in the middle of training" in outs[0][1]
     assert read_lock(logdir) is None
+
+
+# ----------------------------------------------------------------------------- unreadable sets
+def _cut_short(path):
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _unreadable_by_eio(monkeypatch, path):
+    real_load = torch.load
+
+    def load(file, *args, **kwargs):
+        if Path(file) == path:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_load(file, *args, **kwargs)
+
+    monkeypatch.setattr(ck.torch, "load", load)
+
+
+@pytest.mark.parametrize("damage", ["eio", "truncated", "chmod"])
+def test_an_unreadable_complete_checkpoint_stops_the_start_and_changes_nothing(
+        videos, tmp_path, monkeypatch, capsys, damage):
+    """A run keeping 2 checkpoints (steps 2 and 3) restarts over a complete set it cannot read:
+    step 3's opt file raising EIO on every read (a network file system failing), both sets' model
+    files cut short under their final names (nothing loads), or step 3's model file mode 000
+    (skipped where the process may read it anyway, as root). The start retries, then exits 1 with one line naming the file and the error, and
+    every file stays byte-identical. Seen red with unreadable sets skipped like interrupted ones:
+    eio resumed from step 2 and cut progress.csv back; truncated restarted at step 1, emptied
+    progress.csv and took the sets for its own first saves."""
+    keep = ("--save_interval", 1, "--keep_checkpoints", 2)
+    assert main(_flags(videos, tmp_path, "--max_steps", 3, *keep)) == 0
+    monkeypatch.setattr(ck, "LOAD_BACKOFF_S", 0.0)
+    bad = tmp_path / ("opt000003.pt" if damage == "eio" else "model000003.pt")
+    if damage == "eio":
+        _unreadable_by_eio(monkeypatch, bad)
+    elif damage == "truncated":
+        _cut_short(tmp_path / "model000002.pt"), _cut_short(bad)
+    before, mode = _hashes(tmp_path), bad.stat().st_mode
+    if damage == "chmod":
+        bad.chmod(0)
+        if os.access(bad, os.R_OK):
+            pytest.skip("this process reads files of mode 000 (root)")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(_flags(videos, tmp_path, "--max_steps", 5, *keep))
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"video_train.py: error: cannot read checkpoint {bad} (3 attempts): ")
+    assert "Nothing was changed" in err and "run the same command again" in err
+    bad.chmod(mode)
+    assert _hashes(tmp_path) == before and len(progress_rows(tmp_path)) == 3
+
+
+def test_a_resume_loads_the_checkpoint_to_the_cpu(videos, tmp_path):
+    """Rank 0 of a GPU run reads the checkpoint to the CPU and restoring copies it tensor by
+    tensor, so no second copy of the model sits in GPU memory (the `meta` device stands in for
+    the GPU). Seen red with the checkpoint loaded to the run's device."""
+    assert main(_flags(videos, tmp_path, "--max_steps", 1)) == 0
+    cfg, model_flags = parse_train_args(_flags(videos, tmp_path, "--max_steps", 2))
+    with run_folder(cfg, model_flags, DistInfo(0, 1, 0, torch.device("meta"))) as start:
+        ckpt = start.ckpt
+    tensors = [*ckpt.model.values(), *ckpt.emas["0.9"].values(),
+               *(s["exp_avg"] for s in ckpt.opt["optimizer"]["state"].values())]
+    assert start.step == 1 and {t.device.type for t in tensors} == {"cpu"}
+
+
+# ----------------------------------------------------------------------------- history
+def _tensorboard_steps(logdir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
+def test_a_resume_cuts_the_history_back_and_args_json_keeps_the_first_start(videos, tmp_path):
+    """A run saves steps 2 and 3 with previews every step; step 3's save is cut short (no opt
+    file), so the restart resumes from step 2 with --lr 2e-4 and runs to step 4, a third start
+    to step 5. progress.csv, preview.csv and TensorBoard's loss hold each step once; args.json
+    keeps the first start's flags and lists each restart's step and changed flags, the second
+    restart's relative to the first's. Seen red without TensorBoard's purge_step (steps 1, 2, 3,
+    3, 4), without cutting preview.csv (step 3 twice) and with args.json rewritten at every
+    start (lr 2e-4, no "restarts")."""
+    previews = ("--sample_interval", 1, "--val_data_dir", videos, "--save_interval", 2)
+    assert main(_flags(videos, tmp_path, "--max_steps", 3, *previews)) == 0
+    (tmp_path / "opt000003.pt").unlink()
+    assert main(_flags(videos, tmp_path, "--max_steps", 4, "--lr", "2e-4", *previews)) == 0
+    assert main(_flags(videos, tmp_path, "--max_steps", 5, "--lr", "2e-4", *previews)) == 0
+    assert [r["step"] for r in progress_rows(tmp_path)] == ["1", "2", "3", "4", "5"]
+    with open(tmp_path / "preview" / "preview.csv", newline="") as f:
+        assert [r["step"] for r in csv.DictReader(f)] == ["1", "2", "3", "4", "5"]
+    assert _tensorboard_steps(tmp_path, "loss") == [1, 2, 3, 4, 5]
+    assert _tensorboard_steps(tmp_path, "preview/val_loss") == [1, 2, 3, 4, 5]
+    saved = json.loads((tmp_path / "args.json").read_text())
+    assert saved["lr"] == 1e-4 and saved["max_steps"] == 3
+    assert saved["restarts"] == [{"step": 2, "changed": {"lr": 2e-4, "max_steps": 4}},
+                                 {"step": 4, "changed": {"max_steps": 5}}]
+    assert "training flags changed since the resumed run: --max_steps 4 -> 5\n" in \
+        (tmp_path / "log.txt").read_text()
+
+
+# ----------------------------------------------------------------------------- Slurm jobs
+def _srun(args_per_task, cwd=REPO, **extra):
+    """Run video_train.py once per task with the variables srun sets for a one-node job step;
+    returns [(process, stdout, stderr)] per rank."""
+    port = _free_port()
+    outside = {k: v for k, v in script_env(**extra).items() if not k.startswith("SLURM_")}
+    procs = [_popen_in(cwd, [TRAIN_SCRIPT, *args], dict(
+        outside, SLURM_JOB_ID="4242", SLURM_STEP_ID="0", SLURM_PROCID=str(rank),
+        SLURM_LOCALID=str(rank), SLURM_NTASKS=str(len(args_per_task)),
+        SLURM_STEP_NODELIST="localhost", MASTER_PORT=str(port)))
+        for rank, args in enumerate(args_per_task)]
+    return [(p, *p.communicate(timeout=120)) for p in procs]
+
+
+def _popen_in(cwd, args, env):
+    return subprocess.Popen([PYTHON, *map(str, args)], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_slurm_job_without_a_log_dir_exits_2_and_writes_nothing(videos, tmp_path):
+    """Two srun tasks with neither --log_dir nor $OPENAI_LOGDIR: both exit 2, rank 0 with one
+    line saying why, and nothing is written to the working directory or the temp folder. Seen
+    red with a new temp folder per start (exit 0: every requeue of the job would start over)."""
+    args = ["--data_dir", videos, *TINY, "--batch_size", 1, "--max_steps", 1]
+    done = _srun([args, args], cwd=tmp_path, TMPDIR=str(tmp_path))
+    assert [p.returncode for p, _, _ in done] == [2, 2], done[0][2][-3000:]
+    assert done[0][2].startswith("video_train.py: error: --log_dir (or $OPENAI_LOGDIR) is "
+                                 "required in Slurm job 4242: ") and done[0][2].count("\n") == 1
+    assert done[1][2] == "" and list(tmp_path.iterdir()) == []
+
+
+def test_one_process_without_a_log_dir_writes_below_runs(videos, tmp_path, monkeypatch, capsys):
+    """One process on a workstation without --log_dir trains in runs/<date-time>-<pid> of the
+    working directory and prints it; the same command in a Slurm batch script (SLURM_JOB_ID set,
+    no srun) exits 2 with one line. Seen red with the temp-folder default (no runs/ folder; the
+    batch script trained)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_LOGDIR", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    args = ["--data_dir", str(videos), *TINY, "--batch_size", "2", "--max_steps", "1"]
+    assert main(args) == 0
+    [run] = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(rf"\d{{4}}(-\d\d){{5}}-{os.getpid()}", run.name)
+    assert complete_steps(run, ["0.9999"]) == [1]
+    assert f"logdir runs/{run.name};" in capsys.readouterr().out
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "required in Slurm job 77" in err
+    assert list((tmp_path / "runs").iterdir()) == [run]
+
+
+@pytest.mark.slow
+def test_ranks_whose_data_folders_differ_by_one_file_exit_2_naming_it(videos, tmp_path):
+    """Two srun tasks whose --data_dir copies differ by one file (per-node copies out of step):
+    both exit 2 before the first step, naming both counts and the first differing file. Seen
+    red with each rank sharding its own listing (exit 0 with overlapping shards)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(videos, copy)
+    shutil.copy(videos / "square_00001.mp4", copy / "circle_00009.mp4")
+    done = _srun([_flags(data, tmp_path / "run", "--max_steps", 1) for data in (videos, copy)])
+    assert [p.returncode for p, _, _ in done] == [2, 2], done[0][2][-3000:]
+    for rank, (_, _, err) in enumerate(done):
+        assert f"[rank {rank}] video_train.py: error: --data_dir " in err
+        assert ("holds other videos on rank 1 (4) than on rank 0 (3); first difference in "
+                "sorted order: circle_00009.mp4 on rank 1, square_00001.mp4 on rank 0") in err
+    assert not checkpoint_files(tmp_path / "run")
+
+
+# video_train.py whose rank 1, fetching the batch of step 4, receives SIGTERM and sees its data
+# loader fail once (the launcher's signal killed a loader worker).
+LOADER_FAILS_AFTER_STOP = textwrap.dedent("""
+    import os, signal, sys
+    from ramvid.data.clips import VideoLoader
+    from ramvid.train.command import main
+
+    real_next = VideoLoader.__next__
+
+    def next_batch(self):
+        if self.rank == 1 and self._consumed == 3 * self.batch_size and "FAILED" not in os.environ:
+            os.environ["FAILED"] = "1"
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError("DataLoader worker (pid 1234) is killed by signal: Terminated")
+        return real_next(self)
+
+    VideoLoader.__next__ = next_batch
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+def test_a_loader_failure_after_a_stop_request_still_stops_every_rank_at_one_step(videos,
+                                                                                  tmp_path):
+    """Two ranks (torchrun's variables); rank 1 gets SIGTERM while fetching the batch of step 4
+    and its loader fails once. Both ranks finish step 4, agree to stop, save it and exit 75;
+    each rank's saved data position counts 4 batches. Seen red with the failing rank leaving
+    the loop for the save's gather while rank 0 ran the step's gradient all-reduce (rank 1 timed
+    out in the gather after --dist_timeout; both exited 1)."""
+    wrapper = tmp_path / "loader_fails.py"
+    wrapper.write_text(LOADER_FAILS_AFTER_STOP)
+    logdir, port = tmp_path / "run", _free_port()
+    procs = [_popen([wrapper, *_flags(videos, logdir, "--dist_timeout", 10)],
+                    script_env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+             for rank in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [EXIT_STOPPED] * 2, outs[0][1][-3000:]
+    assert "received a stop signal (on another rank): finishing step 4" in outs[0][0]
+    assert "stopped by signal after step 4" in outs[0][0]
+    assert complete_steps(logdir, ["0.9"]) == [4]
+    opt = load_checkpoint_file(logdir / "opt000004.pt")
+    assert [r["data"]["items_consumed"] for r in opt["ranks"]] == [8, 8]

@@ -5,6 +5,7 @@ Decoding (seeking, frame counts) is ramvid.data.decode's job.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import numbers
 import signal
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from .. import dist
 from ..errors import UsageError
 from .decode import ShortVideoError, StreamMeta, VideoReadError, decode_window, stream_meta, to_rgb
 
@@ -53,6 +55,25 @@ def list_videos(data_dir) -> list[Path]:
     if not root.is_dir():
         raise UsageError(f"--data_dir {root} is not a directory")
     return sorted(p for p in root.rglob("*") if p.is_file() and is_video(p))
+
+
+def _check_ranks_agree(data_dir: Path, videos: list[Path]) -> None:
+    """UsageError on every rank unless all ranks listed the same files: per-node copies out of
+    step, a data set being updated or a network file system's stale cache would give overlapping
+    or missing shards and, with class conditioning, other class numbers."""
+    names = [p.relative_to(data_dir).as_posix() for p in videos]
+    if len(set(dist.all_gather_object(hashlib.sha256("\n".join(names).encode()).digest()))) == 1:
+        return
+    lists = dist.all_gather_object(names)  # only now: the message names the difference
+    rank = next(r for r, other in enumerate(lists) if other != lists[0])
+    i = next((i for i, pair in enumerate(zip(lists[0], lists[rank])) if pair[0] != pair[1]),
+             min(len(lists[0]), len(lists[rank])))
+    found = [lists[r][i] if i < len(lists[r]) else "no more files" for r in (rank, 0)]
+    raise UsageError(
+        f"--data_dir {data_dir} holds other videos on rank {rank} ({len(lists[rank])}) than on "
+        f"rank 0 ({len(lists[0])}); first difference in sorted order: {found[0]} on rank {rank}, "
+        f"{found[1]} on rank 0. Every rank must see the same files (sync the per-node copies, or "
+        f"wait until the data set is complete)")
 
 
 def class_name_of(path) -> str:
@@ -130,6 +151,8 @@ class Shard:
     def scan(cls, data_dir, seq_len: int, class_cond: bool, rank: int, world_size: int):
         data_dir = Path(data_dir)
         videos = list_videos(data_dir)
+        if world_size > 1:
+            _check_ranks_agree(data_dir, videos)
         if not videos:
             raise UsageError(
                 f"--data_dir {data_dir}: found {_count_files(data_dir)} files, none of them a "

@@ -135,8 +135,8 @@ TRAIN_FLAGS = (
          check=at_least(0)),
     Flag("val_data_dir", "", "held-out videos for --sample_interval previews and a held-out loss",
          check=_optional_folder),
-    Flag("log_dir", "", "folder for checkpoints and logs (default: $OPENAI_LOGDIR, else a new "
-         "temp folder)"),
+    Flag("log_dir", "", "folder for checkpoints and logs (default: $OPENAI_LOGDIR, else "
+         "runs/<date-time>-<pid> for one process; required under a launcher or in Slurm)"),
     Flag("overwrite", False, "allow a fresh start in a log dir holding another run's checkpoints "
          "(they are deleted first)"),
     Flag("break_lock", False, "take over a lock held by a process on another host (its heartbeat "

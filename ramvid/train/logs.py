@@ -45,13 +45,15 @@ LOSS_TERMS = ("loss", "mse", "vb")  # the per-video terms a step reports
 PREVIEW_CLIPS = 8  # few enough that a preview costs seconds on a CPU
 PREVIEW_RESPACING = "ddim10"
 PREVIEW_SEED = 0
+PREVIEW_CSV = Path("preview", "preview.csv")  # in the log dir
 PREVIEW_COLUMNS = ("step", "val_loss", "psnr_prediction", "psnr_prediction_copy_last",
                    "psnr_infilling", "psnr_infilling_copy_last", "seconds")
 
 
 class RunLogger:
     """`with RunLogger(logdir, enabled=rank == 0) as log:` log.txt (every line also printed, every
-    Python warning too), progress.csv, TensorBoard and the progress bar of one run."""
+    Python warning too), progress.csv, TensorBoard (from `start_at`) and the progress bar of one
+    run."""
 
     def __init__(self, logdir, enabled=True):
         self.logdir = Path(logdir)
@@ -65,11 +67,6 @@ class RunLogger:
         self._log_file = open(self.logdir / "log.txt", "a", buffering=1)
         self._previous_showwarning = warnings.showwarning
         warnings.showwarning = self._showwarning
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(log_dir=str(self.logdir))
-        except ImportError:  # tensorboard is optional
-            pass
 
     # ------------------------------------------------------------------ text
     def info(self, message):
@@ -88,22 +85,20 @@ class RunLogger:
     def _showwarning(self, message, category, filename, lineno, file=None, line=None):
         self.warn(f"{message}")
 
-    # ------------------------------------------------------------------ progress.csv
-    def keep_rows_up_to(self, step):
-        """Drop progress.csv rows after `step` (written after the checkpoint a run resumes from)."""
-        if not self.enabled or not self.progress_path.exists():
+    # ------------------------------------------------------------------ progress.csv, TensorBoard
+    def start_at(self, step):
+        """Forget what was logged after `step`, where this run starts (a resumed run logs those
+        steps again): rows of progress.csv and preview.csv, and TensorBoard's events."""
+        if not self.enabled:
             return
-        with open(self.progress_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step]
-        if len(kept) == len(rows):
-            return
-        tmp = self.progress_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, PROGRESS_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(kept)
-        tmp.replace(self.progress_path)
+        _keep_rows_up_to(self.progress_path, PROGRESS_COLUMNS, step)
+        _keep_rows_up_to(self.logdir / PREVIEW_CSV, PREVIEW_COLUMNS, step)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            # TensorBoard hides the events of steps >= purge_step in the older event files.
+            self.tb = SummaryWriter(log_dir=str(self.logdir), purge_step=step + 1)
+        except ImportError:  # tensorboard is optional
+            pass
 
     def write_row(self, row):
         """Append one row to progress.csv (and TensorBoard); missing or None values stay empty."""
@@ -149,6 +144,23 @@ class RunLogger:
             self.tb.close()
         warnings.showwarning = self._previous_showwarning
         self._log_file.close()
+
+
+def _keep_rows_up_to(path, columns, step):
+    """Drop the rows of the csv file `path` whose step is after `step`."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step]
+    if len(kept) == len(rows):
+        return
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+    tmp.replace(path)
 
 
 def _append_row(path, columns, row):
@@ -234,7 +246,8 @@ class Preview:
 
     def __init__(self, cfg, model_flags, model, logdir, log):
         self.cfg, self.log = cfg, log
-        self.out_dir = Path(logdir) / "preview"
+        self.csv_path = Path(logdir) / PREVIEW_CSV
+        self.out_dir = self.csv_path.parent
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.seq_len = model_flags["seq_len"]
         self.device = next(model.parameters()).device
@@ -312,7 +325,7 @@ class Preview:
         return time.time() - start
 
     def _write(self, row, strips):
-        _append_row(self.out_dir / "preview.csv", PREVIEW_COLUMNS, row)
+        _append_row(self.csv_path, PREVIEW_COLUMNS, row)
         if self.tb is not None:
             for key, value in row.items():
                 if key != "step":

@@ -18,15 +18,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import dist
-from ..checkpoint import CheckpointError
 from ..config import create_model_and_diffusion
 from ..data import load_data
 from ..diffusion.resample import create_named_schedule_sampler
-from ..flags import write_args_json
 from ..masking import sample_train_mask
 from ..runtime import compile_model, configure_tf32, derive_seed, to_device
 from .logs import LOSS_TERMS, LossStats, Preview
-from .rundir import restore_training_state, save_training_state
+from .rundir import record_start, restore_training_state, save_training_state
 
 # Exit codes. EXIT_STOPPED (EX_TEMPFAIL of sysexits.h): a stop signal ended the run with a
 # complete checkpoint of the step it stopped at; rerunning the command continues it (requeue).
@@ -249,7 +247,7 @@ def train(cfg, model_flags, info, start, log, stop):
     # (restored) model weights.
     ema = EMA(model, cfg.ema_rate if info.is_main else (), ckpt.emas if ckpt else None)
     start.ckpt = ckpt = None  # frees the loaded tensors (the caller still holds `start`)
-    log.keep_rows_up_to(step)
+    log.start_at(step)
 
     # ------------------------------------------------------------------ the model as called
     ddp_model = model
@@ -262,12 +260,9 @@ def train(cfg, model_flags, info, start, log, stop):
     global_batch = cfg.batch_size * info.world_size
     num_params = sum(p.numel() for p in model.parameters())
     if info.is_main:
-        try:
-            write_args_json(logdir, {**model_flags, **cfg.to_json(), "world_size": info.world_size,
-                                     "global_batch": global_batch, "class_names": data.class_names,
-                                     "num_params": num_params, "resumed_from_step": step})
-        except OSError as e:
-            raise CheckpointError(str(e)) from None
+        record_start(logdir, step, {**model_flags, **cfg.to_json(), "world_size": info.world_size,
+                                    "global_batch": global_batch, "class_names": data.class_names,
+                                    "num_params": num_params})
     log.info(f"logdir {logdir}; {num_params / 1e6:.2f}M parameters; {info.world_size} rank(s) on "
              f"{device}; global batch {global_batch} (microbatch {cfg.microbatch}); "
              f"{len(data.paths)} videos on rank 0")
@@ -302,8 +297,11 @@ def train(cfg, model_flags, info, start, log, stop):
         except Exception:
             if not stop.requested:
                 raise
-            stop_now = True  # the signal also reached the loader's workers
-            break
+            # The stop signal may have killed a loader worker: fresh workers read the same
+            # items. Every rank must finish this step and agree to stop in its host sync; one
+            # that left for the save's gather would meet the others' gradient all-reduce.
+            data.load_state_dict(data.state_dict())
+            video, model_kwargs = next(data)
         video = video.to(device, non_blocking=True)
         model_kwargs = {k: v.to(device, non_blocking=True) for k, v in model_kwargs.items()}
         for group in opt.param_groups:

@@ -1,21 +1,26 @@
 """The log dir of a run: which folder, the lock that makes this run its one writer, where the run
 starts, and what its checkpoints hold.
 
+The folder is --log_dir, else $OPENAI_LOGDIR; one process on a workstation may name neither
+(runs/<date-time>-<pid> in the working directory), a job under a launcher or in Slurm must,
+since its requeue or relaunch continues only where its last start wrote.
+
 Rank 0 takes the folder's lock (`ramvid.runlock`: a live holder is refused, a killed one on this
 host taken over with a warning, one from another host only with `--break_lock True`) and decides
 where the run starts before anything in the folder is truncated or deleted, so a refused start
 (exit code 2) leaves every file as it was. `--resume_checkpoint auto` (or empty) continues from
-the newest complete checkpoint set of the log dir, `path/modelNNNNNN.pt` from that one.
-Checkpoints in the log dir that this run does not continue from (another run's, or steps after
-the one resumed from) are refused unless `--overwrite True` deletes them; model or diffusion
-flags that differ from the resumed run's args.json are refused naming each flag.
+the newest complete checkpoint set of the log dir (one that cannot be read ends the start with
+exit code 1, every file as it was), `path/modelNNNNNN.pt` from that one. Checkpoints in the log
+dir that this run does not continue from (another run's, or steps after the one resumed from)
+are refused unless `--overwrite True` deletes them; model or diffusion flags that differ from
+the resumed run's args.json are refused naming each flag. args.json keeps the first start's
+flags; each resume appends its step and the flags it changed to the list under "restarts".
 
 A checkpoint holds, besides model, EMA and optimiser, each rank's RNG states and data-loader
 position (gathered to rank 0), the GradScaler and the schedule sampler's loss history.
 """
 import json
 import os
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -30,7 +35,7 @@ from ..checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_files,
                           step_from_model_path)
 from ..config import model_and_diffusion_defaults
 from ..errors import UsageError
-from ..flags import read_args_json
+from ..flags import read_args_json, versions, write_args_json
 from ..runlock import FolderLock
 
 # Flags that say how to start, not what is trained: they differ between a run and its restart.
@@ -58,10 +63,18 @@ def run_folder(cfg, model_flags, info):
     a refusal raises the same UsageError on every rank. From then on an error on one rank ends
     the whole job (`dist.abort_on_failure`), and the lock is given back however the block ends,
     before such an abort."""
-    # --log_dir, else $OPENAI_LOGDIR, else a new folder in the temp dir (chosen by rank 0).
+    logdir = cfg.log_dir or os.environ.get("OPENAI_LOGDIR")
     source = "--log_dir" if cfg.log_dir else "$OPENAI_LOGDIR"
-    logdir = cfg.log_dir or os.environ.get("OPENAI_LOGDIR") or dist.run_on_main(
-        tempfile.mkdtemp, prefix=f"ramvid-{time.strftime('%Y-%m-%d-%H-%M-%S')}-")
+    # A requeued job or a relaunch continues only in the folder of its last start.
+    job = os.environ.get("SLURM_JOB_ID")
+    if not logdir and (job or info.launcher != "none"):
+        raise UsageError(f"--log_dir (or $OPENAI_LOGDIR) is required "
+                         f"{f'in Slurm job {job}' if job else f'under {info.launcher}'}: a "
+                         f"default folder would be new on every start, so a requeued or "
+                         f"restarted job would start over; name one folder for all its starts")
+    if not logdir:  # one process on a workstation
+        logdir = Path("runs", f"{time.strftime('%Y-%m-%d-%H-%M-%S')}-{os.getpid()}")
+        source = "default"
     logdir = Path(logdir)
     lock = FolderLock(logdir, what="training run", break_lock=cfg.break_lock)
     loaded = {}
@@ -76,7 +89,7 @@ def run_folder(cfg, model_flags, info):
             warnings.simplefilter("always")
             lock.acquire()
         try:
-            start = plan_start(cfg, model_flags, logdir, info.device)
+            start = plan_start(cfg, model_flags, logdir)
             delete_checkpoint_files(start.foreign)  # what --overwrite True allows
         except BaseException:
             lock.release()
@@ -98,7 +111,7 @@ def run_folder(cfg, model_flags, info):
         # the optimiser state and their own RNG/data position are all they read.
         start.ckpt = load_training_checkpoint(
             start.folder, start.step, (), require_all=cfg.resume_checkpoint in ("", "auto"),
-            map_location=info.device, model=False)
+            model=False)
     with dist.abort_on_failure():
         try:
             dist.barrier(long_wait=True)  # rank 0 may wait here for the others' reads
@@ -107,18 +120,18 @@ def run_folder(cfg, model_flags, info):
             lock.release()  # held on rank 0 only
 
 
-def plan_start(cfg, model_flags, logdir, map_location="cpu"):
-    """A Start holding the checkpoint loaded to `map_location` (or None). Reads, never writes."""
+def plan_start(cfg, model_flags, logdir):
+    """A Start holding the checkpoint (or None). Reads, never writes."""
     logdir = Path(logdir)
     plan = Start(logdir)
     if cfg.resume_checkpoint not in ("", "auto"):
         path = Path(cfg.resume_checkpoint)
         plan.folder, plan.step = path.parent, step_from_model_path(path)
         plan.ckpt = load_training_checkpoint(plan.folder, plan.step, cfg.ema_rate,
-                                             require_all=False, map_location=map_location)
+                                             require_all=False)
         plan.messages.append(f"resuming from {path} (step {plan.step})")
     else:
-        plan.ckpt = load_latest_checkpoint(logdir, cfg.ema_rate, map_location=map_location)
+        plan.ckpt = load_latest_checkpoint(logdir, cfg.ema_rate)
         if plan.ckpt is not None:
             plan.folder, plan.step = logdir, plan.ckpt.step
             listed = ", ".join(p.name for p in set_files(logdir, plan.step, cfg.ema_rate))
@@ -131,31 +144,60 @@ def plan_start(cfg, model_flags, logdir, map_location="cpu"):
     same_folder = plan.folder is not None and Path(plan.folder).resolve() == logdir.resolve()
     leftovers = []  # files of this run's interrupted saves: overwritten when saved again
     files = checkpoint_files(logdir)
-    # A fresh start over checkpoint files is this run's own first saves when args.json matches.
+    # A fresh start over checkpoint files, none of them a complete set (else it would have been
+    # loaded), is this run's own interrupted first saves when args.json matches.
     own_first_saves = plan.folder is None and bool(files) and _same_run(logdir, cfg, model_flags)
     for step, paths in files.items():
         if same_folder and step <= plan.step:
             continue  # the history of the run being continued
-        if same_folder and (cfg.resume_checkpoint in ("", "auto")
-                            or not is_complete(logdir, step, cfg.ema_rate)):
-            leftovers += paths  # auto skipped them: incomplete or unreadable
+        if same_folder and not is_complete(logdir, step, cfg.ema_rate):
+            leftovers += paths  # an interrupted save
         elif own_first_saves:
             leftovers += paths  # killed during its first saves
         else:
             plan.foreign += paths
     if leftovers:
         plan.messages.append(f"ignoring {_describe(leftovers)} after step {plan.step}: not a "
-                             f"complete, readable set (left by an interrupted save)")
+                             f"complete set (left by an interrupted save)")
     if plan.foreign and not cfg.overwrite:
         raise UsageError(_foreign_message(cfg, plan, same_folder))
     return plan
+
+
+def record_start(logdir, step, record):
+    """Write args.json at a run's first start (`record`: flags, world size, classes, ...); a
+    start from step > 0 over an args.json appends {"step", "changed": {key: new value}} to its
+    "restarts" list instead, so the file tells what trained each step."""
+    record = _as_json({**record, "versions": versions()})
+    try:
+        saved = read_args_json(logdir) if step else None
+    except (FileNotFoundError, ValueError):
+        saved = None
+    if saved is None:
+        saved = {**record, "resumed_from_step": step}
+    else:
+        in_force = _in_force(saved)
+        changed = {k: v for k, v in record.items() if in_force.get(k) != v}
+        saved["restarts"] = [*saved.get("restarts", []), {"step": step, "changed": changed}]
+    try:
+        write_args_json(logdir, saved)
+    except OSError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _in_force(saved):
+    """The flags of an args.json as its last restart left them."""
+    current = dict(saved)
+    for restart in saved.get("restarts", []):
+        current.update(restart["changed"])
+    return current
 
 
 def _same_run(logdir, cfg, model_flags):
     """Whether the log dir's args.json was written with these model/diffusion flags and EMA
     rates (then its checkpoint files, none complete, are this run's own)."""
     try:
-        saved = read_args_json(logdir)
+        saved = _in_force(read_args_json(logdir))
     except (FileNotFoundError, ValueError):
         return False
     return saved.get("ema_rate") == ",".join(cfg.ema_rate) and not _differing_model_flags(
@@ -202,7 +244,7 @@ def _check_flags_against_args_json(cfg, model_flags, plan):
     """UsageError naming every model/diffusion flag that differs from the resumed run's
     args.json; returns log lines listing the training flags that changed."""
     try:
-        saved = read_args_json(plan.folder)
+        saved = _in_force(read_args_json(plan.folder))
     except FileNotFoundError:
         return [f"{plan.folder} has no args.json: model and diffusion flags not compared"]
     except ValueError as e:
