@@ -93,10 +93,6 @@ Flags of scripts/video_train.py:
 
 The tests of another module named in the table show their flag by value through the same
 command path (`ramvid.train.main`, which scripts/video_train.py runs).
-
-Known wiring bug, kept as a strict xfail: with --class_cond True the preview of
---sample_interval / --val_data_dir numbers the held-out folder's classes on its own, not as the
-training run did (test_preview_labels_are_the_training_classes).
 """
 import csv
 import hashlib
@@ -1078,17 +1074,12 @@ def test_num_classes_comes_from_the_data_in_training(runs, data, tmp_path, capsy
     assert stop.value.code == 2 and err.count("\n") == 1 and "--num_classes" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="the preview numbers classes by the sorted file-name "
-                   "prefixes of --val_data_dir alone, not by the training run's class list: "
-                   "a held-out folder of dog clips is previewed with y = 0, cat's label")
 def test_preview_labels_are_the_training_classes(runs, data):
     """--class_cond True on cat_0.gif and dog_0.gif (cat = 0, dog = 1, as args.json's
     class_names says) with --sample_interval 1 --val_data_dir holding only dog_1.gif: every
     preview call of the network must receive y = 1, the label the network was trained to read
-    as dog.
-
-    Fails today (every preview call receives y = 0): the preview's VideoClipDataset numbers the
-    classes of --val_data_dir on its own (["dog"] -> dog = 0)."""
+    as dog. Seen red before the preview mapped the held-out classes by name (every preview
+    call received y = 0: the folder's own numbering, ["dog"] -> dog = 0)."""
     run = runs(data.classes, "--batch_size", 2, "--max_steps", 1, "--class_cond", True,
                "--sample_interval", 1, "--val_data_dir", data.val_dog)
     assert json.loads((run.logdir / "args.json").read_text())["class_names"] == ["cat", "dog"]

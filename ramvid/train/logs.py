@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ..config import create_diffusion
 from ..data import VideoClipDataset
+from ..errors import UsageError
 from ..masking import mask_from_frames, sample_train_mask
 from ..metrics import frame_metrics
 from ..metrics.frame_metrics import copy_last_given
@@ -244,7 +245,7 @@ def preview_tasks(seq_len):
 class Preview:
     """Build once on rank 0 before training; call `run(step, ema)` every --sample_interval."""
 
-    def __init__(self, cfg, model_flags, model, logdir, log):
+    def __init__(self, cfg, model_flags, model, logdir, log, class_names=()):
         self.cfg, self.log = cfg, log
         self.csv_path = Path(logdir) / PREVIEW_CSV
         self.out_dir = self.csv_path.parent
@@ -257,8 +258,14 @@ class Preview:
         items = [dataset[i] for i in range(count)]
         self.video = torch.stack([v for v, _ in items]).to(self.device)  # (N, C, T, H, W)
         self.model_kwargs = {}
-        if model_flags["class_cond"]:
-            self.model_kwargs["y"] = torch.tensor([y for _, y in items], device=self.device)
+        if model_flags["class_cond"]:  # the training run's class numbers, by class name
+            names = [dataset.class_names[y] for _, y in items]
+            unknown = sorted(set(names) - set(class_names))
+            if unknown:
+                raise UsageError(f"--val_data_dir {cfg.val_data_dir}: classes {unknown} are not "
+                                 "among the training data's")
+            self.model_kwargs["y"] = torch.tensor([list(class_names).index(n) for n in names],
+                                                  device=self.device)
         self.truth = to_uint8(self.video)  # (N, T, H, W, C)
         self.train_diffusion = create_diffusion(**model_flags)
         self.fast_diffusion = create_diffusion(**{**model_flags,

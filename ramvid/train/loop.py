@@ -276,7 +276,7 @@ def train(cfg, model_flags, info, start, log, stop):
         log.info(f"step {step} is already >= the last step {end}: nothing to train")
     stats = LossStats(diffusion.num_timesteps, device)
     all_reduce = torch.distributed.all_reduce if info.world_size > 1 else None
-    preview = Preview(cfg, model_flags, model, logdir, log) \
+    preview = Preview(cfg, model_flags, model, logdir, log, data.class_names) \
         if cfg.sample_interval and info.is_main else None
     saved_step, bad_in_a_row, stop_now = step, 0, False
     interval_start, interval_steps = time.time(), 0
