@@ -16,10 +16,10 @@ Who started this process is read from the launcher's environment variables (`det
   PMI rank that `srun --mpi=pmi2/pmix` sets is the same launch when it agrees with `SLURM_PROCID`.
 - MPI `mpirun` (MPICH/Hydra, Intel MPI, Open MPI, MVAPICH2, PMIx variables): rank and world size
   come from mpi4py, the local rank from the ranks that share a node, and rank 0 broadcasts its
-  address and a free port over MPI. When the launcher's variables say N > 1 processes (or a rank
-  above 0) but MPI comes up as a singleton (an mpirun of another MPI than the one mpi4py is built
-  on), start-up fails with one line that names the fix, instead of N copies of a one-process job
-  writing into one folder.
+  address and a free port over MPI. When the launcher's variables say N > 1 processes but MPI
+  comes up as a singleton (an mpirun of another MPI than the one mpi4py is built on), start-up
+  fails with one line that names the fix, instead of N copies of a one-process job writing into
+  one folder.
 - otherwise one process without a process group; mpi4py is never imported.
 
 $MASTER_ADDR / $MASTER_PORT override the rendezvous address for Slurm and MPI when set. Each rank
@@ -100,7 +100,7 @@ class Launch:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    evidence: str = ""  # "NAME=value" that shows several processes, for error messages
+    size_var: str = ""  # the variable that gave world_size, for error messages
 
 
 def _int(environ, name, default=None):
@@ -132,9 +132,8 @@ def detect_launch(environ=None):
             return Launch("slurm", rank, world_size, _int(env, "SLURM_LOCALID", 0))
     if mpi_ranks or any(v in env for v in MPI_OTHER_VARS):
         size_var, world_size = next(((v, s) for v, s in mpi_sizes.items() if s), ("", 1))
-        rank_var, rank = next(((v, r) for v, r in mpi_ranks.items() if r is not None), ("", 0))
-        evidence = f"{size_var}={world_size}" if world_size > 1 else f"{rank_var}={rank}"
-        return Launch("mpi", rank, world_size, 0, evidence)
+        rank = next((r for r in mpi_ranks.values() if r is not None), 0)
+        return Launch("mpi", rank, world_size, 0, size_var)
     return Launch("none")
 
 
@@ -244,7 +243,7 @@ def _mpi_rendezvous(launch):
 
     comm = MPI.COMM_WORLD
     rank, world_size = comm.Get_rank(), comm.Get_size()
-    if world_size == 1 and (launch.world_size > 1 or launch.rank > 0):
+    if world_size == 1 and launch.world_size > 1:
         _mpi_mismatch(launch, MPI)
     node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
     local_rank, node_size = node_comm.Get_rank(), node_comm.Get_size()
@@ -260,14 +259,12 @@ def _mpi_rendezvous(launch):
 
 def _mpi_mismatch(launch, MPI):
     library = MPI.Get_library_version().strip().splitlines()[0]
-    error = UsageError(
-        f"the launcher started several processes ({launch.evidence}) but MPI sees only this one: "
-        f"mpirun and mpi4py come from different MPI libraries (mpi4py uses {library}). Launch "
-        f"with the mpirun of that MPI ({os.path.join(os.path.dirname(sys.executable), 'mpirun')} "
-        f"for the venv's MPICH), or rebuild mpi4py against the MPI of your mpirun: {MPI_REBUILD}")
-    if launch.world_size == 1:  # no size variable: only the ranks above 0 can tell, each says so
-        sys.stderr.write(f"[rank {launch.rank}] {error_line(error)}\n")
-    raise error
+    raise UsageError(
+        f"the launcher started {launch.world_size} processes ({launch.size_var}="
+        f"{launch.world_size}) but MPI sees only this one: mpirun and mpi4py come from different "
+        f"MPI libraries (mpi4py uses {library}). Launch with the mpirun of that MPI "
+        f"({os.path.join(os.path.dirname(sys.executable), 'mpirun')} for the venv's MPICH), or "
+        f"rebuild mpi4py against the MPI of your mpirun: {MPI_REBUILD}")
 
 
 def setup_dist(backend=None, timeout_s=DEFAULT_TIMEOUT_S, device=None):
