@@ -62,6 +62,26 @@ def _finish(procs, timeout=90):
     return results
 
 
+# ----------------------------------------------------------------------------- flags, not data
+def test_a_dry_run_needs_no_data_but_a_run_does(tmp_path, capsys, monkeypatch):
+    """`--preset kinetics600 --dry_run` prints the configuration although --data_dir does not
+    exist here (it may be a cluster's path); without --dry_run the same command stops with one
+    line naming --data_dir and creates nothing. Seen red with the folder checked as a flag
+    (the dry run exited 2)."""
+    monkeypatch.setattr("sys.argv", ["video_train.py"])
+    argv = ["--data_dir", str(tmp_path / "kinetics600" / "train"), "--preset", "kinetics600",
+            "--log_dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as dry:
+        train_main([*argv, "--dry_run"])
+    assert dry.value.code == 0 and '"seq_len": 16' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as run:
+        train_main(argv)
+    assert run.value.code == 2 and capsys.readouterr().err == (
+        f"video_train.py: error: --data_dir '{tmp_path}/kinetics600/train': is not an existing "
+        "directory\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- a failing rank
 FAIL = textwrap.dedent("""
     import sys, time

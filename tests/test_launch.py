@@ -213,6 +213,7 @@ def test_mpirun_of_another_mpi_exits_2_with_the_fix(probe, mpi):
 def test_pmix_variables_with_the_venvs_mpich_never_run_copies_of_rank_0(probe):
     """A PMIx launcher (PMIX_RANK, no size variable) with mpi4py on the venv's MPICH: MPICH
     refuses to start ("launcher not compatible with PMI1 client"), so no copy runs as a
-    one-process job. (An mpi4py rebuilt on the cluster's PMIx MPI sees all ranks.)"""
+    one-process job. (An mpi4py rebuilt on the cluster's PMIx MPI sees all ranks.) Seen red
+    with PMIX_RANK not among the MPI variables (both copies ran as rank 0 of 1)."""
     results = _spawn(probe, [launcher_env(PMIX_RANK=str(r)) for r in range(2)])
     assert all(code != 0 and "RESULT" not in out for code, out, _ in results), results
