@@ -2,8 +2,7 @@
 plain python.
 
     with process_group() as info:  # DistInfo(rank, world_size, local_rank, device, launcher)
-        with abort_on_failure():   # an exception in any rank ends the whole job, never a hang
-            main(info)
+        main(info)  # an exception in any rank ends the whole job, never a hang
 
 Who started this process is read from the launcher's environment variables (`detect_launch`):
 

@@ -321,8 +321,8 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
                      reuse_finished=False, break_lock=False, rate_key=None, announce=print):
     """Sample `job` on every rank into its run folder (every rank calls this, inside
     `dist.process_group`; a user mistake raises the same UsageError on every rank before any
-    sampling); rank 0 returns
-    {"folder", "samples", "gt"?, "state": new | resume | finished}, other ranks None.
+    sampling); rank 0 returns {"folder", "samples", "gt"?, "state": new | resume | finished},
+    other ranks None.
     reuse_finished: a finished run of the same settings is returned as it is (else an error).
     Rank 0 holds the folder's lock (ramvid.runlock) from before its first write to the end;
     break_lock takes over a lock left by a dead run on another host. rate_key: where rank 0
