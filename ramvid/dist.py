@@ -2,30 +2,33 @@
 plain python.
 
     with process_group() as info:  # DistInfo(rank, world_size, local_rank, device, launcher)
-        with abort_on_failure():   # an exception in any rank ends the whole job, never a hang
-            main(info)
+        main(info)  # an exception in any rank ends the whole job, never a hang
 
 Who started this process is read from the launcher's environment variables (`detect_launch`):
 
 - torchrun (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`; env:// rendezvous). Its variables win over MPI
   or Slurm variables inherited from an enclosing `srun`/`mpirun`, as in `srun torchrun ...`.
 - Slurm `srun` (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID` in a job step): the rendezvous
-  host is the first host of the step's node list, the port is derived from `SLURM_JOB_ID`, so
-  every task computes the same address without talking to the others. No MPI is needed. A PMI
-  rank that `srun --mpi=pmi2/pmix` sets is the same launch when it agrees with `SLURM_PROCID`.
-- MPI `mpirun` (MPICH/Hydra, Intel MPI, Open MPI, PMIx variables): rank and world size come from
-  mpi4py, the local rank from the ranks that share a node, and rank 0 broadcasts its address and
-  a free port over MPI. When the launcher said N > 1 processes but MPI comes up as a singleton
-  (an mpirun of another MPI than the one mpi4py is built on), start-up fails with one line that
-  names the fix, instead of N copies of a one-process job writing into one folder.
+  host is the first host of the step's node list, the port is derived from `SLURM_JOB_ID` and
+  `SLURM_STEP_ID`, so every task computes the same address without talking to the others, and
+  two steps of one job (a sweep; training beside evaluation) never share it. No MPI is needed. A
+  PMI rank that `srun --mpi=pmi2/pmix` sets is the same launch when it agrees with `SLURM_PROCID`.
+- MPI `mpirun` (MPICH/Hydra, Intel MPI, Open MPI, MVAPICH2, PMIx variables): rank and world size
+  come from mpi4py, the local rank from the ranks that share a node, and rank 0 broadcasts its
+  address and a free port over MPI. When the launcher's variables say N > 1 processes but MPI
+  comes up as a singleton (an mpirun of another MPI than the one mpi4py is built on), start-up
+  fails with one line that names the fix, instead of N copies of a one-process job writing into
+  one folder.
 - otherwise one process without a process group; mpi4py is never imported.
 
 $MASTER_ADDR / $MASTER_PORT override the rendezvous address for Slurm and MPI when set. Each rank
 uses `cuda:(local_rank % device_count)`: with one visible GPU per rank (`CUDA_VISIBLE_DEVICES`
 set per task, `srun --gpus-per-task=1`) every rank gets `cuda:0`.
 
-Every collective has a timeout (`timeout_s`, default 10 minutes): when one rank dies or stalls
-the others fail in bounded time instead of waiting forever. Work that only rank 0 does (reading
+An error on one rank ends every rank of the job within seconds (`abort_on_failure`, which
+`process_group` puts around its block): the failing rank sets a key in the rendezvous store that a
+watchdog thread on every rank waits for. Every collective also has a timeout (`timeout_s`, default
+10 minutes), for a rank that dies without a word or stalls. Work that only rank 0 does (reading
 or writing a multi-GB checkpoint on a network file system) is wrapped in `run_on_main`, where the
 other ranks wait on a separate CPU group with a much longer bound (`MAIN_WORK_TIMEOUT_S`).
 """
@@ -35,10 +38,13 @@ import pickle
 import re
 import socket
 import sys
+import threading
+import time
 import traceback
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -48,17 +54,29 @@ from .errors import UsageError
 DEFAULT_TIMEOUT_S = 600.0
 # How long the other ranks wait while rank 0 alone reads or writes a checkpoint.
 MAIN_WORK_TIMEOUT_S = 2 * 3600.0
-# Slurm: the rendezvous port is PORT_BASE + job id % PORT_RANGE (same on every task of a job).
-SLURM_PORT_BASE, SLURM_PORT_RANGE = 15000, 20000
+# Slurm: the rendezvous port is PORT_BASE + (1000 job id + step id) % PORT_RANGE, below Linux's
+# ephemeral ports (32768-60999, where outgoing connections take theirs); the range is prime.
+SLURM_PORT_BASE, SLURM_PORT_RANGE = 15000, 17761
+# The rendezvous store key that rank r's watchdog waits for: "<failed rank> <exit code>" when
+# another rank ends the job, "done" when rank r leaves the process group.
+STOP_KEY = "ramvid_stop_rank_"
+# Seconds a rank that another rank's failure ends has to unwind (give back its folder lock) before
+# it exits hard; a collective with the failed rank fails once that one has exited.
+ABORT_GRACE_S = 10
 
-# Rank and size variables that MPI launchers (MPICH/Hydra, Intel MPI, Open MPI, PMIx) set.
-MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
-MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+# Rank and size variables that MPI launchers (MPICH/Hydra, Intel MPI, Open MPI, MVAPICH2, PMIx) set.
+MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
+MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 MPI_OTHER_VARS = ("MPI_LOCALRANKID",)
 MPI_REBUILD = "MPICC=$(which mpicc) pip install --no-binary mpi4py --force-reinstall mpi4py"
 
 _launcher = "none"  # how this process was started: none | mpi | torchrun | slurm
 _main_work_group = None  # CPU (gloo) group with MAIN_WORK_TIMEOUT_S, for `run_on_main`
+_store = None  # the rendezvous store (a TCPStore)
+_watchdog = None  # this rank's `_watch` thread
+_failed_elsewhere = None  # (rank, exit code) of the failed rank that ends this one
+_ending = threading.Lock()  # held by the thread that ends this rank (never given back)
+_guarded = False  # inside abort_on_failure
 
 
 @dataclass(frozen=True)
@@ -100,18 +118,17 @@ def detect_launch(environ=None):
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return Launch("torchrun", _int(env, "RANK", 0), _int(env, "WORLD_SIZE", 1),
-                      _int(env, "LOCAL_RANK", 0), "WORLD_SIZE")
+                      _int(env, "LOCAL_RANK", 0))
     mpi_ranks = {v: _int(env, v) for v in MPI_RANK_VARS if v in env}
     mpi_sizes = {v: _int(env, v) for v in MPI_SIZE_VARS if v in env}
     if _in_slurm_step(env):
         rank = _int(env, "SLURM_PROCID", 0)
-        size_var = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
-        world_size = _int(env, size_var, 1)
+        world_size = _int(env, "SLURM_STEP_NUM_TASKS", _int(env, "SLURM_NTASKS", 1))
         # srun --mpi=pmi2/pmix also sets PMI variables; they describe the same tasks. Different
         # numbers mean an mpirun inside the allocation started this process.
         if all(r == rank for r in mpi_ranks.values()) and \
                 all(s == world_size for s in mpi_sizes.values()):
-            return Launch("slurm", rank, world_size, _int(env, "SLURM_LOCALID", 0), size_var)
+            return Launch("slurm", rank, world_size, _int(env, "SLURM_LOCALID", 0))
     if mpi_ranks or any(v in env for v in MPI_OTHER_VARS):
         size_var, world_size = next(((v, s) for v, s in mpi_sizes.items() if s), ("", 1))
         rank = next((r for r in mpi_ranks.values() if r is not None), 0)
@@ -159,7 +176,8 @@ def _expand_host(pattern):
 
 def slurm_rendezvous(environ=None):
     """(host, port) every task of a Slurm step computes alike: $MASTER_ADDR/$MASTER_PORT when
-    set, else the first host of the step (job) node list and a port derived from the job id."""
+    set, else the first host of the step (job) node list and a port derived from the job and
+    step ids."""
     env = os.environ if environ is None else environ
     host = env.get("MASTER_ADDR")
     if not host:
@@ -172,7 +190,8 @@ def slurm_rendezvous(environ=None):
         host = hosts[0]
     port = _int(env, "MASTER_PORT")
     if port is None:
-        port = SLURM_PORT_BASE + _int(env, "SLURM_JOB_ID", 0) % SLURM_PORT_RANGE
+        step = _int(env, "SLURM_STEP_ID", _int(env, "SLURM_STEPID", 0))
+        port = SLURM_PORT_BASE + (1000 * _int(env, "SLURM_JOB_ID", 0) + step) % SLURM_PORT_RANGE
     return host, port
 
 
@@ -253,7 +272,7 @@ def setup_dist(backend=None, timeout_s=DEFAULT_TIMEOUT_S, device=None):
     backend: None -> "nccl" on CUDA, "gloo" on CPU. device: None -> see `choose_device`; pass
     "cpu" to force CPU on a GPU machine.
     """
-    global _launcher, _main_work_group
+    global _launcher, _main_work_group, _store, _watchdog
     launch = detect_launch()
     _launcher = launch.launcher
     rank, world_size, local_rank = launch.rank, launch.world_size, launch.local_rank
@@ -272,23 +291,30 @@ def setup_dist(backend=None, timeout_s=DEFAULT_TIMEOUT_S, device=None):
 
     if world_size > 1 and not dist.is_initialized():
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
-        kwargs = dict(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
-                      timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        _store, rank, world_size = next(dist.rendezvous(init_method, rank, world_size,
+                                                        timeout=timeout))
+        kwargs = dict(backend=backend, store=_store, rank=rank, world_size=world_size,
+                      timeout=timeout)
         if backend == "nccl":
             kwargs["device_id"] = device  # binds the communicator to this rank's GPU eagerly
         dist.init_process_group(**kwargs)
         _main_work_group = dist.new_group(
             backend="gloo", timeout=datetime.timedelta(seconds=max(timeout_s, MAIN_WORK_TIMEOUT_S)))
+        _watchdog = threading.Thread(target=_watch, args=(rank,), name="ramvid-abort-watchdog",
+                                     daemon=True)
+        _watchdog.start()
     return DistInfo(rank, world_size, local_rank, device, _launcher)
 
 
 @contextmanager
-def process_group(timeout_s=DEFAULT_TIMEOUT_S):
-    """`with process_group() as info:` the job's process group (`setup_dist`) around a block,
-    closed however the block ends (`cleanup`)."""
+def process_group(timeout_s=DEFAULT_TIMEOUT_S, one_line=()):
+    """`with process_group() as info:` the job's process group (`setup_dist`) around a block run
+    under `abort_on_failure(one_line)`, closed however the block ends (`cleanup`)."""
     info = setup_dist(timeout_s=timeout_s)
     try:
-        yield info
+        with abort_on_failure(one_line):
+            yield info
     finally:
         cleanup()
 
@@ -338,6 +364,7 @@ def run_on_main(fn, *args, **kwargs):
         try:
             outcome = (True, fn(*args, **kwargs))
         except Exception as e:
+            e.on_every_rank = True  # for abort_on_failure: every rank ends alike, no abort
             outcome, error = (False, e), e
         try:
             pickle.dumps(outcome)
@@ -358,39 +385,95 @@ def all_gather_tensor(tensor):
     return torch.cat(parts, dim=0)
 
 
-def abort_job(exit_code=1):
-    """End every rank of the job now. Under MPI: MPI_Abort; otherwise exit this process hard
-    (the launcher, or the peers' collective timeouts, end the rest)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if _launcher == "mpi":
-        from mpi4py import MPI
+def error_line(error):
+    """`prog: error: <first line of the message>`, how a command reports a user's mistake."""
+    text = str(error).strip() or type(error).__name__
+    return f"{Path(sys.argv[0]).name}: error: {text.splitlines()[0]}"
 
-        MPI.COMM_WORLD.Abort(exit_code)
-    os._exit(exit_code)
+
+def abort_job(exit_code=1, message=""):
+    """Print `message` and end this rank now. A rank that fails on its own ends every other rank
+    of the job too: their watchdogs (`_watch`) wake on the store keys it sets (under MPI,
+    MPI_Abort also ends them at once). A rank that another one's failure ends says so instead."""
+    with _ending:  # never given back: a second thread that ends this rank waits for the exit
+        if _failed_elsewhere is not None:
+            failed, exit_code = _failed_elsewhere
+            message = f"[rank {get_rank()}] ending: rank {failed} failed\n"
+        sys.stderr.write(message)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if _failed_elsewhere is None and _store is not None:
+            others = [f"{STOP_KEY}{r}" for r in range(get_world_size()) if r != get_rank()]
+            try:
+                _store.multi_set(others, [f"{get_rank()} {exit_code}"] * len(others))
+                time.sleep(1)  # the others read it before this rank (maybe the store's host) exits
+            except Exception:  # the store's host has died: the others' collectives fail anyway
+                pass
+            if _launcher == "mpi":
+                from mpi4py import MPI
+
+                MPI.COMM_WORLD.Abort(exit_code)
+        os._exit(exit_code)
+
+
+def _watch(rank):
+    """Thread on every rank of a job: waits for this rank's stop key; when another rank's
+    `abort_job` sets it, this rank ends too (after ABORT_GRACE_S for its main thread to unwind),
+    instead of waiting for the failed rank until the collective timeout."""
+    global _failed_elsewhere
+    try:
+        store = dist.TCPStore(_store.host, _store.port, is_master=False)  # a connection of its own
+        store.wait([f"{STOP_KEY}{rank}"], datetime.timedelta(days=365))
+        value = store.get(f"{STOP_KEY}{rank}").decode()
+    except Exception:  # rank 0, the store's host, died without a word: collectives fail instead
+        return
+    if value != "done":
+        _failed_elsewhere = tuple(map(int, value.split()))
+        time.sleep(ABORT_GRACE_S)
+        abort_job()
 
 
 @contextmanager
-def abort_on_failure():
-    """Around work that every rank of a multi-process job does: if it raises on one rank, print
-    the traceback with the rank and abort the whole job, so no rank waits forever in a
-    collective. A single process re-raises; a `SystemExit` with code 0 (a clean stop) passes."""
+def abort_on_failure(one_line=()):
+    """Around the work of every rank of a job (`process_group` runs its block in one): an error
+    on one rank ends every rank within seconds (`abort_job`), never a hang. The failing rank
+    prints its error once, prefixed with its rank: one line (`error_line`) for a UsageError (exit
+    code 2) and the `one_line` types ((type, exit code), ...), else its traceback (exit code 1).
+    An error of a single process, or one that `run_on_main` raised on every rank together, ends
+    every rank alike, printed once (by rank 0). A SystemExit with code 0 passes; an inner
+    abort_on_failure leaves everything to the outer one."""
+    global _guarded
+    if _guarded:
+        yield
+        return
+    _guarded = True
     try:
         yield
-    except SystemExit as e:
-        if e.code in (0, None) or get_world_size() == 1:
+    except BaseException as e:
+        if isinstance(e, SystemExit) and not e.code:
             raise
-        sys.stderr.write(f"[rank {get_rank()}] exiting with code {e.code}; aborting the job\n")
-        abort_job(e.code if isinstance(e.code, int) else 1)
-    except BaseException:
-        if get_world_size() == 1:
+        code = next((c for kind, c in ((UsageError, 2), *one_line) if isinstance(e, kind)), None)
+        line = error_line(e) if code else f"failed:\n{traceback.format_exc()}"
+        if get_world_size() > 1 and not getattr(e, "on_every_rank", False):
+            abort_job(code or 1, f"[rank {get_rank()}] {line}\n")
+        if get_rank() > 0:
+            raise SystemExit(code or 1) from None
+        if code is None:
             raise
-        sys.stderr.write(f"[rank {get_rank()}] failed; aborting the job:\n{traceback.format_exc()}")
-        abort_job(1)
+        sys.stderr.write(line + "\n")
+        raise SystemExit(code) from None
+    finally:
+        _guarded = False
 
 
 def cleanup():
-    global _main_work_group
+    """Leave the process group: stop this rank's watchdog, then wait for every rank (so that
+    rank 0, whose process may host the store, outlives the others' use of it)."""
+    global _main_work_group, _store, _watchdog
     if dist.is_available() and dist.is_initialized():
+        if _watchdog is not None:
+            _store.set(f"{STOP_KEY}{get_rank()}", "done")
+            _watchdog.join()
+            barrier(long_wait=True)
         dist.destroy_process_group()
-    _main_work_group = None
+    _main_work_group = _store = _watchdog = None

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .dist import env_rank
+from .dist import env_rank, error_line
 from .errors import UsageError
 
 VERSION = "0.1.0"  # the package's version (setup.py names it too)
@@ -264,17 +264,15 @@ def user_errors():
     message` on stderr (from rank 0 only, under a launcher) and exit code 2; Ctrl-C with
     `prog: interrupted` and exit code 130. Other exceptions keep their traceback (they are bugs,
     not user mistakes)."""
-    prog = Path(sys.argv[0]).name
     try:
         yield
     except UsageError as e:
         if env_rank() == 0:  # every rank parses the same flags; one copy of the message
-            text = str(e).strip()
-            sys.stderr.write(f"{prog}: error: {text.splitlines()[0] if text else 'UsageError'}\n")
+            sys.stderr.write(error_line(e) + "\n")
             sys.stderr.flush()
         sys.exit(USAGE_EXIT_CODE)
     except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: interrupted\n")
+        sys.stderr.write(f"{Path(sys.argv[0]).name}: interrupted\n")
         sys.exit(130)
 
 

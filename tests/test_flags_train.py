@@ -764,6 +764,8 @@ def test_dist_timeout_is_the_process_groups_timeout(monkeypatch, data, tmp_path)
                             MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
+    monkeypatch.setattr(torch.distributed, "rendezvous",  # no store: rank 1 never comes
+                        lambda *args, **kwargs: iter([(None, 0, 2)]))
     argv = ["--data_dir", str(data.clip), *TINY, "--log_dir", str(tmp_path)]
     for flags in (["--dist_timeout", "7.5"], []):
         with pytest.raises(Joined):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ramvid import dist
-from train_fixtures import PYTHON, REPO, free_port, script_env, write_script
+from train_fixtures import PYTHON, REPO, free_port, launcher_env, write_script
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -59,10 +59,17 @@ def test_detect_launch(case, env, expected):
 
 
 def test_slurm_rendezvous_address():
-    """Every task derives the same host (first of the step's nodes) and port (from the job id);
-    MASTER_ADDR / MASTER_PORT win."""
-    port = dist.SLURM_PORT_BASE + 123456 % dist.SLURM_PORT_RANGE
-    assert dist.slurm_rendezvous(SRUN) == ("gpu07", port)
+    """Every task of a step derives the same host (first of the step's nodes) and port; steps
+    of one job get different ports, all below Linux's ephemeral range (32768-60999, where the
+    kernel picks the local ports of outgoing connections); MASTER_ADDR / MASTER_PORT win.
+    Seen red with the port derived from the job id alone (every step of job 123456 on one port;
+    job ids up to 35000 gave ports up to 34999)."""
+    host, port = dist.slurm_rendezvous(SRUN)
+    assert host == "gpu07" and dist.slurm_rendezvous({**SRUN, "SLURM_PROCID": "3"})[1] == port
+    for job in (1, 123456, 9_999_999):
+        ports = [dist.slurm_rendezvous({**SRUN, "SLURM_JOB_ID": str(job),
+                                        "SLURM_STEP_ID": str(step)})[1] for step in range(100)]
+        assert len(set(ports)) == 100 and all(1024 <= p < 32768 for p in ports), job
     job_only = {k: v for k, v in SRUN.items() if k != "SLURM_STEP_NODELIST"}
     assert dist.slurm_rendezvous({**job_only, "SLURM_JOB_NODELIST": "a[3-4]"})[0] == "a3"
     assert dist.slurm_rendezvous({**SRUN, "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "2222"}) == \
@@ -106,26 +113,24 @@ def probe(tmp_path_factory):
     return write_script(tmp_path_factory.mktemp("launch"), PROBE)
 
 
-def _job_id_withfree_port():
-    """A Slurm job id whose derived rendezvous port is free on this machine."""
-    for job_id in random.Random(os.getpid()).sample(range(dist.SLURM_PORT_RANGE), 50):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", dist.SLURM_PORT_BASE + job_id))
-            except OSError:
-                continue
+def free_slurm_job(steps=1):
+    """A Slurm job id whose rendezvous ports for step ids 0 .. steps-1 are free on this machine."""
+    for job_id in random.Random(os.getpid()).sample(range(100_000), 50):
+        try:
+            for step in range(steps):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", dist.slurm_rendezvous(srun_env(0, 1, job_id, step))[1]))
+        except OSError:
+            continue
         return job_id
     pytest.skip("no free port in the Slurm port range")
 
 
-def _clean_env(**extra):
-    env = script_env(**extra)
-    for key in list(env):  # the test's own launcher variables only
-        if key.startswith(("SLURM_", "PMI", "OMPI_", "MPI_", "TORCHELASTIC")) or key in (
-                "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            del env[key]
-    env.update(extra)
-    return env
+def srun_env(rank, ntasks, job_id, step=0, **extra):
+    """The variables `srun` sets for task `rank` of a step of `ntasks` tasks on this node."""
+    return dict(SLURM_PROCID=str(rank), SLURM_NTASKS=str(ntasks), SLURM_LOCALID=str(rank),
+                SLURM_STEP_ID=str(step), SLURM_JOB_ID=str(job_id),
+                SLURM_STEP_NODELIST="localhost", **extra)
 
 
 def _spawn(probe, envs, timeout=60):
@@ -140,16 +145,27 @@ def _spawn(probe, envs, timeout=60):
 
 def test_srun_two_tasks(probe):
     """srun (with --mpi=pmix) starting 2 tasks: both join one group of 2 without MPI, at the
-    address derived from the first host of the node list and the job id."""
-    job_id = _job_id_withfree_port()
-    envs = [_clean_env(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
-                       SLURM_STEP_ID="0", SLURM_JOB_ID=str(job_id), PMIX_RANK=str(r),
-                       SLURM_STEP_NODELIST="localhost") for r in range(2)]
+    address derived from the first host of the node list and the job and step ids."""
+    job_id = free_slurm_job()
+    envs = [launcher_env(**srun_env(r, 2, job_id, PMIX_RANK=str(r))) for r in range(2)]
     results = _spawn(probe, envs)
     for rank, (code, out, err) in enumerate(results):
         assert code == 0, err[-2000:]
         assert out.strip() == (f"RESULT {rank} 2 slurm [(0, 0), (1, 1)] 3.0 rank 0 worked "
                                f"mpi4py=False"), out + err[-2000:]
+
+
+def test_two_srun_steps_of_one_job_on_one_node(probe):
+    """A sweep, or training beside evaluation: two steps of one job, 2 tasks each, whose first
+    node is the same, start together. Each step forms its own group of 2. Seen red with the
+    port derived from the job id alone (the second step's rank 0 could not listen: "address
+    already in use")."""
+    job_id = free_slurm_job(steps=2)
+    envs = [launcher_env(**srun_env(r, 2, job_id, step)) for step in range(2) for r in range(2)]
+    results = _spawn(probe, envs)
+    for (code, out, err), env in zip(results, envs):
+        assert code == 0, err[-2000:]
+        assert out.startswith(f"RESULT {env['SLURM_PROCID']} 2 slurm [(0, 0), (1, 1)] 3.0"), out
 
 
 def test_torchrun_under_srun_uses_torchrun_variables(probe):
@@ -158,7 +174,7 @@ def test_torchrun_under_srun_uses_torchrun_variables(probe):
     inherited = dict(SLURM_PROCID="0", SLURM_NTASKS="1", SLURM_LOCALID="0", SLURM_STEP_ID="0",
                      SLURM_JOB_ID="77", SLURM_STEP_NODELIST="node[1-2]", PMIX_RANK="0",
                      PMI_RANK="0", PMI_SIZE="1")
-    env = _clean_env(**inherited)
+    env = launcher_env(**inherited)
     result = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", str(free_port()), probe], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=90)
@@ -168,16 +184,36 @@ def test_torchrun_under_srun_uses_torchrun_variables(probe):
                      for r in range(2)], result.stdout
 
 
-def test_mpirun_of_another_mpi_exits_2_with_the_fix(probe):
-    """Open MPI's mpirun starting 2 copies while mpi4py is built on MPICH: each copy comes up
-    as an MPI singleton. Instead of 2 silent one-process jobs, every copy exits 2 at start-up
-    and rank 0 prints one line naming the variable and the fix."""
-    envs = [_clean_env(OMPI_COMM_WORLD_RANK=str(r), OMPI_COMM_WORLD_SIZE="2",
-                       OMPI_COMM_WORLD_LOCAL_RANK=str(r)) for r in range(2)]
-    results = _spawn(probe, envs)
+MPI_LAUNCHES = {  # what each mpirun sets in process r of 2
+    "Open MPI": lambda r: dict(OMPI_COMM_WORLD_RANK=str(r), OMPI_COMM_WORLD_SIZE="2",
+                               OMPI_COMM_WORLD_LOCAL_RANK=str(r)),
+    "MVAPICH2": lambda r: dict(MV2_COMM_WORLD_RANK=str(r), MV2_COMM_WORLD_SIZE="2",
+                               MV2_COMM_WORLD_LOCAL_RANK=str(r)),
+    "Intel MPI, MPICH hydra": lambda r: dict(PMI_RANK=str(r), PMI_SIZE="2",
+                                             MPI_LOCALRANKID=str(r)),
+}
+
+
+@pytest.mark.parametrize("mpi", MPI_LAUNCHES)
+def test_mpirun_of_another_mpi_exits_2_with_the_fix(probe, mpi):
+    """Another MPI's mpirun starting 2 copies while mpi4py is built on the venv's MPICH: each
+    copy comes up as an MPI singleton. Instead of 2 one-process jobs (same data, same seed, one
+    folder), every copy exits 2 at start-up and rank 0 prints one line naming the variable and
+    the fix. Seen red for MVAPICH2 before its variables were known (2 copies of rank 0 of 1)."""
+    results = _spawn(probe, [launcher_env(**MPI_LAUNCHES[mpi](r)) for r in range(2)])
     assert [code for code, _, _ in results] == [2, 2], results
     assert not any("RESULT" in out for _, out, _ in results)
     err0, err1 = results[0][2], results[1][2]
     assert err0.count("\n") == 1 and "Traceback" not in err0, err0
-    assert "OMPI_COMM_WORLD_SIZE=2" in err0 and "--no-binary mpi4py" in err0 and "mpirun" in err0
+    size_var = next(k for k in MPI_LAUNCHES[mpi](0) if k.endswith("SIZE"))
+    assert f"{size_var}=2" in err0 and "--no-binary mpi4py" in err0 and "mpirun" in err0
     assert err1 == ""
+
+
+def test_pmix_variables_with_the_venvs_mpich_never_run_copies_of_rank_0(probe):
+    """A PMIx launcher (PMIX_RANK, no size variable) with mpi4py on the venv's MPICH: MPICH
+    refuses to start ("launcher not compatible with PMI1 client"), so no copy runs as a
+    one-process job. (An mpi4py rebuilt on the cluster's PMIx MPI sees all ranks.) Seen red
+    with PMIX_RANK not among the MPI variables (both copies ran as rank 0 of 1)."""
+    results = _spawn(probe, [launcher_env(PMIX_RANK=str(r)) for r in range(2)])
+    assert all(code != 0 and "RESULT" not in out for code, out, _ in results), results

@@ -94,3 +94,15 @@ def write_script(folder, source):
     path.write_text(source)
     return str(path)
 
+
+
+def launcher_env(**launcher):
+    """script_env() without any launcher variable inherited from the test's own environment, and
+    with `launcher`'s: the variables srun, torchrun or mpirun would set for one process."""
+    env = script_env()
+    for key in list(env):
+        if key.startswith(("SLURM_", "PMI", "OMPI_", "MPI_", "MV2_", "TORCHELASTIC")) or key in (
+                "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            del env[key]
+    env.update(launcher)
+    return env

@@ -200,7 +200,8 @@ def check_data(data_dir, flags, seq_len, purpose=""):
 @contextmanager
 def model_on_every_rank(model, args):
     """`with model_on_every_rank(model, args) as (net, info):` the launcher's process group
-    around a block, and the model on this rank's device with --tf32 and --compile applied."""
+    around a block (an error on one rank ends them all), and the model on this rank's device
+    with --tf32 and --compile applied."""
     with dist.process_group(timeout_s=COLLECTIVE_TIMEOUT_S) as info:
         configure_tf32(args.tf32)
         yield compile_model(model.to(info.device), args.compile), info

@@ -321,9 +321,10 @@ def device_name(device):
 # --------------------------------------------------------------------------- the run
 def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite=False,
                      reuse_finished=False, break_lock=False, rate_key=None, announce=print):
-    """Sample `job` on every rank into its run folder (every rank calls this; a user mistake
-    raises the same UsageError on every rank before any sampling); rank 0 returns
-    {"folder", "samples", "gt"?, "state": new | resume | finished}, other ranks None.
+    """Sample `job` on every rank into its run folder (every rank calls this, inside
+    `dist.process_group`; a user mistake raises the same UsageError on every rank before any
+    sampling); rank 0 returns {"folder", "samples", "gt"?, "state": new | resume | finished},
+    other ranks None.
     reuse_finished: a finished run of the same settings is returned as it is (else an error).
     Rank 0 holds the folder's lock (ramvid.runlock) from before its first write to the end;
     break_lock takes over a lock left by a dead run on another host. rate_key: where rank 0
@@ -363,7 +364,7 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
         return state, [k for k in range(len(chunks)) if k not in done]
 
     try:
-        state, todo = agree_on(prepare, info)
+        state, todo = dist.run_on_main(prepare)  # an error there is raised on every rank
         if state == "finished":
             return {"folder": folder, **store.final_paths(), "state": state} \
                 if info.is_main else None
@@ -378,8 +379,7 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
         bar, callback = _progress(rounds * steps_per_batch, steps_per_batch,
                                   job.progress and info.is_main, info.is_main and bool(todo),
                                   remember)
-        # From here on an error in one rank must end all of them (no rank left in a gather).
-        with dist.abort_on_failure(), bar:
+        with bar:
             for k in todo:
                 start, local = chunks[k].start, batches[k]  # batches: indices within the chunk
                 parts = {name: [] for name in store.fields}
@@ -472,18 +472,3 @@ def grid_writer(folder, save_video, cond_frames, fps):
                 save_video_grid(folder / f"{prefix}{number:03d}.{save_video}",
                                 np.asarray(result[name]), cond_frames=cond_frames, fps=fps)
     return write
-
-
-def agree_on(prepare, info):
-    """Rank 0 runs prepare() -> value (a UsageError is caught); every rank gets the value, or
-    raises the same UsageError, so that no rank is left waiting."""
-    value, error = None, ""
-    if info.is_main:
-        try:
-            value = prepare()
-        except UsageError as e:
-            error = str(e)
-    value, error = dist.broadcast_object((value, error))
-    if error:
-        raise UsageError(error)
-    return value

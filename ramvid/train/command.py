@@ -14,8 +14,6 @@ Exit codes: 0 done (--max_steps reached), 1 a failure (e.g. a checkpoint could n
 3 diverged (--max_bad_steps), 75 stopped by a signal with a complete checkpoint (rerun to
 continue; see docs/TRAINING.md).
 """
-import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +26,8 @@ from ..data import VIDEO_EXTENSIONS
 from ..diffusion.resample import SCHEDULE_SAMPLERS
 from ..errors import UsageError
 from ..flags import (Flag, add_common_flags, add_flags, at_least, comma_items, config_class,
-                     exit_if_dry_run, existing_dir, flag_values, make_parser, parse_flags,
-                     positive, unit_interval, user_errors)
+                     exit_if_dry_run, flag_values, make_parser, parse_flags, positive, require,
+                     unit_interval, user_errors)
 from ..masking import train_mask_problem
 from ..runtime import limit_heap_fragmentation
 from .logs import RunLogger
@@ -66,14 +64,6 @@ def _mask_range(text):
     return lo, hi
 
 
-def _video_folder(path):
-    return existing_dir(path) if path else "must name a folder of videos"
-
-
-def _optional_folder(path):
-    return existing_dir(path) if path else None
-
-
 def _resume_source(path):
     if path in ("", "auto"):
         return None
@@ -86,7 +76,8 @@ def _resume_source(path):
 
 TRAIN_FLAGS = (
     Flag("data_dir", None, "folder searched recursively for videos "
-         f"({' '.join(sorted(VIDEO_EXTENSIONS))})", check=_video_folder, required=True),
+         f"({' '.join(sorted(VIDEO_EXTENSIONS))})", required=True,
+         check=lambda path: None if path else "must name a folder of videos"),
     Flag("schedule_sampler", "uniform", "how training timesteps are drawn",
          choices=SCHEDULE_SAMPLERS),
     Flag("lr", 1e-4, "AdamW learning rate", check=positive),
@@ -133,8 +124,7 @@ TRAIN_FLAGS = (
     Flag("sample_interval", 0, "every this many steps rank 0 samples held-out clips of "
          "--val_data_dir (prediction, infilling; EMA weights) into the log dir; 0 = off",
          check=at_least(0)),
-    Flag("val_data_dir", "", "held-out videos for --sample_interval previews and a held-out loss",
-         check=_optional_folder),
+    Flag("val_data_dir", "", "held-out videos for --sample_interval previews and a held-out loss"),
     Flag("log_dir", "", "folder for checkpoints and logs (default: $OPENAI_LOGDIR, else "
          "runs/<date-time>-<pid> for one process; required under a launcher or in Slurm)"),
     Flag("overwrite", False, "allow a fresh start in a log dir holding another run's checkpoints "
@@ -183,6 +173,9 @@ def parse_train_args(argv=None):
     _check_together(cfg, model_flags)
     check_model_flags(_with_stand_in_classes(model_flags))
     exit_if_dry_run(args, {**model_flags, **cfg.to_json()})
+    for flag in ("data_dir", "val_data_dir"):  # data, not flags: a dry run needs none
+        folder = getattr(cfg, flag)
+        require(not folder or Path(folder).is_dir(), flag, folder, "is not an existing directory")
     return cfg, model_flags
 
 
@@ -239,24 +232,10 @@ def main(argv=None):
     with user_errors():  # a bad flag, or a log dir this run may not start in: one line, exit 2
         cfg, model_flags = parse_train_args(argv)
         limit_heap_fragmentation()
-        # A stop signal from here on ends the run with a checkpoint after its first step.
-        with dist.process_group(timeout_s=cfg.dist_timeout) as info, StopRequest() as stop, \
-                _one_line(info, CheckpointError, 1), \
+        # A stop signal from before the rendezvous to the process's end ends the run with a
+        # checkpoint after its first step; a repeat after the checkpoint changes nothing.
+        with StopRequest() as stop, \
+                dist.process_group(cfg.dist_timeout, one_line=((CheckpointError, 1),)) as info, \
                 run_folder(cfg, model_flags, info) as start, \
-                _one_line(info, UsageError, 2), \
                 RunLogger(start.logdir, enabled=info.is_main) as log:
-            code = train(cfg, model_flags, info, start, log, stop)
-            dist.barrier()  # leave together: a launcher may end the job when the first rank exits
-            return code
-
-
-@contextmanager
-def _one_line(info, error, exit_code):
-    """`error` raised in the block ends this rank with one line on stderr (naming the rank when
-    there are several) and `exit_code`, instead of a traceback."""
-    try:
-        yield
-    except error as e:
-        where = f"[rank {info.rank}] " if info.world_size > 1 else ""
-        sys.stderr.write(f"{where}{Path(sys.argv[0]).name}: error: {str(e).splitlines()[0]}\n")
-        raise SystemExit(exit_code) from None
+            return train(cfg, model_flags, info, start, log, stop)
