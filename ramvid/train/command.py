@@ -14,6 +14,7 @@ Exit codes: 0 done (--max_steps reached), 1 a failure (e.g. a checkpoint could n
 3 diverged (--max_bad_steps), 75 stopped by a signal with a complete checkpoint (rerun to
 continue; see docs/TRAINING.md).
 """
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,7 +181,15 @@ def parse_train_args(argv=None):
 
 
 def _check_together(cfg, model_flags):
-    """The checks that read more than one flag (each flag's own are in its declaration)."""
+    """The checks that read more than one flag (each flag's own are in its declaration), and
+    the one that reads the launch."""
+    # A requeued job or a relaunch continues only in the folder of its last start.
+    job, launcher = os.environ.get("SLURM_JOB_ID"), dist.detect_launch().launcher
+    if not (cfg.log_dir or os.environ.get("OPENAI_LOGDIR")) and (job or launcher != "none"):
+        raise UsageError(f"--log_dir (or $OPENAI_LOGDIR) is required "
+                         f"{f'in Slurm job {job}' if job else f'under {launcher}'}: a "
+                         f"default folder would be new on every start, so a requeued or "
+                         f"restarted job would start over; name one folder for all its starts")
     def require(condition, flag, reason):
         if not condition:
             value = _BY_NAME[flag].to_json(getattr(cfg, flag)) if flag in _BY_NAME \

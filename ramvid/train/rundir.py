@@ -65,14 +65,7 @@ def run_folder(cfg, model_flags, info):
     before such an abort."""
     logdir = cfg.log_dir or os.environ.get("OPENAI_LOGDIR")
     source = "--log_dir" if cfg.log_dir else "$OPENAI_LOGDIR"
-    # A requeued job or a relaunch continues only in the folder of its last start.
-    job = os.environ.get("SLURM_JOB_ID")
-    if not logdir and (job or info.launcher != "none"):
-        raise UsageError(f"--log_dir (or $OPENAI_LOGDIR) is required "
-                         f"{f'in Slurm job {job}' if job else f'under {info.launcher}'}: a "
-                         f"default folder would be new on every start, so a requeued or "
-                         f"restarted job would start over; name one folder for all its starts")
-    if not logdir:  # one process on a workstation
+    if not logdir:  # one process on a workstation (command.py refuses this under a launcher)
         logdir = Path("runs", f"{time.strftime('%Y-%m-%d-%H-%M-%S')}-{os.getpid()}")
         source = "default"
     logdir = Path(logdir)
