@@ -26,11 +26,11 @@ from ..config import MODEL_AND_DIFFUSION_FLAGS, PRESETS, check_model_flags
 from ..data import VIDEO_EXTENSIONS
 from ..diffusion.resample import SCHEDULE_SAMPLERS
 from ..errors import UsageError
-from ..flags import (Flag, add_common_flags, add_flags, at_least, comma_items, config_class,
-                     exit_if_dry_run, flag_values, make_parser, parse_flags, positive, require,
-                     unit_interval, user_errors)
+from ..flags import (Flag, add_common_flags, add_flags, as_flag_error, at_least, comma_items,
+                     config_class, exit_if_dry_run, flag_values, make_parser, parse_flags,
+                     positive, require, unit_interval, user_errors)
 from ..masking import train_mask_problem
-from ..runtime import limit_heap_fragmentation
+from ..runtime import autocast_dtype, limit_heap_fragmentation
 from .logs import RunLogger
 from .loop import ANNEAL_TYPES, StopRequest, train
 from .rundir import run_folder
@@ -190,44 +190,44 @@ def _check_together(cfg, model_flags):
                          f"{f'in Slurm job {job}' if job else f'under {launcher}'}: a "
                          f"default folder would be new on every start, so a requeued or "
                          f"restarted job would start over; name one folder for all its starts")
-    def require(condition, flag, reason):
+    def check(condition, flag, reason):
         if not condition:
             value = _BY_NAME[flag].to_json(getattr(cfg, flag)) if flag in _BY_NAME \
                 else model_flags[flag]
             raise UsageError(f"--{flag} {value!r}: {reason}")
 
-    require(1 <= cfg.microbatch <= cfg.batch_size, "microbatch",
+    check(1 <= cfg.microbatch <= cfg.batch_size, "microbatch",
             f"must be -1 (= batch_size) or in 1..batch_size ({cfg.batch_size})")
     if cfg.keep_every:
-        require(cfg.keep_checkpoints > 0, "keep_every",
+        check(cfg.keep_checkpoints > 0, "keep_every",
                 "only applies with --keep_checkpoints N (without it every checkpoint is kept)")
-        require(cfg.keep_every % cfg.save_interval == 0, "keep_every",
+        check(cfg.keep_every % cfg.save_interval == 0, "keep_every",
                 f"must be a multiple of --save_interval ({cfg.save_interval}), or no checkpoint "
                 "is ever kept by it")
     # Schedule parameters that the chosen schedule would not read are an error, not ignored.
     for flag, anneal_type in (("lr_anneal_steps", "linear"), ("steps_drop", "step"),
                               ("drop", "step"), ("decay", "time_based")):
         if anneal_type == cfg.anneal_type:
-            require(getattr(cfg, flag) > 0, flag, f"must be positive with --anneal_type {anneal_type}")
+            check(getattr(cfg, flag) > 0, flag, f"must be positive with --anneal_type {anneal_type}")
         else:
-            require(getattr(cfg, flag) == 0, flag, f"is only read with --anneal_type {anneal_type}")
+            check(getattr(cfg, flag) == 0, flag, f"is only read with --anneal_type {anneal_type}")
 
     mask_problem = train_mask_problem(model_flags["seq_len"], cfg.max_num_mask_frames,
                                       cfg.mask_range)
     if mask_problem:
-        require(False, *mask_problem)
+        check(False, *mask_problem)
 
-    require(not (cfg.use_fp16 and cfg.bf16), "bf16",
-            "cannot be combined with --use_fp16 True; choose one")
-    require(not cfg.use_fp16 or torch.cuda.is_available(), "use_fp16",
-            "needs a CUDA GPU (float16 autocast with loss scaling); on CPU use --bf16 True")
-    require(model_flags["class_cond"] or model_flags["num_classes"] == 0, "num_classes",
+    try:
+        autocast_dtype(cfg.use_fp16, cfg.bf16, "cuda" if torch.cuda.is_available() else "cpu")
+    except ValueError as e:
+        raise as_flag_error(e) from None
+    check(model_flags["class_cond"] or model_flags["num_classes"] == 0, "num_classes",
             "is only used with --class_cond True")
     if cfg.sample_interval:
-        require(bool(cfg.val_data_dir), "sample_interval",
+        check(bool(cfg.val_data_dir), "sample_interval",
                 "needs --val_data_dir (the held-out clips to sample)")
     if cfg.val_data_dir:
-        require(cfg.sample_interval > 0, "val_data_dir", "is only read with --sample_interval N > 0")
+        check(cfg.sample_interval > 0, "val_data_dir", "is only read with --sample_interval N > 0")
 
 
 def _with_stand_in_classes(model_flags):

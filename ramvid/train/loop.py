@@ -22,7 +22,7 @@ from ..config import create_model_and_diffusion
 from ..data import load_data
 from ..diffusion.resample import create_named_schedule_sampler
 from ..masking import sample_train_mask
-from ..runtime import compile_model, configure_tf32, derive_seed, to_device
+from ..runtime import autocast_dtype, compile_model, configure_tf32, derive_seed, to_device
 from .logs import LOSS_TERMS, LossStats, Preview
 from .rundir import record_start, restore_training_state, save_training_state
 
@@ -236,8 +236,8 @@ def train(cfg, model_flags, info, start, log, stop):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=fused_adamw_supported(device))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.use_fp16)
-    autocast = torch.autocast(device.type, dtype=torch.float16 if cfg.use_fp16 else torch.bfloat16,
-                              enabled=cfg.use_fp16 or cfg.bf16)
+    dtype = autocast_dtype(cfg.use_fp16, cfg.bf16, device.type)
+    autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     # ------------------------------------------------------------------ the state resumed from
     step, ckpt = start.step, start.ckpt
