@@ -387,7 +387,7 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
                     mine = first + info.rank
                     result = (work([start + i for i in local[mine]], callback)
                               if mine < len(local) else None)
-                    for b, arrays in _gather_round(result, first, local, store.fields, job, info):
+                    for b, arrays in _gather_round(result, first):
                         for name in parts:
                             parts[name].append(arrays[name])
                         if grids is not None:
@@ -402,27 +402,15 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
             lock.release()
 
 
-def _gather_round(result, first, batches, fields, job, info):
+def _gather_round(result, first):
     """Rank 0: [(b, {name: numpy array})] for the batches b = first, first + 1, ... that the
     ranks sampled this round, in index order; other ranks: []. Every rank takes part in the
-    gather (an idle rank sends padding), never only rank 0."""
-    if info.world_size == 1:
-        return [(first, {k: np.asarray(v) for k, v in result.items()})]
-    gathered = {}
-    for name, (shape, dtype) in fields.items():
-        full = torch.zeros((job.batch_size, *shape), dtype=torch.from_numpy(np.zeros(0, dtype)).dtype,
-                           device=info.device)
-        if result is not None:
-            value = torch.as_tensor(result[name])
-            full[: len(value)] = value.to(device=info.device, dtype=full.dtype)
-        gathered[name] = dist.all_gather_tensor(full).cpu().numpy()  # (R * batch_size, ...)
-    if not info.is_main:
+    gather (an idle rank sends None), never only rank 0."""
+    results = dist.all_gather_object(result)  # [rank 0's batch, rank 1's, ...]
+    if dist.get_rank() != 0:
         return []
-    out = []
-    for r, b in enumerate(range(first, min(first + info.world_size, len(batches)))):
-        rows = slice(r * job.batch_size, r * job.batch_size + len(batches[b]))
-        out.append((b, {name: value[rows] for name, value in gathered.items()}))
-    return out
+    return [(first + r, {name: np.asarray(value) for name, value in arrays.items()})
+            for r, arrays in enumerate(results) if arrays is not None]
 
 
 def _progress(total_steps, steps_per_batch, show, timed, remember=None):
