@@ -331,34 +331,21 @@ def _per_clip(num_rows: int, num_clips: int, requested, path: Path) -> int:
     return per_clip
 
 
-def load_samples(paths, gt: np.ndarray, per_clip, first=None) -> np.ndarray:
-    """Files of clip-major samples -> one (N_clips, S, T, H, W, C) array, filled file by file
-    so that the peak memory is the result plus one file (``first``: paths[0], loaded)."""
-    num_clips = gt.shape[0]
-    if len(paths) == 1 and first is not None:  # a view of the one file, no second copy
-        if first.shape[1:] != gt.shape[1:]:
-            raise UsageError(f"--samples {paths[0]}: clips of shape {first.shape[1:]} (T x H x W "
-                             f"x C) differ from --gt {gt.shape[1:]}")
-        count = _per_clip(first.shape[0], num_clips, per_clip, paths[0])
-        return first.reshape(num_clips, count, *gt.shape[1:])
-    combined, filled = None, 0
+def load_samples(paths, gt: np.ndarray, per_clip, first) -> np.ndarray:
+    """Files of clip-major samples -> one (N_clips, S, T, H, W, C) array (a view of the one file
+    when there is one; ``first``: paths[0], loaded)."""
+    num_clips, item, parts = gt.shape[0], gt.shape[1:], []
     for i, path in enumerate(paths):
-        clips = first if i == 0 and first is not None else load_clips(path, "--samples")
-        if clips.shape[1:] != gt.shape[1:]:
+        clips = first if i == 0 else load_clips(path, "--samples")
+        if clips.shape[1:] != item:
             raise UsageError(f"--samples {path}: clips of shape {clips.shape[1:]} (T x H x W x "
-                             f"C) differ from --gt {gt.shape[1:]}")
+                             f"C) differ from --gt {item}")
         count = _per_clip(clips.shape[0], num_clips, per_clip, path)
-        if combined is None:
-            # Files after the first are assumed to hold as many samples per clip.
-            combined = np.empty((num_clips, count * len(paths), *gt.shape[1:]), np.uint8)
-        if filled + count > combined.shape[1]:
+        if parts and count != parts[0].shape[1]:
             raise UsageError(f"--samples {path}: every file must hold the same number of "
                              "samples per clip")
-        combined[:, filled:filled + count] = clips.reshape(num_clips, count, *gt.shape[1:])
-        filled += count
-    if filled != combined.shape[1]:
-        raise UsageError("--samples: every file must hold the same number of samples per clip")
-    return combined
+        parts.append(clips.reshape(num_clips, count, *item))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 def load_inputs(sample_paths, gt_path, protocol, cond_frames, samples_per_clip):
