@@ -391,12 +391,14 @@ def error_line(error):
     return f"{Path(sys.argv[0]).name}: error: {text.splitlines()[0]}"
 
 
-def abort_job(exit_code=1, message=""):
+def abort_job(exit_code=1, message="", user_error=False):
     """Print `message` and end this rank now. A rank that fails on its own ends every other rank
     of the job too: their watchdogs (`_watch`) wake on the store keys it sets (under MPI,
-    MPI_Abort also ends them at once). A rank that another one's failure ends says so instead."""
+    MPI_Abort also ends them at once). A rank that another one's failure ends says so instead,
+    unless its own error is a `user_error`: a mistake every rank found (e.g. a data folder that
+    differs between nodes) is printed by each rank that found it."""
     with _ending:  # never given back: a second thread that ends this rank waits for the exit
-        if _failed_elsewhere is not None:
+        if _failed_elsewhere is not None and not user_error:
             failed, exit_code = _failed_elsewhere
             message = f"[rank {get_rank()}] ending: rank {failed} failed\n"
         sys.stderr.write(message)
@@ -455,7 +457,7 @@ def abort_on_failure(one_line=()):
         code = next((c for kind, c in ((UsageError, 2), *one_line) if isinstance(e, kind)), None)
         line = error_line(e) if code else f"failed:\n{traceback.format_exc()}"
         if get_world_size() > 1 and not getattr(e, "on_every_rank", False):
-            abort_job(code or 1, f"[rank {get_rank()}] {line}\n")
+            abort_job(code or 1, f"[rank {get_rank()}] {line}\n", user_error=bool(code))
         if get_rank() > 0:
             raise SystemExit(code or 1) from None
         if code is None:
