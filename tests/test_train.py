@@ -248,9 +248,9 @@ def test_consecutive_nonfinite_steps_stop_the_run(videos, tmp_path, monkeypatch)
 
 
 def test_fp16_path_unscales_before_clipping_and_skips_overflow(videos, tmp_path, monkeypatch):
-    """The GradScaler path, run on CPU by bypassing the CLI's GPU check (float16 autocast
-    exists on CPU too): the logged gradient norm is the true one, and a NaN step is skipped
-    with a halved loss scale."""
+    """The GradScaler path, run on CPU by bypassing the GPU check of the command and of
+    runtime.autocast_dtype (float16 autocast exists on CPU too): the logged gradient norm is the
+    true one, and a NaN step is skipped with a halved loss scale."""
     argv = ["--data_dir", str(videos), *TINY, "--batch_size", "2", "--log_interval", "1",
             "--max_steps", "3", "--seed", "3"]
     cfg, model_flags = parse_train_args(argv)
@@ -259,6 +259,7 @@ def test_fp16_path_unscales_before_clipping_and_skips_overflow(videos, tmp_path,
     fp16 = dataclasses.replace(cfg, use_fp16=True, ema_rate=("0.9",),
                                log_dir=str(tmp_path / "fp16"))
     info = setup_dist()
+    monkeypatch.setattr(train_loop, "autocast_dtype", lambda *flags_and_device: torch.float16)
     with StopRequest() as stop, run_folder(fp16, model_flags, info) as start, \
             RunLogger(start.logdir) as log:
         assert train_loop.train(fp16, model_flags, info, start, log, stop) == 0
