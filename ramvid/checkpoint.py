@@ -1,12 +1,8 @@
 """Checkpoint files: names, crash-safe writes, safe loads, and finding where to resume.
 
-A training checkpoint at step S in a log directory is three kinds of files:
-
-    modelSSSSSS.pt          plain state dict of the network
-    ema_RATE_SSSSSS.pt      plain state dict of the EMA weights, one per --ema_rate entry
-                            (RATE spelled as given, e.g. ema_0.9999_200000.pt)
-    optSSSSSS.pt            {"step", "optimizer", "scaler", "schedule_sampler", "ranks", ...},
-                            "ranks" holding each rank's RNG states and data position
+A training checkpoint at step S in a log directory is a set of files: modelSSSSSS.pt and one
+ema_RATE_SSSSSS.pt per --ema_rate (plain state dicts), and optSSSSSS.pt (optimiser, scaler,
+sampler, each rank's RNG states and data position); docs/TRAINING.md lists what each holds.
 
 Every file is written to a temporary name in the same folder, fsynced, and renamed over the final
 name, so a crash at any moment leaves the previous checkpoints intact and never a truncated file

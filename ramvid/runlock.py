@@ -277,17 +277,14 @@ def _proc_stat(pid):
 
 def _gone(pid, proc_start):
     """Why process `pid` of this host (started at `proc_start`) no longer runs; None while it runs
-    or may run (without /proc, or with /proc hiding other users' processes, only the pid counts)."""
+    or may run (/proc may be missing, or hide other users' processes)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return f"pid {pid} no longer runs"
     except PermissionError:
         pass  # it runs, under another user
-    stat = _proc_stat(pid)
-    if stat is None:
-        return None
-    state, start = stat
+    state, start = _proc_stat(pid) or (None, proc_start)  # without /proc only the pid counts
     if state == "Z":
         return f"pid {pid} has exited"
     if proc_start is not None and start != proc_start:

@@ -128,15 +128,13 @@ class EMA:
 
 def lr_at(cfg, step):
     """The learning rate for the update that follows `step` completed steps."""
-    if cfg.anneal_type == "none":
-        return cfg.lr
     if cfg.anneal_type == "linear":
         return cfg.lr * max(0.0, 1.0 - step / cfg.lr_anneal_steps)
     if cfg.anneal_type == "step":
         return cfg.lr * cfg.drop ** (step // cfg.steps_drop)
     if cfg.anneal_type == "time_based":
         return cfg.lr / (1.0 + cfg.decay * step)
-    raise ValueError(f"anneal_type={cfg.anneal_type!r} is not one of: {', '.join(ANNEAL_TYPES)}")
+    return cfg.lr  # "none" (--anneal_type accepts only ANNEAL_TYPES)
 
 
 def last_step(cfg):
