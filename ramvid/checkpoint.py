@@ -1,11 +1,8 @@
 """Checkpoint files: names, crash-safe writes, safe loads, and finding where to resume.
 
-A training checkpoint at step S in a log directory is three kinds of files:
-
-    modelSSSSSS.pt          plain state dict of the network
-    ema_RATE_SSSSSS.pt      plain state dict of the EMA weights, one per --ema_rate entry
-                            (RATE spelled as given, e.g. ema_0.9999_200000.pt)
-    optSSSSSS.pt            {"step", "optimizer", "scaler", "rng", "data", "schedule_sampler", ...}
+A training checkpoint at step S in a log directory is a set of files: modelSSSSSS.pt and one
+ema_RATE_SSSSSS.pt per --ema_rate (plain state dicts), and optSSSSSS.pt (optimiser, scaler,
+sampler, each rank's RNG states and data position); docs/TRAINING.md lists what each holds.
 
 Every file is written to a temporary name in the same folder, fsynced, and renamed over the final
 name, so a crash at any moment leaves the previous checkpoints intact and never a truncated file
@@ -19,6 +16,7 @@ import random
 import re
 import time
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,27 +35,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint file cannot be read or written; the message names the file."""
 
 
-def model_filename(step):
-    return f"model{step:06d}.pt"
-
-
-def ema_filename(rate, step):
-    """`rate` is the string given in --ema_rate (kept verbatim, e.g. "0.9999")."""
-    return f"ema_{rate}_{step:06d}.pt"
-
-
-def opt_filename(step):
-    return f"opt{step:06d}.pt"
-
-
 def checkpoint_paths(folder, step, ema_rates):
-    """{"model": path, "opt": path, "ema": {rate: path}} for step `step` in `folder`."""
+    """{"model": path, "opt": path, "ema": {rate: path}} for step `step` in `folder`; each rate
+    is spelled as given in --ema_rate (e.g. "0.9999")."""
     folder = Path(folder)
-    return {
-        "model": folder / model_filename(step),
-        "opt": folder / opt_filename(step),
-        "ema": {rate: folder / ema_filename(rate, step) for rate in ema_rates},
-    }
+    return {"model": folder / f"model{step:06d}.pt", "opt": folder / f"opt{step:06d}.pt",
+            "ema": {rate: folder / f"ema_{rate}_{step:06d}.pt" for rate in ema_rates}}
 
 
 def set_files(folder, step, ema_rates):
@@ -76,16 +59,13 @@ def step_from_model_path(path):
 
 # --------------------------------------------------------------------------- writing
 def _fsync_dir(folder):
-    try:
+    # Some file systems neither open nor fsync a folder; the rename is atomic regardless.
+    with suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some file systems do not open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_save(obj, path):
@@ -118,11 +98,9 @@ def remove_stale_temp_files(folder):
     """Delete temporary files left by a process killed mid-write (`.NAME.pt.XXXX.tmp`)."""
     removed = []
     for tmp in Path(folder).glob(".*.pt.*.tmp"):
-        try:
+        with suppress(OSError):
             tmp.unlink()
             removed.append(tmp)
-        except OSError:
-            pass
     return removed
 
 
@@ -210,19 +188,6 @@ def load_training_checkpoint(folder, step, ema_rates, require_all=True, model=Tr
     return ckpt
 
 
-def is_complete(folder, step, ema_rates):
-    """Whether the model, opt and every EMA file of `step` exist (not whether they load)."""
-    return all(p.is_file() for p in set_files(folder, step, ema_rates))
-
-
-def complete_steps(folder, ema_rates):
-    """Steps of `folder` whose model, opt and every EMA file exist, newest first."""
-    folder = Path(folder)
-    steps = [int(m.group(1)) for p in folder.iterdir() if (m := MODEL_NAME.match(p.name))] \
-        if folder.is_dir() else []
-    return sorted((s for s in steps if is_complete(folder, s, ema_rates)), reverse=True)
-
-
 def load_latest_checkpoint(folder, ema_rates):
     """The newest complete checkpoint set in `folder`, loaded to the CPU, or None when there is
     none. Sets lacking a file (an interrupted save) are passed over; a complete set that cannot
@@ -251,6 +216,14 @@ def checkpoint_files(folder):
     return dict(sorted(files.items()))
 
 
+def complete_steps(folder, ema_rates):
+    """Steps of `folder` whose model, opt and every EMA file exist (not whether they load),
+    newest first."""
+    files = {step: {p.name for p in paths} for step, paths in checkpoint_files(folder).items()}
+    return [step for step in sorted(files, reverse=True)
+            if {p.name for p in set_files(folder, step, ema_rates)} <= files[step]]
+
+
 def delete_checkpoint_files(paths):
     """Delete checkpoint files, every opt file first: a half-deleted set is never complete."""
     for path in sorted(paths, key=lambda p: not Path(p).name.startswith("opt")):
@@ -259,20 +232,14 @@ def delete_checkpoint_files(paths):
 
 def sets_to_prune(folder, ema_rates, keep, keep_every=0):
     """{step: files} of the sets that go when only the newest `keep` complete sets stay (plus
-    every step that is a multiple of `keep_every`), from one listing of `folder`. Only steps
-    older than the oldest kept complete set go, so an incomplete set being written now is never
-    touched. keep=0: nothing goes."""
-    if keep <= 0:
-        return {}
-    files = checkpoint_files(folder)
-    complete = [step for step in sorted(files, reverse=True)
-                if {p.name for p in set_files(folder, step, ema_rates)}
-                <= {p.name for p in files[step]}]
+    every step that is a multiple of `keep_every`). Only steps older than the oldest kept
+    complete set go, so an incomplete set being written now is never touched. keep=0: nothing
+    goes."""
+    complete = complete_steps(folder, ema_rates) if keep > 0 else []
     if len(complete) <= keep:
         return {}
-    oldest_kept = complete[keep - 1]
-    return {step: paths for step, paths in files.items()
-            if step < oldest_kept and not (keep_every and step % keep_every == 0)}
+    return {step: paths for step, paths in checkpoint_files(folder).items()
+            if step < complete[keep - 1] and not (keep_every and step % keep_every == 0)}
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -293,15 +260,12 @@ def rng_state():
 
 def set_rng_state(state):
     """Inverse of rng_state()."""
-    # The opt file may have been loaded onto a GPU; RNG states live on the CPU.
-    torch.set_rng_state(state["torch"].cpu())
+    torch.set_rng_state(state["torch"])
     npst = state["numpy"]
-    np.random.set_state((npst["name"], npst["keys"].cpu().numpy().astype(np.uint32), npst["pos"],
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
                          npst["has_gauss"], npst["gauss"]))
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+    if torch.cuda.is_available() and len(state.get("cuda", ())) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 

@@ -1,33 +1,26 @@
 """One writer per run folder: a lock file that names its holder.
 
-A training log directory, or a sampling or evaluation run folder, is written by one process at a
-time. Before writing anything there, that process (rank 0 under a launcher) takes the folder's
-lock, and gives it back on every way out of the block:
+A training log dir, or a sampling or evaluation run folder, is written by one process at a time
+(rank 0 under a launcher), which holds the folder's lock from before its first write:
 
     with FolderLock(log_dir, what="training run", break_lock=args.break_lock):
         ...
 
-The lock is the file `.ramvid.lock` in the folder, created with O_CREAT|O_EXCL: atomic on local
-disks and on the shared file systems runs live on (NFS v3 and later, Lustre, GPFS), where flock()
-is missing or local to one client. The file is JSON naming its holder: host, pid, the process's
-start time, the launcher's job id, the command line, and a random token. A daemon thread touches
-the file every `heartbeat_s` seconds, so its age (now minus its mtime) says how long ago the holder
-was last seen alive. Leaving the block (return, exception, Ctrl-C, a stop signal the program turns
-into a normal exit) deletes the file if it still holds this lock's token.
+The lock is the file `.ramvid.lock`, created with O_CREAT|O_EXCL: atomic on local disks and on
+the shared file systems runs live on (NFS v3 and later, Lustre, GPFS), where flock() is missing or
+local to one client. It is JSON naming its holder (host, pid, the process's start time, job id,
+command, a random token); a heartbeat thread touches it every `heartbeat_s` seconds, so its age
+says when the holder was last seen alive. Leaving the block in any way (return, exception,
+Ctrl-C) deletes the file if it still holds this lock's token.
 
-A second run on a held folder stops with a UsageError naming the holder. A lock whose holder is
-gone is removed, with a warning, and taken over:
-- on the same host, boot and pid namespace, when its pid no longer runs, is a zombie, or now
-  belongs to a process started at another time (a recycled pid);
-- anywhere else its pid cannot be checked from here, so only with break_lock=True
-  (`--break_lock True`), once the user knows that run is gone. A holder seen running on this
-  host is never taken over.
-A SIGKILLed holder leaves its file behind; the next start on the same host takes it over.
-
-Take-over is race-free. A taker first creates `.ramvid.lock.takeover-TOKEN` exclusively, where
-TOKEN is the stale lock's token; under that claim it checks that the lock file still holds TOKEN,
-deletes it, drops the claim, and then competes for a fresh O_EXCL create like any starter. So of
-several takers of one stale lock one deletes it, and none can delete a lock created meanwhile.
+A lock whose holder is gone is taken over with a warning: on the same host, boot and pid
+namespace when its pid no longer runs, is a zombie or now belongs to a process started at another
+time (a recycled pid); elsewhere the pid cannot be checked, so only with break_lock=True. A
+holder seen running here is never taken over. A taker first creates
+`.ramvid.lock.takeover-TOKEN` exclusively (TOKEN: the stale lock's), checks under that claim that
+the lock still holds TOKEN, deletes it, drops the claim and competes for a fresh O_EXCL create
+like any starter: of several takers one deletes the stale lock, and none can delete a lock
+created meanwhile.
 """
 import json
 import os
@@ -284,17 +277,14 @@ def _proc_stat(pid):
 
 def _gone(pid, proc_start):
     """Why process `pid` of this host (started at `proc_start`) no longer runs; None while it runs
-    or may run (without /proc, or with /proc hiding other users' processes, only the pid counts)."""
+    or may run (/proc may be missing, or hide other users' processes)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return f"pid {pid} no longer runs"
     except PermissionError:
         pass  # it runs, under another user
-    stat = _proc_stat(pid)
-    if stat is None:
-        return None
-    state, start = stat
+    state, start = _proc_stat(pid) or (None, proc_start)  # without /proc only the pid counts
     if state == "Z":
         return f"pid {pid} has exited"
     if proc_start is not None and start != proc_start:

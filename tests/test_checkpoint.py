@@ -12,9 +12,10 @@ from ramvid import checkpoint as ck
 
 
 def test_file_names():
-    assert ck.model_filename(200000) == "model200000.pt"
-    assert ck.ema_filename("0.9999", 200000) == "ema_0.9999_200000.pt"
-    assert ck.opt_filename(42) == "opt000042.pt"
+    paths = ck.checkpoint_paths("/x", 200000, ["0.9999"])
+    assert paths["model"].name == "model200000.pt"
+    assert paths["ema"]["0.9999"].name == "ema_0.9999_200000.pt"
+    assert ck.checkpoint_paths("/x", 42, [])["opt"].name == "opt000042.pt"
     assert ck.step_from_model_path("/x/model001234.pt") == 1234
     with pytest.raises(ValueError, match="modelNNNNNN.pt"):
         ck.step_from_model_path("/x/ema_0.9999_001234.pt")

@@ -172,7 +172,9 @@ def parse_train_args(argv=None):
     cfg = TrainConfig(**flag_values(TRAIN_FLAGS, vars(args)))
     flag_values(MODEL_AND_DIFFUSION_FLAGS, model_flags)
     _check_together(cfg, model_flags)
-    check_model_flags(_with_stand_in_classes(model_flags))
+    # With --class_cond the class count comes from the data: a stand-in checks the rest.
+    check_model_flags(dict(model_flags, num_classes=max(1, model_flags["num_classes"]))
+                      if model_flags["class_cond"] else model_flags)
     exit_if_dry_run(args, {**model_flags, **cfg.to_json()})
     for flag in ("data_dir", "val_data_dir"):  # data, not flags: a dry run needs none
         folder = getattr(cfg, flag)
@@ -228,13 +230,6 @@ def _check_together(cfg, model_flags):
                 "needs --val_data_dir (the held-out clips to sample)")
     if cfg.val_data_dir:
         check(cfg.sample_interval > 0, "val_data_dir", "is only read with --sample_interval N > 0")
-
-
-def _with_stand_in_classes(model_flags):
-    """With --class_cond the class count comes from the data; check the rest with a stand-in."""
-    if not model_flags["class_cond"]:
-        return model_flags
-    return dict(model_flags, num_classes=max(1, model_flags["num_classes"]))
 
 
 def main(argv=None):

@@ -1,22 +1,7 @@
 """What a training run writes for people: log.txt, progress.csv and its loss statistics,
-TensorBoard events, a tqdm bar, and held-out previews.
-
-Only rank 0 writes; on other ranks every RunLogger method is a no-op (their warnings still reach
-stderr).
-
-Previews (`--sample_interval N --val_data_dir DIR`, `Preview`): every N steps rank 0 takes the
-EMA weights (the first `--ema_rate`) and, on the same fixed held-out clips each time (the first
-files of DIR, sorted):
-
-- samples *prediction* (frames 0 and 1 given) and *infilling* (first and last frame given)
-  with a fast sampler (DDIM, `PREVIEW_RESPACING` steps, eta 1, fixed seed), and scores the
-  generated frames by PSNR against the truth, beside the copy-last-given baseline;
-- computes the held-out denoising loss: the training loss with fixed timesteps, noise and
-  random masks, so successive values differ only by the weights.
-
-It writes `preview/step_NNNNNN.gif` (per task: a row of truth, a row of samples; given frames
-outlined), one row per preview in `preview/preview.csv`, and the same scalars and a frame strip
-per task to TensorBoard when it is installed (`pip install -e .[tb]`).
+TensorBoard events, a tqdm bar, and held-out previews (`Preview`: `--sample_interval N
+--val_data_dir DIR`, described in docs/DEMO.md). Only rank 0 writes; on other ranks every
+RunLogger method is a no-op (their warnings still reach stderr).
 """
 import copy
 import csv
@@ -53,8 +38,8 @@ PREVIEW_COLUMNS = ("step", "val_loss", "psnr_prediction", "psnr_prediction_copy_
 
 class RunLogger:
     """`with RunLogger(logdir, enabled=rank == 0) as log:` log.txt (every line also printed, every
-    Python warning too), progress.csv, TensorBoard (from `start_at`) and the progress bar of one
-    run."""
+    Python warning too), and from `start_at` on progress.csv, TensorBoard and the progress bar of
+    one run."""
 
     def __init__(self, logdir, enabled=True):
         self.logdir = Path(logdir)
@@ -86,12 +71,16 @@ class RunLogger:
     def _showwarning(self, message, category, filename, lineno, file=None, line=None):
         self.warn(f"{message}")
 
-    # ------------------------------------------------------------------ progress.csv, TensorBoard
-    def start_at(self, step):
+    # ------------------------------------------------------------------ progress
+    def start_at(self, step, last_step):
         """Forget what was logged after `step`, where this run starts (a resumed run logs those
-        steps again): rows of progress.csv and preview.csv, and TensorBoard's events."""
+        steps again): rows of progress.csv and preview.csv, and TensorBoard's events. Shows a
+        progress bar with ETA when the run has a `last_step`."""
         if not self.enabled:
             return
+        if last_step is not None:
+            self.bar = tqdm(total=last_step, initial=step, unit="step", dynamic_ncols=True,
+                            disable=None, file=sys.stderr)
         _keep_rows_up_to(self.progress_path, PROGRESS_COLUMNS, step)
         _keep_rows_up_to(self.logdir / PREVIEW_CSV, PREVIEW_COLUMNS, step)
         try:
@@ -114,13 +103,6 @@ class RunLogger:
         summary = " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if v is not None)
         self.info(summary)
 
-    # ------------------------------------------------------------------ tqdm
-    def start_bar(self, start_step, last_step):
-        """A progress bar with ETA when the run has a known last step."""
-        if self.enabled and last_step is not None:
-            self.bar = tqdm(total=last_step, initial=start_step, unit="step", dynamic_ncols=True, disable=None,
-                            file=sys.stderr)
-
     def advance(self):
         if self.bar is not None:
             self.bar.update(1)
@@ -130,17 +112,13 @@ class RunLogger:
 
     def __exit__(self, kind, error, traceback):
         """An error that ends the run is the log's last line; then the files are closed."""
+        if not self.enabled:
+            return
         if isinstance(error, Exception):
             text = str(error).strip()
             self.info(f"ERROR: {text.splitlines()[0] if text else type(error).__name__}")
-        self.close()
-
-    def close(self):
-        if not self.enabled:
-            return
         if self.bar is not None:
             self.bar.close()
-            self.bar = None
         if self.tb is not None:
             self.tb.close()
         warnings.showwarning = self._previous_showwarning
@@ -194,8 +172,7 @@ class LossStats:
     def __init__(self, num_timesteps, device):
         self.num_timesteps = num_timesteps
         self.device = device
-        self.present = set()
-        self.skipped = 0
+        self.present = set()  # the LOSS_TERMS this diffusion reports
         self.reset()
 
     def reset(self):
@@ -243,7 +220,9 @@ def preview_tasks(seq_len):
 
 
 class Preview:
-    """Build once on rank 0 before training; call `run(step, ema)` every --sample_interval."""
+    """Previews of the EMA weights of the first --ema_rate on the same held-out clips (the first
+    files of --val_data_dir, sorted) with fixed draws, so successive values differ only by the
+    weights. Build once on rank 0 before training; call `run(step, ema)` every --sample_interval."""
 
     def __init__(self, cfg, model_flags, model, logdir, log, class_names=()):
         self.cfg, self.log = cfg, log
@@ -272,10 +251,9 @@ class Preview:
                                                   "timestep_respacing": PREVIEW_RESPACING})
         self.ema_model = copy.deepcopy(model).eval()  # holds the EMA weights while previewing
         self.ema_rate = cfg.ema_rate[0]
-        self.tb = log.tb
         log.info(f"preview every {cfg.sample_interval} steps: {count} clips of "
                  f"{cfg.val_data_dir}, {PREVIEW_RESPACING} (eta 1), EMA {self.ema_rate} -> "
-                 f"{self.out_dir}" + ("" if self.tb is not None else
+                 f"{self.out_dir}" + ("" if log.tb is not None else
                                       "; TensorBoard is off (pip install -e .[tb] turns it on)"))
 
     @torch.no_grad()
@@ -328,17 +306,14 @@ class Preview:
         save_video_grid(self.out_dir / f"step_{step:06d}.gif", np.concatenate(videos),
                         obs_mask=np.concatenate(masks), columns=len(self.truth))
         row["seconds"] = time.time() - start
-        self._write(row, strips)
-        return time.time() - start
-
-    def _write(self, row, strips):
         _append_row(self.csv_path, PREVIEW_COLUMNS, row)
-        if self.tb is not None:
+        if self.log.tb is not None:
             for key, value in row.items():
                 if key != "step":
-                    self.tb.add_scalar(f"preview/{key}", value, row["step"])
+                    self.log.tb.add_scalar(f"preview/{key}", value, step)
             for task, image in strips.items():
-                self.tb.add_image(f"preview/{task}", image, row["step"], dataformats="HWC")
-            self.tb.flush()
+                self.log.tb.add_image(f"preview/{task}", image, step, dataformats="HWC")
+            self.log.tb.flush()
         scores = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step")
-        self.log.info(f"preview step {row['step']}: {scores}")
+        self.log.info(f"preview step {step}: {scores}")
+        return time.time() - start

@@ -128,15 +128,13 @@ class EMA:
 
 def lr_at(cfg, step):
     """The learning rate for the update that follows `step` completed steps."""
-    if cfg.anneal_type == "none":
-        return cfg.lr
     if cfg.anneal_type == "linear":
         return cfg.lr * max(0.0, 1.0 - step / cfg.lr_anneal_steps)
     if cfg.anneal_type == "step":
         return cfg.lr * cfg.drop ** (step // cfg.steps_drop)
     if cfg.anneal_type == "time_based":
         return cfg.lr / (1.0 + cfg.decay * step)
-    raise ValueError(f"anneal_type={cfg.anneal_type!r} is not one of: {', '.join(ANNEAL_TYPES)}")
+    return cfg.lr  # "none" (--anneal_type accepts only ANNEAL_TYPES)
 
 
 def last_step(cfg):
@@ -247,7 +245,6 @@ def train(cfg, model_flags, info, start, log, stop):
     # (restored) model weights.
     ema = EMA(model, cfg.ema_rate if info.is_main else (), ckpt.emas if ckpt else None)
     start.ckpt = ckpt = None  # frees the loaded tensors (the caller still holds `start`)
-    log.start_at(step)
 
     # ------------------------------------------------------------------ the model as called
     ddp_model = model
@@ -272,6 +269,7 @@ def train(cfg, model_flags, info, start, log, stop):
 
     # ------------------------------------------------------------------ the loop's state
     end = last_step(cfg)
+    log.start_at(step, end)
     if end is not None and step >= end:
         log.info(f"step {step} is already >= the last step {end}: nothing to train")
     stats = LossStats(diffusion.num_timesteps, device)
@@ -280,7 +278,6 @@ def train(cfg, model_flags, info, start, log, stop):
         if cfg.sample_interval and info.is_main else None
     saved_step, bad_in_a_row, stop_now = step, 0, False
     interval_start, interval_steps = time.time(), 0
-    log.start_bar(step, end)
 
     def save():
         pruned = save_training_state(logdir, step, model, ema, opt, scaler, schedule_sampler,

@@ -1,35 +1,21 @@
 """The log dir of a run: which folder, the lock that makes this run its one writer, where the run
-starts, and what its checkpoints hold.
+starts, and what its checkpoints hold. docs/TRAINING.md ("Resuming") states the rules.
 
-The folder is --log_dir, else $OPENAI_LOGDIR; one process on a workstation may name neither
-(runs/<date-time>-<pid> in the working directory), a job under a launcher or in Slurm must,
-since its requeue or relaunch continues only where its last start wrote.
-
-Rank 0 takes the folder's lock (`ramvid.runlock`: a live holder is refused, a killed one on this
-host taken over with a warning, one from another host only with `--break_lock True`) and decides
-where the run starts before anything in the folder is truncated or deleted, so a refused start
-(exit code 2) leaves every file as it was. `--resume_checkpoint auto` (or empty) continues from
-the newest complete checkpoint set of the log dir (one that cannot be read ends the start with
-exit code 1, every file as it was), `path/modelNNNNNN.pt` from that one. Checkpoints in the log
-dir that this run does not continue from (another run's, or steps after the one resumed from)
-are refused unless `--overwrite True` deletes them; model or diffusion flags that differ from
-the resumed run's args.json are refused naming each flag. args.json keeps the first start's
-flags; each resume appends its step and the flags it changed to the list under "restarts".
-
-A checkpoint holds, besides model, EMA and optimiser, each rank's RNG states and data-loader
-position (gathered to rank 0), the GradScaler and the schedule sampler's loss history.
+Rank 0 takes the folder's lock (`ramvid.runlock`) and decides where the run starts before
+anything in the folder is truncated or deleted, so a refused start (exit code 2) or an unreadable
+checkpoint (exit code 1) leaves every file as it was.
 """
 import json
 import os
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import dist
-from ..checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_files,
-                          delete_checkpoint_files, is_complete, load_latest_checkpoint,
+from ..checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_files, complete_steps,
+                          delete_checkpoint_files, load_latest_checkpoint,
                           load_training_checkpoint, remove_stale_temp_files, rng_state,
                           save_checkpoint, set_files, set_rng_state, sets_to_prune,
                           step_from_model_path)
@@ -60,9 +46,8 @@ def run_folder(cfg, model_flags, info):
     ready to start in (a `Start`).
 
     Rank 0 creates the folder, takes its lock, decides where to start and makes the folder ready;
-    a refusal raises the same UsageError on every rank. From then on an error on one rank ends
-    the whole job (`dist.abort_on_failure`), and the lock is given back however the block ends,
-    before such an abort."""
+    a refusal raises the same UsageError on every rank. The lock is given back however the block
+    ends, before `dist.process_group` ends a job that failed on one rank."""
     logdir = cfg.log_dir or os.environ.get("OPENAI_LOGDIR")
     source = "--log_dir" if cfg.log_dir else "$OPENAI_LOGDIR"
     if not logdir:  # one process on a workstation (command.py refuses this under a launcher)
@@ -70,9 +55,10 @@ def run_folder(cfg, model_flags, info):
         source = "default"
     logdir = Path(logdir)
     lock = FolderLock(logdir, what="training run", break_lock=cfg.break_lock)
-    loaded = {}
+    ckpt = None
 
     def take():
+        nonlocal ckpt
         try:
             logdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -81,12 +67,8 @@ def run_folder(cfg, model_flags, info):
         with warnings.catch_warnings(record=True) as caught:  # a stale lock taken over
             warnings.simplefilter("always")
             lock.acquire()
-        try:
-            start = plan_start(cfg, model_flags, logdir)
-            delete_checkpoint_files(start.foreign)  # what --overwrite True allows
-        except BaseException:
-            lock.release()
-            raise
+        start = plan_start(cfg, model_flags, logdir)
+        delete_checkpoint_files(start.foreign)  # what --overwrite True allows
         if start.foreign:
             start.messages.append(f"--overwrite True: deleted {_describe(start.foreign)} from "
                                   f"{logdir}")
@@ -94,29 +76,27 @@ def run_folder(cfg, model_flags, info):
             start.messages.append(f"removed {tmp}, left by a run killed while writing a "
                                   f"checkpoint")
         start.messages[:0] = [f"WARNING: {w.message}" for w in caught]
-        loaded["ckpt"] = start.ckpt
-        return replace(start, ckpt=None)  # what the other ranks receive
+        ckpt, start.ckpt = start.ckpt, None  # stays on rank 0: the others receive the rest
+        return start
 
-    start = dist.run_on_main(take)
-    start.ckpt = loaded.get("ckpt")
-    if start.step and not info.is_main:
-        # Ranks > 0 receive rank 0's weights from DDP and keep no EMA (only rank 0 saves):
-        # the optimiser state and their own RNG/data position are all they read.
-        start.ckpt = load_training_checkpoint(
-            start.folder, start.step, (), require_all=cfg.resume_checkpoint in ("", "auto"),
-            model=False)
-    with dist.abort_on_failure():
-        try:
-            dist.barrier(long_wait=True)  # rank 0 may wait here for the others' reads
-            yield start
-        finally:
-            lock.release()  # held on rank 0 only
+    try:
+        start = dist.run_on_main(take)
+        start.ckpt = ckpt
+        if start.step and not info.is_main:
+            # Ranks > 0 receive rank 0's weights from DDP and keep no EMA (only rank 0 saves):
+            # the optimiser state and their own RNG/data position are all they read.
+            start.ckpt = load_training_checkpoint(
+                start.folder, start.step, (), require_all=cfg.resume_checkpoint in ("", "auto"),
+                model=False)
+        dist.barrier(long_wait=True)  # rank 0 may wait here for the others' reads
+        yield start
+    finally:
+        lock.release()  # held on rank 0 only
 
 
 def plan_start(cfg, model_flags, logdir):
     """A Start holding the checkpoint (or None). Reads, never writes."""
-    logdir = Path(logdir)
-    plan = Start(logdir)
+    plan = Start(Path(logdir))
     if cfg.resume_checkpoint not in ("", "auto"):
         path = Path(cfg.resume_checkpoint)
         plan.folder, plan.step = path.parent, step_from_model_path(path)
@@ -126,7 +106,7 @@ def plan_start(cfg, model_flags, logdir):
     else:
         plan.ckpt = load_latest_checkpoint(logdir, cfg.ema_rate)
         if plan.ckpt is not None:
-            plan.folder, plan.step = logdir, plan.ckpt.step
+            plan.folder, plan.step = plan.logdir, plan.ckpt.step
             listed = ", ".join(p.name for p in set_files(logdir, plan.step, cfg.ema_rate))
             plan.messages.append(f"resuming from step {plan.step}: {listed}")
         else:
@@ -134,21 +114,17 @@ def plan_start(cfg, model_flags, logdir):
 
     if plan.folder is not None:
         plan.messages += _check_flags_against_args_json(cfg, model_flags, plan)
-    same_folder = plan.folder is not None and Path(plan.folder).resolve() == logdir.resolve()
-    leftovers = []  # files of this run's interrupted saves: overwritten when saved again
+    same_folder = plan.folder is not None and plan.folder.resolve() == plan.logdir.resolve()
     files = checkpoint_files(logdir)
-    # A fresh start over checkpoint files, none of them a complete set (else it would have been
-    # loaded), is this run's own interrupted first saves when args.json matches.
-    own_first_saves = plan.folder is None and bool(files) and _same_run(logdir, cfg, model_flags)
+    # Incomplete sets are this run's interrupted saves (overwritten when saved again) after the
+    # step it continues, or, on a fresh start, its interrupted first saves when args.json matches.
+    own = same_folder or (plan.folder is None and files and _same_run(logdir, cfg, model_flags))
+    complete = complete_steps(logdir, cfg.ema_rate)
+    leftovers = []
     for step, paths in files.items():
         if same_folder and step <= plan.step:
             continue  # the history of the run being continued
-        if same_folder and not is_complete(logdir, step, cfg.ema_rate):
-            leftovers += paths  # an interrupted save
-        elif own_first_saves:
-            leftovers += paths  # killed during its first saves
-        else:
-            plan.foreign += paths
+        (leftovers if own and step not in complete else plan.foreign).extend(paths)
     if leftovers:
         plan.messages.append(f"ignoring {_describe(leftovers)} after step {plan.step}: not a "
                              f"complete set (left by an interrupted save)")
@@ -303,11 +279,10 @@ def restore_training_state(ckpt, model, opt, scaler, schedule_sampler, data, inf
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{ckpt.folder}: optimizer state of step {ckpt.step} does not fit "
                               f"this model: {e}") from None
-    if ckpt.opt.get("scaler") and scaler.is_enabled():
+    if ckpt.opt.get("scaler"):  # empty when saved without --use_fp16; ignored when disabled
         scaler.load_state_dict(ckpt.opt["scaler"])
     if ckpt.opt.get("schedule_sampler") and hasattr(schedule_sampler, "load_state_dict"):
-        history = ckpt.opt["schedule_sampler"]
-        schedule_sampler.load_state_dict({k: v.cpu() for k, v in history.items()})
+        schedule_sampler.load_state_dict(ckpt.opt["schedule_sampler"])
     ranks = ckpt.opt.get("ranks", [])
     if len(ranks) == info.world_size:
         set_rng_state(ranks[info.rank]["rng"])
