@@ -25,7 +25,7 @@ from ..errors import UsageError
 from ..flags import Flag, at_least, parse, unit_interval, user_errors, write_json
 from ..metrics.frame_metrics import copy_last_given, frame_metrics, linear_interpolation, mean_frame
 from ..metrics.i3d import sha256_of
-from ..sample.files import read_npz
+from ..sample.files import GT_PREFIX, read_npz
 from ..video_io import save_video_grid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -270,10 +270,10 @@ def sample_files(task_dir):
     """(samples npz, ground-truth npz or None) that video_sample.py wrote under task_dir (in
     task_dir itself or in the one run folder it made there)."""
     found = sorted(Path(task_dir).rglob("*.npz"))
-    samples = [p for p in found if not p.name.startswith("gt_")]
-    truth = [p for p in found if p.name.startswith("gt_")]
+    samples = [p for p in found if not p.name.startswith(GT_PREFIX)]
+    truth = [p for p in found if p.name.startswith(GT_PREFIX)]
     if len(samples) != 1 or len(truth) > 1:
-        raise UsageError(f"expected one samples .npz (and at most one gt_*.npz) under "
+        raise UsageError(f"expected one samples .npz (and at most one {GT_PREFIX}*.npz) under "
                          f"{task_dir}, found {len(samples)} and {len(truth)}")
     return samples[0], (truth[0] if truth else None)
 
