@@ -172,12 +172,8 @@ def choose_device(local_rank, device=None):
     return device
 
 
-def _host_address(single_node):
-    """An address of this host that the other nodes can reach ($MASTER_ADDR wins if set)."""
-    if os.environ.get("MASTER_ADDR"):
-        return os.environ["MASTER_ADDR"]
-    if single_node:
-        return "127.0.0.1"
+def _host_address():
+    """An address of this host that the other nodes can reach."""
     hostname = socket.gethostname()
     try:
         address = socket.gethostbyname(hostname)
@@ -219,7 +215,9 @@ def _mpi_rendezvous(launch):
         with socket.socket() as s:  # a free port, unless MASTER_PORT names one
             s.bind(("", 0))
             port = int(os.environ.get("MASTER_PORT") or s.getsockname()[1])
-        address = (_host_address(single_node=node_size == world_size), port)
+        host = os.environ.get("MASTER_ADDR") or \
+            ("127.0.0.1" if node_size == world_size else _host_address())
+        address = (host, port)
     host, port = comm.bcast(address, root=0)
     return rank, world_size, local_rank, f"tcp://{host}:{port}"
 
