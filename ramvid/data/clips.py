@@ -344,10 +344,8 @@ class VideoLoader:
 def load_data(*, data_dir, batch_size: int, image_size: int, seq_len: int,
               class_cond: bool = False, rgb: bool = True, rank: int = 0, world_size: int = 1,
               seed: int = 0, num_workers: int = 2) -> VideoLoader:
-    """Endless batches of `seq_len`-frame training clips from the videos below `data_dir` (this
-    rank's shard): item k of rank r is a random window of a file, drawn from
-    `numpy.random.default_rng([seed, r, 0, k])` with the files reshuffled each epoch.
-    """
+    """Endless batches of `seq_len`-frame training clips from this rank's share of the videos
+    below `data_dir`, item k a pure function of (seed, rank, k) (`RandomClipDataset`)."""
     for name, value in (("batch_size", batch_size), ("image_size", image_size),
                         ("seq_len", seq_len), ("world_size", world_size)):
         if not isinstance(value, numbers.Integral) or value < 1:
