@@ -1,38 +1,23 @@
 """Distributed set-up for one process per device, launched by `srun`, `mpirun`, `torchrun` or
-plain python.
+plain python (docs/TRAINING.md#launching names the variables read and the rendezvous address):
 
     with process_group() as info:  # DistInfo(rank, world_size, local_rank, device, launcher)
         main(info)  # an exception in any rank ends the whole job, never a hang
 
-Who started this process is read from the launcher's environment variables (`detect_launch`):
+torchrun's variables win over MPI or Slurm ones inherited from an enclosing `srun`/`mpirun`. The
+tasks of a Slurm step derive one rendezvous address from Slurm's variables, without MPI; under
+mpirun rank 0 sends its address over MPI, and an mpirun of another MPI than mpi4py's (N processes,
+each an MPI singleton) is a one-line error naming the fix instead of N one-process jobs writing
+into one folder. Without a launcher there is no process group and mpi4py is never imported.
 
-- torchrun (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`; env:// rendezvous). Its variables win over MPI
-  or Slurm variables inherited from an enclosing `srun`/`mpirun`, as in `srun torchrun ...`.
-- Slurm `srun` (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID` in a job step): the rendezvous
-  host is the first host of the step's node list, the port is derived from `SLURM_JOB_ID` and
-  `SLURM_STEP_ID`, so every task computes the same address without talking to the others, and
-  two steps of one job (a sweep; training beside evaluation) never share it. No MPI is needed. A
-  PMI rank that `srun --mpi=pmi2/pmix` sets is the same launch when it agrees with `SLURM_PROCID`.
-- MPI `mpirun` (MPICH/Hydra, Intel MPI, Open MPI, MVAPICH2, PMIx variables): rank and world size
-  come from mpi4py, the local rank from the ranks that share a node, and rank 0 broadcasts its
-  address and a free port over MPI. When the launcher's variables say N > 1 processes but MPI
-  comes up as a singleton (an mpirun of another MPI than the one mpi4py is built on), start-up
-  fails with one line that names the fix, instead of N copies of a one-process job writing into
-  one folder.
-- otherwise one process without a process group; mpi4py is never imported.
-
-$MASTER_ADDR / $MASTER_PORT override the rendezvous address for Slurm and MPI when set. Each rank
-uses `cuda:(local_rank % device_count)`: with one visible GPU per rank (`CUDA_VISIBLE_DEVICES`
-set per task, `srun --gpus-per-task=1`) every rank gets `cuda:0`.
-
-An error on one rank ends every rank of the job within seconds (`abort_on_failure`, which
-`process_group` puts around its block): the failing rank sets a key in the rendezvous store that a
-watchdog thread on every rank waits for. Every collective also has a timeout (`timeout_s`, default
-10 minutes), for a rank that dies without a word or stalls. Work that only rank 0 does (reading
-or writing a multi-GB checkpoint on a network file system) is wrapped in `run_on_main`, where the
-other ranks wait on a separate CPU group with a much longer bound (`MAIN_WORK_TIMEOUT_S`).
+An error on one rank ends every rank within seconds (`abort_on_failure`, which `process_group`
+puts around its block): the failing rank sets a key in the rendezvous store that a watchdog
+thread on every rank waits for. Every collective also has a timeout (`timeout_s`), for a rank
+that dies without a word or stalls; while rank 0 alone reads or writes a multi-GB checkpoint on a
+network file system (`run_on_main`) the others wait up to `MAIN_WORK_TIMEOUT_S`.
 """
 import datetime
+import itertools
 import os
 import pickle
 import re
@@ -67,10 +52,8 @@ ABORT_GRACE_S = 10
 # Rank and size variables that MPI launchers (MPICH/Hydra, Intel MPI, Open MPI, MVAPICH2, PMIx) set.
 MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
 MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
-MPI_OTHER_VARS = ("MPI_LOCALRANKID",)
 MPI_REBUILD = "MPICC=$(which mpicc) pip install --no-binary mpi4py --force-reinstall mpi4py"
 
-_launcher = "none"  # how this process was started: none | mpi | torchrun | slurm
 _main_work_group = None  # CPU (gloo) group with MAIN_WORK_TIMEOUT_S, for `run_on_main`
 _store = None  # the rendezvous store (a TCPStore)
 _watchdog = None  # this rank's `_watch` thread
@@ -107,12 +90,6 @@ def _int(environ, name, default=None):
     return int(value) if value.strip().lstrip("-").isdigit() else default
 
 
-def _in_slurm_step(environ):
-    # SLURM_PROCID alone is also set in the batch script itself; a step launched by srun also
-    # has a step id.
-    return "SLURM_PROCID" in environ and ("SLURM_STEP_ID" in environ or "SLURM_STEPID" in environ)
-
-
 def detect_launch(environ=None):
     """The launcher and this process's rank, world size and local rank, from the environment."""
     env = os.environ if environ is None else environ
@@ -121,7 +98,8 @@ def detect_launch(environ=None):
                       _int(env, "LOCAL_RANK", 0))
     mpi_ranks = {v: _int(env, v) for v in MPI_RANK_VARS if v in env}
     mpi_sizes = {v: _int(env, v) for v in MPI_SIZE_VARS if v in env}
-    if _in_slurm_step(env):
+    # SLURM_PROCID alone is also set in the batch script; a step that srun launched has a step id.
+    if "SLURM_PROCID" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
         rank = _int(env, "SLURM_PROCID", 0)
         world_size = _int(env, "SLURM_STEP_NUM_TASKS", _int(env, "SLURM_NTASKS", 1))
         # srun --mpi=pmi2/pmix also sets PMI variables; they describe the same tasks. Different
@@ -129,7 +107,7 @@ def detect_launch(environ=None):
         if all(r == rank for r in mpi_ranks.values()) and \
                 all(s == world_size for s in mpi_sizes.values()):
             return Launch("slurm", rank, world_size, _int(env, "SLURM_LOCALID", 0))
-    if mpi_ranks or any(v in env for v in MPI_OTHER_VARS):
+    if mpi_ranks or "MPI_LOCALRANKID" in env:
         size_var, world_size = next(((v, s) for v, s in mpi_sizes.items() if s), ("", 1))
         rank = next((r for r in mpi_ranks.values() if r is not None), 0)
         return Launch("mpi", rank, world_size, 0, size_var)
@@ -146,32 +124,21 @@ def env_rank():
 def expand_nodelist(nodelist):
     """Slurm's compressed host list -> host names: "gpu[01-03,07],cpu1" -> gpu01 gpu02 gpu03
     gpu07 cpu1 (zero padding kept; several bracket groups in one name are expanded in order)."""
-    hosts, name, depth = [], "", 0
-    for char in nodelist + ",":  # split at the commas outside brackets
-        depth += (char == "[") - (char == "]")
-        if char == "," and depth == 0:
-            if name:
-                hosts.extend(_expand_host(name))
-            name = ""
-        else:
-            name += char
+    hosts = []
+    for name in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", nodelist):  # split at commas outside [...]
+        # "r[1-2]-n[3]" -> "r", "1-2", "-n", "3", "": text and bracket contents take turns
+        parts = re.split(r"\[([^\]]*)\]", name)
+        choices = [_bracket_values(part) if i % 2 else [part] for i, part in enumerate(parts)]
+        hosts += ["".join(choice) for choice in itertools.product(*choices)]
     return hosts
 
 
-def _expand_host(pattern):
-    match = re.search(r"\[([^\]]*)\]", pattern)
-    if match is None:
-        return [pattern]
-    head, tail = pattern[:match.start()], pattern[match.end():]
-    names = []
-    for part in match.group(1).split(","):
+def _bracket_values(text):
+    values = []  # "01-03,7" -> 01 02 03 7
+    for part in text.split(","):
         lo, _, hi = part.partition("-")
-        if hi:
-            width = len(lo)
-            names += [f"{head}{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
-        else:
-            names.append(f"{head}{lo}")
-    return [host for name in names for host in _expand_host(name + tail)]
+        values += [f"{i:0{len(lo)}d}" for i in range(int(lo), int(hi) + 1)] if hi else [lo]
+    return values
 
 
 def slurm_rendezvous(environ=None):
@@ -205,18 +172,8 @@ def choose_device(local_rank, device=None):
     return device
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-def _host_address(single_node):
-    """An address of this host that the other nodes can reach ($MASTER_ADDR wins if set)."""
-    if os.environ.get("MASTER_ADDR"):
-        return os.environ["MASTER_ADDR"]
-    if single_node:
-        return "127.0.0.1"
+def _host_address():
+    """An address of this host that the other nodes can reach."""
     hostname = socket.gethostname()
     try:
         address = socket.gethostbyname(hostname)
@@ -243,38 +200,33 @@ def _mpi_rendezvous(launch):
     comm = MPI.COMM_WORLD
     rank, world_size = comm.Get_rank(), comm.Get_size()
     if world_size == 1 and launch.world_size > 1:
-        _mpi_mismatch(launch, MPI)
+        library = MPI.Get_library_version().strip().splitlines()[0]
+        raise UsageError(
+            f"the launcher started {launch.world_size} processes ({launch.size_var}="
+            f"{launch.world_size}) but MPI sees only this one: mpirun and mpi4py come from "
+            f"different MPI libraries (mpi4py uses {library}). Launch with the mpirun of that MPI "
+            f"({os.path.join(os.path.dirname(sys.executable), 'mpirun')} for the venv's MPICH), "
+            f"or rebuild mpi4py against the MPI of your mpirun: {MPI_REBUILD}")
     node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
     local_rank, node_size = node_comm.Get_rank(), node_comm.Get_size()
     node_comm.Free()
+    address = None
     if rank == 0:
-        port = int(os.environ.get("MASTER_PORT") or _free_port())
-        address = (_host_address(single_node=node_size == world_size), port)
-    else:
-        address = None
+        with socket.socket() as s:  # a free port, unless MASTER_PORT names one
+            s.bind(("", 0))
+            port = int(os.environ.get("MASTER_PORT") or s.getsockname()[1])
+        host = os.environ.get("MASTER_ADDR") or \
+            ("127.0.0.1" if node_size == world_size else _host_address())
+        address = (host, port)
     host, port = comm.bcast(address, root=0)
     return rank, world_size, local_rank, f"tcp://{host}:{port}"
 
 
-def _mpi_mismatch(launch, MPI):
-    library = MPI.Get_library_version().strip().splitlines()[0]
-    raise UsageError(
-        f"the launcher started {launch.world_size} processes ({launch.size_var}="
-        f"{launch.world_size}) but MPI sees only this one: mpirun and mpi4py come from different "
-        f"MPI libraries (mpi4py uses {library}). Launch with the mpirun of that MPI "
-        f"({os.path.join(os.path.dirname(sys.executable), 'mpirun')} for the venv's MPICH), or "
-        f"rebuild mpi4py against the MPI of your mpirun: {MPI_REBUILD}")
-
-
-def setup_dist(backend=None, timeout_s=DEFAULT_TIMEOUT_S, device=None):
-    """Join the job's process group (if there is more than one process) and pick the device.
-
-    backend: None -> "nccl" on CUDA, "gloo" on CPU. device: None -> see `choose_device`; pass
-    "cpu" to force CPU on a GPU machine.
-    """
-    global _launcher, _main_work_group, _store, _watchdog
+def setup_dist(timeout_s=DEFAULT_TIMEOUT_S):
+    """Join the job's process group (if there is more than one process: NCCL on CUDA, else gloo)
+    and pick the device (`choose_device`)."""
+    global _main_work_group, _store, _watchdog
     launch = detect_launch()
-    _launcher = launch.launcher
     rank, world_size, local_rank = launch.rank, launch.world_size, launch.local_rank
     init_method = None
     if launch.launcher == "mpi":
@@ -285,12 +237,12 @@ def setup_dist(backend=None, timeout_s=DEFAULT_TIMEOUT_S, device=None):
         host, port = slurm_rendezvous()
         init_method = f"tcp://{host}:{port}"
 
-    device = choose_device(local_rank, device)
+    device = choose_device(local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
     if world_size > 1 and not dist.is_initialized():
-        backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = datetime.timedelta(seconds=timeout_s)
         _store, rank, world_size = next(dist.rendezvous(init_method, rank, world_size,
                                                         timeout=timeout))
@@ -304,7 +256,7 @@ def setup_dist(backend=None, timeout_s=DEFAULT_TIMEOUT_S, device=None):
         _watchdog = threading.Thread(target=_watch, args=(rank,), name="ramvid-abort-watchdog",
                                      daemon=True)
         _watchdog.start()
-    return DistInfo(rank, world_size, local_rank, device, _launcher)
+    return DistInfo(rank, world_size, local_rank, device, launch.launcher)
 
 
 @contextmanager
@@ -411,10 +363,8 @@ def abort_job(exit_code=1, message="", user_error=False):
                 time.sleep(1)  # the others read it before this rank (maybe the store's host) exits
             except Exception:  # the store's host has died: the others' collectives fail anyway
                 pass
-            if _launcher == "mpi":
-                from mpi4py import MPI
-
-                MPI.COMM_WORLD.Abort(exit_code)
+            if "mpi4py.MPI" in sys.modules:  # imported by an MPI launch's rendezvous only
+                sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(exit_code)
         os._exit(exit_code)
 
 

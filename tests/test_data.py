@@ -24,7 +24,7 @@ from ramvid.data import (
     probe,
     read_window,
 )
-from ramvid.data.clips import RandomClipDataset, Shard
+from ramvid.data.clips import RandomClipDataset
 from ramvid.data.decode import decode_window, stream_meta
 
 GOP = 4
@@ -195,8 +195,7 @@ def test_header_that_overstates_the_length_is_corrected_never_padded(tmp_path):
     assert probe(path).num_frames >= len(decodable)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        shard = Shard.scan(tmp_path, SEQ_LEN, False, 0, 1)
-        items = RandomClipDataset(shard, IMAGE_SIZE, True, seed=0, rank=0)
+        items = RandomClipDataset(tmp_path, IMAGE_SIZE, SEQ_LEN, seed=0)
         starts = []
         for k in range(12):
             indices = frame_indices(items[k][0])
@@ -347,8 +346,7 @@ def test_training_items_do_not_depend_on_the_number_of_workers(good_dir):
 
 
 def test_each_epoch_visits_every_file_once(good_dir):
-    shard = Shard.scan(good_dir, SEQ_LEN, False, 0, 1)
-    items = RandomClipDataset(shard, 8, True, seed=3, rank=0)
+    items = RandomClipDataset(good_dir, 8, SEQ_LEN, seed=3)
     for epoch in range(2):
         visited = [items._entry_for(epoch * 5 + k).path for k in range(5)]
         assert sorted(visited) == list_videos(good_dir)

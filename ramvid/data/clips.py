@@ -1,7 +1,7 @@
-"""Videos on disk -> clips: which files are videos and of which class, which of them a rank
-reads (`Shard`), how a frame is preprocessed, the two datasets (random training windows,
-deterministic clips for sampling and evaluation) and the endless, resumable training loader.
-Decoding (seeking, frame counts) is ramvid.data.decode's job.
+"""Videos on disk -> clips (docs/DATA_LOADER.md): which files are videos and of which class,
+which of them a rank reads (`_scan`), how a frame is preprocessed, the two datasets (random
+training windows, deterministic clips for sampling and evaluation) and the endless, resumable
+training loader. Decoding (seeking, frame counts) is ramvid.data.decode's job.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from .. import dist
 from ..errors import UsageError
@@ -82,8 +82,9 @@ def class_name_of(path) -> str:
 
 
 # --------------------------------------------------------------------------- frames
-def resize_and_crop(image: Image.Image, image_size: int) -> Image.Image:
-    """Short side -> image_size, then the central image_size x image_size square.
+def preprocess_frame(image: Image.Image, image_size: int, rgb: bool = True) -> np.ndarray:
+    """Short side -> image_size, then the central image_size x image_size square: uint8 (H, W, C)
+    with C = 3 (rgb) or 1 (Pillow "L" grayscale).
 
     Halving with a 2x2 box filter (`Image.reduce(2)`; an odd last row/column is averaged
     alone) while the image is at least twice too large averages every source pixel (no
@@ -92,25 +93,12 @@ def resize_and_crop(image: Image.Image, image_size: int) -> Image.Image:
     while min(image.size) >= 2 * image_size:
         image = image.reduce(2)
     scale = image_size / min(image.size)
-    image = image.resize(
-        (round(image.width * scale), round(image.height * scale)), resample=Image.BICUBIC
-    )
-    left = (image.width - image_size) // 2
-    top = (image.height - image_size) // 2
-    return image.crop((left, top, left + image_size, top + image_size))
-
-
-def preprocess_frame(image: Image.Image, image_size: int, rgb: bool = True) -> np.ndarray:
-    """uint8 (H, W, C) with C = 3 (rgb) or 1 (Pillow "L" grayscale)."""
-    image = resize_and_crop(image, image_size).convert("RGB" if rgb else "L")
-    array = np.asarray(image, dtype=np.uint8)
+    image = image.resize((round(image.width * scale), round(image.height * scale)),
+                         resample=Image.BICUBIC)
+    left, top = (image.width - image_size) // 2, (image.height - image_size) // 2
+    image = image.crop((left, top, left + image_size, top + image_size))
+    array = np.asarray(image.convert("RGB" if rgb else "L"), dtype=np.uint8)
     return array if rgb else array[:, :, None]
-
-
-def frames_to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
-    """uint8 frames [(H, W, C)] * T -> float32 (C, T, H, W) in [-1, 1]."""
-    video = torch.from_numpy(np.stack(frames))  # (T, H, W, C)
-    return video.permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
 
 
 # --------------------------------------------------------------------------- a rank's files
@@ -127,123 +115,105 @@ class VideoEntry:
     dropped: bool = False  # found undecodable after the scan
 
 
+def _reason(error: VideoReadError, path: Path) -> str:
+    return str(error).removeprefix(f"{path}: ")
+
+
 def _meta_or_reason(path: Path):
     try:
         return stream_meta(path)
     except VideoReadError as error:
-        return str(error).removeprefix(f"{path}: ")
+        return _reason(error, path)
 
 
 def _count_files(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file())
 
 
-@dataclass
-class Shard:
-    """The usable videos of one rank, in sorted path order."""
-
-    data_dir: Path
-    entries: list[VideoEntry]
-    class_names: list[str]
-    seq_len: int
-
-    @classmethod
-    def scan(cls, data_dir, seq_len: int, class_cond: bool, rank: int, world_size: int):
-        data_dir = Path(data_dir)
-        videos = list_videos(data_dir)
-        if world_size > 1:
-            _check_ranks_agree(data_dir, videos)
-        if not videos:
-            raise UsageError(
-                f"--data_dir {data_dir}: found {_count_files(data_dir)} files, none of them a "
-                "video (.mp4 .avi .gif .mov .mkv .webm)"
-            )
-        if world_size > len(videos):
-            raise UsageError(
-                f"--data_dir {data_dir}: {len(videos)} video files for {world_size} ranks; "
-                "every rank needs at least one file"
-            )
-        # Classes are numbered over all files before sharding, so every rank agrees.
-        class_names = sorted({class_name_of(p) for p in videos})
-        class_index = {name: i for i, name in enumerate(class_names)}
-        shard = videos[rank::world_size]
-        with ThreadPoolExecutor(max_workers=min(4, len(shard))) as pool:
-            metas = list(pool.map(_meta_or_reason, shard))
-        entries, rejected = [], []
-        for path, meta in zip(shard, metas):
-            if isinstance(meta, str):
-                reason = meta
-            elif meta.num_frames < seq_len:
-                reason = f"{meta.num_frames} frames < --seq_len {seq_len}"
-            else:
-                label = class_index[class_name_of(path)] if class_cond else -1
-                entries.append(VideoEntry(path, meta, label))
-                continue
-            rejected.append(f"{path.relative_to(data_dir)} ({reason})")
-            warn_once(str(path), f"skipping video {path}: {reason}")
-        if not entries:
-            where = f" (rank {rank} of {world_size})" if world_size > 1 else ""
-            listed = ", ".join(rejected[:_LISTED_IN_ERRORS])
-            unlisted = len(rejected) - _LISTED_IN_ERRORS
-            more = f", ... {unlisted} more" if unlisted > 0 else ""
-            raise UsageError(
-                f"--data_dir {data_dir}{where}: no usable video; found {_count_files(data_dir)} "
-                f"files, {len(shard)} videos, 0 of >= {seq_len} frames: {listed}{more}"
-            )
-        return cls(data_dir, entries, class_names, seq_len)
-
-    def usable(self, entry: VideoEntry) -> bool:
-        return not entry.dropped and entry.meta.num_frames >= self.seq_len
-
-    def correct_length(self, entry: VideoEntry, available: int) -> None:
-        """The container over-reported its frames; trust what decoded."""
-        reported = entry.meta.num_frames
-        entry.meta.num_frames = min(reported, available)
-        if self.usable(entry):
-            warn_once(
-                f"{entry.path}#length",
-                f"video {entry.path}: header says {reported} frames, only {available} decode",
-            )
+def _scan(data_dir: Path, seq_len: int, class_cond: bool, rank: int, world_size: int):
+    """(this rank's usable videos as VideoEntry in sorted path order, the class names)."""
+    videos = list_videos(data_dir)
+    if world_size > 1:
+        _check_ranks_agree(data_dir, videos)
+    if not videos:
+        raise UsageError(f"--data_dir {data_dir}: found {_count_files(data_dir)} files, none of "
+                         "them a video (.mp4 .avi .gif .mov .mkv .webm)")
+    if world_size > len(videos):
+        raise UsageError(f"--data_dir {data_dir}: {len(videos)} video files for {world_size} "
+                         "ranks; every rank needs at least one file")
+    # Classes are numbered over all files before sharding, so every rank agrees.
+    class_names = sorted({class_name_of(p) for p in videos})
+    class_index = {name: i for i, name in enumerate(class_names)}
+    shard = videos[rank::world_size]
+    with ThreadPoolExecutor(max_workers=min(4, len(shard))) as pool:
+        metas = list(pool.map(_meta_or_reason, shard))
+    entries, rejected = [], []
+    for path, meta in zip(shard, metas):
+        if isinstance(meta, str):
+            reason = meta
+        elif meta.num_frames < seq_len:
+            reason = f"{meta.num_frames} frames < --seq_len {seq_len}"
         else:
-            warn_once(
-                str(entry.path),
-                f"skipping video {entry.path}: only {available} frames decode "
-                f"< --seq_len {self.seq_len}",
-            )
-
-    def drop(self, entry: VideoEntry, reason: str) -> None:
-        entry.dropped = True
-        warn_once(str(entry.path), f"skipping video {entry.path}: {reason}")
+            label = class_index[class_name_of(path)] if class_cond else -1
+            entries.append(VideoEntry(path, meta, label))
+            continue
+        rejected.append(f"{path.relative_to(data_dir)} ({reason})")
+        warn_once(str(path), f"skipping video {path}: {reason}")
+    if not entries:
+        where = f" (rank {rank} of {world_size})" if world_size > 1 else ""
+        listed = ", ".join(rejected[:_LISTED_IN_ERRORS])
+        unlisted = len(rejected) - _LISTED_IN_ERRORS
+        more = f", ... {unlisted} more" if unlisted > 0 else ""
+        raise UsageError(
+            f"--data_dir {data_dir}{where}: no usable video; found {_count_files(data_dir)} "
+            f"files, {len(shard)} videos, 0 of >= {seq_len} frames: {listed}{more}")
+    return entries, class_names
 
 
 # --------------------------------------------------------------------------- datasets
 class ShardClips(Dataset):
-    """Preprocessed clips of a shard's videos, correcting lengths that turn out wrong."""
+    """Preprocessed clips of rank `rank`'s usable videos (files rank, rank + world_size, ... of
+    the sorted list), correcting lengths that turn out wrong."""
 
-    def __init__(self, shard: Shard, image_size: int, rgb: bool):
-        self.shard = shard
-        self.image_size = image_size
-        self.rgb = rgb
-        self.class_names = shard.class_names
+    def __init__(self, data_dir, image_size: int, seq_len: int, *, class_cond: bool = False,
+                 rgb: bool = True, rank: int = 0, world_size: int = 1):
+        self.data_dir, self.seq_len = Path(data_dir), seq_len
+        self.image_size, self.rgb, self.class_cond = image_size, rgb, class_cond
+        self.rank, self.world_size = rank, world_size
+        self.entries, self.class_names = _scan(self.data_dir, seq_len, class_cond, rank,
+                                               world_size)
         self.num_classes = len(self.class_names)
 
     @property
     def paths(self) -> list[Path]:
-        return [entry.path for entry in self.shard.entries]
+        return [entry.path for entry in self.entries]
+
+    def usable(self, entry: VideoEntry) -> bool:
+        return not entry.dropped and entry.meta.num_frames >= self.seq_len
 
     def _frame(self, frame) -> np.ndarray:
         return preprocess_frame(Image.fromarray(to_rgb(frame)), self.image_size, self.rgb)
 
     def read_or_repair(self, entry: VideoEntry, start: int) -> torch.Tensor | None:
-        """(C, T, H, W) float32 in [-1, 1], or None after correcting the file's length or
-        dropping it (then retry)."""
+        """(C, T, H, W) float32 in [-1, 1], or None after correcting the file's length (the
+        container over-reported its frames: trust what decoded) or dropping it; then retry."""
+        path = entry.path
         try:
-            frames = decode_window(entry.path, entry.meta, start, self.shard.seq_len, self._frame)
-            return frames_to_tensor(frames)
+            frames = decode_window(path, entry.meta, start, self.seq_len, self._frame)
+            video = torch.from_numpy(np.stack(frames))  # (T, H, W, C) uint8
+            return video.permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
         except ShortVideoError as error:
-            self.shard.correct_length(entry, error.available)
+            reported, available = entry.meta.num_frames, error.available
+            entry.meta.num_frames = min(reported, available)
+            if self.usable(entry):
+                warn_once(f"{path}#length",
+                          f"video {path}: header says {reported} frames, only {available} decode")
+            else:
+                warn_once(str(path), f"skipping video {path}: only {available} frames decode "
+                                     f"< --seq_len {self.seq_len}")
         except VideoReadError as error:
-            self.shard.drop(entry, str(error).removeprefix(f"{entry.path}: "))
+            entry.dropped = True
+            warn_once(str(path), f"skipping video {path}: {_reason(error, path)}")
         return None
 
 
@@ -255,34 +225,32 @@ class RandomClipDataset(ShardClips):
     depend on the number of DataLoader workers, and resuming at item k replays the same data.
     """
 
-    def __init__(self, shard: Shard, image_size: int, rgb: bool, seed: int, rank: int):
-        super().__init__(shard, image_size, rgb)
-        self.seed, self.rank = seed, rank
+    def __init__(self, data_dir, image_size: int, seq_len: int, *, seed: int = 0, **shard):
+        super().__init__(data_dir, image_size, seq_len, **shard)
+        self.seed = seed
         self._epoch_order: tuple[int, np.ndarray] | None = None
 
     def _order(self, epoch: int) -> np.ndarray:
         if self._epoch_order is None or self._epoch_order[0] != epoch:
             rng = np.random.default_rng([self.seed, self.rank, _EPOCH_STREAM, epoch])
-            self._epoch_order = (epoch, rng.permutation(len(self.shard.entries)))
+            self._epoch_order = (epoch, rng.permutation(len(self.entries)))
         return self._epoch_order[1]
 
     def _entry_for(self, item: int) -> VideoEntry:
-        entries = self.shard.entries
-        epoch, position = divmod(item, len(entries))
+        epoch, position = divmod(item, len(self.entries))
         order = self._order(epoch)
         # A file found unusable after the scan passes its turn to the next one in the order.
-        for step in range(len(entries)):
-            entry = entries[order[(position + step) % len(entries)]]
-            if self.shard.usable(entry):
+        for step in range(len(self.entries)):
+            entry = self.entries[order[(position + step) % len(self.entries)]]
+            if self.usable(entry):
                 return entry
-        raise UsageError(f"--data_dir {self.shard.data_dir}: no usable video left")
+        raise UsageError(f"--data_dir {self.data_dir}: no usable video left")
 
     def __getitem__(self, item: int):
         while True:  # every retry follows a length correction or a drop, so this ends
             entry = self._entry_for(item)
             rng = np.random.default_rng([self.seed, self.rank, _ITEM_STREAM, item])
-            last_start = entry.meta.num_frames - self.shard.seq_len
-            start = int(rng.integers(0, last_start + 1))
+            start = int(rng.integers(0, entry.meta.num_frames - self.seq_len + 1))
             clip = self.read_or_repair(entry, start)
             if clip is not None:
                 return clip, entry.label
@@ -295,54 +263,31 @@ class VideoClipDataset(ShardClips):
     `__getitem__(i)` -> (video (C, T, H, W) float32 in [-1, 1], class index or -1).
     """
 
-    def __init__(
-        self,
-        data_dir,
-        image_size: int,
-        seq_len: int,
-        *,
-        class_cond: bool = False,
-        rgb: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-        start: int = 0,
-    ):
+    def __init__(self, data_dir, image_size: int, seq_len: int, *, start: int = 0, **shard):
         if start < 0:
             raise UsageError(f"start frame must be >= 0, got {start}")
-        super().__init__(Shard.scan(data_dir, seq_len, class_cond, rank, world_size), image_size,
-                         rgb)
+        super().__init__(data_dir, image_size, seq_len, **shard)
         self.start = start
 
     def __len__(self) -> int:
-        return len(self.shard.entries)
+        return len(self.entries)
 
     def __getitem__(self, index: int):
-        entry = self.shard.entries[index]
-        while self.shard.usable(entry):
-            start = min(self.start, entry.meta.num_frames - self.shard.seq_len)
-            clip = self.read_or_repair(entry, start)
+        entry = self.entries[index]
+        while self.usable(entry):
+            clip = self.read_or_repair(entry, min(self.start, entry.meta.num_frames - self.seq_len))
             if clip is not None:
                 return clip, entry.label
-        raise UsageError(f"clip {index}: video {entry.path} has no {self.shard.seq_len} frames")
+        raise UsageError(f"clip {index}: video {entry.path} has no {self.seq_len} frames")
 
 
 # --------------------------------------------------------------------------- training batches
-class _CountFrom(Sampler):
-    """Item indices start, start + 1, ... forever."""
-
-    def __init__(self, start: int):
-        self.start = start
-
-    def __iter__(self):
-        return itertools.count(self.start)
-
-
 def _ignore_stop_signals(worker_id):
     # Launchers (mpirun, SLURM, timeout) signal the whole process group: a worker must not die
-    # of the SIGTERM/SIGINT/SIGUSR1 that asks the main process to finish its step and checkpoint.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # Slurm's --signal=USR1@seconds
+    # of the SIGTERM/SIGINT/SIGUSR1 (Slurm's --signal=USR1@seconds) that asks the main process
+    # to finish its step and checkpoint.
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(stop, signal.SIG_IGN)
 
 
 class VideoLoader:
@@ -354,88 +299,65 @@ class VideoLoader:
     exactly the next items.
     """
 
-    def __init__(self, dataset, *, batch_size, class_cond, num_workers, seed, rank, world_size):
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.class_cond = class_cond
-        self.num_workers = num_workers
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+    def __init__(self, dataset: RandomClipDataset, batch_size: int, num_workers: int):
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self.seed, self.rank, self.world_size = dataset.seed, dataset.rank, dataset.world_size
         self.class_names, self.num_classes = dataset.class_names, dataset.num_classes
         self.paths = dataset.paths  # this rank's usable files
         self._consumed = 0
         self._batches = None
-
-    def _start(self):
-        return iter(
-            DataLoader(
-                self.dataset,
-                batch_sampler=BatchSampler(_CountFrom(self._consumed), self.batch_size,
-                                           drop_last=False),
-                num_workers=self.num_workers,
-                pin_memory=torch.cuda.is_available(),
-                worker_init_fn=_ignore_stop_signals,
-                # Worker base seeds come from this generator, not the global torch RNG, so
-                # starting a loader does not shift the training run's random stream.
-                generator=torch.Generator().manual_seed(self.seed),
-            )
-        )
 
     def __iter__(self):
         return self
 
     def __next__(self):
         if self._batches is None:
-            self._batches = self._start()
+            self._batches = iter(DataLoader(
+                self.dataset,
+                # item indices consumed, consumed + 1, ... forever
+                batch_sampler=BatchSampler(itertools.count(self._consumed), self.batch_size,
+                                           drop_last=False),
+                num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                worker_init_fn=_ignore_stop_signals,
+                # Worker base seeds come from this generator, not the global torch RNG, so
+                # starting a loader does not shift the training run's random stream.
+                generator=torch.Generator().manual_seed(self.seed)))
         video, label = next(self._batches)  # (N, C, T, H, W), (N,)
         self._consumed += video.shape[0]
-        return video, ({"y": label} if self.class_cond else {})
+        return video, ({"y": label} if self.dataset.class_cond else {})
 
     def state_dict(self) -> dict:
-        return {
-            "items_consumed": self._consumed,
-            "seed": self.seed,
-            "rank": self.rank,
-            "world_size": self.world_size,
-        }
+        return {"items_consumed": self._consumed, "seed": self.seed, "rank": self.rank,
+                "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
         changed = [k for k in ("seed", "rank", "world_size") if state.get(k) != mine[k]]
         if changed:
-            warnings.warn(
-                "data loader state saved with different "
-                + ", ".join(f"{k} ({state.get(k)} -> {mine[k]})" for k in changed)
-                + ": the data order will not continue exactly",
-                stacklevel=2,
-            )
+            warnings.warn("data loader state saved with different "
+                          + ", ".join(f"{k} ({state.get(k)} -> {mine[k]})" for k in changed)
+                          + ": the data order will not continue exactly", stacklevel=2)
         self._consumed = int(state["items_consumed"])
         self._batches = None  # restart the workers at the restored position
-
-
-def _check_positive(**values):
-    for name, value in values.items():
-        if not isinstance(value, numbers.Integral) or value < 1:
-            raise UsageError(f"--{name} must be a positive integer, got {value!r}")
 
 
 def load_data(*, data_dir, batch_size: int, image_size: int, seq_len: int,
               class_cond: bool = False, rgb: bool = True, rank: int = 0, world_size: int = 1,
               seed: int = 0, num_workers: int = 2) -> VideoLoader:
-    """Endless batches of `seq_len`-frame training clips from the videos below `data_dir` (this
-    rank's shard): item k of rank r is a random window of a file, drawn from
-    `numpy.random.default_rng([seed, r, 0, k])` with the files reshuffled each epoch.
-    """
-    _check_positive(batch_size=batch_size, image_size=image_size, seq_len=seq_len,
-                    world_size=world_size)
+    """Endless batches of `seq_len`-frame training clips from this rank's share of the videos
+    below `data_dir`, item k a pure function of (seed, rank, k) (`RandomClipDataset`)."""
+    for name, value in (("batch_size", batch_size), ("image_size", image_size),
+                        ("seq_len", seq_len), ("world_size", world_size)):
+        if not isinstance(value, numbers.Integral) or value < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {value!r}")
     if not 0 <= rank < world_size:
         raise UsageError(f"rank {rank} is outside world size {world_size}")
     if not isinstance(num_workers, numbers.Integral) or num_workers < 0:
         raise UsageError(f"--num_workers must be >= 0, got {num_workers!r}")
     if not isinstance(seed, numbers.Integral) or seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {seed!r}")
-    batch_size, image_size, seq_len = int(batch_size), int(image_size), int(seq_len)
-    rank, world_size, num_workers, seed = int(rank), int(world_size), int(num_workers), int(seed)
-    shard = Shard.scan(data_dir, seq_len, class_cond, rank, world_size)
-    dataset = RandomClipDataset(shard, image_size, rgb, seed, rank)
-    return VideoLoader(dataset, batch_size=batch_size, class_cond=class_cond,
-                       num_workers=num_workers, seed=seed, rank=rank, world_size=world_size)
+    # Plain ints: numpy integers pass the checks above, not BatchSampler's.
+    dataset = RandomClipDataset(data_dir, int(image_size), int(seq_len), class_cond=class_cond,
+                                rgb=rgb, rank=int(rank), world_size=int(world_size),
+                                seed=int(seed))
+    return VideoLoader(dataset, int(batch_size), int(num_workers))

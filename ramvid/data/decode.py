@@ -1,12 +1,9 @@
-"""Frame-accurate random access into video files with PyAV (docs/DATA_LOADER.md): a window of
-frames is read by seeking to the keyframe before it and decoding forward until it is complete, so
-the cost depends on the keyframe interval, never on the file's length.
-
-Frame i of a constant-rate stream is shown at `first_pts + i / (fps * time_base)`; a stream whose
-timestamps do not follow that (variable frame rate, gif delays, containers without a trustworthy
-frame count) gets a table of every frame's timestamp, read by demuxing without decoding. Either
-way a decoded frame's index comes from its own timestamp, so a seek that lands early or late is
-noticed. Per-file metadata (`StreamMeta`) is cached per process by path, mtime and size.
+"""Frame-accurate random access into video files with PyAV (docs/DATA_LOADER.md): seek to the
+keyframe before a window, decode forward until it is complete. Frame i of a constant-rate stream
+is shown at `first_pts + i / (fps * time_base)`; a stream whose timestamps do not follow that
+(variable frame rate, gif delays, no trustworthy frame count) gets a table of every frame's
+timestamp, read by demuxing without decoding. A decoded frame's index always comes from its own
+timestamp, so a seek that lands early or late is noticed.
 """
 from __future__ import annotations
 
@@ -68,10 +65,9 @@ class StreamMeta:
 
     def index_of(self, pts: int) -> int:
         if self.pts_table is not None:
-            i = int(np.searchsorted(self.pts_table, pts))
-            if i == len(self.pts_table) or (
-                i > 0 and pts - self.pts_table[i - 1] < self.pts_table[i] - pts
-            ):
+            table = self.pts_table
+            i = int(np.searchsorted(table, pts))  # the nearer of the entries around pts
+            if i == len(table) or (i > 0 and pts - table[i - 1] < table[i] - pts):
                 i -= 1
             return i
         return round((pts - self.first_pts) * self.time_base * self.fps)
@@ -177,22 +173,12 @@ def _probe_uncached(path: Path) -> StreamMeta:
             raise VideoReadError(f"{path}: cannot decode ({error})") from None
         if first is None:
             raise VideoReadError(f"{path}: no decodable frame")
-        meta = StreamMeta(
-            num_frames=stream.frames,
-            fps=Fraction(rate) if rate else Fraction(0),
-            time_base=Fraction(stream.time_base),
-            first_pts=first.pts if first.pts is not None else 0,
-            width=first.width,
-            height=first.height,
-            stream_index=stream.index,
-        )
-        trusted = (
-            path.suffix.lower() in _INDEXED_CONTAINERS
-            and meta.num_frames > 0
-            and meta.fps > 0
-            and first.pts is not None
-            and _tail_matches(container, stream, meta)
-        )
+        meta = StreamMeta(stream.frames, Fraction(rate) if rate else Fraction(0),
+                          Fraction(stream.time_base), first.pts if first.pts is not None else 0,
+                          first.width, first.height, stream.index)
+        trusted = (path.suffix.lower() in _INDEXED_CONTAINERS and meta.num_frames > 0
+                   and meta.fps > 0 and first.pts is not None
+                   and _tail_matches(container, stream, meta))
     if not trusted:
         _count_frames(path, meta)
     return meta
@@ -249,10 +235,8 @@ def _decode_once(path, meta, start, length, convert, seek_to, counter):
         except av.FFmpegError:
             pass  # undecodable data ends the usable part of the file
     available = previous + 1 if previous is not None else min(start, meta.num_frames)
-    raise ShortVideoError(
-        f"{path}: frames [{start}, {start + length}) requested, only {available} decode",
-        available,
-    )
+    raise ShortVideoError(f"{path}: frames [{start}, {start + length}) requested, only "
+                          f"{available} decode", available)
 
 
 def decode_window(path, meta: StreamMeta, start: int, length: int, convert: Callable, counter=None):
@@ -287,11 +271,8 @@ def read_window(path, start: int, length: int) -> np.ndarray:
         raise ValueError(f"read_window: need start >= 0 and length >= 1, got {start}, {length}")
     meta = stream_meta(path)
     if start + length > meta.num_frames:
-        raise ShortVideoError(
-            f"{path}: frames [{start}, {start + length}) requested, the video has "
-            f"{meta.num_frames}",
-            meta.num_frames,
-        )
+        raise ShortVideoError(f"{path}: frames [{start}, {start + length}) requested, the video "
+                              f"has {meta.num_frames}", meta.num_frames)
     try:
         frames = decode_window(path, meta, start, length, to_rgb)
     except ShortVideoError as error:

@@ -1,22 +1,11 @@
 """`ramvid-demo` / `python scripts/demo.py` / `make demo`: watch a RaMViD model predict and infill.
 
-1. draws the synthetic clips (one sprite moving 2 px per frame; train, val and held-out test);
-2. trains the `demo` preset from scratch for --max_steps under `mpirun -n 2` (held-out previews
-   every --sample_interval steps), to show the loss falling;
-3. samples the held-out clips with the shipped checkpoint (the same preset trained longer by
-   the recorded command, `retrain_command` below) and with this run's: prediction (first two
-   frames given), infilling (first and last given), N samples per clip; unconditional videos;
-4. scores prediction and infilling against simple baselines on the same clips, writes
-   metrics.json, a loss plot, comparison gifs and a frame strip, and prints a table.
-See docs/DEMO.md.
-
-Every step runs the project's own command-line scripts in a subprocess, exactly as a user would
-type them. Training and sampling run under `mpirun -n <procs>` with one thread per rank (two
-ranks use two cores better than one process with two threads: small 3D convolutions scale poorly
-across threads). Without mpirun the same scripts run as one plain process.
-
-Scores are ramvid.metrics.frame_metrics' PSNR and SSIM of the generated frames: "one sample" is
-the mean over a clip's N samples, "best of N" its best one, as papers report.
+The four steps (synthetic clips; a short training run from scratch; sampling the held-out clips
+with the shipped checkpoint and with this run's; scores against baselines) and their numbers:
+docs/DEMO.md. Every step runs the project's own command-line scripts in a subprocess, exactly as
+a user would type them; training and sampling under `mpirun -n <procs>` with one thread per rank
+(two ranks use two cores better than one process with two threads: small 3D convolutions scale
+poorly across threads), else as one plain process.
 """
 import json
 import os
@@ -36,7 +25,7 @@ from ..errors import UsageError
 from ..flags import Flag, at_least, parse, unit_interval, user_errors, write_json
 from ..metrics.frame_metrics import copy_last_given, frame_metrics, linear_interpolation, mean_frame
 from ..metrics.i3d import sha256_of
-from ..sample.files import read_npz
+from ..sample.files import GT_PREFIX, read_npz
 from ..video_io import save_video_grid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,12 +160,6 @@ def launch_prefix(procs, mpirun):
     return [mpirun, "-n", str(procs), sys.executable] if mpirun and procs > 1 else [sys.executable]
 
 
-def find_mpirun():
-    """The mpirun beside the running Python (the venv's MPICH), else one on PATH, else None."""
-    beside = Path(sys.executable).parent / "mpirun"
-    return str(beside) if beside.exists() else shutil.which("mpirun")
-
-
 def shown(command):
     """The command as a user would type it in the repository root (paths inside it relative)."""
     return shlex.join(part.removeprefix(str(REPO) + os.sep) for part in command)
@@ -199,15 +182,14 @@ def prepare_data(cfg):
     the same settings reuses them. Returns (seconds, reused)."""
     from datasets.synthetic import generate
 
-    stamp_path = cfg.data_dir / "demo_data.json"
-    settings = json.loads(json.dumps(dict(DEMO_DATA, num_test=cfg.num_test)))  # as JSON reads
-    if stamp_path.is_file() and json.loads(stamp_path.read_text()) == settings:
+    settings = dict(DEMO_DATA, num_test=cfg.num_test)
+    stamp, stamp_path = json.dumps(settings) + "\n", cfg.data_dir / "demo_data.json"
+    if stamp_path.is_file() and stamp_path.read_text() == stamp:
         return 0.0, True
     start = time.time()
     stamp_path.unlink(missing_ok=True)  # a half-drawn set must not look complete
-    generate(cfg.data_dir, overwrite=True, **dict(settings, speed=tuple(settings["speed"]),
-                                                 radius=tuple(settings["radius"])))
-    stamp_path.write_text(json.dumps(settings) + "\n")  # written last: marks a complete set
+    generate(cfg.data_dir, overwrite=True, **settings)
+    stamp_path.write_text(stamp)  # written last: marks a complete set
     return time.time() - start, False
 
 
@@ -288,10 +270,10 @@ def sample_files(task_dir):
     """(samples npz, ground-truth npz or None) that video_sample.py wrote under task_dir (in
     task_dir itself or in the one run folder it made there)."""
     found = sorted(Path(task_dir).rglob("*.npz"))
-    samples = [p for p in found if not p.name.startswith("gt_")]
-    truth = [p for p in found if p.name.startswith("gt_")]
+    samples = [p for p in found if not p.name.startswith(GT_PREFIX)]
+    truth = [p for p in found if p.name.startswith(GT_PREFIX)]
     if len(samples) != 1 or len(truth) > 1:
-        raise UsageError(f"expected one samples .npz (and at most one gt_*.npz) under "
+        raise UsageError(f"expected one samples .npz (and at most one {GT_PREFIX}*.npz) under "
                          f"{task_dir}, found {len(samples)} and {len(truth)}")
     return samples[0], (truth[0] if truth else None)
 
@@ -449,10 +431,11 @@ def write_grids(run_dir, labels, videos, truths):
 
 
 # ----------------------------------------------------------------------------- the summary
-def summarise(cfg, checkpoints, labels, timings, start, retrain_shown):
+def summarise(cfg, checkpoints, labels, timings, start):
     """Score the samples of both checkpoints ({source: path}, named by `labels`), write
     metrics.json, the loss plot and the grids, and print the table and where everything is."""
     scores, videos, truths = score_tasks(cfg, labels)
+    retrain_shown = f"OMP_NUM_THREADS={RETRAIN_THREADS} " + shown(retrain_command(cfg.data_dir))
     train_dir = cfg.run_dir / "train"
     plot = plot_training_loss(train_dir / "progress.csv", cfg.run_dir / "training_loss.png",
                               title=f"this run: demo preset, {cfg.max_steps} steps",
@@ -535,7 +518,8 @@ def main(argv=None):
                   "differs from the shipped checkpoint (another torch build or CPU rounds "
                   "differently); the demo continues with the retrained one", flush=True)
 
-        mpirun = find_mpirun()
+        beside = Path(sys.executable).parent / "mpirun"  # the venv's MPICH, else one on PATH
+        mpirun = str(beside) if beside.exists() else shutil.which("mpirun")
         if mpirun is None and cfg.procs > 1:
             print("note: mpirun not found; training and sampling run as one process with "
                   f"{cfg.procs} threads instead of {cfg.procs} ranks", flush=True)
@@ -562,7 +546,5 @@ def main(argv=None):
         shipped_label = "retrained" if args.retrain else "shipped"
         labels = {"shipped": f"RaMViD, {shipped_label} checkpoint ({SHIPPED_STEPS} steps)",
                   "this_run": f"RaMViD, this run ({cfg.max_steps} steps)"}
-        summarise(cfg, checkpoints, labels, timings, start,
-                  retrain_shown=f"OMP_NUM_THREADS={RETRAIN_THREADS} "
-                                + shown(retrain_command(cfg.data_dir)))
+        summarise(cfg, checkpoints, labels, timings, start)
         return 0
