@@ -30,38 +30,28 @@ FLAGS = (
 )
 
 
-def load_videos(path):
-    videos = load_clips(Path(path), "npz")  # (N, T, H, W, C) uint8
-    if len(videos) == 0:
-        raise UsageError(f"{path}: arr_0 holds no videos")
-    return videos
-
-
 def main(argv=None):
     with user_errors():
         parser = make_parser(__doc__.splitlines()[0])
         parser.add_argument("npz", help="the .npz file")
         add_flags(parser, FLAGS)
         raw = parser.parse_args(argv)
-        args = SimpleNamespace(npz=raw.npz, **flag_values(FLAGS, vars(raw)))
-        return write_grids(args, load_videos(args.npz))
-
-
-def write_grids(args, videos):
-    if args.max_videos:
-        videos = videos[: args.max_videos]
-    out_dir = Path(args.out_dir) if args.out_dir else Path(args.npz).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.npz).stem
-    written = []
-    for k, first in enumerate(range(0, len(videos), args.per_grid)):
-        path = out_dir / f"{stem}_{k:03d}.{args.format}"
-        written.append(save_video_grid(path, videos[first:first + args.per_grid],
-                                       cond_frames=args.cond_frames, fps=args.fps,
-                                       scale=args.scale or None))
-    print(f"wrote {len(written)} {args.format} grid(s) of {min(args.per_grid, len(videos))} videos "
-          f"to {out_dir}, e.g. {written[0]}")
-    return written
+        args = SimpleNamespace(**flag_values(FLAGS, vars(raw)))
+        npz = Path(raw.npz)
+        videos = load_clips(npz, "npz")  # (N, T, H, W, C) uint8
+        if len(videos) == 0:
+            raise UsageError(f"{raw.npz}: arr_0 holds no videos")
+        videos = videos[:args.max_videos or None]
+        out_dir = Path(args.out_dir or npz.parent)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = [save_video_grid(out_dir / f"{npz.stem}_{k:03d}.{args.format}",
+                                   videos[first:first + args.per_grid],
+                                   cond_frames=args.cond_frames, fps=args.fps,
+                                   scale=args.scale or None)
+                   for k, first in enumerate(range(0, len(videos), args.per_grid))]
+        print(f"wrote {len(written)} {args.format} grid(s) of {min(args.per_grid, len(videos))} "
+              f"videos to {out_dir}, e.g. {written[0]}")
+        return written
 
 
 if __name__ == "__main__":
