@@ -3,17 +3,8 @@
     python benchmarks/gpu_suite.py --out gpu_results.json --budget_s 480   # one H100/H200
     python benchmarks/gpu_suite.py --tiny --out /tmp/tiny.json       # CPU: proves it runs
 
-Measurements run in order of importance and the JSON is rewritten after each one, so a run
-stopped by a time limit keeps what it measured; `--budget_s` skips the rest once spent.
-docs/PERFORMANCE.md names the target each section measures.
-
-  syncs     host synchronisations counted in one training step and one sampling step
-  train     bair64 steps of benchmark.py: fp32 (TF32 off/on), bf16, bf16 + compile; batch 4, 8
-  variants  bf16 at batch 4 with channels_last_3d, with cudnn.benchmark; CPU noise generators
-  script    torchrun scripts/video_train.py: samples/s against the benchmark's step
-  curves    (only when named) loss curves of fp32 (TF32) and bf16 training through the script
-  quality   PSNR/SSIM (and FVD) of several samplers and step counts on --clips_npz
-  protocol  GPU-hours of the BAIR protocol from the measured sampling steps (arithmetic)
+docs/PERFORMANCE.md names the sections (syncs, train, variants, script, curves, quality,
+protocol), the target each one measures, and why the JSON is rewritten after each measurement.
 """
 import csv
 import json
@@ -24,6 +15,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
@@ -126,30 +119,18 @@ class Suite:
         self.record(section, name, value)
 
 
-def synthetic_videos(args):
-    """A folder of synthetic training videos of the benchmark's frame size and length."""
-    from datasets.synthetic import generate
-
-    work = Path(tempfile.mkdtemp(prefix="ramvid_script_check_"))
-    size, frames = (32, 8) if args.tiny else (64, 20)
-    generate(work / "data", num_train=16, num_test=1, image_size=size, num_frames=frames)
-    return work
-
-
-def model_flags(args):
-    if args.tiny:
-        return ("--image_size 32 --num_channels 32 --num_res_blocks 1 --seq_len 8 "
-                "--attention_resolutions 16,8 --scale_time_dim 0 --batch_size 2 --microbatch -1")
-    return "--preset bair64 --microbatch -1"
-
-
-def train_with_script(work, name, flags, steps, interval):
-    """torchrun scripts/video_train.py on the synthetic videos: (summary, progress.csv rows)."""
+def train_with_script(args, work, name, flags, steps, interval):
+    """torchrun scripts/video_train.py on the synthetic videos, the benchmark's model and batch
+    with `flags` added: (summary, progress.csv rows)."""
+    model = ("--image_size 32 --num_channels 32 --num_res_blocks 1 --seq_len 8 "
+             "--attention_resolutions 16,8 --scale_time_dim 0 --batch_size 2") if args.tiny \
+        else "--preset bair64"
     logdir = work / name
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "1", "scripts/video_train.py", "--data_dir", str(work / "data" / "train"),
-           *flags.split(), "--max_steps", str(steps), "--log_interval", str(interval),
-           "--save_interval", "100000", "--num_workers", "2", "--log_dir", str(logdir)]
+           *model.split(), "--microbatch", "-1", *flags.split(), "--max_steps", str(steps),
+           "--log_interval", str(interval), "--save_interval", "100000", "--num_workers", "2",
+           "--log_dir", str(logdir)]
     started = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     value = {"command": " ".join(["torchrun", "--standalone", "--nproc_per_node", "1", *cmd[6:]]),
@@ -164,13 +145,12 @@ def train_with_script(work, name, flags, steps, interval):
 def run_script_check(suite, args, work):
     """The training script's own throughput against the benchmark's step at the same settings."""
     steps, interval = (6, 2) if args.tiny else (args.script_steps, 10)
-    runs = [("script_bf16_b4", f"{model_flags(args)} --bf16 True", "bf16_b4"),
-            ("script_bf16_compile_b4", f"{model_flags(args)} --bf16 True --compile True",
-             "bf16_compile_b4")]
+    runs = [("script_bf16_b4", "--bf16 True", "bf16_b4"),
+            ("script_bf16_compile_b4", "--bf16 True --compile True", "bf16_compile_b4")]
     for name, flags, bench_name in runs:
         if suite.skipped("script", name):
             continue
-        value, rows = train_with_script(work, name, flags, steps, interval)
+        value, rows = train_with_script(args, work, name, flags, steps, interval)
         steady = [float(r["samples_per_s"]) for r in rows[1:] if r.get("samples_per_s")]
         if steady:
             batch = 2 if args.tiny else 4
@@ -186,11 +166,10 @@ def run_script_check(suite, args, work):
 def run_curves(suite, args, work):
     """Loss curves of fp32 (TF32) and bf16 training: same config, data and seed."""
     steps, interval = (8, 2) if args.tiny else (args.curve_steps, 20)
-    for name, flags in (("curve_fp32_tf32", f"{model_flags(args)} --bf16 False"),
-                        ("curve_bf16", f"{model_flags(args)} --bf16 True")):
+    for name, flags in (("curve_fp32_tf32", "--bf16 False"), ("curve_bf16", "--bf16 True")):
         if suite.skipped("curves", name):
             continue
-        value, rows = train_with_script(work, name, flags, steps, interval)
+        value, rows = train_with_script(args, work, name, flags, steps, interval)
         value["step_loss"] = [[int(r["step"]), float(r["loss"])] for r in rows if r.get("loss")]
         last = value["step_loss"][len(value["step_loss"]) * 3 // 4:]
         if last:
@@ -200,8 +179,6 @@ def run_curves(suite, args, work):
 
 def run_quality(suite, args):
     """PSNR (and FVD) of each sampler and step count on the same clips, seeds and given frames."""
-    import numpy as np
-
     from ramvid.masking import mask_from_frames
     from ramvid.metrics.frame_metrics import frame_metrics
     from ramvid.sample.batch import sample_videos
@@ -234,17 +211,6 @@ def run_quality(suite, args):
         if fvd is not None and len(clips) >= 16:
             value["fvd"] = round(float(fvd(samples, clips)), 2)
         suite.record("quality", name, value)
-
-
-def tiny_quality_inputs(args, work):
-    """--tiny: the script check's last checkpoint and random clips, to run the quality code."""
-    import numpy as np
-
-    checkpoints = sorted(work.glob("*/model*.pt"), key=lambda p: p.stat().st_mtime)
-    if checkpoints:
-        args.model_path, args.clips_npz = str(checkpoints[-1]), str(work / "clips.npz")
-        clips = np.random.default_rng(0).integers(0, 256, (4, 8, 32, 32, 3), dtype=np.uint8)
-        np.savez(args.clips_npz, clips)
 
 
 def protocol_cost(suite):
@@ -284,13 +250,24 @@ def main(argv=None):
     if "variants" in sections:
         for name, flags in VARIANT_RUNS:
             suite.benchmark("variants", name, flags)
-    work = synthetic_videos(args) if sections & {"script", "curves"} else None
+    work = None
+    if sections & {"script", "curves"}:  # training videos of the benchmark's size and length
+        from datasets.synthetic import generate
+
+        work = Path(tempfile.mkdtemp(prefix="ramvid_script_check_"))
+        size, frames = (32, 8) if args.tiny else (64, 20)
+        generate(work / "data", num_train=16, num_test=1, image_size=size, num_frames=frames)
     if "script" in sections:
         run_script_check(suite, args, work)
     if "curves" in sections:
         run_curves(suite, args, work)
     if "quality" in sections and args.tiny and not args.model_path and work:
-        tiny_quality_inputs(args, work)
+        # The last checkpoint of the training above and random clips run the quality code.
+        checkpoints = sorted(work.glob("*/model*.pt"), key=lambda p: p.stat().st_mtime)
+        if checkpoints:
+            args.model_path, args.clips_npz = str(checkpoints[-1]), str(work / "clips.npz")
+            clips = np.random.default_rng(0).integers(0, 256, (4, 8, 32, 32, 3), dtype=np.uint8)
+            np.savez(args.clips_npz, clips)
     if "quality" in sections and args.model_path and args.clips_npz:
         run_quality(suite, args)
     if "protocol" in sections:
