@@ -2,12 +2,8 @@
 
     python datasets/synthetic.py --out_dir data/sprites --num_train 400 --num_test 64 --seed 0
 
-Each clip shows one to `max_sprites` sprites (circle, square, triangle, diamond) of distinct
-colours on a plain dark background, moving with constant velocity and bouncing elastically off
-the walls: one frame says where the sprites are, two where they go, so prediction and infilling
-are well posed. Sprite 0 is drawn on top; its shape is the clip's class and file-name prefix
-(`circle_00012.mp4`). Clip i of a split comes from its own generator seeded by (seed, split, i),
-so any clip can be reproduced alone and the splits never share one (docs/DATASETS.md).
+Sprites move with constant velocity and bounce off the walls: one frame fixes where they are,
+two the whole clip, so prediction and infilling are well posed (docs/DATASETS.md).
 """
 import sys
 import time
@@ -72,9 +68,12 @@ def shape_mask(shape, dy, dx, radius):
     return (dy <= radius / 2) & (np.abs(dx) <= (dy + radius) / np.sqrt(3))
 
 
-def sample_clip(rng, image_size, num_frames, max_sprites, speed=SPEED_RANGE, radius=RADIUS_RANGE,
-                color_by_shape=False):
-    """Draw one clip's sprites and render it; returns a dict of per-clip arrays."""
+def sample_clip(seed, split, index, image_size, num_frames, max_sprites, speed, radius,
+                color_by_shape):
+    """Draw clip `index` of `split` and render it; returns a dict of per-clip arrays. Each clip
+    has its own generator seeded by (seed, split, index): any clip can be reproduced alone and
+    the splits never share one."""
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     n = int(rng.integers(1, max_sprites + 1))
     shapes = rng.integers(0, len(SHAPES), n)
     colors = PALETTE[rng.choice(len(PALETTE), n, replace=False)]
@@ -113,8 +112,8 @@ def make_clips(num_clips, image_size=32, num_frames=20, seed=0, split="train", m
         centers=np.full((num_clips, s, t, 2), np.nan),
         velocities=np.full((num_clips, s, 2), np.nan))
     for i in range(num_clips):
-        clip = sample_clip(clip_rng(seed, split, i), image_size, num_frames, max_sprites, speed,
-                           radius, color_by_shape)
+        clip = sample_clip(seed, split, i, image_size, num_frames, max_sprites, speed, radius,
+                           color_by_shape)
         n = len(clip["shapes"])
         out.videos[i] = clip["video"]
         out.labels.append(SHAPES[clip["shapes"][0]])
@@ -124,11 +123,7 @@ def make_clips(num_clips, image_size=32, num_frames=20, seed=0, split="train", m
     return out
 
 
-def clip_rng(seed, split, index):
-    return np.random.default_rng([seed, SPLIT_IDS[split], index])
-
-
-def check_sizes(image_size, num_frames, max_sprites, speed=SPEED_RANGE, radius=RADIUS_RANGE):
+def check_sizes(image_size, num_frames, max_sprites, speed, radius):
     if image_size < 8:
         raise UsageError(f"--image_size must be at least 8, got {image_size}")
     if num_frames < 2:
@@ -158,8 +153,8 @@ def generate(out_dir, num_train=400, num_test=64, image_size=32, num_frames=20, 
     written = {split: [] for split in counts}
     for split, count in counts.items():
         for i in range(count):  # one clip at a time keeps memory flat for large sets
-            clip = sample_clip(clip_rng(seed, split, i), image_size, num_frames, max_sprites,
-                               speed, radius, color_by_shape)
+            clip = sample_clip(seed, split, i, image_size, num_frames, max_sprites, speed,
+                               radius, color_by_shape)
             path = split_dirs[split] / f"{SHAPES[clip['shapes'][0]]}_{i:05d}.mp4"
             write_video(path, clip["video"], fps=fps)
             written[split].append(path)
@@ -177,10 +172,6 @@ def fraction_pair(text):
     raise ValueError(f"expected 'min,max' numbers, got {text!r}")
 
 
-def _written(pair):
-    return ",".join(map(str, pair))
-
-
 FLAGS = (
     OUT_DIR,
     Flag("num_train", 400, "training clips (out_dir/train)", check=at_least(0)),
@@ -190,10 +181,10 @@ FLAGS = (
     Flag("image_size", 32, "frame height and width", check=positive),
     Flag("num_frames", 20, "frames per clip", check=positive),
     Flag("max_sprites", 3, "each clip shows 1..this many", check=positive),
-    Flag("speed", _written(SPEED_RANGE), "'min,max' pixels per frame as a fraction of the frame "
-         "size", convert=fraction_pair),
-    Flag("radius", _written(RADIUS_RANGE), "'min,max' sprite circumradius as a fraction of the "
-         "frame size", convert=fraction_pair),
+    Flag("speed", ",".join(map(str, SPEED_RANGE)),
+         "'min,max' pixels per frame as a fraction of the frame size", convert=fraction_pair),
+    Flag("radius", ",".join(map(str, RADIUS_RANGE)),
+         "'min,max' sprite circumradius as a fraction of the frame size", convert=fraction_pair),
     Flag("color_by_shape", False, "each shape has one fixed colour instead of a random one"),
     Flag("fps", 10, "frame rate written into the videos", check=positive),
     Flag("seed", 0, "the whole data set is a function of this seed"),
@@ -206,15 +197,12 @@ def main(argv=None):
         args = parse(__doc__.split("\n\n")[0], FLAGS, argv)
 
         start = time.time()
-        written = generate(args.out_dir, args.num_train, args.num_test, args.image_size,
-                           args.num_frames, args.seed, args.max_sprites, args.fps, args.overwrite,
-                           args.speed, args.radius, args.color_by_shape, args.num_val)
+        written = generate(**vars(args))  # the flags are generate's parameters
         seconds = time.time() - start
         for split, paths in written.items():
             classes = Counter(class_name_of(p) for p in paths)
             summary = ", ".join(f"{name} {classes[name]}" for name in sorted(classes)) or "no clips"
-            folder = Path(args.out_dir) / split
-            print(f"{split}: {len(paths)} clips in {folder} ({summary})")
+            print(f"{split}: {len(paths)} clips in {Path(args.out_dir) / split} ({summary})")
         print(f"{args.image_size}x{args.image_size}, {args.num_frames} frames at {args.fps} fps, "
               f"lossless H.264 (.mp4), seed {args.seed}; {seconds:.1f} s")
 
