@@ -2,11 +2,9 @@
 
     python datasets/bair.py --bair_dir path/to/softmotion30_44k --out_dir data/bair
 
-`bair_dir` holds `train/*.tfrecords` and `test/*.tfrecords` (as unpacked from
-bair_robot_pushing_dataset_v0.tar). Every record is one tf.train.Example whose feature
-`<i>/image_aux1/encoded` holds frame i as raw 64x64x3 uint8 bytes (30 steps). Each sequence
-becomes `out_dir/<split>/bair_<record file>_<k>.mp4`; the class prefix is `bair` for all.
-No TensorFlow is needed: the records and their checksums are read here.
+Each tf.train.Example (frames `<i>/image_aux1/encoded`, raw 64x64x3 uint8) becomes
+`out_dir/<split>/bair_<record file>_<k>.mp4`. No TensorFlow: the records, their checksums and
+the protobuf are read here (docs/DATASETS.md).
 """
 import re
 import struct
@@ -121,7 +119,7 @@ def parse_example(data):
 
 
 # ----------------------------------------------------------------------------- conversion
-def sequence_frames(example, camera="image_aux1"):
+def sequence_frames(example, camera):
     """The frames of one parsed Example as (T, 64, 64, 3) uint8, steps 0, 1, ... in order."""
     frames = []
     while (key := f"{len(frames)}/{camera}/encoded") in example:
@@ -155,16 +153,15 @@ def natural_key(path):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name)]
 
 
-def convert(bair_dir, out_dir, splits=("train", "test"), camera="image_aux1", workers=1,
-            overwrite=False, progress=True):
-    """Convert every split of `bair_dir`; returns {split: number of sequences written}."""
+def convert(bair_dir, out_dir, camera="image_aux1", workers=1, overwrite=False, progress=True):
+    """Convert train/ and test/ of `bair_dir`; returns {split: number of sequences written}."""
     bair_dir = Path(bair_dir)
     files = {split: sorted((bair_dir / split).glob("*.tfrecord*"), key=natural_key)
-             for split in splits}
+             for split in ("train", "test")}
     for split, paths in files.items():
         if not paths:
             raise UsageError(f"--bair_dir {bair_dir}: no *.tfrecords files in {bair_dir / split}")
-    split_dirs = {split: prepare_split_dir(out_dir, split, overwrite) for split in splits}
+    split_dirs = {split: prepare_split_dir(out_dir, split, overwrite) for split in files}
     written = {}
     for split, paths in files.items():
         counts = parallel_map(convert_file, [(p, split_dirs[split], camera) for p in paths],
