@@ -1,8 +1,4 @@
-"""What the dataset scripts share: the output flags, split folders, the worker pool, warnings.
-
-A problem with the user's input (a flag, a file) is a `ramvid.errors.UsageError`: the scripts'
-`main` runs under `ramvid.flags.user_errors()`, which reports it as one line, exit code 2.
-"""
+"""What the dataset scripts share: the output flags, split folders, the worker pool, warnings."""
 import sys
 from multiprocessing import Pool
 from pathlib import Path

@@ -3,11 +3,9 @@
     python datasets/kinetics600.py --csv kinetics600/train.csv --clips_dir downloads/ \
         --out_dir data/kinetics600 --short_side 128
 
-Each row of the annotation csv (label, youtube_id, time_start, time_end, split) names a clip in
-`clips_dir`, either cut, `<youtube_id>_<start:06d>_<end:06d>.mp4`, and kept whole, or a whole
-video `<youtube_id>*.mp4` trimmed to [time_start, time_end). It is resized and written to
-`out_dir/<split>/<Label>_<youtube_id>_<start>_<end>.mp4`, <Label> the label in CamelCase: the
-prefix `--class_cond True` reads as the class. Existing outputs are kept, so a rerun resumes.
+Each csv row (label, youtube_id, time_start, time_end, split) names a clip in `clips_dir`, cut
+or whole (trimmed here); it is written to `out_dir/<split>/<Label>_<youtube_id>_<start>_<end>.mp4`
+with the label in CamelCase as the class prefix (docs/DATASETS.md). A rerun resumes.
 """
 import csv
 import itertools
@@ -89,12 +87,6 @@ def class_tokens(labels):
     return tokens
 
 
-def resized_size(width, height, short_side):
-    """Width and height with the short side at `short_side`, both even (as yuv420p needs)."""
-    scale = short_side / min(width, height)
-    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
-
-
 def span_frames(container, stream, start, end):
     """Decoded frames of `stream` whose time (from the stream's start) is in [start, end); all of
     them when start is None."""
@@ -124,7 +116,9 @@ def convert_clip(job):
             first = next(frames, None)
             if first is None:
                 raise ValueError(f"no frames in {start}..{end} s")
-            width, height = resized_size(first.width, first.height, short_side)
+            scale = short_side / min(first.width, first.height)  # both sides even for yuv420p
+            width, height = (max(2, round(side * scale / 2) * 2)
+                             for side in (first.width, first.height))
             fps = stream.average_rate or stream.guessed_rate or 25
             with VideoWriter(target, width, height, fps, crf) as writer:
                 for frame in itertools.chain([first], frames):

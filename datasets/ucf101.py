@@ -3,10 +3,8 @@
     python datasets/ucf101.py --ucf_dir path/to/UCF-101 --split_dir path/to/ucfTrainTestlist \
         --out_dir data/ucf101 --split 1 --mode symlink
 
-The split lists name each video by its class folder (`ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi`).
-The original names start with `v_`, which `--class_cond True` would read as the class of every
-video, so each is linked (or copied) as `<ClassFolder>_gXX_cXX.avi`, the class taken from the
-folder: a few file names spell it differently (`HandstandPushups/v_HandStandPushups_g01_c01.avi`).
+Each listed video is linked (or copied) as `<ClassFolder>_gXX_cXX.avi`: the original names
+start with `v_`, which `--class_cond True` would read as every video's class (docs/DATASETS.md).
 """
 import re
 import shutil
