@@ -48,13 +48,6 @@ class SpriteClips:
     velocities: np.ndarray  # (N, S, 2) initial (y, x) velocity in pixels per frame
 
 
-def bounce(position, low, high):
-    """Fold an unbounded straight-line path into [low, high]: elastic reflections at the walls."""
-    span = high - low
-    phase = np.mod(position - low, 2 * span)
-    return low + span - np.abs(span - phase)
-
-
 def shape_mask(shape, dy, dx, radius):
     """Pixels inside a sprite; dy, dx are pixel-centre offsets from its centre (centroid)."""
     name = SHAPES[shape]
@@ -87,7 +80,10 @@ def sample_clip(seed, split, index, image_size, num_frames, max_sprites, speed, 
     velocity = speed[:, None] * np.stack([np.sin(angle), np.cos(angle)], axis=1)  # (n, 2)
     t = np.arange(num_frames)[None, :, None]
     path = start[:, None] + velocity[:, None] * t  # (n, T, 2) without walls
-    centers = bounce(path, low[:, None], high[:, None])  # (n, T, 2)
+    # Folded into [low, high]: elastic reflections at the walls.
+    low, high = low[:, None], high[:, None]  # (n, 1, 1)
+    span = high - low
+    centers = low + span - np.abs(span - np.mod(path - low, 2 * span))  # (n, T, 2)
 
     grid = np.arange(image_size) + 0.5
     video = np.empty((num_frames, image_size, image_size, 3), np.uint8)
