@@ -22,22 +22,6 @@ SPLIT_LISTS = {"train": "trainlist0{}.txt", "test": "testlist0{}.txt"}
 _UCF_NAME = re.compile(r"^v_[^_]+_(?P<rest>g\d+_c\d+)$")
 
 
-def read_split_list(path):
-    """[(class, relative path)] of a trainlist/testlist file: the class is the path's folder, or
-    without one the word after the file name's `v_`."""
-    entries = []
-    for fields in map(str.split, Path(path).read_text().splitlines()):
-        if not fields:
-            continue
-        relative = fields[0].replace("\\", "/")
-        folder, _, name = relative.rpartition("/")
-        match = re.match(r"^v_([^_]+)_", name)
-        if not (folder or match):
-            raise UsageError(f"{path}: cannot tell the class of {relative!r}")
-        entries.append((folder or match.group(1), relative))
-    return entries
-
-
 def output_name(label, file_name):
     """`HandstandPushups`, `v_HandStandPushups_g01_c01.avi` -> `HandstandPushups_g01_c01.avi`."""
     path = Path(file_name)
@@ -51,12 +35,22 @@ def output_name(label, file_name):
 def arrange(ucf_dir, split_dir, out_dir, split=1, mode="symlink", overwrite=False):
     """Link or copy the videos of split `split`; returns {split: count} and warns on misses."""
     ucf_dir, split_dir = Path(ucf_dir), Path(split_dir)
-    lists = {}
+    lists = {}  # {split: [(class, relative path)]}
     for name, pattern in SPLIT_LISTS.items():
         path = split_dir / pattern.format(split)
         if not path.is_file():
             raise UsageError(f"--split_dir {split_dir}: no {path.name} for --split {split}")
-        lists[name] = read_split_list(path)
+        lists[name] = []
+        for fields in map(str.split, path.read_text().splitlines()):
+            if not fields:
+                continue
+            # The class is the path's folder, or without one the word after the name's `v_`.
+            relative = fields[0].replace("\\", "/")
+            folder, _, file_name = relative.rpartition("/")
+            match = re.match(r"^v_([^_]+)_", file_name)
+            if not (folder or match):
+                raise UsageError(f"{path}: cannot tell the class of {relative!r}")
+            lists[name].append((folder or match.group(1), relative))
     by_name = None  # videos found anywhere under ucf_dir, indexed on first need
     out_dirs = {name: prepare_split_dir(out_dir, name, overwrite) for name in lists}
     written, missing = {name: 0 for name in lists}, []
