@@ -119,62 +119,53 @@ class Suite:
         self.record(section, name, value)
 
 
-def train_with_script(args, work, name, flags, steps, interval):
-    """torchrun scripts/video_train.py on the synthetic videos, the benchmark's model and batch
-    with `flags` added: (summary, progress.csv rows)."""
+def run_training_script(suite, args, work, section):
+    """torchrun scripts/video_train.py on the synthetic videos with the benchmark's model and
+    batch. script: its throughput against the benchmark's step at the same settings; curves:
+    loss curves of fp32 (TF32) and bf16 training, same config, data and seed."""
+    if section == "script":
+        steps, interval = (6, 2) if args.tiny else (args.script_steps, 10)
+        runs = {"script_bf16_b4": "--bf16 True",
+                "script_bf16_compile_b4": "--bf16 True --compile True"}
+    else:
+        steps, interval = (8, 2) if args.tiny else (args.curve_steps, 20)
+        runs = {"curve_fp32_tf32": "--bf16 False", "curve_bf16": "--bf16 True"}
     model = ("--image_size 32 --num_channels 32 --num_res_blocks 1 --seq_len 8 "
              "--attention_resolutions 16,8 --scale_time_dim 0 --batch_size 2") if args.tiny \
         else "--preset bair64"
-    logdir = work / name
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "1", "scripts/video_train.py", "--data_dir", str(work / "data" / "train"),
-           *model.split(), "--microbatch", "-1", *flags.split(), "--max_steps", str(steps),
-           "--log_interval", str(interval), "--save_interval", "100000", "--num_workers", "2",
-           "--log_dir", str(logdir)]
-    started = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    value = {"command": " ".join(["torchrun", "--standalone", "--nproc_per_node", "1", *cmd[6:]]),
-             "rc": proc.returncode, "wall_s": round(time.time() - started, 1)}
-    rows = list(csv.DictReader((logdir / "progress.csv").open())) \
-        if (logdir / "progress.csv").exists() else []
-    if not rows:
-        value["error"] = (proc.stderr.strip().splitlines() or ["no progress.csv rows"])[-1]
-    return value, rows
-
-
-def run_script_check(suite, args, work):
-    """The training script's own throughput against the benchmark's step at the same settings."""
-    steps, interval = (6, 2) if args.tiny else (args.script_steps, 10)
-    runs = [("script_bf16_b4", "--bf16 True", "bf16_b4"),
-            ("script_bf16_compile_b4", "--bf16 True --compile True", "bf16_compile_b4")]
-    for name, flags, bench_name in runs:
-        if suite.skipped("script", name):
+    for name, flags in runs.items():
+        if suite.skipped(section, name):
             continue
-        value, rows = train_with_script(args, work, name, flags, steps, interval)
-        steady = [float(r["samples_per_s"]) for r in rows[1:] if r.get("samples_per_s")]
-        if steady:
+        logdir = work / name
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "1", "scripts/video_train.py", "--data_dir", str(work / "data" / "train"),
+               *model.split(), "--microbatch", "-1", *flags.split(), "--max_steps", str(steps),
+               "--log_interval", str(interval), "--save_interval", "100000", "--num_workers",
+               "2", "--log_dir", str(logdir)]
+        started = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        value = {"command": " ".join(["torchrun", "--standalone", "--nproc_per_node", "1",
+                                      *cmd[6:]]),
+                 "rc": proc.returncode, "wall_s": round(time.time() - started, 1)}
+        rows = list(csv.DictReader((logdir / "progress.csv").open())) \
+            if (logdir / "progress.csv").exists() else []
+        if not rows:
+            value["error"] = (proc.stderr.strip().splitlines() or ["no progress.csv rows"])[-1]
+        if section == "curves":
+            value["step_loss"] = [[int(r["step"]), float(r["loss"])] for r in rows if r.get("loss")]
+            last = value["step_loss"][len(value["step_loss"]) * 3 // 4:]
+            if last:
+                value["mean_loss_last_quarter"] = round(sum(v for _, v in last) / len(last), 5)
+        elif steady := [float(r["samples_per_s"]) for r in rows[1:] if r.get("samples_per_s")]:
             batch = 2 if args.tiny else 4
             value["samples_per_s"] = round(sum(steady) / len(steady), 3)
             value["step_s"] = round(batch / value["samples_per_s"], 4)
-            bench = suite.results.get("train", {}).get(bench_name, {})
+            # The benchmark.py row of the same settings: bf16_b4, bf16_compile_b4.
+            bench = suite.results.get("train", {}).get(name.removeprefix("script_"), {})
             if "train_step_s" in bench:
                 value["benchmark_step_s"] = bench["train_step_s"]
                 value["script_over_benchmark"] = round(value["step_s"] / bench["train_step_s"], 3)
-        suite.record("script", name, value)
-
-
-def run_curves(suite, args, work):
-    """Loss curves of fp32 (TF32) and bf16 training: same config, data and seed."""
-    steps, interval = (8, 2) if args.tiny else (args.curve_steps, 20)
-    for name, flags in (("curve_fp32_tf32", "--bf16 False"), ("curve_bf16", "--bf16 True")):
-        if suite.skipped("curves", name):
-            continue
-        value, rows = train_with_script(args, work, name, flags, steps, interval)
-        value["step_loss"] = [[int(r["step"]), float(r["loss"])] for r in rows if r.get("loss")]
-        last = value["step_loss"][len(value["step_loss"]) * 3 // 4:]
-        if last:
-            value["mean_loss_last_quarter"] = round(sum(v for _, v in last) / len(last), 5)
-        suite.record("curves", name, value)
+        suite.record(section, name, value)
 
 
 def run_quality(suite, args):
@@ -257,10 +248,9 @@ def main(argv=None):
         work = Path(tempfile.mkdtemp(prefix="ramvid_script_check_"))
         size, frames = (32, 8) if args.tiny else (64, 20)
         generate(work / "data", num_train=16, num_test=1, image_size=size, num_frames=frames)
-    if "script" in sections:
-        run_script_check(suite, args, work)
-    if "curves" in sections:
-        run_curves(suite, args, work)
+    for section in ("script", "curves"):
+        if section in sections:
+            run_training_script(suite, args, work, section)
     if "quality" in sections and args.tiny and not args.model_path and work:
         # The last checkpoint of the training above and random clips run the quality code.
         checkpoints = sorted(work.glob("*/model*.pt"), key=lambda p: p.stat().st_mtime)
