@@ -2,10 +2,8 @@
 
     python benchmarks/benchmark.py --configs tiny,medium --device cpu --dtype fp32
 
-Each config runs in a fresh subprocess so that peak memory (RSS on CPU,
-torch.cuda.max_memory_allocated on GPU) belongs to that config alone. A training step is
-what the training loop does per batch: masked diffusion loss, backward, gradient clipping,
-AdamW, EMA update.
+Each config runs in a fresh subprocess so that its peak memory (RSS on CPU,
+torch.cuda.max_memory_allocated on GPU) is its own. docs/PERFORMANCE.md says what a step is.
 """
 import argparse
 import json
@@ -45,7 +43,6 @@ def known_configs(text):
     unknown = [c for c in text.split(",") if c not in CONFIGS]
     if unknown:
         return f"unknown config(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}"
-    return None
 
 
 FLAGS = (
@@ -74,14 +71,6 @@ FLAGS = (
     Flag("batch_size", 0, "override the config's batch (0: the config's)", check=at_least(0)),
     Flag("one", "", argparse.SUPPRESS),  # internal: run this one config in this process
 )
-
-
-def peak_memory_mb(device):
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def median_seconds(fn, untimed, timed, device):
@@ -158,7 +147,6 @@ def run_one(name, args):
         ema.update()
 
     train_s = median_seconds(train_step, args.warmup, args.steps, args.device)
-    train_peak = peak_memory_mb(args.device)
 
     # One noise generator per sample, as the sampling scripts use.
     gen_device = device if args.generators == "device" else torch.device("cpu")
@@ -189,6 +177,9 @@ def run_one(name, args):
     t = timesteps(diffusion.num_timesteps - 1 - args.sample_steps)
     syncs = count_host_syncs(train_step, lambda: sample_step(ddpm_step, x0, t), model) \
         if args.sync_check and args.device == "cuda" else {}
+    # Peaks since the process started, training included: RSS on CPU (KiB on Linux).
+    peak_mb = torch.cuda.max_memory_allocated() / 2 ** 20 if args.device == "cuda" else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     record = {
         "config": name, "device": args.device, "dtype": args.dtype, "batch_size": batch,
@@ -197,7 +188,7 @@ def run_one(name, args):
         "tf32": args.tf32, "microbatch": microbatch, "channels_last": args.channels_last,
         "cudnn_benchmark": args.cudnn_benchmark, "generators": args.generators, **syncs,
         "train_step_s": round(train_s, 4), "videos_per_s": round(batch / train_s, 3),
-        "peak_mem_MB": round(max(train_peak, peak_memory_mb(args.device)), 1),
+        "peak_mem_MB": round(peak_mb, 1),
         "sample_step_ddpm_s": round(sampling["ddpm"], 4),
         "sample_step_ddim_s": round(sampling["ddim"], 4),
         "forward_GFLOP": round(fwd_flops / 1e9, 2),
