@@ -66,15 +66,14 @@ def read_records(path):
 
 
 def _read_varint(buf, pos):
-    result, shift = 0, 0
-    while shift < 70:
+    result = 0
+    for shift in range(0, 70, 7):
         if pos >= len(buf):
             raise TFRecordError("protobuf varint runs past the end of its message")
         byte, pos = buf[pos], pos + 1
         result |= (byte & 0x7F) << shift
         if not byte & 0x80:
             return result, pos
-        shift += 7
     raise TFRecordError("protobuf varint longer than 10 bytes")
 
 
