@@ -22,16 +22,14 @@ if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
 
 from ramvid.flags import Flag, at_least, parse, user_errors  # noqa: E402
 
+# The sizes the reference numbers in docs/PERFORMANCE.md were measured on, all with ATTENTION.
+ATTENTION = dict(attention_resolutions="16,8", scale_time_dim=0, num_heads=4)
 CONFIGS = {
-    # The sizes the reference numbers in docs/PERFORMANCE.md were measured on.
-    "tiny": dict(image_size=32, num_channels=32, num_res_blocks=1, seq_len=8, batch_size=2,
-                 attention_resolutions="16,8", scale_time_dim=0, num_heads=4),
-    "medium": dict(image_size=64, num_channels=64, num_res_blocks=2, seq_len=16, batch_size=1,
-                   attention_resolutions="16,8", scale_time_dim=0, num_heads=4),
-    "bair64": dict(image_size=64, num_channels=128, num_res_blocks=2, seq_len=20, batch_size=4,
-                   attention_resolutions="16,8", scale_time_dim=0, num_heads=4),
-    "kinetics600": dict(image_size=64, num_channels=128, num_res_blocks=3, seq_len=16, batch_size=8,
-                        attention_resolutions="16,8", scale_time_dim=0, num_heads=4),
+    "tiny": dict(image_size=32, num_channels=32, num_res_blocks=1, seq_len=8, batch_size=2),
+    "medium": dict(image_size=64, num_channels=64, num_res_blocks=2, seq_len=16, batch_size=1),
+    "bair64": dict(image_size=64, num_channels=128, num_res_blocks=2, seq_len=20, batch_size=4),
+    "kinetics600": dict(image_size=64, num_channels=128, num_res_blocks=3, seq_len=16,
+                        batch_size=8),
 }
 
 # Dense peak FLOP/s of the cards we measure on, H100 and H200 SXM (the same), for MFU.
@@ -112,7 +110,8 @@ def run_one(name, args):
     cfg = dict(CONFIGS[name])
     batch = args.batch_size or cfg["batch_size"]
     del cfg["batch_size"]
-    flags = {**model_and_diffusion_defaults(), **cfg, "use_checkpoint": args.use_checkpoint}
+    flags = {**model_and_diffusion_defaults(), **ATTENTION, **cfg,
+             "use_checkpoint": args.use_checkpoint}
     model, diffusion = create_model_and_diffusion(**flags)
     layout = torch.channels_last_3d if args.channels_last else torch.contiguous_format
     model.to(device, memory_format=layout).train()

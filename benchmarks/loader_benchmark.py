@@ -6,8 +6,6 @@ Generates once (cached) a long synthetic h264 video, then prints JSON: the times
 `seq_len`-frame window by seeking (`read_window`) and by decoding from the first frame at the
 same random starts (both must return the same frames), and the items/s of `load_data`.
 """
-from __future__ import annotations
-
 import itertools
 import json
 import os
