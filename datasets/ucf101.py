@@ -3,8 +3,9 @@
     python datasets/ucf101.py --ucf_dir path/to/UCF-101 --split_dir path/to/ucfTrainTestlist \
         --out_dir data/ucf101 --split 1 --mode symlink
 
-Each listed video is linked (or copied) as `<ClassFolder>_gXX_cXX.avi`: the original names
-start with `v_`, which `--class_cond True` would read as every video's class (docs/DATASETS.md).
+Each listed video is linked (or copied) as `<ClassFolder>_gXX_cXX.avi`: the original names start
+with `v_`, which `--class_cond True` would read as every video's class, and a few spell the class
+unlike their folder (`HandstandPushups/v_HandStandPushups_g01_c01.avi`; docs/DATASETS.md).
 """
 import re
 import shutil
