@@ -144,9 +144,9 @@ def run_training_script(suite, args, work, section):
                "2", "--log_dir", str(logdir)]
         started = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        value = {"command": " ".join(["torchrun", "--standalone", "--nproc_per_node", "1",
-                                      *cmd[6:]]),
-                 "rc": proc.returncode, "wall_s": round(time.time() - started, 1)}
+        command = ["torchrun", "--standalone", "--nproc_per_node", "1", *cmd[6:]]
+        value = {"command": " ".join(command), "rc": proc.returncode,
+                 "wall_s": round(time.time() - started, 1)}
         rows = list(csv.DictReader((logdir / "progress.csv").open())) \
             if (logdir / "progress.csv").exists() else []
         if not rows:
