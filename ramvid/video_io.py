@@ -121,14 +121,14 @@ def bordered_frames(videos, mask, border=2, scale=1):
     return out
 
 
-def _tile(tiles, rows, cols, gap):
-    """Place tiles (rows * cols, h, w, 3) (row-major, missing tiles blank) on one canvas."""
-    h, w = tiles.shape[1:3]
+def _tile(tiles, cols, gap):
+    """Tiles (n, h, w, 3) on one canvas, row-major, `cols` per row; blanks end the last row."""
+    n, h, w = tiles.shape[:3]
+    rows = -(-n // cols)
     canvas = np.full((rows * h + (rows + 1) * gap, cols * w + (cols + 1) * gap, 3), BACKGROUND,
                      dtype=np.uint8)
     for k, tile in enumerate(tiles):
-        r, c = divmod(k, cols)
-        top, left = gap + r * (h + gap), gap + c * (w + gap)
+        top, left = gap + k // cols * (h + gap), gap + k % cols * (w + gap)
         canvas[top:top + h, left:left + w] = tile
     return canvas
 
@@ -136,18 +136,15 @@ def _tile(tiles, rows, cols, gap):
 def filmstrip(videos, mask, border=2, gap=2, scale=1):
     """One image (rows = videos, columns = frames): uint8 (H_grid, W_grid, 3)."""
     frames = bordered_frames(videos, mask, border, scale)  # (N, T, h, w, 3)
-    n, t = frames.shape[:2]
-    return _tile(frames.reshape(n * t, *frames.shape[2:]), n, t, gap)
+    return _tile(frames.reshape(-1, *frames.shape[2:]), frames.shape[1], gap)
 
 
 def animated_grid(videos, mask, columns=None, border=2, gap=2, scale=1):
     """Frames of an animation whose frame t shows frame t of every video in a grid:
     uint8 (T, H_grid, W_grid, 3). Default: up to 8 videos per row."""
     frames = bordered_frames(videos, mask, border, scale)  # (N, T, h, w, 3)
-    n = frames.shape[0]
-    cols = min(n, columns or 8)
-    rows = -(-n // cols)
-    return np.stack([_tile(frames[:, t], rows, cols, gap) for t in range(frames.shape[1])])
+    cols = min(len(frames), columns or 8)
+    return np.stack([_tile(frames[:, t], cols, gap) for t in range(frames.shape[1])])
 
 
 def save_video_grid(path, videos, obs_mask=None, cond_frames=None, fps=4, scale=None,
