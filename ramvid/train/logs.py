@@ -109,10 +109,9 @@ class RunLogger:
         if isinstance(error, Exception):
             text = str(error).strip()
             self.info(f"ERROR: {text.splitlines()[0] if text else type(error).__name__}")
-        if self.bar is not None:
-            self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
+        for output in (self.bar, self.tb):
+            if output is not None:
+                output.close()
         warnings.showwarning = self._previous_showwarning
         self._log_file.close()
 
