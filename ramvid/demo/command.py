@@ -144,8 +144,7 @@ def sample_command(cfg, prefix, checkpoint, task):
         str(REPO / "scripts" / "video_sample.py"), "--model_path", str(checkpoint),
         "--num_samples", str(count), "--batch_size", str(-(-count // ranks)),
         "--use_ddim", "True", "--eta", str(cfg.eta), "--timestep_respacing", cfg.respacing,
-        "--seed", str(cfg.seed), "--save_video", "gif",
-    ]
+        "--seed", str(cfg.seed), "--save_video", "gif"]
     if frames:
         return command + ["--data_dir", str(cfg.data_dir / "test"), "--save_gt", "True",
                           "--samples_per_clip", str(cfg.samples_per_clip),
@@ -327,7 +326,7 @@ def format_table(rows, tasks):
         lines.append([label] + [c for task in tasks for c in (
             ("-", "-") if by_task.get(task) is None
             else (f"{by_task[task]['psnr']:.2f}", f"{by_task[task]['ssim']:.3f}"))])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    widths = [max(map(len, column)) for column in zip(*lines)]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
     text.insert(2, "  ".join("-" * w for w in widths))
     return "\n".join(text)
