@@ -1,20 +1,17 @@
 """Model and diffusion flags -> (model, diffusion); the paper's configurations as presets.
 
-The model and diffusion flags are declared once, in `MODEL_AND_DIFFUSION_FLAGS` (name, default,
-help, choices, check); the training and sampling parsers, `--help`, args.json and the checks
-below are built from it. `model_and_diffusion_defaults()` and
-`create_model_and_diffusion(**flags)` are the stable surface with the flag names of the paper's
-commands; inside, one `UNetConfig` and one `DiffusionConfig` are built once and passed around.
-`--preset NAME` expands to one of `PRESETS`; flags given explicitly on the command line win.
+The flags are declared once, in `MODEL_AND_DIFFUSION_FLAGS`: the training and sampling parsers,
+`--help`, args.json and the checks below are built from it. `create_model_and_diffusion(**flags)`
+takes the flag names of the paper's commands. `--preset NAME` expands to one of `PRESETS`; flags
+given explicitly on the command line win.
 """
 import argparse
-from dataclasses import dataclass, fields
 
-from .diffusion import (GaussianDiffusion, LossType, ModelMeanType, ModelVarType, SpacedDiffusion,
+from .diffusion import (LossType, ModelMeanType, ModelVarType, SpacedDiffusion,
                         get_named_beta_schedule, space_timesteps)
 from .diffusion.schedules import NOISE_SCHEDULES
 from .errors import UsageError
-from .flags import Flag, at_least, defaults, flag_values, in_range, int_list, positive
+from .flags import Flag, at_least, flag_values, in_range, int_list, positive
 from .unet import UNetConfig, UNetModel
 
 # channel_mult chosen by image size when --channel_mult is not given.
@@ -89,49 +86,28 @@ MODEL_AND_DIFFUSION_FLAGS = (
 
 def model_and_diffusion_defaults():
     """Every model and diffusion flag with its default (the paper code's defaults)."""
-    return defaults(MODEL_AND_DIFFUSION_FLAGS)
+    return {f.name: f.default for f in MODEL_AND_DIFFUSION_FLAGS}
 
 
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """The diffusion flags (defaults in MODEL_AND_DIFFUSION_FLAGS)."""
-    diffusion_steps: int
-    noise_schedule: str
-    timestep_respacing: str
-    learn_sigma: bool
-    sigma_small: bool
-    use_kl: bool
-    predict_xstart: bool
-    rescale_timesteps: bool
-    rescale_learned_sigmas: bool
-
-
-DIFFUSION_FLAGS = tuple(f.name for f in fields(DiffusionConfig))
+DIFFUSION_FLAGS = ("diffusion_steps", "noise_schedule", "timestep_respacing", "learn_sigma",
+                   "sigma_small", "use_kl", "predict_xstart", "rescale_timesteps",
+                   "rescale_learned_sigmas")
 
 
 def unet_config_from_flags(flags):
     """Build the UNetConfig that the model flags describe (ValueError names a bad flag)."""
     v = flag_values(MODEL_AND_DIFFUSION_FLAGS, flags)
     image_size = v["image_size"]
-    if v["channel_mult"]:
-        channel_mult = v["channel_mult"]
-    elif image_size in CHANNEL_MULT_BY_SIZE:
-        channel_mult = CHANNEL_MULT_BY_SIZE[image_size]
-    else:
-        raise ValueError(
-            f"image_size={image_size} has no default channel_mult (known: "
-            f"{sorted(CHANNEL_MULT_BY_SIZE)}); pass --channel_mult, e.g. 1,2,2"
-        )
+    channel_mult = v["channel_mult"] or CHANNEL_MULT_BY_SIZE.get(image_size)
+    if not channel_mult:
+        raise ValueError(f"image_size={image_size} has no default channel_mult (known: "
+                         f"{sorted(CHANNEL_MULT_BY_SIZE)}); pass --channel_mult, e.g. 1,2,2")
     if image_size % 2 ** (len(channel_mult) - 1):
-        raise ValueError(
-            f"image_size={image_size} is not divisible by 2^{len(channel_mult) - 1} "
-            f"(channel_mult={','.join(map(str, channel_mult))} downsamples that often)"
-        )
-    num_classes = None
-    if v["class_cond"]:
-        num_classes = v["num_classes"]
-        if num_classes < 1:
-            raise ValueError("class_cond=True needs num_classes >= 1 (set --num_classes)")
+        raise ValueError(f"image_size={image_size} is not divisible by "
+                         f"2^{len(channel_mult) - 1} (channel_mult="
+                         f"{','.join(map(str, channel_mult))} downsamples that often)")
+    if v["class_cond"] and v["num_classes"] < 1:
+        raise ValueError("class_cond=True needs num_classes >= 1 (set --num_classes)")
     channels = 3 if v["rgb"] else 1
     return UNetConfig(
         image_size=image_size,
@@ -142,7 +118,7 @@ def unet_config_from_flags(flags):
         attention_resolutions=tuple(image_size // r for r in v["attention_resolutions"]),
         channel_mult=channel_mult,
         dropout=v["dropout"],
-        num_classes=num_classes,
+        num_classes=v["num_classes"] if v["class_cond"] else None,
         use_checkpoint=v["use_checkpoint"],
         num_heads=v["num_heads"],
         num_heads_upsample=v["num_heads_upsample"],
@@ -153,35 +129,32 @@ def unet_config_from_flags(flags):
 
 
 def create_model(**flags):
-    return UNetModel(unet_config_from_flags({**model_and_diffusion_defaults(), **flags}))
-
-
-def create_gaussian_diffusion(config: DiffusionConfig):
-    betas = get_named_beta_schedule(config.noise_schedule, config.diffusion_steps)
-    if config.use_kl:
-        loss_type = LossType.RESCALED_KL
-    elif config.rescale_learned_sigmas:
-        loss_type = LossType.RESCALED_MSE
-    else:
-        loss_type = LossType.MSE
-    if config.learn_sigma:
-        var_type = ModelVarType.LEARNED_RANGE
-    else:
-        var_type = ModelVarType.FIXED_SMALL if config.sigma_small else ModelVarType.FIXED_LARGE
-    respacing = config.timestep_respacing or [config.diffusion_steps]
-    return SpacedDiffusion(
-        space_timesteps(config.diffusion_steps, respacing, betas),
-        betas=betas,
-        model_mean_type=ModelMeanType.START_X if config.predict_xstart else ModelMeanType.EPSILON,
-        model_var_type=var_type,
-        loss_type=loss_type,
-        rescale_timesteps=config.rescale_timesteps,
-    )
+    return UNetModel(unet_config_from_flags(flags))  # flags not given take their defaults
 
 
 def create_diffusion(**flags):
-    declared = [f for f in MODEL_AND_DIFFUSION_FLAGS if f.name in DIFFUSION_FLAGS]
-    return create_gaussian_diffusion(DiffusionConfig(**flag_values(declared, flags)))
+    """The diffusion that the DIFFUSION_FLAGS among `flags` describe (others are ignored)."""
+    v = flag_values([f for f in MODEL_AND_DIFFUSION_FLAGS if f.name in DIFFUSION_FLAGS], flags)
+    betas = get_named_beta_schedule(v["noise_schedule"], v["diffusion_steps"])
+    if v["use_kl"]:
+        loss_type = LossType.RESCALED_KL
+    elif v["rescale_learned_sigmas"]:
+        loss_type = LossType.RESCALED_MSE
+    else:
+        loss_type = LossType.MSE
+    if v["learn_sigma"]:
+        var_type = ModelVarType.LEARNED_RANGE
+    else:
+        var_type = ModelVarType.FIXED_SMALL if v["sigma_small"] else ModelVarType.FIXED_LARGE
+    respacing = v["timestep_respacing"] or [v["diffusion_steps"]]
+    return SpacedDiffusion(
+        space_timesteps(v["diffusion_steps"], respacing, betas),
+        betas=betas,
+        model_mean_type=ModelMeanType.START_X if v["predict_xstart"] else ModelMeanType.EPSILON,
+        model_var_type=var_type,
+        loss_type=loss_type,
+        rescale_timesteps=v["rescale_timesteps"],
+    )
 
 
 def create_model_and_diffusion(**flags):
@@ -197,17 +170,15 @@ def check_model_flags(flags):
     flag (the library's ValueError names it as `image_size=20 ...`; where it does not, the flags
     that differ from their defaults are named)."""
     defaults = model_and_diffusion_defaults()
-    for build, names in ((unet_config_from_flags, None), (create_diffusion, DIFFUSION_FLAGS)):
+    for build, names in ((unet_config_from_flags, defaults),
+                         (lambda given: create_diffusion(**given), DIFFUSION_FLAGS)):
         try:
-            if names is None:
-                build(flags)
-            else:
-                build(**{k: flags[k] for k in names if k in flags})
+            build(flags)
         except (ValueError, TypeError) as e:
             text = str(e).strip()
             message = text.splitlines()[0] if text else type(e).__name__
             if not any(name in message for name in defaults):
-                suspects = [f"--{k} {flags[k]!r}" for k in (names or defaults)
+                suspects = [f"--{k} {flags[k]!r}" for k in names
                             if k in flags and flags[k] != defaults[k]]
                 message = f"{', '.join(suspects) or 'model flags'}: {message}"
             raise UsageError(message) from None

@@ -1,21 +1,15 @@
 """Command-line flags, each declared once, and how a command reports a user's mistake.
 
-A `Flag` holds everything about one flag: its name, its default as written on the command line,
-its help text, its allowed choices, how its text becomes the value the program uses, and what
-makes a value wrong. The parser, the defaults, `--help`, the checks and the config object are all
-built from these declarations, so they cannot disagree:
+A `Flag` holds its name, its default as written on the command line, its help, its choices, how
+its text becomes the program's value and what makes a value wrong. The parser, `--help`, the
+checks and the config object are all built from these declarations, so they cannot disagree:
 
-    FLAGS = (
-        Flag("lr", 1e-4, "AdamW learning rate", check=positive),
-        Flag("ema_rate", "0.9999", "comma list of EMA rates", convert=ema_rates),
-    )
+    FLAGS = (Flag("lr", 1e-4, "AdamW learning rate", check=positive),
+             Flag("ema_rate", "0.9999", "comma list of EMA rates", convert=ema_rates))
     def main(argv=None):
         with user_errors():                          # UsageError -> one line, exit code 2
-            parser = make_parser("Train a model.")
-            add_flags(parser, FLAGS)                 # --lr, --ema_rate with type, help, choices
-            args = parser.parse_args(argv)
-            values = flag_values(FLAGS, vars(args))  # converted and checked, or UsageError
-            require(values["lr"] < 1, "lr", values["lr"], "is too large")   # cross-flag rules
+            args = parse("Train a model.", FLAGS, argv)   # args.lr, args.ema_rate: checked
+            require(args.lr < 1, "lr", args.lr, "is too large")   # cross-flag rules
 
 Flags keep the names, defaults and meanings of the original RaMViD README, so a command pasted
 from the paper works unchanged. Booleans are written `True`/`False` (a bare `--flag` means True);
@@ -78,7 +72,6 @@ def at_least(low):
 
 
 def in_range(low, high):
-    """low <= value < high."""
     return lambda value: None if low <= value < high else f"must lie in [{low}, {high})"
 
 
@@ -140,22 +133,12 @@ class Flag:
 
     def to_json(self, value):
         """The program's value as the command line writes it (args.json stays re-parseable)."""
-        if self.convert is None:
+        if self.convert is None or not isinstance(value, (list, tuple, type(None))):
             return value
-        if value is None:
-            return ""
-        if isinstance(value, (list, tuple)):
-            return ",".join(map(str, value))
-        return value
+        return ",".join(map(str, value or ()))
 
 
-def defaults(flags):
-    """{name: default} of the declarations, in order."""
-    return {f.name: f.default for f in flags}
-
-
-def add_flags(parser, flags):
-    """Add `--name` for every declaration to `parser` (or an argument group)."""
+def add_flags(parser, flags):  # parser: an ArgumentParser or an argument group
     for flag in flags:
         default = argparse.SUPPRESS if flag.required else flag.default  # no "(default: None)"
         switch = {"nargs": "?", "const": True} if flag.parse_type() is str2bool else {}
@@ -199,19 +182,15 @@ def as_flag_error(error):
 
 # --------------------------------------------------------------------------- parsing
 class FlagParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are UsageErrors (one line, exit code 2 under `user_errors`)
-    and which knows exact flag names only."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)  # `--lr_anneal` must not silently mean another flag
-        super().__init__(*args, **kwargs)
+    """ArgumentParser whose errors are UsageErrors (one line, exit code 2 under `user_errors`)."""
 
     def error(self, message):
         raise UsageError(message)
 
 
 def make_parser(description):
-    return FlagParser(description=description,
+    # allow_abbrev=False: `--lr_anneal` must not silently mean another flag
+    return FlagParser(description=description, allow_abbrev=False,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 

@@ -24,11 +24,8 @@ FORMATS = ("gif", "mp4", "png")
 
 
 def write_video(path, frames, fps=10, crf=None):
-    """Write `frames` (T, H, W, 3) uint8 RGB to `path` (.mp4 or .avi).
-
-    crf=None writes losslessly; an integer writes yuv420p H.264 at that quality (H, W even).
-    The file appears under its name only once complete (written beside it, then renamed).
-    """
+    """Write `frames` (T, H, W, 3) uint8 RGB to `path` (.mp4 or .avi): losslessly with
+    crf=None, else yuv420p H.264 at quality `crf` (H, W even); complete or not at all."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
@@ -57,13 +54,11 @@ class VideoWriter:
             self.stream = self.container.add_stream("mpeg4", rate=rate)
             self.stream.pix_fmt = "yuv420p"
         self.stream.width, self.stream.height = width, height
-        self.count = 0
 
     def write(self, frame):
         # Consecutive pts at the stream's rate: the output is constant frame rate.
         frame.pts = None
         self.container.mux(self.stream.encode(frame.reformat(format=self.stream.pix_fmt)))
-        self.count += 1
 
     def __enter__(self):
         return self
@@ -78,7 +73,6 @@ class VideoWriter:
             os.replace(self.partial, self.path)
         else:
             self.partial.unlink(missing_ok=True)
-        return False
 
 
 def read_video(path):
@@ -95,9 +89,8 @@ def as_rgb_videos(videos):
     """uint8 (N, T, H, W, 3) from uint8 (N, T, H, W, C) with C in {1, 3}; ValueError otherwise."""
     videos = np.asarray(videos)
     if videos.ndim != 5 or videos.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"expected videos of shape N x T x H x W x C with C = 1 or 3, got {videos.shape}"
-        )
+        raise ValueError(f"expected videos of shape N x T x H x W x C with C = 1 or 3, got "
+                         f"{videos.shape}")
     if videos.dtype != np.uint8:
         raise ValueError(f"expected uint8 videos (0..255), got dtype {videos.dtype}")
     return np.repeat(videos, 3, axis=-1) if videos.shape[-1] == 1 else videos
@@ -128,14 +121,14 @@ def bordered_frames(videos, mask, border=2, scale=1):
     return out
 
 
-def _tile(tiles, rows, cols, gap):
-    """Place tiles (rows * cols, h, w, 3) (row-major, missing tiles blank) on one canvas."""
-    h, w = tiles.shape[1:3]
-    canvas = np.empty((rows * h + (rows + 1) * gap, cols * w + (cols + 1) * gap, 3), dtype=np.uint8)
-    canvas[:] = BACKGROUND
+def _tile(tiles, cols, gap):
+    """Tiles (n, h, w, 3) on one canvas, row-major, `cols` per row; blanks end the last row."""
+    n, h, w = tiles.shape[:3]
+    rows = -(-n // cols)
+    canvas = np.full((rows * h + (rows + 1) * gap, cols * w + (cols + 1) * gap, 3), BACKGROUND,
+                     dtype=np.uint8)
     for k, tile in enumerate(tiles):
-        r, c = divmod(k, cols)
-        top, left = gap + r * (h + gap), gap + c * (w + gap)
+        top, left = gap + k // cols * (h + gap), gap + k % cols * (w + gap)
         canvas[top:top + h, left:left + w] = tile
     return canvas
 
@@ -143,18 +136,15 @@ def _tile(tiles, rows, cols, gap):
 def filmstrip(videos, mask, border=2, gap=2, scale=1):
     """One image (rows = videos, columns = frames): uint8 (H_grid, W_grid, 3)."""
     frames = bordered_frames(videos, mask, border, scale)  # (N, T, h, w, 3)
-    n, t = frames.shape[:2]
-    return _tile(frames.reshape(n * t, *frames.shape[2:]), n, t, gap)
+    return _tile(frames.reshape(-1, *frames.shape[2:]), frames.shape[1], gap)
 
 
 def animated_grid(videos, mask, columns=None, border=2, gap=2, scale=1):
     """Frames of an animation whose frame t shows frame t of every video in a grid:
     uint8 (T, H_grid, W_grid, 3). Default: up to 8 videos per row."""
     frames = bordered_frames(videos, mask, border, scale)  # (N, T, h, w, 3)
-    n = frames.shape[0]
-    cols = min(n, columns or 8)
-    rows = -(-n // cols)
-    return np.stack([_tile(frames[:, t], rows, cols, gap) for t in range(frames.shape[1])])
+    cols = min(len(frames), columns or 8)
+    return np.stack([_tile(frames[:, t], cols, gap) for t in range(frames.shape[1])])
 
 
 def save_video_grid(path, videos, obs_mask=None, cond_frames=None, fps=4, scale=None,

@@ -109,8 +109,7 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- the commands
 def train_command(data_dir, max_steps, sample_interval, seed, *flags, save_interval=None):
-    """video_train.py on the demo's clips in `data_dir` (train/; previews of val/) with the
-    `demo` preset and `flags`, saving at `max_steps`."""
+    """video_train.py with the `demo` preset on data_dir/train, previews of data_dir/val."""
     return [str(REPO / "scripts" / "video_train.py"), "--data_dir", str(Path(data_dir) / "train"),
             "--preset", "demo", *flags, "--max_steps", str(max_steps),
             "--save_interval", str(save_interval or max_steps), "--log_interval", "10",
@@ -128,7 +127,6 @@ def retrain_command(data_dir):
 
 
 def short_run_command(cfg, prefix):
-    """The short run from scratch that `make demo` trains, with held-out previews."""
     # One process holds every rank's videos, so the global batch stays the preset's.
     batch = (["--batch_size", str(PRESETS["demo"]["batch_size"] * cfg.procs)]
              if len(prefix) == 1 and cfg.procs > 1 else [])
@@ -146,8 +144,7 @@ def sample_command(cfg, prefix, checkpoint, task):
         str(REPO / "scripts" / "video_sample.py"), "--model_path", str(checkpoint),
         "--num_samples", str(count), "--batch_size", str(-(-count // ranks)),
         "--use_ddim", "True", "--eta", str(cfg.eta), "--timestep_respacing", cfg.respacing,
-        "--seed", str(cfg.seed), "--save_video", "gif",
-    ]
+        "--seed", str(cfg.seed), "--save_video", "gif"]
     if frames:
         return command + ["--data_dir", str(cfg.data_dir / "test"), "--save_gt", "True",
                           "--samples_per_clip", str(cfg.samples_per_clip),
@@ -156,7 +153,6 @@ def sample_command(cfg, prefix, checkpoint, task):
 
 
 def launch_prefix(procs, mpirun):
-    """Command prefix running a Python script on `procs` ranks (plain python without mpirun)."""
     return [mpirun, "-n", str(procs), sys.executable] if mpirun and procs > 1 else [sys.executable]
 
 
@@ -167,7 +163,6 @@ def shown(command):
 
 # ----------------------------------------------------------------------------- the steps
 def verified_checkpoint():
-    """The shipped checkpoint's path, after checking its bytes against SHIPPED_SHA256."""
     found = sha256_of(SHIPPED_CHECKPOINT) if SHIPPED_CHECKPOINT.is_file() else None
     if found != SHIPPED_SHA256:
         problem = (f"has sha256 {found}, not the recorded {SHIPPED_SHA256}" if found
@@ -251,7 +246,7 @@ def score_task(ours, gt, frames, reference):
 
 
 def margins(scores, ours):
-    """PSNR / SSIM of `ours` (one-sample mean) minus the baselines', per task: {task: {...}}."""
+    """{task: PSNR / SSIM of `ours` (one-sample mean) minus the baselines'}."""
     out = {}
     for task, by_method in scores.items():
         mine = by_method[ours]
@@ -309,8 +304,8 @@ def common_truth(truths):
     return first
 
 
-def training_reference(train_dir, limit=256):
-    """uint8 (M, T, H, W, C): the first `limit` training clips as the model sees them (after the
+def training_reference(train_dir):
+    """uint8 (M, T, H, W, C): the first 256 training clips as the model sees them (after the
     data loader's resizing), for the mean-frame baseline."""
     import torch
 
@@ -318,26 +313,10 @@ def training_reference(train_dir, limit=256):
     from ..sample.batch import to_uint8
 
     dataset = VideoClipDataset(train_dir, DEMO_DATA["image_size"], DEMO_DATA["num_frames"])
-    return to_uint8(torch.stack([dataset[i][0] for i in range(min(limit, len(dataset)))]))
+    return to_uint8(torch.stack([dataset[i][0] for i in range(min(256, len(dataset)))]))
 
 
-def score_tasks(cfg, labels):
-    """Both checkpoints' samples of prediction and infilling, checked and scored against the
-    baselines: ({task: {method: scores}}, {task: {method: one video per clip}}, {task: truth})."""
-    reference = training_reference(cfg.data_dir / "train")
-    scores, videos, truths = {}, {}, {}
-    for task in ("prediction", "infilling"):
-        ours, truth = {}, {}
-        for source in SOURCES:
-            samples_path, gt_path = sample_files(cfg.run_dir / source / task)
-            ours[labels[source]], truth[labels[source]] = grouped_samples(
-                read_npz(samples_path)[0], read_npz(gt_path)[0], TASKS[task], cfg.samples_per_clip)
-        truths[task] = common_truth(truth)
-        scores[task], videos[task] = score_task(ours, truths[task], TASKS[task], reference)
-    return scores, videos, truths
-
-
-# ----------------------------------------------------------------------------- table, plot, grids
+# ----------------------------------------------------------------------------- table and plot
 def format_table(rows, tasks):
     """A fixed-width text table: one row per (label, {task: {"psnr", "ssim"} or None}), PSNR
     and SSIM per task; '-' where a method does not apply to a task."""
@@ -347,25 +326,14 @@ def format_table(rows, tasks):
         lines.append([label] + [c for task in tasks for c in (
             ("-", "-") if by_task.get(task) is None
             else (f"{by_task[task]['psnr']:.2f}", f"{by_task[task]['ssim']:.3f}"))])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    widths = [max(map(len, column)) for column in zip(*lines)]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
     text.insert(2, "  ".join("-" * w for w in widths))
     return "\n".join(text)
 
 
-def table_rows(scores, labels, per_clip):
-    rows = []
-    for source in SOURCES:
-        label = labels[source]
-        rows.append((f"{label}: one sample", {t: s[label] for t, s in scores.items()}))
-        rows.append((f"{label}: best of {per_clip}",
-                     {t: {"psnr": s[label]["psnr_best"], "ssim": s[label]["ssim_best"]}
-                      for t, s in scores.items()}))
-    return rows + [(method, {t: s.get(method) for t, s in scores.items()}) for method in BASELINES]
-
-
 def read_progress(path):
-    """A run's progress.csv (or preview.csv) -> {column: float array}; empty cells are NaN."""
+    """progress.csv or preview.csv -> {column: float array}; empty cells are NaN."""
     rows = np.atleast_1d(np.genfromtxt(path, delimiter=",", names=True))
     if rows.dtype.names is None or not len(rows):
         raise ValueError(f"{path} holds no logged steps")
@@ -376,15 +344,12 @@ def plot_training_loss(progress_csv, png_path, title="training loss", preview_cs
     """Save a PNG of the loss against the step: the total and the four timestep quartiles
     (q0 = least noise); with `preview_csv` (written by --sample_interval) a second panel shows
     the held-out PSNR of the previews beside copy-last. Returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a laptop terminal or a CI box
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no display, no backend to choose
 
     columns = read_progress(progress_csv)
     previews = read_progress(preview_csv) if preview_csv and Path(preview_csv).is_file() else None
-    fig, axes = plt.subplots(1, 2 if previews else 1, figsize=(10 if previews else 6, 3.6),
-                             dpi=120, squeeze=False)
+    fig = Figure(figsize=(10 if previews else 6, 3.6), dpi=120)
+    axes = fig.subplots(1, 2 if previews else 1, squeeze=False)
     ax = axes[0, 0]
     ax.plot(columns["step"], columns["loss"], color="black", lw=2, label="loss (all t)")
     for q in range(4):
@@ -407,34 +372,25 @@ def plot_training_loss(progress_csv, png_path, title="training loss", preview_cs
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png_path)
-    plt.close(fig)
     return Path(png_path)
-
-
-def write_grids(run_dir, labels, videos, truths):
-    """Per task an animated grid (truth of 8 clips, both models, the baselines that fill frames
-    from the given ones) and a frame strip of prediction, clip by clip; given frames outlined.
-    Returns {name: path}."""
-    files = {}
-    for task, by_method in videos.items():
-        rows = [labels[s] for s in SOURCES] + [m for m in (LINEAR, COPY_LAST) if m in by_method]
-        stack = np.concatenate([truths[task][:8]] + [by_method[name][:8] for name in rows])
-        files[f"{task} vs truth gif"] = save_video_grid(
-            run_dir / f"{task}_vs_truth.gif", stack, cond_frames=TASKS[task], fps=3,
-            columns=min(8, len(truths[task])))
-    prediction = videos["prediction"]
-    strip = np.stack([v for i in range(3) for v in (
-        truths["prediction"][i], prediction[labels["shipped"]][i], prediction[COPY_LAST][i])])
-    files["prediction frame strip"] = save_video_grid(
-        run_dir / "prediction_strip.png", strip, cond_frames=TASKS["prediction"], scale=3)
-    return files
 
 
 # ----------------------------------------------------------------------------- the summary
 def summarise(cfg, checkpoints, labels, timings, start):
-    """Score the samples of both checkpoints ({source: path}, named by `labels`), write
-    metrics.json, the loss plot and the grids, and print the table and where everything is."""
-    scores, videos, truths = score_tasks(cfg, labels)
+    """Check and score the samples of both checkpoints ({source: path}, named by `labels`)
+    against the baselines, write metrics.json, the loss plot and the grids, and print the table
+    and where everything is."""
+    reference = training_reference(cfg.data_dir / "train")
+    # {task: {method: scores}}, {task: {method: one video per clip}}, {task: truth}
+    scores, videos, truths = {}, {}, {}
+    for task in ("prediction", "infilling"):
+        ours, truth = {}, {}
+        for source in SOURCES:
+            samples_path, gt_path = sample_files(cfg.run_dir / source / task)
+            ours[labels[source]], truth[labels[source]] = grouped_samples(
+                read_npz(samples_path)[0], read_npz(gt_path)[0], TASKS[task], cfg.samples_per_clip)
+        truths[task] = common_truth(truth)
+        scores[task], videos[task] = score_task(ours, truths[task], TASKS[task], reference)
     retrain_shown = f"OMP_NUM_THREADS={RETRAIN_THREADS} " + shown(retrain_command(cfg.data_dir))
     train_dir = cfg.run_dir / "train"
     plot = plot_training_loss(train_dir / "progress.csv", cfg.run_dir / "training_loss.png",
@@ -447,9 +403,21 @@ def summarise(cfg, checkpoints, labels, timings, start):
              "samples_per_s": float(progress["samples_per_s"][-1])}
     files = {"run": cfg.run_dir, "loss plot": plot, "metrics": cfg.run_dir / "metrics.json",
              "short run: checkpoints, logs": train_dir,
-             "short run: previews": train_dir / "preview",
-             **write_grids(cfg.run_dir, labels, videos, truths),
-             "unconditional npz": sample_files(cfg.run_dir / "shipped" / "unconditional")[0]}
+             "short run: previews": train_dir / "preview"}
+    # Per task the truth of 8 clips, both models and the baselines that fill frames from the
+    # given ones; a frame strip of prediction, clip by clip; given frames outlined.
+    for task, by_method in videos.items():
+        methods = [labels[s] for s in SOURCES] + [m for m in (LINEAR, COPY_LAST) if m in by_method]
+        stack = np.concatenate([truths[task][:8]] + [by_method[name][:8] for name in methods])
+        files[f"{task} vs truth gif"] = save_video_grid(
+            cfg.run_dir / f"{task}_vs_truth.gif", stack, cond_frames=TASKS[task], fps=3,
+            columns=min(8, len(truths[task])))
+    prediction = videos["prediction"]
+    strip = np.stack([v for i in range(3) for v in (
+        truths["prediction"][i], prediction[labels["shipped"]][i], prediction[COPY_LAST][i])])
+    files["prediction frame strip"] = save_video_grid(
+        cfg.run_dir / "prediction_strip.png", strip, cond_frames=TASKS["prediction"], scale=3)
+    files["unconditional npz"] = sample_files(cfg.run_dir / "shipped" / "unconditional")[0]
     gif = sorted((cfg.run_dir / "shipped" / "unconditional").rglob("samples_*.gif"))
     if gif:
         files["unconditional gif"] = gif[0]
@@ -462,7 +430,14 @@ def summarise(cfg, checkpoints, labels, timings, start):
 
     print(f"\nPSNR / SSIM over the generated frames of {cfg.num_test} held-out clips (given "
           f"frames excluded; higher is better; {cfg.samples_per_clip} samples per clip):\n")
-    print(format_table(table_rows(scores, labels, cfg.samples_per_clip), list(scores)))
+    rows = []
+    for label in (labels[source] for source in SOURCES):
+        rows.append((f"{label}: one sample", {t: s[label] for t, s in scores.items()}))
+        rows.append((f"{label}: best of {cfg.samples_per_clip}",
+                     {t: {"psnr": s[label]["psnr_best"], "ssim": s[label]["ssim_best"]}
+                      for t, s in scores.items()}))
+    rows += [(method, {t: s.get(method) for t, s in scores.items()}) for method in BASELINES]
+    print(format_table(rows, list(scores)))
     print()
     for label, by_task in gains.items():
         for task, gain in by_task.items():

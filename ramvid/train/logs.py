@@ -45,21 +45,18 @@ class RunLogger:
         self.logdir = Path(logdir)
         self.progress_path = self.logdir / "progress.csv"
         self.enabled = enabled
-        self.bar = None
-        self.tb = None
+        self.bar = self.tb = None
         if not enabled:
             return
         self.logdir.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.logdir / "log.txt", "a", buffering=1)
         self._previous_showwarning = warnings.showwarning
-        warnings.showwarning = self._showwarning
+        warnings.showwarning = lambda message, *details, **more: self.warn(f"{message}")
 
-    # ------------------------------------------------------------------ text
     def info(self, message):
         if not self.enabled:
             return
-        line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}"
-        self._log_file.write(line + "\n")
+        self._log_file.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}\n")
         if self.bar is not None:
             self.bar.write(message, file=sys.stdout)
         else:
@@ -68,10 +65,6 @@ class RunLogger:
     def warn(self, message):
         self.info(f"WARNING: {message}")
 
-    def _showwarning(self, message, category, filename, lineno, file=None, line=None):
-        self.warn(f"{message}")
-
-    # ------------------------------------------------------------------ progress
     def start_at(self, step, last_step):
         """Forget what was logged after `step`, where this run starts (a resumed run logs those
         steps again): rows of progress.csv and preview.csv, and TensorBoard's events. Shows a
@@ -100,8 +93,7 @@ class RunLogger:
                 if key != "step" and value is not None:
                     self.tb.add_scalar(key, value, row["step"])
             self.tb.flush()
-        summary = " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if v is not None)
-        self.info(summary)
+        self.info(" ".join(f"{k}={_fmt(v)}" for k, v in row.items() if v is not None))
 
     def advance(self):
         if self.bar is not None:
@@ -117,16 +109,14 @@ class RunLogger:
         if isinstance(error, Exception):
             text = str(error).strip()
             self.info(f"ERROR: {text.splitlines()[0] if text else type(error).__name__}")
-        if self.bar is not None:
-            self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
+        for output in (self.bar, self.tb):
+            if output is not None:
+                output.close()
         warnings.showwarning = self._previous_showwarning
         self._log_file.close()
 
 
 def _keep_rows_up_to(path, columns, step):
-    """Drop the rows of the csv file `path` whose step is after `step`."""
     if not path.exists():
         return
     with open(path, newline="") as f:
@@ -143,7 +133,6 @@ def _keep_rows_up_to(path, columns, step):
 
 
 def _append_row(path, columns, row):
-    """Append `row` to the csv file `path`, after a header when the file is new or empty."""
     new = not path.exists() or path.stat().st_size == 0
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
@@ -200,9 +189,8 @@ class LossStats:
             all_reduce(packed)
         values = packed.tolist()  # the one host sync of a log interval
         videos, steps = values[self.VIDEOS], values[self.STEPS]
-        out = {}
-        for i, name in enumerate(LOSS_TERMS):
-            out[name] = values[i] / videos if name in self.present and videos else None
+        out = {name: values[i] / videos if name in self.present and videos else None
+               for i, name in enumerate(LOSS_TERMS)}
         for q in range(4):
             count = values[self.QUARTILE_COUNT + q]
             out[f"loss_q{q}"] = values[self.QUARTILE_SUM + q] / count if count else None
@@ -257,9 +245,11 @@ class Preview:
                                       "; TensorBoard is off (pip install -e .[tb] turns it on)"))
 
     @torch.no_grad()
-    def val_loss(self):
-        """The training loss on the held-out clips with fixed timesteps, noise and masks."""
-        n = self.video.shape[0]
+    def run(self, step, ema):
+        """Preview the EMA weights after `step`; returns the seconds it took."""
+        start, n = time.time(), self.video.shape[0]
+        ema.copy_to(self.ema_model, self.ema_rate)
+        # The training loss on the held-out clips with fixed timesteps, noise and masks.
         cpu = torch.Generator().manual_seed(PREVIEW_SEED)
         obs_mask = sample_train_mask(n, self.seq_len, self.cfg.uncondition_rate,
                                      self.cfg.max_num_mask_frames, self.cfg.mask_range,
@@ -270,29 +260,16 @@ class Preview:
             self.ema_model, self.video, t.to(self.device), obs_mask=obs_mask,
             model_kwargs=self.model_kwargs, noise=noise,
             exclude_conditional=self.cfg.exclude_conditional)
-        return float(losses["loss"].mean())
-
-    @torch.no_grad()
-    def sample(self, cond_frames, stream):
-        """uint8 (N, T, H, W, C) samples with frames `cond_frames` taken from the held-out clips."""
-        n = self.video.shape[0]
-        obs_mask = mask_from_frames(cond_frames, n, self.seq_len, device=self.device)
-        generator = torch.Generator(device=self.device).manual_seed(PREVIEW_SEED * 1000 + stream)
-        out = self.fast_diffusion.ddim_sample_loop(
-            self.ema_model, tuple(self.video.shape), obs=self.video, obs_mask=obs_mask, eta=1.0,
-            model_kwargs=self.model_kwargs, generator=generator)
-        return to_uint8(out)
-
-    def run(self, step, ema):
-        """Preview the EMA weights after `step`; returns the seconds it took."""
-        start = time.time()
-        ema.copy_to(self.ema_model, self.ema_rate)
-        row = {"step": step, "val_loss": self.val_loss()}
+        row = {"step": step, "val_loss": float(losses["loss"].mean())}
         videos, masks, strips = [], [], {}
         for stream, (task, cond_frames) in enumerate(preview_tasks(self.seq_len).items()):
-            samples = self.sample(cond_frames, stream)  # (N, T, H, W, C)
-            mask = np.zeros(self.seq_len, dtype=bool)
-            mask[cond_frames] = True
+            seed = PREVIEW_SEED * 1000 + stream
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            samples = to_uint8(self.fast_diffusion.ddim_sample_loop(
+                self.ema_model, tuple(self.video.shape), obs=self.video, eta=1.0,
+                obs_mask=mask_from_frames(cond_frames, n, self.seq_len, device=self.device),
+                model_kwargs=self.model_kwargs, generator=generator))  # (N, T, H, W, C)
+            mask = np.isin(np.arange(self.seq_len), cond_frames)
             row[f"psnr_{task}"] = frame_metrics(samples[:, None], self.truth, mask)["psnr_mean"]
             row[f"psnr_{task}_copy_last"] = frame_metrics(
                 copy_last_given(self.truth, mask)[:, None], self.truth, mask)["psnr_mean"]
@@ -301,8 +278,7 @@ class Preview:
             # TensorBoard image: truth and sample of the first two clips, one row per video.
             pairs = np.stack([v for i in range(min(2, len(samples)))
                               for v in (self.truth[i], samples[i])])
-            strips[task] = filmstrip(pairs, grid_obs_mask(len(pairs), self.seq_len,
-                                                          cond_frames=cond_frames), scale=4)
+            strips[task] = filmstrip(pairs, np.broadcast_to(mask, pairs.shape[:2]), scale=4)
         save_video_grid(self.out_dir / f"step_{step:06d}.gif", np.concatenate(videos),
                         obs_mask=np.concatenate(masks), columns=len(self.truth))
         row["seconds"] = time.time() - start
