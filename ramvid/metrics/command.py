@@ -26,7 +26,7 @@ from ..sample.command import (SAMPLING_FLAG, add_model_flags, check_data, dry_ru
                               load_checkpoint, model_on_every_rank, parse_sampling_flags,
                               rate_key, sampler_options)
 from ..sample.files import GT_PREFIX, map_npz_array, npz_shape
-from ..sample.run import RECORD_JSON, SampleJob, read_record, run_files, sample_to_folder
+from ..sample.run import RECORD_JSON, SampleJob, read_record, sample_to_folder
 from .evaluation import PROTOCOLS, run_evaluation, table
 from .i3d import I3DWeightsError
 
@@ -149,7 +149,7 @@ def sample_for_evaluation(parser, argv, args):
     with model_on_every_rank(model, args) as (net, info):
         return sample_to_folder(net, create_diffusion(**flags), flags, job(num_clips), info,
                                 out_dir=args.work_dir or None, overwrite=args.overwrite,
-                                reuse_finished=True, break_lock=args.break_lock, announce=print,
+                                reuse_finished=True, break_lock=args.break_lock,
                                 rate_key=rate_key(flags, args, args.sample_batch_size))
 
 
@@ -242,10 +242,11 @@ class SampleFile:
 def find_sample_file(path: Path) -> SampleFile:
     """--samples names an npz or a sample run's folder (its one samples npz)."""
     if path.is_dir():
-        try:
-            path = run_files(path)[0]
-        except UsageError as e:
-            raise UsageError(f"--samples {e}") from None
+        found = [p for p in sorted(path.glob("*.npz")) if not p.name.startswith(GT_PREFIX)]
+        if len(found) != 1:
+            raise UsageError(f"--samples {path}: a run folder holds one samples npz, found "
+                             f"{len(found)} (an unfinished run? rerun its sampling command)")
+        path = found[0]
     elif not path.is_file():
         raise UsageError(f"--samples {path}: no such file")
     record = read_record(path.parent)

@@ -29,9 +29,8 @@ from ..video_io import FORMATS
 from .batch import AUTOCAST_DTYPES, ClipSource, SamplerOptions
 from .loading import (checkpoint_flags, describe_sources, flag_sources, load_state_dict,
                       model_from_state_dict)
-from .long import SCHEMES, check_long_flags
-from .run import (COLLECTIVE_TIMEOUT_S, LongSettings, SampleJob, cost, measured_rates,
-                  sample_to_folder)
+from .long import SCHEMES, LongSettings, check_long_flags
+from .run import COLLECTIVE_TIMEOUT_S, SampleJob, cost, measured_rates, sample_to_folder
 
 
 def _finite_non_negative(value):
@@ -295,7 +294,7 @@ def sample_main(argv=None, long_videos=False):
         with model_on_every_rank(model, args) as (net, info):
             paths = sample_to_folder(net, create_diffusion(**flags), flags, job, info,
                                      out_dir=args.out_dir or None, overwrite=args.overwrite,
-                                     break_lock=args.break_lock, announce=_announce,
+                                     break_lock=args.break_lock,
                                      rate_key=rate_key(flags, args, job.batch_size))
         if paths is not None:  # rank 0
             for name in ("samples", "gt"):
@@ -308,7 +307,3 @@ def sample_main(argv=None, long_videos=False):
 def sample_long_main(argv=None):
     """The installed ramvid-sample-long (scripts/video_sample_long.py calls sample_main)."""
     return sample_main(argv, long_videos=True)
-
-
-def _announce(text):
-    print(text, flush=True)

@@ -30,46 +30,38 @@ CHUNK_DIR = "chunks"
 _CHUNK_FILE = re.compile(r"^chunk_(\d{4,})\.npz$")
 
 
-class NpzArray:
-    """One array of an npz file: its full shape and dtype, and its rows block by block."""
-
-    def __init__(self, shape, dtype, blocks):
-        self.shape, self.dtype, self.blocks = tuple(int(s) for s in shape), np.dtype(dtype), blocks
-
-    @classmethod
-    def whole(cls, array):
-        array = np.asarray(array)
-        return cls(array.shape, array.dtype, [array])
-
-
-def _write_member(archive, name, item):
+def _write_member(archive, name, shape, dtype, blocks):
+    """Array `name` of `shape` and `dtype`, written from its rows block by block."""
+    shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
     info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
     info.compress_type = zipfile.ZIP_STORED
     rows = 0
     with archive.open(info, "w", force_zip64=True) as out:
-        header = {"descr": np.lib.format.dtype_to_descr(item.dtype), "fortran_order": False,
-                  "shape": item.shape}
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": shape}
         np.lib.format.write_array_header_1_0(out, header)
-        for block in item.blocks:
-            block = np.ascontiguousarray(block, dtype=item.dtype)
-            if block.shape[1:] != item.shape[1:]:
-                raise ValueError(f"{name}: block of shape {block.shape} does not fit {item.shape}")
+        for block in blocks:
+            block = np.ascontiguousarray(block, dtype=dtype)
+            if block.shape[1:] != shape[1:]:
+                raise ValueError(f"{name}: block of shape {block.shape} does not fit {shape}")
             out.write(block.tobytes())
             rows += len(block)
-    if rows != item.shape[0]:
-        raise ValueError(f"{name}: {rows} rows written, the header says {item.shape[0]}")
+    if rows != shape[0]:
+        raise ValueError(f"{name}: {rows} rows written, the header says {shape[0]}")
 
 
 def write_npz(path, arrays):
-    """Write `arrays` (NpzArray or ndarray, in order: arr_0, arr_1, ...) to `path` atomically."""
+    """Write `arrays` (in order: arr_0, arr_1, ...) to `path` atomically; an item is an array,
+    or (full shape, dtype, its rows as blocks) to stream it."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for k, item in enumerate(arrays):
-                if not isinstance(item, NpzArray):
-                    item = NpzArray.whole(item)
-                _write_member(archive, f"arr_{k}.npy", item)
+                if not isinstance(item, tuple):
+                    item = np.asarray(item)
+                    item = (item.shape, item.dtype, [item])
+                _write_member(archive, f"arr_{k}.npy", *item)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -132,7 +124,6 @@ def npz_name(shape, prefix=""):
     return prefix + "x".join(str(s) for s in shape) + ".npz"
 
 
-
 class ChunkStore:
     """Chunks of one run. `fields`: the per-sample arrays each chunk holds, in order, as
     name -> (item shape, numpy dtype); "samples" first, then optionally "gt" and "labels"."""
@@ -140,16 +131,10 @@ class ChunkStore:
     def __init__(self, folder, num_samples, chunk_size, fields):
         if num_samples < 1 or chunk_size < 1:
             raise ValueError(f"num_samples={num_samples} and chunk_size={chunk_size} must be >= 1")
-        self.folder, self.fields = Path(folder), dict(fields)
-        self.num_samples, self.chunk_size = num_samples, chunk_size
-
-    @property
-    def chunk_dir(self):
-        return self.folder / CHUNK_DIR
-
-    def ranges(self):
-        """[range of sample indices] of every chunk, in order (cut as batches are)."""
-        return global_batches(self.num_samples, self.chunk_size)
+        self.folder, self.fields, self.num_samples = Path(folder), dict(fields), num_samples
+        self.chunk_dir = self.folder / CHUNK_DIR
+        # [range of sample indices] of every chunk, in order (cut as batches are)
+        self.ranges = global_batches(num_samples, chunk_size)
 
     def path(self, k):
         return self.chunk_dir / f"chunk_{k:04d}.npz"
@@ -159,12 +144,12 @@ class ChunkStore:
         if not self.chunk_dir.is_dir():
             return []
         found = (_CHUNK_FILE.match(p.name) for p in self.chunk_dir.iterdir())
-        return sorted(int(m.group(1)) for m in found if m and int(m.group(1)) < len(self.ranges()))
+        return sorted(int(m.group(1)) for m in found if m and int(m.group(1)) < len(self.ranges))
 
     def save(self, k, arrays):
         """Write chunk k (arrays: name -> (n, *item shape) array, n = the chunk's length)."""
         self.chunk_dir.mkdir(parents=True, exist_ok=True)
-        expected = len(self.ranges()[k])
+        expected = len(self.ranges[k])
         for name, (shape, dtype) in self.fields.items():
             if arrays[name].shape != (expected, *shape):
                 raise ValueError(f"chunk {k}: {name} has shape {arrays[name].shape}, "
@@ -179,11 +164,11 @@ class ChunkStore:
                 path.unlink()
 
     def _column(self, name):
-        """NpzArray streaming field `name` over all chunks, one chunk read at a time."""
+        """(shape, dtype, blocks) streaming field `name` over all chunks, one chunk read at a time."""
         shape, dtype = self.fields[name]
         position = list(self.fields).index(name)
-        blocks = (read_npz(self.path(k))[position] for k in range(len(self.ranges())))
-        return NpzArray((self.num_samples, *shape), dtype, blocks)
+        blocks = (read_npz(self.path(k))[position] for k in range(len(self.ranges)))
+        return (self.num_samples, *shape), dtype, blocks
 
     def final_paths(self):
         """name -> path of the final npz files ("samples", and "gt" when the run keeps it)."""
@@ -203,14 +188,14 @@ class ChunkStore:
 
     def assemble(self):
         """Join the chunks into the final npz files (labels as arr_1), then remove the chunks."""
-        missing = sorted(set(range(len(self.ranges()))) - set(self.finished()))
+        missing = sorted(set(range(len(self.ranges))) - set(self.finished()))
         if missing:
             raise RuntimeError(f"{self.chunk_dir}: chunks {missing} are missing")
         paths = self.final_paths()
         extra = ["labels"] if "labels" in self.fields else []
         for name, path in paths.items():
             write_npz(path, [self._column(n) for n in [name, *extra]])
-        for k in range(len(self.ranges())):
+        for k in range(len(self.ranges)):
             self.path(k).unlink()
         # Files half-written when an earlier attempt was killed (write_npz's temporary names).
         for stale in [*self.chunk_dir.glob(PARTIAL_GLOB), *self.folder.glob(PARTIAL_GLOB)]:

@@ -26,6 +26,15 @@ SCHEMES = ("autoregressive", "hierarchical")
 
 
 @dataclass(frozen=True)
+class LongSettings:
+    total_length: int
+    scheme: str = "autoregressive"
+    max_cond_frames: int = 4
+    prediction_step: int = 0  # 0: seq_len - max_cond_frames
+    start_frames: int = 0  # known first frames taken from the data clips (0: unconditional start)
+
+
+@dataclass(frozen=True)
 class Window:
     frames: tuple  # video frame index of each window position, increasing, len = seq_len
     obs_mask: tuple  # per position: True = a known frame, given clean
@@ -102,14 +111,16 @@ def plan_hierarchical(total_length, seq_len, max_cond_frames, num_start_frames):
     return plan
 
 
-def plan_long_video(scheme, total_length, seq_len, max_cond_frames, prediction_step,
-                    num_start_frames):
-    if scheme == "autoregressive":
-        return plan_autoregressive(total_length, seq_len, max_cond_frames, prediction_step,
-                                   num_start_frames)
-    if scheme == "hierarchical":
-        return plan_hierarchical(total_length, seq_len, max_cond_frames, num_start_frames)
-    raise ValueError(f"scheme={scheme!r} is not one of: {', '.join(SCHEMES)}")
+def plan_long_video(long, seq_len):
+    """The windows of a long-video job (`long`: its LongSettings)."""
+    if long.scheme == "autoregressive":
+        return plan_autoregressive(long.total_length, seq_len, long.max_cond_frames,
+                                   long.prediction_step or seq_len - long.max_cond_frames,
+                                   long.start_frames)
+    if long.scheme == "hierarchical":
+        return plan_hierarchical(long.total_length, seq_len, long.max_cond_frames,
+                                 long.start_frames)
+    raise ValueError(f"scheme={long.scheme!r} is not one of: {', '.join(SCHEMES)}")
 
 
 def rollout(model, diffusion, plan, generators, total_length, *, start=None, y=None,
@@ -140,6 +151,3 @@ def rollout(model, diffusion, plan, generators, total_length, *, start=None, y=N
         video[:, :, list(window.new_frames)] = out[:, :, positions]
     return video[:, :, :total_length]
 
-
-__all__ = ["SCHEMES", "Window", "check_long_flags", "plan_autoregressive", "plan_hierarchical",
-           "plan_long_video", "rollout"]
