@@ -5,13 +5,7 @@ seeded by a hash of (seed, index), so it does not depend on the batch it lands i
 ranks, or the samples before it, and it can be regenerated alone. Generators live on the CPU, so
 a seed gives the same noise on every device. Every sampling path of ramvid (the commands,
 evaluation, long videos, training previews, `sample_videos` in a notebook) runs its batches
-through `sample_batch`.
-
-Sample i conditioned on data takes clip (i // S) mod n of the n clips a run uses (`ClipSource`):
-a clip is the first `seq_len` frames of a video file of --data_dir; all of them in sorted path
-order, or, when a run needs fewer, a seeded uniform draw, so every rank and every run pairs
-sample i with the same clip. S = samples_per_clip: with S = 1 the samples loop over the clips;
-with S > 1 each clip conditions S consecutive samples (clip-major).
+through `sample_batch`; the clips that condition them come from `ClipSource`.
 """
 import warnings
 from dataclasses import dataclass
@@ -41,22 +35,14 @@ class SamplerOptions:
     guidance_scale: float = 1.0  # frame guidance; 1 = plain conditioning
     precision: str = "fp32"  # fp32 | bf16 | fp16: the network's calls under autocast
 
-    def model_calls_per_step(self, guided):
-        """Network evaluations per denoising step (guidance doubles them)."""
-        return self.resample_steps * (2 if guided and self.guidance_scale != 1.0 else 1)
-
 
 # --------------------------------------------------------------------------- per-sample seeds
-def sample_seed(seed, index):
-    """A 63-bit seed for sample `index` of a run seeded with `seed` (SeedSequence hash)."""
+def sample_generators(seed, indices):
+    """One CPU torch.Generator per sample index (pass as `generator=` to `sample_loop`), seeded
+    by a 63-bit SeedSequence hash of (seed, index)."""
     if int(seed) < 0:
         raise ValueError(f"seed={seed} must be >= 0")
-    return derive_seed(seed, index, _NOISE_STREAM)
-
-
-def sample_generators(seed, indices):
-    """One CPU torch.Generator per sample index (pass as `generator=` to `sample_loop`)."""
-    return [torch.Generator().manual_seed(sample_seed(seed, i)) for i in indices]
+    return [torch.Generator().manual_seed(derive_seed(seed, i, _NOISE_STREAM)) for i in indices]
 
 
 def labels_for(model, seed, indices, y=None):
@@ -184,19 +170,6 @@ def step_bar(total, enabled, desc="sampling"):
 
 
 # --------------------------------------------------------------------------- in a notebook
-def as_float_videos(videos):
-    """float32 (N, C, T, H, W) in [-1, 1] from such a tensor or from uint8 (N, T, H, W, C)."""
-    if isinstance(videos, np.ndarray) and videos.dtype == np.uint8:
-        return from_uint8(videos)
-    videos = torch.as_tensor(videos)
-    if videos.dtype == torch.uint8:
-        return from_uint8(videos.numpy())
-    if videos.ndim != 5:
-        raise ValueError("obs must be (N, C, T, H, W) floats or N x T x H x W x C uint8, "
-                         f"got {tuple(videos.shape)}")
-    return videos.float()
-
-
 def _rows(tensor, k, count):
     """Rows k, k+1, ... of a per-sample tensor, cycling when it holds fewer rows than samples."""
     return tensor[[(k + j) % len(tensor) for j in range(count)]]
@@ -219,7 +192,13 @@ def sample_videos(model, diffusion, num_samples=None, *, obs=None, obs_mask=None
     options = SamplerOptions(sampler, eta, clip_denoised, resample_steps, guidance_scale)
     seq_len = model_video_shape(model)[1]
     if obs is not None:
-        obs = as_float_videos(obs)
+        obs = torch.as_tensor(obs)
+        if obs.dtype == torch.uint8:
+            obs = from_uint8(obs)
+        elif obs.ndim != 5:
+            raise ValueError("obs must be (N, C, T, H, W) floats or N x T x H x W x C uint8, "
+                             f"got {tuple(obs.shape)}")
+        obs = obs.float()
         seq_len = obs.shape[2]
         if obs_mask is None and cond_frames is None:
             raise ValueError("obs given without obs_mask or cond_frames: which frames are given?")
@@ -229,7 +208,8 @@ def sample_videos(model, diffusion, num_samples=None, *, obs=None, obs_mask=None
         obs_mask = torch.as_tensor(obs_mask, dtype=torch.bool).reshape(-1, seq_len)
         if obs is None and bool(obs_mask.any()):
             raise ValueError("obs_mask marks given frames but no obs was passed")
-    num_samples = num_samples if num_samples is not None else (len(obs) if obs is not None else None)
+    if num_samples is None and obs is not None:
+        num_samples = len(obs)
     if not num_samples or num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be >= 1 (or pass obs)")
     if y is not None:
