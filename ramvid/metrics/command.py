@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import PRESETS, create_diffusion
+from ..config import create_diffusion
 from ..data import list_videos
 from ..errors import UsageError
-from ..flags import (Flag, add_common_flags, add_flags, at_least, exit_if_dry_run, flag_values,
+from ..flags import (Flag, add_flags, at_least, exit_if_dry_run, flag_values,
                      given_on_command_line, int_list, make_parser, str2bool, user_errors)
 from ..masking import frame_indices_problem, mask_from_frames
 from ..sample.command import (SAMPLING_FLAG, add_model_flags, check_data, dry_run,
@@ -84,7 +84,6 @@ def build_parser():
     sampling = parser.add_argument_group("sampling mode (instead of --samples/--gt)")
     add_flags(sampling, SAMPLING_MODE_FLAGS)
     add_model_flags(parser)
-    add_common_flags(parser, PRESETS)
     return parser
 
 

@@ -1,11 +1,8 @@
 """The sampling commands: video_sample.py (ramvid-sample) and video_sample_long.py
-(ramvid-sample-long). Flags -> a SampleJob -> `sample_to_folder` on every rank.
-
-Model flags default to the checkpoint's args.json, so naming the checkpoint is enough; flags
-written on the command line (or a --preset) win. A checkpoint without args.json (for instance
-one the original RaMViD code saved) takes --preset or explicit flags. Every user error ends
-with one line naming the flag and exit code 2, before any process group exists.
-video_eval.py --model_path samples through the same declarations (`SAMPLING_FLAG`) and helpers.
+(ramvid-sample-long). Flags -> a SampleJob -> `sample_to_folder` on every rank; every user
+error ends with one line before any process group exists. Model flags default to the
+checkpoint's args.json (docs/SAMPLING.md). video_eval.py --model_path samples through the same
+declarations (`SAMPLING_FLAG`) and helpers.
 """
 import json
 import math
@@ -33,14 +30,6 @@ from .long import SCHEMES, LongSettings, check_long_flags
 from .run import COLLECTIVE_TIMEOUT_S, SampleJob, cost, measured_rates, sample_to_folder
 
 
-def _finite_non_negative(value):
-    return None if math.isfinite(value) and value >= 0 else "must be a finite number >= 0"
-
-
-def _frame_list(text):
-    return tuple(int_list(text))
-
-
 SAMPLING_FLAGS = (
     Flag("model_path", "", "modelNNNNNN.pt or ema_RATE_NNNNNN.pt; model flags default to "
          "args.json beside it (a checkpoint without one: --preset or the model flags)"),
@@ -57,7 +46,8 @@ SAMPLING_FLAGS = (
     Flag("resample_steps", 1, "denoise/re-noise repetitions per step (harmonises given and new "
          "frames)", check=at_least(1)),
     Flag("guidance_scale", 1.0, "frame guidance w: eps_uncond + w (eps_cond - eps_uncond); 1 = "
-         "plain conditioning", check=_finite_non_negative),
+         "plain conditioning",
+         check=lambda w: None if math.isfinite(w) and w >= 0 else "must be a finite number >= 0"),
     Flag("data_dir", "", "videos whose first frames condition the samples: all files in sorted "
          "order, or a seeded uniform draw when fewer are needed (clip_files in sample_args.json)"),
     Flag("samples_per_clip", 1, "S: samples i*S .. i*S+S-1 share clip i (1: the samples loop "
@@ -91,7 +81,7 @@ SAMPLING_FLAG = {f.name: f for f in SAMPLING_FLAGS}  # for commands that share s
 
 SAMPLE_FLAGS = SAMPLING_FLAGS + (
     Flag("cond_frames", "0,", "given frame indices, e.g. 0,1, (prediction) or 0,19, "
-         "(infilling)", convert=_frame_list),
+         "(infilling)", convert=lambda text: tuple(int_list(text))),
 )
 SAMPLE_DESCRIPTION = ("Sample videos from a trained ramvid model: prediction, infilling or "
                       "unconditional generation.")
@@ -108,18 +98,12 @@ LONG_FLAGS = SAMPLING_FLAGS + (
 
 
 # --------------------------------------------------------------------------- shared helpers
-def build_parser(description, flags):
-    parser = make_parser(description)  # prog: the script or installed command that runs
-    add_flags(parser, flags)
-    add_model_flags(parser)
-    add_common_flags(parser, PRESETS)
-    return parser
-
-
 def add_model_flags(parser):
+    """The model and diffusion flags, then --preset and --dry_run."""
     group = parser.add_argument_group("model and diffusion flags (default: args.json beside "
                                       "--model_path)")
     add_flags(group, MODEL_AND_DIFFUSION_FLAGS)
+    add_common_flags(parser, PRESETS)
 
 
 def parse_sampling_flags(parser, argv, flags):
@@ -279,7 +263,10 @@ def sample_main(argv=None, long_videos=False):
     """video_sample.py; with long_videos, video_sample_long.py."""
     with user_errors():
         declared = LONG_FLAGS if long_videos else SAMPLE_FLAGS
-        parser = build_parser(LONG_DESCRIPTION if long_videos else SAMPLE_DESCRIPTION, declared)
+        # prog: the script or installed command that runs
+        parser = make_parser(LONG_DESCRIPTION if long_videos else SAMPLE_DESCRIPTION)
+        add_flags(parser, declared)
+        add_model_flags(parser)
         args = parse_sampling_flags(parser, argv, declared)
         require(not args.save_gt or bool(args.data_dir), "save_gt", args.save_gt,
                 "needs --data_dir (the ground truth are its clips)")
