@@ -164,7 +164,7 @@ class ChunkStore:
                 path.unlink()
 
     def _column(self, name):
-        """(shape, dtype, blocks) streaming field `name` over all chunks, one chunk read at a time."""
+        """Field `name` over all chunks as (shape, dtype, blocks), one chunk read at a time."""
         shape, dtype = self.fields[name]
         position = list(self.fields).index(name)
         blocks = (read_npz(self.path(k))[position] for k in range(len(self.ranges)))
