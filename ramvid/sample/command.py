@@ -24,10 +24,9 @@ from ..masking import frame_indices_problem
 from ..runtime import autocast_dtype, compile_model, configure_tf32
 from ..video_io import FORMATS
 from .batch import AUTOCAST_DTYPES, ClipSource, SamplerOptions
-from .loading import (checkpoint_flags, describe_sources, flag_sources, load_state_dict,
-                      model_from_state_dict)
+from .loading import checkpoint_flags, flag_sources, load_state_dict, model_from_state_dict
 from .long import SCHEMES, LongSettings, check_long_flags
-from .run import COLLECTIVE_TIMEOUT_S, SampleJob, cost, measured_rates, sample_to_folder
+from .run import COLLECTIVE_TIMEOUT_S, SampleJob, cost, sample_to_folder
 
 
 SAMPLING_FLAGS = (
@@ -162,8 +161,14 @@ def load_checkpoint(args):
                                              f"--model_path {args.model_path}")
     except (CheckpointError, ValueError) as e:
         raise UsageError(str(e).splitlines()[0]) from None
-    if dist.env_rank() == 0:
-        print(describe_sources(args.flag_sources), flush=True)
+    if dist.env_rank() == 0:  # which flags came from where
+        by_source = {}
+        for flag, source in args.flag_sources.items():
+            by_source.setdefault(source, []).append(flag)
+        print("model flags: " + "; ".join(
+            f"{source} ({len(names)})" if source in ("args.json", "default")
+            else f"{source}: {', '.join(names)}" for source, names in by_source.items()),
+            flush=True)
     return model.eval(), flags
 
 
@@ -213,7 +218,7 @@ def dry_run(args, job, batch_size, extra=None):
     model, no GPU needed)."""
     flags = select_model_flags(args)
     diffusion = create_diffusion(**{k: flags[k] for k in DIFFUSION_FLAGS})
-    plan = cost(job, diffusion, flags["seq_len"], measured_rates(rate_key(flags, args, batch_size)))
+    plan = cost(job, diffusion, flags["seq_len"], rate_key(flags, args, batch_size))
     exit_if_dry_run(args, {**vars(args), **(extra or {}), "plan": plan})
 
 

@@ -56,16 +56,6 @@ def flag_sources(checkpoint_path, recorded, preset, given, caller="the command l
             else "args.json" if k in recorded else "default" for k in defaults}
 
 
-def describe_sources(sources):
-    """One line: which flags came from where."""
-    by_source = {}
-    for flag, source in sources.items():
-        by_source.setdefault(source, []).append(flag)
-    return "model flags: " + "; ".join(
-        f"{source} ({len(flags)})" if source in ("args.json", "default")
-        else f"{source}: {', '.join(flags)}" for source, flags in by_source.items())
-
-
 def resolve_flags(checkpoint_path, overrides=None, preset=None):
     """defaults < args.json beside the checkpoint < preset < overrides; unknown overrides are an
     error, and so is a checkpoint without args.json and preset whose hidden flags are not

@@ -197,10 +197,14 @@ def _work(model, diffusion, flags, job):
 
 
 # --------------------------------------------------------------------------- cost
-def cost(job, diffusion, seq_len, rates=None):
+def cost(job, diffusion, seq_len, rate_key=None):
     """What a job costs: videos, model calls, denoising steps of batches, and the time at each
-    rate measured before for its model and batch ({device: {"s_per_step", "date"}}, kept in
-    $RAMVID_CACHE/sampling_rates.json): a dict for --dry_run and the plan line."""
+    rate measured before under `rate_key` (its model and batch): a dict for --dry_run and the
+    plan line."""
+    try:
+        rates = json.loads(_rates_file().read_text()).get(rate_key, {}) if rate_key else {}
+    except (OSError, ValueError):
+        rates = {}
     steps = (len(plan_long_video(job.long, seq_len)) if job.long else 1) * diffusion.num_timesteps
     guided = job.cond_frames and job.options.guidance_scale != 1.0  # two network calls a step
     calls = steps * job.options.resample_steps * (2 if guided else 1)
@@ -210,41 +214,30 @@ def cost(job, diffusion, seq_len, rates=None):
             "steps_per_batch": steps}
     plan["time"] = {device: f"{format_duration(batch_steps * r['s_per_step'])} of one device "
                     f"at {r['s_per_step']:.3g} s per step (measured {r['date']})"
-                    for device, r in (rates or {}).items()} or (
+                    for device, r in rates.items()} or (
         "not measured yet for this model and batch size: a run prints its rate after its "
         "first batch and remembers it for the next --dry_run")
     return plan
 
 
-def rates_file():
+def _rates_file():
+    """$RAMVID_CACHE/sampling_rates.json: {rate key: {device: {"s_per_step", "date"}}}."""
     return cache_home() / "sampling_rates.json"
-
-
-def measured_rates(key):
-    """{device: {"s_per_step", "date"}} measured before under `key` ({} when none)."""
-    try:
-        return json.loads(rates_file().read_text()).get(key, {})
-    except (OSError, ValueError):
-        return {}
 
 
 def remember_rate(key, device, seconds):
     """Record a measured rate for later dry runs; a cache that cannot be written is skipped."""
+    device = torch.device(device)
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{device.type} ({torch.get_num_threads()} threads)")
     try:
-        rates = json.loads(rates_file().read_text()) if rates_file().is_file() else {}
-        rates.setdefault(key, {})[device] = {"s_per_step": seconds,
-                                             "date": time.strftime("%Y-%m-%d")}
-        rates_file().parent.mkdir(parents=True, exist_ok=True)
-        write_json(rates_file(), rates)
+        rates = json.loads(_rates_file().read_text()) if _rates_file().is_file() else {}
+        rates.setdefault(key, {})[name] = {"s_per_step": seconds,
+                                           "date": time.strftime("%Y-%m-%d")}
+        _rates_file().parent.mkdir(parents=True, exist_ok=True)
+        write_json(_rates_file(), rates)
     except (OSError, ValueError):
         pass
-
-
-def device_name(device):
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({torch.get_num_threads()} threads)"
 
 
 # --------------------------------------------------------------------------- the run
@@ -300,7 +293,7 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
         batches_before = np.cumsum([0] + [len(b) for b in batches])
         rounds = sum(math.ceil(len(batches[k]) / info.world_size) for k in todo)
         remember = None if rate_key is None else \
-            (lambda seconds: remember_rate(rate_key, device_name(info.device), seconds))
+            (lambda seconds: remember_rate(rate_key, info.device, seconds))
         bar, callback = _progress(rounds * steps_per_batch, steps_per_batch,
                                   job.progress and info.is_main, info.is_main and bool(todo),
                                   remember)
