@@ -4,8 +4,8 @@ Sample i of a run with seed s depends on (s, i) only: its noise comes from its o
 seeded by a hash of (seed, index), so it does not depend on the batch it lands in, the number of
 ranks, or the samples before it, and it can be regenerated alone. Generators live on the CPU, so
 a seed gives the same noise on every device. Every sampling path of ramvid (the commands,
-evaluation, long videos, training previews, `sample_videos` in a notebook) runs its batches
-through `sample_batch`; the clips that condition them come from `ClipSource`.
+evaluation, long videos, `sample_videos` in a notebook) runs its batches through
+`sample_batch`; the clips that condition them come from `ClipSource`.
 """
 import warnings
 from dataclasses import dataclass
@@ -133,13 +133,13 @@ def from_uint8(videos):
 
 
 # --------------------------------------------------------------------------- one batch
-def sample_batch(model, diffusion, generators, *, num_frames=None, obs=None, obs_mask=None,
-                 y=None, options=SamplerOptions(), callback=None):
+def sample_batch(model, diffusion, generators, *, obs=None, obs_mask=None, y=None,
+                 options=SamplerOptions(), callback=None):
     """Run the reverse process for one batch, one generator per video: float (n, C, T, H, W) on
-    the CPU. obs: (n, C, T, H, W) in [-1, 1]; obs_mask: bool (n, T), True = given; y: (n,)
-    class labels. num_frames: T when it differs from the model's seq_len (without obs)."""
+    the CPU. obs: (n, C, T, H, W) in [-1, 1] (T: the model's seq_len without it); obs_mask:
+    bool (n, T), True = given; y: (n,) class labels."""
     channels, seq_len, height, width = model_video_shape(model)
-    num_frames = obs.shape[2] if obs is not None else num_frames or seq_len
+    num_frames = obs.shape[2] if obs is not None else seq_len
     if obs_mask is not None and not bool(obs_mask.any()):
         obs, obs_mask = None, None  # nothing given: an unconditional batch
     device = model_device(model)
@@ -163,9 +163,9 @@ def global_batches(num_samples, batch_size):
     return [range(k, min(num_samples, k + batch_size)) for k in range(0, num_samples, batch_size)]
 
 
-def step_bar(total, enabled, desc="sampling"):
+def step_bar(total, enabled):
     """A tqdm bar over denoising steps (with ETA) and a callback that advances it."""
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
+    bar = tqdm(total=total, desc="sampling", unit="step", disable=not enabled, dynamic_ncols=True)
     return bar, (lambda _out: bar.update(1))
 
 
