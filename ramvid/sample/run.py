@@ -254,7 +254,6 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
     info.device."""
     work, num_frames, fields, source = _work(model, diffusion, flags, job)
     plan = cost(job, diffusion, model_video_shape(model)[1])
-    steps_per_batch = plan["steps_per_batch"]
     record = job_record(job, flags, diffusion, num_frames, source)
     folder = run_folder(record, out_dir)
     store = ChunkStore(folder, job.num_samples, job.chunk_size, fields)
@@ -275,12 +274,11 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
         if overwrite:
             store.discard()
         done = store.finished() if state == "resume" else []
-        print(f"sampling into {folder}\nplan: {job.num_samples} videos of {num_frames} frames"
-              f" ({record['task']}, given frames {list(job.cond_frames)}); "
-              f"{plan['model_calls_per_video']} model "
-              f"calls per video; batches of {job.batch_size} on {info.world_size} rank(s); "
-              f"{len(chunks)} chunk(s) of {job.chunk_size}"
-              + (f", {len(done)} already finished" if done else ""), flush=True)
+        print(f"sampling into {folder}\nplan: {job.num_samples} videos of {num_frames} frames "
+              f"({record['task']}, given frames {list(job.cond_frames)}); "
+              f"{plan['model_calls_per_video']} model calls per video; batches of "
+              f"{job.batch_size} on {info.world_size} rank(s); {len(chunks)} chunk(s) of "
+              f"{job.chunk_size}" + (f", {len(done)} already finished" if done else ""), flush=True)
         return state, [k for k in range(len(chunks)) if k not in done]
 
     try:
@@ -292,11 +290,8 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
         batches = [global_batches(len(chunk), job.batch_size) for chunk in chunks]
         batches_before = np.cumsum([0] + [len(b) for b in batches])
         rounds = sum(math.ceil(len(batches[k]) / info.world_size) for k in todo)
-        remember = None if rate_key is None else \
-            (lambda seconds: remember_rate(rate_key, info.device, seconds))
-        bar, callback = _progress(rounds * steps_per_batch, steps_per_batch,
-                                  job.progress and info.is_main, info.is_main and bool(todo),
-                                  remember)
+        bar, callback = _progress(rounds, plan["steps_per_batch"], job.progress and info.is_main,
+                                  info.is_main and bool(todo), rate_key, info.device)
         with bar:
             for k in todo:
                 start, local = chunks[k].start, batches[k]  # batches: indices within the chunk
@@ -329,12 +324,12 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
             lock.release()
 
 
-def _progress(total_steps, steps_per_batch, show, timed, remember=None):
-    """The bar over denoising steps and its per-step callback. With `timed`, the callback times
-    up to WARMUP_STEPS steps of the first batch after its first step (start-up, kernel
-    selection, compilation), then prints the estimate and passes the rate to `remember`; a
-    one-step batch is timed from the start."""
-    bar, advance = step_bar(total_steps, show)
+def _progress(rounds, steps_per_batch, show, timed, rate_key, device):
+    """The bar over the denoising steps of `rounds` batches and its per-step callback. With
+    `timed`, the callback times up to WARMUP_STEPS steps of the first batch after its first step
+    (start-up, kernel selection, compilation), then prints the estimate and remembers the rate
+    under `rate_key` (unless None); a one-step batch is timed from the start."""
+    bar, advance = step_bar(rounds * steps_per_batch, show)
     measure = max(1, min(steps_per_batch - 1, WARMUP_STEPS))
     stamps = ([time.perf_counter()] if steps_per_batch == 1 else []) if timed else None
 
@@ -351,8 +346,8 @@ def _progress(total_steps, steps_per_batch, show, timed, remember=None):
                       f"estimated total {format_duration(per_step * bar.total)} for "
                       f"{bar.total} steps on rank 0")
             stamps = None
-            if remember is not None:
-                remember(per_step)
+            if rate_key is not None:
+                remember_rate(rate_key, device, per_step)
 
     return bar, callback
 
