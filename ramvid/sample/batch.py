@@ -83,14 +83,12 @@ class ClipSource:
         self.samples_per_clip = samples_per_clip
         self.dataset = VideoClipDataset(
             data_dir, int(flags["image_size"]), int(seq_len or flags["seq_len"]),
-            class_cond=bool(flags["class_cond"]), rgb=bool(flags["rgb"]),
-        )
+            class_cond=bool(flags["class_cond"]), rgb=bool(flags["rgb"]))
         num_classes = int(flags.get("num_classes") or 0)
         if flags["class_cond"] and self.dataset.num_classes != num_classes:
-            warnings.warn(
-                f"--data_dir {data_dir} names {self.dataset.num_classes} classes, the model has "
-                f"{num_classes}: labels are the data's class indices (sorted file-name prefixes)"
-            )
+            warnings.warn(f"--data_dir {data_dir} names {self.dataset.num_classes} classes, the "
+                          f"model has {num_classes}: labels are the data's class indices (sorted "
+                          "file-name prefixes)")
         self.data_clips = len(self.dataset)  # K
         if num_clips is None or num_clips >= self.data_clips:
             self.chosen = list(range(self.data_clips))
@@ -151,8 +149,7 @@ def sample_batch(model, diffusion, generators, *, obs=None, obs_mask=None, y=Non
             eta=options.eta, clip_denoised=options.clip_denoised,
             model_kwargs=None if y is None else {"y": y.to(device)},
             generator=generators, callback=callback, device=device,
-            autocast_dtype=AUTOCAST_DTYPES[options.precision],
-        )
+            autocast_dtype=AUTOCAST_DTYPES[options.precision])
     return videos.cpu()
 
 

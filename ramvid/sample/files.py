@@ -1,18 +1,15 @@
 """A sampling run's files: npz files written part by part, and the chunks a run is made of.
 
 `np.savez` needs every array in memory at once and stamps the current time into the zip, so
-two runs that sample the same videos write different bytes. `write_npz` takes each array as
-its shape, dtype and an iterator of consecutive row blocks (one sampling chunk at a time), writes
-`arr_0`, `arr_1`, ... as `np.load` reads them, with a fixed time stamp, to a temporary file
-that is renamed into place only when complete. A file holds `arr_0`, uint8 N x T x H x W x C
-(channels last), and, for class-conditional models, the labels as `arr_1`.
+two runs that sample the same videos write different bytes. `write_npz` streams each array from
+consecutive row blocks (one sampling chunk at a time) with a fixed time stamp into a temporary
+file that is renamed into place only when complete.
 
 Samples [k * size, (k + 1) * size) form chunk k, saved as `chunks/chunk_KKKK.npz` the moment it
-is complete (a chunk file is always whole). A rerun of the same command skips the chunks that
-exist. When all are there, the final npz files are streamed together from them one chunk at a
-time (rank 0 never holds more than one chunk) and the chunk files are removed. Because every
-sample depends on its seed and index only, and a chunk's batches start at the chunk, a run cut
-short and resumed writes the same bytes as one that never stopped.
+is complete (a chunk file is always whole). When all are there, the final npz files are streamed
+together from them (rank 0 never holds more than one chunk) and the chunk files are removed.
+Every sample depends on its seed and index only, and a chunk's batches start at the chunk, so a
+run cut short and resumed writes the same bytes as one that never stopped.
 """
 import os
 import re

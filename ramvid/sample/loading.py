@@ -75,10 +75,8 @@ def load_state_dict(checkpoint_path):
     """The plain state dict in a modelNNNNNN.pt / ema_RATE_NNNNNN.pt file (weights only)."""
     state = load_checkpoint_file(checkpoint_path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(
-            f"{checkpoint_path} is not a model state dict (expected modelNNNNNN.pt or "
-            "ema_RATE_NNNNNN.pt, not optNNNNNN.pt)"
-        )
+        raise ValueError(f"{checkpoint_path} is not a model state dict (expected modelNNNNNN.pt "
+                         "or ema_RATE_NNNNNN.pt, not optNNNNNN.pt)")
     return state
 
 
@@ -133,20 +131,15 @@ def architecture_of(state_dict):
     required = ("time_embed.0.weight", "input_blocks.0.0.weight", "out.2.weight")
     missing = [k for k in required if k not in state_dict]
     if missing:
-        raise ValueError(
-            f"not a ramvid UNet state dict (no {', '.join(missing)}); "
-            f"its first keys are {', '.join(list(state_dict)[:3])}"
-        )
+        raise ValueError(f"not a ramvid UNet state dict (no {', '.join(missing)}); its first keys "
+                         f"are {', '.join(list(state_dict)[:3])}")
     width = state_dict["time_embed.0.weight"].shape[1]
     in_channels = state_dict["input_blocks.0.0.weight"].shape[1]
     out_channels = state_dict["out.2.weight"].shape[0]
-    arch = {
-        "num_channels": width,
-        "rgb": in_channels == 3,
-        "learn_sigma": out_channels == 2 * in_channels,
-        "class_cond": "label_emb.weight" in state_dict,
-        "num_classes": len(state_dict.get("label_emb.weight", ())),
-    }
+    arch = {"num_channels": width, "rgb": in_channels == 3,
+            "learn_sigma": out_channels == 2 * in_channels,
+            "class_cond": "label_emb.weight" in state_dict,
+            "num_classes": len(state_dict.get("label_emb.weight", ()))}
     # Input blocks after the first conv: per level some ResBlocks, then a Downsample ("op").
     levels = [[]]  # per level: [(resblock out channels, has attention)]
     count = 1 + max((int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k))), default=0)
@@ -158,9 +151,8 @@ def architecture_of(state_dict):
             levels[-1].append((channels, f"input_blocks.{i}.1.qkv.weight" in state_dict))
     arch["num_res_blocks"] = len(levels[0])
     arch["channel_mult"] = tuple(blocks[0][0] // width for blocks in levels if blocks)
-    arch["attention_levels"] = tuple(
-        level for level, blocks in enumerate(levels) if any(attn for _, attn in blocks)
-    )
+    arch["attention_levels"] = tuple(level for level, blocks in enumerate(levels)
+                                     if any(attn for _, attn in blocks))
     emb = state_dict.get("input_blocks.1.0.emb_layers.1.weight")
     conv = state_dict.get("input_blocks.1.0.in_layers.2.weight")
     if emb is not None and conv is not None:
@@ -168,16 +160,15 @@ def architecture_of(state_dict):
     return arch
 
 
-def _shape_differences(expected, found, limit=3):
+def _shape_differences(expected, found):
     lines = []
-    for key in expected:
+    for key, value in expected.items():
         if key not in found:
             lines.append(f"{key} missing")
-        elif tuple(expected[key].shape) != tuple(found[key].shape):
-            lines.append(f"{key} {tuple(found[key].shape)} (flags need {tuple(expected[key].shape)})")
+        elif tuple(value.shape) != tuple(found[key].shape):
+            lines.append(f"{key} {tuple(found[key].shape)} (flags need {tuple(value.shape)})")
     lines += [f"{key} unexpected" for key in found if key not in expected]
-    more = f", ... {len(lines) - limit} more" if len(lines) > limit else ""
-    return "; ".join(lines[:limit]) + more
+    return "; ".join(lines[:3]) + (f", ... {len(lines) - 3} more" if len(lines) > 3 else "")
 
 
 def _fmt(value):

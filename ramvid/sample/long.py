@@ -50,10 +50,8 @@ def check_long_flags(total_length, seq_len, max_cond_frames, prediction_step, nu
     if not 1 <= max_cond_frames < seq_len:
         raise ValueError(f"max_cond_frames={max_cond_frames} must lie in [1, seq_len={seq_len})")
     if not 1 <= prediction_step <= seq_len - max_cond_frames:
-        raise ValueError(
-            f"prediction_step={prediction_step} must lie in [1, seq_len - max_cond_frames = "
-            f"{seq_len - max_cond_frames}]"
-        )
+        raise ValueError(f"prediction_step={prediction_step} must lie in [1, seq_len - "
+                         f"max_cond_frames = {seq_len - max_cond_frames}]")
     if not 0 <= num_start_frames <= seq_len:
         raise ValueError(f"start_frames={num_start_frames} must lie in [0, seq_len={seq_len}]")
 
