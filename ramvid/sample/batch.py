@@ -70,12 +70,9 @@ def model_video_shape(model):
 
 
 class ClipSource:
-    """The clips of --data_dir that condition a run. A run that needs all K usable videos (or
-    more: the samples then loop over them) takes them in sorted path order; a run that needs
-    fewer, n, takes the first n of a fixed shuffle of them (seeded by CLIP_DRAW_SEED): a uniform
-    draw, never biased towards the first file names (Kinetics-600's start with the class), the
-    same on every rank and every rerun whatever --seed is, and the same first clips for any n.
-    Sample i takes clip (i // S) mod n of them (S = samples_per_clip)."""
+    """The clips of --data_dir that condition a run: all K usable videos in sorted path order,
+    or for a run that needs fewer, n, the first n of a fixed shuffle seeded by CLIP_DRAW_SEED
+    (why: docs/SAMPLING.md). Sample i takes clip (i // S) mod n of them (S = samples_per_clip)."""
 
     def __init__(self, data_dir, flags, seq_len=None, samples_per_clip=1, num_clips=None):
         if samples_per_clip < 1:

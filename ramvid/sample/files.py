@@ -156,9 +156,8 @@ class ChunkStore:
 
     def discard(self):
         """Remove the chunks of an earlier run of this folder (--overwrite True)."""
-        if self.chunk_dir.is_dir():
-            for path in self.chunk_dir.glob("chunk_*.npz"):
-                path.unlink()
+        for path in self.chunk_dir.glob("chunk_*.npz"):  # none when there is no such folder
+            path.unlink()
 
     def _column(self, name):
         """Field `name` over all chunks as (shape, dtype, blocks), one chunk read at a time."""
