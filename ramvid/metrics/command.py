@@ -115,10 +115,10 @@ def sample_for_evaluation(parser, argv, args):
     # The count without probing a video (none needs to exist for a dry run).
     listed = len(list_videos(args.data_dir)) if Path(args.data_dir).is_dir() else 0
     planned = args.num_clips or protocol.num_test_videos or listed
-    dry_run(args, job(planned or 1), args.sample_batch_size,
-            {"cond_frames": list(cond_frames), "samples_per_clip": per_clip,
-             "num_clips": planned or "all clips of --data_dir (not found here: count unknown; "
-             "the plan is for one clip)"})
+    dry_run(args, job(planned or 1), {
+        "cond_frames": list(cond_frames), "samples_per_clip": per_clip,
+        "num_clips": planned or "all clips of --data_dir (not found here: count unknown; the "
+        "plan is for one clip)"})
     model, flags = load_checkpoint(args)
     available = len(check_data(args.data_dir, flags, flags["seq_len"]))
     num_clips = args.num_clips or min(protocol.num_test_videos or available, available)

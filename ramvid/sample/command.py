@@ -7,6 +7,7 @@ declarations (`SAMPLING_FLAG`) and helpers.
 import json
 import math
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -148,9 +149,7 @@ def select_model_flags(args):
 
 
 def sampler_options(args):
-    return SamplerOptions(sampler=args.sampler, eta=args.eta, clip_denoised=args.clip_denoised,
-                          resample_steps=args.resample_steps, guidance_scale=args.guidance_scale,
-                          precision=args.precision)
+    return SamplerOptions(**{f.name: getattr(args, f.name) for f in fields(SamplerOptions)})
 
 
 def load_checkpoint(args):
@@ -195,14 +194,6 @@ def model_on_every_rank(model, args):
         yield compile_model(model.to(info.device), args.compile), info
 
 
-def _job(args, **extra):
-    return SampleJob(
-        model_path=args.model_path, num_samples=args.num_samples, batch_size=args.batch_size,
-        seed=args.seed, data_dir=args.data_dir, samples_per_clip=args.samples_per_clip,
-        save_gt=args.save_gt, chunk_size=args.chunk_size, options=sampler_options(args),
-        save_video=args.save_video, fps=args.fps, progress=args.progress, **extra)
-
-
 def rate_key(flags, args, batch_size):
     """Where a run remembers its measured seconds per step: the architecture and what sets the
     pace of a step (batch, precision, compile)."""
@@ -213,54 +204,13 @@ def rate_key(flags, args, batch_size):
                        "compile": args.compile}, sort_keys=True)
 
 
-def dry_run(args, job, batch_size, extra=None):
+def dry_run(args, job, extra=None):
     """--dry_run: print the resolved flags and the job's cost as JSON, exit 0 (no data, no
     model, no GPU needed)."""
     flags = select_model_flags(args)
     diffusion = create_diffusion(**{k: flags[k] for k in DIFFUSION_FLAGS})
-    plan = cost(job, diffusion, flags["seq_len"], rate_key(flags, args, batch_size))
+    plan = cost(job, diffusion, flags["seq_len"], rate_key(flags, args, job.batch_size))
     exit_if_dry_run(args, {**vars(args), **(extra or {}), "plan": plan})
-
-
-def _fixed_length_job(args):
-    """video_sample.py's cross-flag rules; the job."""
-    frames, seq_len = args.cond_frames, args.seq_len
-    shown = ",".join(map(str, frames))
-    reason = frame_indices_problem(frames, seq_len)
-    require(reason is None, "cond_frames", shown, reason)
-    if args.cond_generation:
-        require(bool(frames), "cond_frames", "", "is empty; name the given frames or pass "
-                "--cond_generation False")
-        require(len(frames) < seq_len, "cond_frames", shown,
-                f"gives all {seq_len} frames; nothing is left to sample")
-        require(bool(args.data_dir), "data_dir", "", "is needed for conditional sampling "
-                "(--cond_generation True takes the given frames from its clips)")
-    else:
-        require(args.guidance_scale == 1.0, "guidance_scale", args.guidance_scale,
-                "frame guidance needs given frames (--cond_generation True)")
-    return _job(args, cond_frames=tuple(sorted(frames)) if args.cond_generation else ())
-
-
-def _long_job(args):
-    """video_sample_long.py's cross-flag rules; the job."""
-    if args.start_frames < 0:
-        args.start_frames = args.max_cond_frames
-    if not args.cond_generation:
-        args.start_frames = 0
-    if args.prediction_step == 0:
-        args.prediction_step = args.seq_len - args.max_cond_frames
-    try:
-        check_long_flags(args.total_length, args.seq_len, args.max_cond_frames,
-                         args.prediction_step, args.start_frames)
-    except ValueError as e:
-        raise as_flag_error(e) from None
-    require(args.start_frames < args.total_length, "start_frames", args.start_frames,
-            f"must be fewer than --total_length {args.total_length}")
-    require(not args.start_frames or bool(args.data_dir), "data_dir", "",
-            "is needed for the start frames (or pass --start_frames 0)")
-    settings = LongSettings(args.total_length, args.scheme, args.max_cond_frames,
-                            args.prediction_step, args.start_frames)
-    return _job(args, cond_frames=tuple(range(args.start_frames)), long=settings)
 
 
 # --------------------------------------------------------------------------- the commands
@@ -275,8 +225,49 @@ def sample_main(argv=None, long_videos=False):
         args = parse_sampling_flags(parser, argv, declared)
         require(not args.save_gt or bool(args.data_dir), "save_gt", args.save_gt,
                 "needs --data_dir (the ground truth are its clips)")
-        job = _long_job(args) if long_videos else _fixed_length_job(args)
-        dry_run(args, job, args.batch_size)
+        long = None
+        if long_videos:  # video_sample_long.py's cross-flag rules
+            if args.start_frames < 0:
+                args.start_frames = args.max_cond_frames
+            if not args.cond_generation:
+                args.start_frames = 0
+            if args.prediction_step == 0:
+                args.prediction_step = args.seq_len - args.max_cond_frames
+            try:
+                check_long_flags(args.total_length, args.seq_len, args.max_cond_frames,
+                                 args.prediction_step, args.start_frames)
+            except ValueError as e:
+                raise as_flag_error(e) from None
+            require(args.start_frames < args.total_length, "start_frames", args.start_frames,
+                    f"must be fewer than --total_length {args.total_length}")
+            require(not args.start_frames or bool(args.data_dir), "data_dir", "",
+                    "is needed for the start frames (or pass --start_frames 0)")
+            long = LongSettings(args.total_length, args.scheme, args.max_cond_frames,
+                                args.prediction_step, args.start_frames)
+            cond_frames = tuple(range(args.start_frames))
+        else:  # video_sample.py's
+            frames, seq_len = args.cond_frames, args.seq_len
+            shown = ",".join(map(str, frames))
+            reason = frame_indices_problem(frames, seq_len)
+            require(reason is None, "cond_frames", shown, reason)
+            if args.cond_generation:
+                require(bool(frames), "cond_frames", "", "is empty; name the given frames or "
+                        "pass --cond_generation False")
+                require(len(frames) < seq_len, "cond_frames", shown,
+                        f"gives all {seq_len} frames; nothing is left to sample")
+                require(bool(args.data_dir), "data_dir", "", "is needed for conditional "
+                        "sampling (--cond_generation True takes the given frames from its clips)")
+            else:
+                require(args.guidance_scale == 1.0, "guidance_scale", args.guidance_scale,
+                        "frame guidance needs given frames (--cond_generation True)")
+            cond_frames = tuple(sorted(frames)) if args.cond_generation else ()
+        job = SampleJob(
+            model_path=args.model_path, num_samples=args.num_samples, batch_size=args.batch_size,
+            seed=args.seed, cond_frames=cond_frames, data_dir=args.data_dir,
+            samples_per_clip=args.samples_per_clip, save_gt=args.save_gt,
+            chunk_size=args.chunk_size, options=sampler_options(args), long=long,
+            save_video=args.save_video, fps=args.fps, progress=args.progress)
+        dry_run(args, job)
         model, flags = load_checkpoint(args)
         if job.cond_frames or job.save_gt or (flags["class_cond"] and job.data_dir):
             whole = long_videos and job.save_gt  # the ground truth spans the whole length
