@@ -1,8 +1,7 @@
 """video_eval.py (ramvid-eval): PSNR/SSIM (best- and mean-of-N) and FVD of samples, from
 --samples (npz files or a sample run's folder) or sampled from --model_path through
-`sample_to_folder` (docs/EVALUATION.md). A run's record (`sample_args.json`) is the contract:
-the given frames and samples per clip come from there, and a flag that contradicts it is an
-error naming both values; without a record (a foreign npz) those flags are required.
+`sample_to_folder`. docs/EVALUATION.md#video_evalpy: a run's record decides, flags that
+contradict it are errors.
 """
 import json
 import sys
@@ -87,6 +86,14 @@ def build_parser():
 def sample_for_evaluation(parser, argv, args):
     """Sample the protocol's clips from --model_path (all ranks, resumable); rank 0 returns
     the run's paths, other ranks None."""
+    if args.samples is not None or args.gt is not None:
+        raise UsageError("--model_path samples the clips itself: drop --samples/--gt "
+                         "(or drop --model_path to evaluate files)")
+    if not args.data_dir:
+        raise UsageError("--model_path needs --data_dir (the test videos)")
+    flag_values(SAMPLING_MODE_FLAGS, vars(args))  # each flag's declared check
+    if args.samples_per_clip is not None and args.samples_per_clip < 1:
+        raise UsageError(f"--samples_per_clip {args.samples_per_clip}: must be >= 1")
     args = parse_sampling_flags(parser, argv, SAMPLING_MODE_FLAGS)  # args.json, --preset
     protocol = PROTOCOLS[args.protocol or "custom"]
     cond_frames = args.cond_frames if args.cond_frames is not None else protocol.cond_frames
@@ -137,14 +144,6 @@ def eval_main(argv=None):
         args = parser.parse_args(argv)
         sampling = bool(args.model_path)  # else evaluate --samples
         if sampling:
-            if args.samples is not None or args.gt is not None:
-                raise UsageError("--model_path samples the clips itself: drop --samples/--gt "
-                                 "(or drop --model_path to evaluate files)")
-            if not args.data_dir:
-                raise UsageError("--model_path needs --data_dir (the test videos)")
-            flag_values(SAMPLING_MODE_FLAGS, vars(args))  # each flag's declared check
-            if args.samples_per_clip is not None and args.samples_per_clip < 1:
-                raise UsageError(f"--samples_per_clip {args.samples_per_clip}: must be >= 1")
             paths = sample_for_evaluation(parser, argv, args)
             if paths is None:  # ranks other than 0 only sample
                 return None
@@ -170,11 +169,8 @@ def eval_main(argv=None):
         if gt_path is None:
             raise UsageError("--gt is required: the samples' run did not save its ground truth "
                              "(--save_gt True)")
-        gt = load_clips(Path(gt_path), "--gt")
-        first = load_clips(first_path, "--samples")
-        if len(files) == 1:
-            gt = one_row_per_clip(gt, first.shape[0], per_clip)
-        samples = load_samples([path for path, _ in files], gt, per_clip, first)
+        samples, gt = load_samples([path for path, _ in files], load_clips(Path(gt_path), "--gt"),
+                                   per_clip)
         protocol = PROTOCOLS[args.protocol or "custom"]
         try:
             with torch.inference_mode():  # not set_grad_enabled: an in-process caller keeps autograd
@@ -314,9 +310,12 @@ def one_row_per_clip(gt: np.ndarray, num_sample_rows: int, per_clip) -> np.ndarr
     return np.ascontiguousarray(grouped[:, 0])
 
 
-def load_samples(paths, gt: np.ndarray, per_clip, first) -> np.ndarray:
-    """Files of clip-major samples -> one (N_clips, S, T, H, W, C) array (a view of the one file
-    when there is one; ``first``: paths[0], loaded)."""
+def load_samples(paths, gt: np.ndarray, per_clip):
+    """Files of clip-major samples -> (one (N_clips, S, T, H, W, C) array, a view of the one file
+    when there is one; gt (N_clips, T, H, W, C), one row per clip)."""
+    first = load_clips(paths[0], "--samples")
+    if len(paths) == 1:
+        gt = one_row_per_clip(gt, first.shape[0], per_clip)
     num_clips, item, parts = gt.shape[0], gt.shape[1:], []
     for i, path in enumerate(paths):
         clips = first if i == 0 else load_clips(path, "--samples")
@@ -333,7 +332,7 @@ def load_samples(paths, gt: np.ndarray, per_clip, first) -> np.ndarray:
             raise UsageError(f"--samples {path}: every file must hold the same number of "
                              "samples per clip")
         parts.append(clips.reshape(num_clips, count, *item))
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)), gt
 
 
 def clip_selection(record, protocol):

@@ -167,8 +167,8 @@ def run_evaluation(samples, gt, protocol, cond_frames, origin, fvd_include_given
     samples, gt = samples[:, :, :t], gt[:, :t]
     short = with_fvd and skip_short_fvd and fvd_frames(obs_mask, include_given)[1]
     skipped = f"FVD not computed: {short}" if short else ""
-    with_fvd = with_fvd and not skipped
     if skipped:
+        with_fvd = False
         print(skipped, flush=True)
     else:
         print(f"FVD includes the given frames: {include_given}", file=sys.stderr)

@@ -107,12 +107,9 @@ class ClipSource:
 
 
 def to_uint8(videos):
-    """float (N, C, T, H, W) in [-1, 1] -> uint8 numpy (N, T, H, W, C).
-
-    ((x + 1) * 127.5) rounded to the nearest level and clamped. Rounding (not truncation) makes
-    uint8 -> [-1, 1] -> uint8 exact, so saved ground truth equals the video's bytes, and it
-    removes the half-level downward bias that truncation puts on every sample.
-    """
+    """float (N, C, T, H, W) in [-1, 1] -> uint8 numpy (N, T, H, W, C): ((x + 1) * 127.5) rounded
+    and clamped. Rounding makes uint8 -> [-1, 1] -> uint8 exact (docs/SAMPLING.md#outputs) and
+    removes the half-level downward bias that truncation puts on every sample."""
     videos = torch.as_tensor(videos)
     pixels = ((videos.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()

@@ -138,9 +138,7 @@ class ChunkStore:
 
     def finished(self):
         """Indices of the chunks already on disk."""
-        if not self.chunk_dir.is_dir():
-            return []
-        found = (_CHUNK_FILE.match(p.name) for p in self.chunk_dir.iterdir())
+        found = (_CHUNK_FILE.match(p.name) for p in self.chunk_dir.glob("chunk_*.npz"))
         return sorted(int(m.group(1)) for m in found if m and int(m.group(1)) < len(self.ranges))
 
     def save(self, k, arrays):
@@ -169,18 +167,14 @@ class ChunkStore:
     def final_paths(self):
         """name -> path of the final npz files ("samples", and "gt" when the run keeps it)."""
         shape = (self.num_samples, *self.fields["samples"][0])
-        paths = {"samples": self.folder / npz_name(shape)}
-        if "gt" in self.fields:
-            paths["gt"] = self.folder / npz_name(shape, GT_PREFIX)
-        return paths
+        return {name: self.folder / npz_name(shape, prefix)
+                for name, prefix in (("samples", ""), ("gt", GT_PREFIX)) if name in self.fields}
 
     def complete_files(self):
         """The final npz files of a finished run ([] while chunks remain or files are missing:
         an interrupted join is redone from the chunks)."""
         paths = list(self.final_paths().values())
-        if self.chunk_dir.exists() or not all(p.exists() for p in paths):
-            return []
-        return paths
+        return [] if self.chunk_dir.exists() or not all(p.exists() for p in paths) else paths
 
     def assemble(self):
         """Join the chunks into the final npz files (labels as arr_1), then remove the chunks."""

@@ -40,10 +40,10 @@ def checkpoint_flags(checkpoint_path):
     return {k: v for k, v in recorded.items() if k in model_and_diffusion_defaults()}
 
 
-def flag_sources(checkpoint_path, recorded, preset, given, caller="the command line"):
+def flag_sources(checkpoint_path, recorded, preset, given):
     """{flag: where its value comes from} for every model/diffusion flag: "args.json",
-    "--preset NAME", `caller` (the flags in `given`) or "default". ValueError listing the flags
-    the weights cannot reveal when there is neither args.json nor a preset for them."""
+    "--preset NAME", "the command line" (the flags in `given`) or "default". ValueError listing
+    the flags the weights cannot reveal when there is neither args.json nor a preset for them."""
     defaults = model_and_diffusion_defaults()
     missing = [f"--{k}" for k in HIDDEN_FLAGS if not recorded and not preset and k not in given]
     if missing:
@@ -52,7 +52,7 @@ def flag_sources(checkpoint_path, recorded, preset, given, caller="the command l
             f"{', '.join(missing)}: pass --preset (bair64, kinetics600 or ucf101 for the paper's "
             "checkpoints) or these flags")
     preset_flags = PRESETS[preset] if preset else {}
-    return {k: caller if k in given else f"--preset {preset}" if k in preset_flags
+    return {k: "the command line" if k in given else f"--preset {preset}" if k in preset_flags
             else "args.json" if k in recorded else "default" for k in defaults}
 
 
@@ -66,7 +66,7 @@ def resolve_flags(checkpoint_path, overrides=None, preset=None):
     if unknown:
         raise TypeError(f"unknown model/diffusion flags: {', '.join(unknown)}")
     recorded = checkpoint_flags(checkpoint_path)
-    flag_sources(checkpoint_path, recorded, preset, overrides, caller="the caller")
+    flag_sources(checkpoint_path, recorded, preset, overrides)  # the check alone
     from_preset = {k: v for k, v in (PRESETS[preset] if preset else {}).items() if k in defaults}
     return {**defaults, **recorded, **from_preset, **overrides}
 

@@ -1,13 +1,12 @@
 """Sample N videos over R ranks into a run folder, resumably: `sample_to_folder`, the one path
 from a model to sample files (video_sample.py, video_sample_long.py, video_eval.py
---model_path). docs/SAMPLING.md#outputs describes the folder, its name and its record,
-`sample_args.json`, which video_eval.py reads and holds flags to.
+--model_path). docs/SAMPLING.md describes the folder, its record `sample_args.json` (which
+video_eval.py reads and holds flags to), and why R ranks give the same samples as one.
 
 Samples are cut into chunks of `chunk_size` (files.py), chunks into global batches of
 `batch_size` consecutive samples; in every round each rank samples one batch (batch b on rank
-b mod R), all ranks all-gather the round's results and rank 0 keeps them in index order, writes
-a grid per batch and each chunk file when complete. Batch contents do not depend on R, so R
-ranks give the same samples as one, and a rerun after a preemption skips the chunks on disk.
+b mod R), and rank 0 keeps the gathered results in index order, writes a grid per batch and
+each chunk file when complete.
 """
 import json
 import math
