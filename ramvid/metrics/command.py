@@ -110,19 +110,15 @@ def sample_for_evaluation(parser, argv, args):
     reason = frame_indices_problem(cond_frames, args.seq_len)
     if reason:
         raise UsageError(f"--cond_frames {cond_frames}: {reason} of the model")
-
-    def job(num_clips):
-        return SampleJob(
-            model_path=args.model_path, num_samples=num_clips * per_clip,
-            batch_size=args.sample_batch_size, seed=args.seed,
-            cond_frames=tuple(sorted(cond_frames)), data_dir=args.data_dir,
-            samples_per_clip=per_clip, save_gt=True, chunk_size=args.chunk_clips * per_clip,
-            options=sampler_options(args), save_video="none")
-
     # The count without probing a video (none needs to exist for a dry run).
     listed = len(list_videos(args.data_dir)) if Path(args.data_dir).is_dir() else 0
     planned = args.num_clips or protocol.num_test_videos or listed
-    dry_run(args, job(planned or 1), {
+    job = SampleJob(
+        model_path=args.model_path, num_samples=(planned or 1) * per_clip,
+        batch_size=args.sample_batch_size, seed=args.seed, cond_frames=tuple(sorted(cond_frames)),
+        data_dir=args.data_dir, samples_per_clip=per_clip, save_gt=True,
+        chunk_size=args.chunk_clips * per_clip, options=sampler_options(args), save_video="none")
+    dry_run(args, job, {
         "cond_frames": list(cond_frames), "samples_per_clip": per_clip,
         "num_clips": planned or "all clips of --data_dir (not found here: count unknown; the "
         "plan is for one clip)"})
@@ -130,12 +126,14 @@ def sample_for_evaluation(parser, argv, args):
     available = len(check_data(args.data_dir, flags, flags["seq_len"]))
     num_clips = args.num_clips or min(protocol.num_test_videos or available, available)
     if num_clips > available:
-        raise UsageError(f"--num_clips {num_clips}: --data_dir {args.data_dir} has {available} clips")
+        raise UsageError(f"--num_clips {num_clips}: --data_dir {args.data_dir} has {available} "
+                         "clips")
+    job = replace(job, num_samples=num_clips * per_clip)
     with model_on_every_rank(model, args) as (net, info):
-        return sample_to_folder(net, create_diffusion(**flags), flags, job(num_clips), info,
+        return sample_to_folder(net, create_diffusion(**flags), flags, job, info,
                                 out_dir=args.work_dir or None, overwrite=args.overwrite,
                                 reuse_finished=True, break_lock=args.break_lock,
-                                rate_key=rate_key(flags, args, args.sample_batch_size))
+                                rate_key=rate_key(flags, args, job.batch_size))
 
 
 def eval_main(argv=None):

@@ -117,10 +117,9 @@ def evaluate_predictions(samples, gt, obs_mask, fvd_include_given: bool = True,
     """PSNR/SSIM (best- and mean-of-N) and FVD of sampled clips against ground truth.
 
     samples: (N_clips, N_samples, T, H, W, C), gt: (N_clips, T, H, W, C), uint8 or float in
-    [-1, 1]; obs_mask: bool (N_clips, T), True = given frame. FVD compares all
-    N_clips * N_samples samples with the N_clips ground-truth clips, on every frame
-    (``fvd_include_given``) or on the predicted frames only (then the given frames must be
-    the same in every clip). with_frame_metrics False: FVD only (unconditional samples).
+    [-1, 1]; obs_mask: bool (N_clips, T), True = given frame. FVD on every frame
+    (``fvd_include_given``) or on the predicted frames only (then the given frames must be the
+    same in every clip); with_frame_metrics False: FVD only (unconditional samples).
     """
     mask = bool_mask(obs_mask)
     if with_fvd:  # before the slow frame metrics, so that a doomed run fails at once

@@ -161,9 +161,10 @@ def step_bar(total, enabled):
 
 
 # --------------------------------------------------------------------------- in a notebook
-def _rows(tensor, k, count):
-    """Rows k, k+1, ... of a per-sample tensor, cycling when it holds fewer rows than samples."""
-    return tensor[[(k + j) % len(tensor) for j in range(count)]]
+def _rows(tensor, batch):
+    """The rows of a per-sample tensor (None stays None) for the samples in `batch`, cycling
+    when it holds fewer rows than samples."""
+    return None if tensor is None else tensor[[i % len(tensor) for i in batch]]
 
 
 def sample_videos(model, diffusion, num_samples=None, *, obs=None, obs_mask=None,
@@ -211,13 +212,10 @@ def sample_videos(model, diffusion, num_samples=None, *, obs=None, obs_mask=None
     out = []
     with bar:
         for batch in batches:
-            k, n = batch.start, len(batch)
             indices = [first_index + j for j in batch]
-            videos = sample_batch(
-                model, diffusion, sample_generators(seed, indices),
-                obs=None if obs is None else _rows(obs, k, n),
-                obs_mask=None if obs_mask is None else _rows(obs_mask, k, n),
-                y=labels_for(model, seed, indices, None if y is None else _rows(y, k, n)),
-                options=options, callback=callback)
+            videos = sample_batch(model, diffusion, sample_generators(seed, indices),
+                                  obs=_rows(obs, batch), obs_mask=_rows(obs_mask, batch),
+                                  y=labels_for(model, seed, indices, _rows(y, batch)),
+                                  options=options, callback=callback)
             out.append(to_uint8(videos))
     return np.concatenate(out)

@@ -13,6 +13,7 @@ run cut short and resumed writes the same bytes as one that never stopped.
 """
 import os
 import re
+import struct
 import zipfile
 from pathlib import Path
 
@@ -99,8 +100,7 @@ def map_npz_array(path, name="arr_0"):
     with open(path, "rb") as raw:
         raw.seek(info.header_offset)
         local_header = raw.read(30)  # fixed part of the zip local file header
-        name_length = int.from_bytes(local_header[26:28], "little")
-        extra_length = int.from_bytes(local_header[28:30], "little")
+        name_length, extra_length = struct.unpack("<HH", local_header[26:30])
         raw.seek(info.header_offset + 30 + name_length + extra_length)
         shape, fortran_order, dtype = _read_npy_header(raw)
         offset = raw.tell()

@@ -19,7 +19,6 @@ from ..config import (CHANNEL_MULT_BY_SIZE, PRESETS, create_diffusion, create_mo
                       model_and_diffusion_defaults)
 from ..flags import ARGS_JSON, read_args_json
 
-
 _BLOCK_KEY = re.compile(r"^input_blocks\.(\d+)\.")
 # Flags sampling depends on that no parameter shape reveals (the others fail the shape check
 # below, or only matter for training: dropout, use_kl, rescale_learned_sigmas, use_checkpoint;
