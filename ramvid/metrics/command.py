@@ -253,8 +253,8 @@ def _frames_flag(frames):
 
 
 def resolve_settings(files, protocol_name, cond_frames, samples_per_clip):
-    """(given frames, samples per clip or None, origin) from the records, checked against the
-    flags (None = not given)."""
+    """(given frames, samples per clip, origin) from the records, checked against the flags
+    (None = not given)."""
     records = [(path.parent / RECORD_JSON, record) for path, record in files if record]
     protocol = PROTOCOLS[protocol_name or "custom"]
     if not records:

@@ -172,9 +172,8 @@ def load_checkpoint(args):
 
 
 def check_data(data_dir, flags, seq_len, purpose=""):
-    """Scan --data_dir now, so a bad directory is a flag error rather than a failed job.
-    `purpose` prefixes the error (e.g. why clips must be this long). Returns the scanned
-    ClipSource."""
+    """The scanned ClipSource: scanned now, a bad --data_dir is a flag error rather than a failed
+    job. `purpose` prefixes the error (e.g. why clips must be this long)."""
     try:
         return ClipSource(data_dir, flags, seq_len)
     except ValueError as e:

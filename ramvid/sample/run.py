@@ -242,15 +242,13 @@ def remember_rate(key, device, seconds):
 # --------------------------------------------------------------------------- the run
 def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite=False,
                      reuse_finished=False, break_lock=False, rate_key=None):
-    """Sample `job` on every rank into its run folder (every rank calls this, inside
-    `dist.process_group`; a user mistake raises the same UsageError on every rank before any
-    sampling); rank 0 returns {"folder", "samples", "gt"?, "state": new | resume | finished},
-    other ranks None.
-    reuse_finished: a finished run of the same settings is returned as it is (else an error).
+    """Sample `job` into its run folder; every rank calls this inside `dist.process_group` (a user
+    mistake raises the same UsageError on every rank before any sampling). Rank 0 returns
+    {"folder", "samples", "gt"?, "state": new | resume | finished}, other ranks None; with
+    reuse_finished a finished run of the same settings is returned as it is (else an error).
     Rank 0 holds the folder's lock (ramvid.runlock) from before its first write to the end;
     break_lock takes over a lock left by a dead run on another host. rate_key: where rank 0
-    remembers the measured seconds per step for later dry runs. The model must be on
-    info.device."""
+    remembers the measured seconds per step. The model must be on info.device."""
     work, num_frames, fields, source = _work(model, diffusion, flags, job)
     plan = cost(job, diffusion, model_video_shape(model)[1])
     record = job_record(job, flags, diffusion, num_frames, source)
@@ -315,9 +313,7 @@ def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite
                                                 fps=job.fps)
                 if info.is_main:
                     store.save(k, {name: np.concatenate(p) for name, p in parts.items()})
-            if not info.is_main:
-                return None
-            return {"folder": folder, **store.assemble(), "state": state}
+            return {"folder": folder, **store.assemble(), "state": state} if info.is_main else None
     finally:
         if lock is not None:
             lock.release()
