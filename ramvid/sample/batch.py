@@ -74,12 +74,12 @@ class ClipSource:
     or for a run that needs fewer, n, the first n of a fixed shuffle seeded by CLIP_DRAW_SEED
     (why: docs/SAMPLING.md). Sample i takes clip (i // S) mod n of them (S = samples_per_clip)."""
 
-    def __init__(self, data_dir, flags, seq_len=None, samples_per_clip=1, num_clips=None):
+    def __init__(self, data_dir, flags, seq_len, samples_per_clip=1, num_clips=None):
         if samples_per_clip < 1:
             raise ValueError(f"samples_per_clip={samples_per_clip} must be >= 1")
         self.samples_per_clip = samples_per_clip
         self.dataset = VideoClipDataset(
-            data_dir, int(flags["image_size"]), int(seq_len or flags["seq_len"]),
+            data_dir, int(flags["image_size"]), int(seq_len),
             class_cond=bool(flags["class_cond"]), rgb=bool(flags["rgb"]))
         num_classes = int(flags.get("num_classes") or 0)
         if flags["class_cond"] and self.dataset.num_classes != num_classes:

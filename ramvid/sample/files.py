@@ -75,24 +75,24 @@ def _read_npy_header(file):
     return read_header(file)
 
 
-def npz_shape(path, name="arr_0"):
-    """The shape of array `name` of an npz file from its header alone (None if it has no such
-    array): checking a 10 GB sample file against its record must not read it."""
+def npz_shape(path):
+    """The shape of arr_0 of an npz file from its header alone (None if it has no arr_0):
+    checking a 10 GB sample file against its record must not read it."""
     with zipfile.ZipFile(path) as archive:
-        if f"{name}.npy" not in archive.namelist():
+        if "arr_0.npy" not in archive.namelist():
             return None
-        with archive.open(f"{name}.npy") as member:
+        with archive.open("arr_0.npy") as member:
             shape, _, _ = _read_npy_header(member)
     return shape
 
 
-def map_npz_array(path, name="arr_0"):
-    """Array `name` of an npz file as a read-only np.memmap, when the file stores it
-    uncompressed (as write_npz does), else None. Rows are read from disk only when indexed, so
-    evaluating 25,600 BAIR samples never holds the 5 GB file in memory."""
+def map_npz_array(path):
+    """arr_0 of an npz file as a read-only np.memmap, when the file stores it uncompressed (as
+    write_npz does), else None. Rows are read from disk only when indexed, so evaluating 25,600
+    BAIR samples never holds the 5 GB file in memory."""
     with zipfile.ZipFile(path) as archive:
         try:
-            info = archive.getinfo(f"{name}.npy")
+            info = archive.getinfo("arr_0.npy")
         except KeyError:
             return None
         if info.compress_type != zipfile.ZIP_STORED:
