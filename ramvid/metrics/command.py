@@ -83,7 +83,7 @@ def build_parser():
     return parser
 
 
-def sample_for_evaluation(parser, argv, args):
+def sample_for_evaluation(parser, argv, args, protocol):
     """Sample the protocol's clips from --model_path (all ranks, resumable); rank 0 returns
     the run's paths, other ranks None."""
     if args.samples is not None or args.gt is not None:
@@ -95,7 +95,6 @@ def sample_for_evaluation(parser, argv, args):
     if args.samples_per_clip is not None and args.samples_per_clip < 1:
         raise UsageError(f"--samples_per_clip {args.samples_per_clip}: must be >= 1")
     args = parse_sampling_flags(parser, argv, SAMPLING_MODE_FLAGS)  # args.json, --preset
-    protocol = PROTOCOLS[args.protocol or "custom"]
     cond_frames = args.cond_frames if args.cond_frames is not None else protocol.cond_frames
     if cond_frames is None:
         raise UsageError("--cond_frames is required with --protocol custom (e.g. 0,)")
@@ -140,9 +139,10 @@ def eval_main(argv=None):
     with user_errors():
         parser = build_parser()
         args = parser.parse_args(argv)
+        protocol = PROTOCOLS[args.protocol or "custom"]
         sampling = bool(args.model_path)  # else evaluate --samples
         if sampling:
-            paths = sample_for_evaluation(parser, argv, args)
+            paths = sample_for_evaluation(parser, argv, args, protocol)
             if paths is None:  # ranks other than 0 only sample
                 return None
             sample_paths, gt_path = [paths["samples"]], paths["gt"]
@@ -159,7 +159,7 @@ def eval_main(argv=None):
         if not output.parent.is_dir():
             raise UsageError(f"--output {output}: directory {output.parent} does not exist")
         files = [find_sample_file(Path(p)) for p in sample_paths]  # [(npz, its record or None)]
-        cond_frames, per_clip, origin = resolve_settings(files, args.protocol, args.cond_frames,
+        cond_frames, per_clip, origin = resolve_settings(files, protocol, args.cond_frames,
                                                          args.samples_per_clip)
         first_path, record = files[0]
         if gt_path is None and record and record.get("save_gt"):
@@ -169,7 +169,6 @@ def eval_main(argv=None):
                              "(--save_gt True)")
         samples, gt = load_samples([path for path, _ in files], load_clips(Path(gt_path), "--gt"),
                                    per_clip)
-        protocol = PROTOCOLS[args.protocol or "custom"]
         try:
             with torch.inference_mode():  # not set_grad_enabled: an in-process caller keeps autograd
                 results = run_evaluation(samples, gt, protocol, cond_frames, origin,
@@ -252,11 +251,10 @@ def _frames_flag(frames):
     return ",".join(map(str, frames)) + ","
 
 
-def resolve_settings(files, protocol_name, cond_frames, samples_per_clip):
+def resolve_settings(files, protocol, cond_frames, samples_per_clip):
     """(given frames, samples per clip, origin) from the records, checked against the flags
     (None = not given)."""
     records = [(path.parent / RECORD_JSON, record) for path, record in files if record]
-    protocol = PROTOCOLS[protocol_name or "custom"]
     if not records:
         frames = cond_frames if cond_frames is not None else protocol.cond_frames
         if frames is None:

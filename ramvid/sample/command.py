@@ -1,7 +1,6 @@
-"""The sampling commands: video_sample.py (ramvid-sample) and video_sample_long.py
-(ramvid-sample-long). Flags -> a SampleJob -> `sample_to_folder` on every rank; every user
-error ends with one line before any process group exists. Model flags default to the
-checkpoint's args.json (docs/SAMPLING.md). video_eval.py --model_path samples through the same
+"""The sampling commands video_sample.py (ramvid-sample) and video_sample_long.py
+(ramvid-sample-long): flags -> a SampleJob -> `sample_to_folder` on every rank, every user error
+one line before any process group exists. video_eval.py --model_path samples through the same
 declarations (`SAMPLING_FLAG`) and helpers.
 """
 import json
