@@ -1,33 +1,29 @@
-"""video_eval.py (ramvid-eval): PSNR/SSIM (best- and mean-of-N) and FVD of samples.
-
-Two modes: --samples (npz files or a sample run's folder), or --model_path with --data_dir,
-which samples the checkpoint through the same resumable pipeline as video_sample.py and then
-evaluates that run. A sample run's record (`sample_args.json` beside its npz) is the contract:
-the given frames and the samples per clip come from there, and a --protocol, --cond_frames or
---samples_per_clip that contradicts it is an error naming both values. Without a record (a
-foreign npz) those flags are required and the report says so.
+"""video_eval.py (ramvid-eval): PSNR/SSIM (best- and mean-of-N) and FVD of samples, from
+--samples (npz files or a sample run's folder) or sampled from --model_path through
+`sample_to_folder`. docs/EVALUATION.md#video_evalpy: a run's record decides, flags that
+contradict it are errors.
 """
 import json
 import sys
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import PRESETS, create_diffusion
+from ..config import create_diffusion
 from ..data import list_videos
 from ..errors import UsageError
-from ..flags import (Flag, add_common_flags, add_flags, at_least, exit_if_dry_run, flag_values,
+from ..flags import (Flag, add_flags, at_least, exit_if_dry_run, flag_values,
                      given_on_command_line, int_list, make_parser, str2bool, user_errors)
-from ..masking import frame_indices_problem, mask_from_frames
+from ..masking import frame_indices_problem
 from ..sample.command import (SAMPLING_FLAG, add_model_flags, check_data, dry_run,
                               load_checkpoint, model_on_every_rank, parse_sampling_flags,
                               rate_key, sampler_options)
 from ..sample.files import GT_PREFIX, map_npz_array, npz_shape
-from ..sample.run import RECORD_JSON, SampleJob, read_record, run_files, sample_to_folder
-from .evaluation import PROTOCOLS, run_evaluation, table
+from ..sample.run import RECORD_JSON, SampleJob, read_record, sample_to_folder
+from .evaluation import PROTOCOLS, run_evaluation
 from .i3d import I3DWeightsError
 
 DESCRIPTION = "Evaluate predicted videos: PSNR/SSIM (best- and mean-of-N) and FVD."
@@ -84,33 +80,21 @@ def build_parser():
     sampling = parser.add_argument_group("sampling mode (instead of --samples/--gt)")
     add_flags(sampling, SAMPLING_MODE_FLAGS)
     add_model_flags(parser)
-    add_common_flags(parser, PRESETS)
     return parser
 
 
-def check_mode(args):
-    """Exactly one input mode: --samples (files) or --model_path/--data_dir (sampling)."""
-    if args.model_path:
-        if args.samples is not None or args.gt is not None:
-            raise UsageError("--model_path samples the clips itself: drop --samples/--gt "
-                             "(or drop --model_path to evaluate files)")
-        if not args.data_dir:
-            raise UsageError("--model_path needs --data_dir (the test videos)")
-        flag_values(SAMPLING_MODE_FLAGS, vars(args))  # each flag's declared check
-        if args.samples_per_clip is not None and args.samples_per_clip < 1:
-            raise UsageError(f"--samples_per_clip {args.samples_per_clip}: must be >= 1")
-        return "model"
-    if args.samples is None:
-        raise UsageError("give --samples (npz files or a sample run's folder), or --model_path "
-                         "and --data_dir")
-    return "files"
-
-
-def sample_for_evaluation(parser, argv, args):
+def sample_for_evaluation(parser, argv, args, protocol):
     """Sample the protocol's clips from --model_path (all ranks, resumable); rank 0 returns
     the run's paths, other ranks None."""
+    if args.samples is not None or args.gt is not None:
+        raise UsageError("--model_path samples the clips itself: drop --samples/--gt "
+                         "(or drop --model_path to evaluate files)")
+    if not args.data_dir:
+        raise UsageError("--model_path needs --data_dir (the test videos)")
+    flag_values(SAMPLING_MODE_FLAGS, vars(args))  # each flag's declared check
+    if args.samples_per_clip is not None and args.samples_per_clip < 1:
+        raise UsageError(f"--samples_per_clip {args.samples_per_clip}: must be >= 1")
     args = parse_sampling_flags(parser, argv, SAMPLING_MODE_FLAGS)  # args.json, --preset
-    protocol = PROTOCOLS[args.protocol or "custom"]
     cond_frames = args.cond_frames if args.cond_frames is not None else protocol.cond_frames
     if cond_frames is None:
         raise UsageError("--cond_frames is required with --protocol custom (e.g. 0,)")
@@ -125,80 +109,93 @@ def sample_for_evaluation(parser, argv, args):
     reason = frame_indices_problem(cond_frames, args.seq_len)
     if reason:
         raise UsageError(f"--cond_frames {cond_frames}: {reason} of the model")
-
-    def job(num_clips):
-        return SampleJob(
-            model_path=args.model_path, num_samples=num_clips * per_clip,
-            batch_size=args.sample_batch_size, seed=args.seed,
-            cond_frames=tuple(sorted(cond_frames)), data_dir=args.data_dir,
-            samples_per_clip=per_clip, save_gt=True, chunk_size=args.chunk_clips * per_clip,
-            options=sampler_options(args), save_video="none")
-
     # The count without probing a video (none needs to exist for a dry run).
     listed = len(list_videos(args.data_dir)) if Path(args.data_dir).is_dir() else 0
     planned = args.num_clips or protocol.num_test_videos or listed
-    dry_run(args, job(planned or 1), args.sample_batch_size,
-            {"cond_frames": list(cond_frames), "samples_per_clip": per_clip,
-             "num_clips": planned or "all clips of --data_dir (not found here: count unknown; "
-             "the plan is for one clip)"})
+    job = SampleJob(
+        model_path=args.model_path, num_samples=(planned or 1) * per_clip,
+        batch_size=args.sample_batch_size, seed=args.seed, cond_frames=tuple(sorted(cond_frames)),
+        data_dir=args.data_dir, samples_per_clip=per_clip, save_gt=True,
+        chunk_size=args.chunk_clips * per_clip, options=sampler_options(args), save_video="none")
+    dry_run(args, job, {
+        "cond_frames": list(cond_frames), "samples_per_clip": per_clip,
+        "num_clips": planned or "all clips of --data_dir (not found here: count unknown; the "
+        "plan is for one clip)"})
     model, flags = load_checkpoint(args)
     available = len(check_data(args.data_dir, flags, flags["seq_len"]))
     num_clips = args.num_clips or min(protocol.num_test_videos or available, available)
     if num_clips > available:
-        raise UsageError(f"--num_clips {num_clips}: --data_dir {args.data_dir} has {available} clips")
+        raise UsageError(f"--num_clips {num_clips}: --data_dir {args.data_dir} has {available} "
+                         "clips")
+    job = replace(job, num_samples=num_clips * per_clip)
     with model_on_every_rank(model, args) as (net, info):
-        return sample_to_folder(net, create_diffusion(**flags), flags, job(num_clips), info,
+        return sample_to_folder(net, create_diffusion(**flags), flags, job, info,
                                 out_dir=args.work_dir or None, overwrite=args.overwrite,
-                                reuse_finished=True, break_lock=args.break_lock, announce=print,
-                                rate_key=rate_key(flags, args, args.sample_batch_size))
+                                reuse_finished=True, break_lock=args.break_lock,
+                                rate_key=rate_key(flags, args, job.batch_size))
 
 
 def eval_main(argv=None):
     with user_errors():
         parser = build_parser()
         args = parser.parse_args(argv)
-        mode = check_mode(args)
-        if mode == "files":
-            exit_if_dry_run(args, vars(args))
-        if mode == "model":
-            paths = sample_for_evaluation(parser, argv, args)
+        protocol = PROTOCOLS[args.protocol or "custom"]
+        sampling = bool(args.model_path)  # else evaluate --samples
+        if sampling:
+            paths = sample_for_evaluation(parser, argv, args, protocol)
             if paths is None:  # ranks other than 0 only sample
                 return None
             sample_paths, gt_path = [paths["samples"]], paths["gt"]
             output = args.output or paths["folder"] / "eval.json"
         else:
+            if args.samples is None:
+                raise UsageError("give --samples (npz files or a sample run's folder), or "
+                                 "--model_path and --data_dir")
+            exit_if_dry_run(args, vars(args))
             sample_paths, gt_path = args.samples, args.gt
             first = args.samples[0]
             output = args.output or (first / "eval.json" if first.is_dir()
                                      else first.with_name(first.stem + "_eval.json"))
         if not output.parent.is_dir():
             raise UsageError(f"--output {output}: directory {output.parent} does not exist")
-        samples, gt, cond_frames, origin, gt_used, record = load_inputs(
-            sample_paths, gt_path, args.protocol, args.cond_frames, args.samples_per_clip)
-        setup = protocol_setup(args.protocol, cond_frames, gt.shape[0], gt.shape[1],
-                               args.fvd_include_given)
+        files = [find_sample_file(Path(p)) for p in sample_paths]  # [(npz, its record or None)]
+        cond_frames, per_clip, origin = resolve_settings(files, protocol, args.cond_frames,
+                                                         args.samples_per_clip)
+        first_path, record = files[0]
+        if gt_path is None and record and record.get("save_gt"):
+            gt_path = first_path.with_name(GT_PREFIX + first_path.name)  # the run's own
+        if gt_path is None:
+            raise UsageError("--gt is required: the samples' run did not save its ground truth "
+                             "(--save_gt True)")
+        samples, gt = load_samples([path for path, _ in files], load_clips(Path(gt_path), "--gt"),
+                                   per_clip)
         try:
             with torch.inference_mode():  # not set_grad_enabled: an in-process caller keeps autograd
-                results = run_evaluation(samples, gt, setup, cond_frames, origin, with_fvd=args.fvd,
-                                         skip_short_fvd=mode == "model", batch_size=args.batch_size,
+                results = run_evaluation(samples, gt, protocol, cond_frames, origin,
+                                         args.fvd_include_given, with_fvd=args.fvd,
+                                         skip_short_fvd=sampling, batch_size=args.batch_size,
                                          device=args.device)
         except (ValueError, I3DWeightsError) as err:
             raise UsageError(str(err)) from None
-        results.update(samples=[str(p) for p in sample_paths], gt=str(gt_used))
-        selection = clip_selection(record, PROTOCOLS[args.protocol or "custom"])
+        results.update(samples=[str(p) for p in sample_paths], gt=str(gt_path))
+        selection = clip_selection(record, protocol)
         if selection:
             results["clips"] = selection
             results["protocol_description"] += f"\nClips: {selection}."
-        if mode == "model":
+        if sampling:
             results.update(model_path=args.model_path, data_dir=args.data_dir, seed=args.seed)
         text = json.dumps(results, indent=2)
         output.write_text(text + "\n")
-        print(text)
-        print()
-        print(table(results))
-        print()
-        print(results["protocol_description"])
-        print(f"\nwrote {output}")
+        rows = [(name, results[key]) for name, key in (
+            ("PSNR best-of-N", "psnr_best"), ("PSNR mean-of-N", "psnr_mean"),
+            ("SSIM best-of-N", "ssim_best"), ("SSIM mean-of-N", "ssim_mean"),
+            ("FVD", "fvd"), ("FVD sqrtm imaginary residue", "fvd_imag_residue")) if key in results]
+        width = max((len(name) for name, _ in rows), default=0)
+        table = [f"{name:<{width}}  {value:.4f}" for name, value in rows]
+        if "fvd_skipped" in results:
+            table.append(results["fvd_skipped"])
+        print(f"{text}\n\n" + "\n".join(table) + f"\n\n{results['protocol_description']}\n\n"
+              f"wrote {output}")
         return results
 
 
@@ -226,26 +223,15 @@ def load_clips(path: Path, flag: str) -> np.ndarray:
     return clips
 
 
-@dataclass
-class SampleFile:
-    path: Path
-    record: dict = None  # the sample run's sample_args.json, if it sits beside the file
-
-    @property
-    def gt_path(self):
-        """The run's own ground truth (video_sample.py --save_gt True), if recorded."""
-        if self.record and self.record.get("save_gt"):
-            return self.path.with_name(GT_PREFIX + self.path.name)
-        return None
-
-
-def find_sample_file(path: Path) -> SampleFile:
-    """--samples names an npz or a sample run's folder (its one samples npz)."""
+def find_sample_file(path: Path):
+    """(npz path, the record beside it or None): --samples names an npz or a sample run's folder
+    (its one samples npz)."""
     if path.is_dir():
-        try:
-            path = run_files(path)[0]
-        except UsageError as e:
-            raise UsageError(f"--samples {e}") from None
+        found = [p for p in sorted(path.glob("*.npz")) if not p.name.startswith(GT_PREFIX)]
+        if len(found) != 1:
+            raise UsageError(f"--samples {path}: a run folder holds one samples npz, found "
+                             f"{len(found)} (an unfinished run? rerun its sampling command)")
+        path = found[0]
     elif not path.is_file():
         raise UsageError(f"--samples {path}: no such file")
     record = read_record(path.parent)
@@ -258,18 +244,17 @@ def find_sample_file(path: Path) -> SampleFile:
             raise UsageError(f"--samples {path}: {path.parent / RECORD_JSON} beside it records "
                              f"{record['num_samples']} samples of {record['seq_len']} frames, the "
                              f"file holds shape {shape}; move the file or the record")
-    return SampleFile(path, record)
+    return path, record
 
 
 def _frames_flag(frames):
     return ",".join(map(str, frames)) + ","
 
 
-def resolve_settings(files, protocol_name, cond_frames, samples_per_clip):
-    """(given frames, samples per clip or None, origin) from the records, checked against the
-    flags (None = not given)."""
-    records = [(f.path.parent / RECORD_JSON, f.record) for f in files if f.record]
-    protocol = PROTOCOLS[protocol_name or "custom"]
+def resolve_settings(files, protocol, cond_frames, samples_per_clip):
+    """(given frames, samples per clip, origin) from the records, checked against the flags
+    (None = not given)."""
+    records = [(path.parent / RECORD_JSON, record) for path, record in files if record]
     if not records:
         frames = cond_frames if cond_frames is not None else protocol.cond_frames
         if frames is None:
@@ -283,7 +268,7 @@ def resolve_settings(files, protocol_name, cond_frames, samples_per_clip):
         return list(frames), samples_per_clip, "the command line (no sample_args.json beside the samples)"
     if len(records) != len(files):
         raise UsageError(f"--samples: {RECORD_JSON} beside some files but not beside "
-                         f"{next(f.path for f in files if not f.record)}")
+                         f"{next(path for path, record in files if not record)}")
     path, first = records[0]
     for other_path, other in records[1:]:
         for key in ("cond_frames", "seq_len", "samples_per_clip", "data_dir"):
@@ -321,48 +306,29 @@ def one_row_per_clip(gt: np.ndarray, num_sample_rows: int, per_clip) -> np.ndarr
     return np.ascontiguousarray(grouped[:, 0])
 
 
-def _per_clip(num_rows: int, num_clips: int, requested, path: Path) -> int:
-    per_clip = requested if requested is not None else num_rows // max(num_clips, 1)
-    if per_clip < 1 or num_rows != num_clips * per_clip:
-        hint = ("; pass --samples_per_clip" if requested is None else
-                f" (--samples_per_clip {requested})")
-        raise UsageError(f"--samples {path}: {num_rows} clips are not {num_clips} ground-truth "
-                         f"clips x a whole number of samples{hint}")
-    return per_clip
-
-
-def load_samples(paths, gt: np.ndarray, per_clip, first) -> np.ndarray:
-    """Files of clip-major samples -> one (N_clips, S, T, H, W, C) array (a view of the one file
-    when there is one; ``first``: paths[0], loaded)."""
+def load_samples(paths, gt: np.ndarray, per_clip):
+    """Files of clip-major samples -> (one (N_clips, S, T, H, W, C) array, a view of the one file
+    when there is one; gt (N_clips, T, H, W, C), one row per clip)."""
+    first = load_clips(paths[0], "--samples")
+    if len(paths) == 1:
+        gt = one_row_per_clip(gt, first.shape[0], per_clip)
     num_clips, item, parts = gt.shape[0], gt.shape[1:], []
     for i, path in enumerate(paths):
         clips = first if i == 0 else load_clips(path, "--samples")
         if clips.shape[1:] != item:
             raise UsageError(f"--samples {path}: clips of shape {clips.shape[1:]} (T x H x W x "
                              f"C) differ from --gt {item}")
-        count = _per_clip(clips.shape[0], num_clips, per_clip, path)
+        count = per_clip if per_clip is not None else clips.shape[0] // max(num_clips, 1)
+        if count < 1 or clips.shape[0] != num_clips * count:
+            hint = ("; pass --samples_per_clip" if per_clip is None else
+                    f" (--samples_per_clip {per_clip})")
+            raise UsageError(f"--samples {path}: {clips.shape[0]} clips are not {num_clips} "
+                             f"ground-truth clips x a whole number of samples{hint}")
         if parts and count != parts[0].shape[1]:
             raise UsageError(f"--samples {path}: every file must hold the same number of "
                              "samples per clip")
         parts.append(clips.reshape(num_clips, count, *item))
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-
-
-def load_inputs(sample_paths, gt_path, protocol, cond_frames, samples_per_clip):
-    """(samples (N_clips, S, T, H, W, C), gt (N_clips, T, H, W, C), given frames, origin,
-    the gt file used, the first sample file's record or None)."""
-    files = [find_sample_file(Path(p)) for p in sample_paths]
-    frames, per_clip, origin = resolve_settings(files, protocol, cond_frames, samples_per_clip)
-    gt_path = Path(gt_path) if gt_path else files[0].gt_path
-    if gt_path is None:
-        raise UsageError("--gt is required: the samples' run did not save its ground truth "
-                         "(--save_gt True)")
-    gt = load_clips(gt_path, "--gt")
-    first = load_clips(files[0].path, "--samples")
-    if len(files) == 1:
-        gt = one_row_per_clip(gt, first.shape[0], per_clip)
-    samples = load_samples([f.path for f in files], gt, per_clip, first)
-    return samples, gt, frames, origin, gt_path, files[0].record
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)), gt
 
 
 def clip_selection(record, protocol):
@@ -382,24 +348,3 @@ def clip_selection(record, protocol):
         text += (f"; the {protocol.name} protocol's test set has {protocol.num_test_videos} "
                  f"videos, this folder {k}")
     return text
-
-
-def protocol_setup(protocol_name, cond_frames, num_clips, num_frames, fvd_include_given):
-    """The protocol's clip length and FVD setting applied to these clips: dict(protocol,
-    num_frames, obs_mask bool (N_clips, T), include_given)."""
-    protocol = PROTOCOLS[protocol_name or "custom"]
-    if protocol.num_frames is not None:
-        if num_frames < protocol.num_frames:
-            raise UsageError(f"--protocol {protocol.name} needs {protocol.num_frames} frames "
-                             f"per clip, the files have {num_frames}")
-        num_frames = protocol.num_frames  # longer clips: the protocol's first frames
-    reason = frame_indices_problem(cond_frames, num_frames)
-    if reason:
-        raise UsageError(f"--cond_frames {cond_frames}: {reason}")
-    obs_mask = mask_from_frames(cond_frames, num_clips, num_frames).numpy()
-    if obs_mask[0].all():
-        raise UsageError(f"--cond_frames {cond_frames} gives every frame: nothing to evaluate")
-    include_given = (fvd_include_given if fvd_include_given is not None
-                     else protocol.fvd_include_given)
-    return dict(protocol=protocol, num_frames=num_frames, obs_mask=obs_mask,
-                include_given=include_given)

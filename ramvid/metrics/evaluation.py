@@ -1,12 +1,13 @@
 """Evaluating predicted videos (docs/EVALUATION.md): the benchmark protocols, one function that
 applies them to arrays (``evaluate_predictions``: npz files or in-memory samples), and the
-report (JSON-ready dict, table, the protocol in words).
+report (JSON-ready dict, the protocol in words).
 """
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..masking import frame_indices_problem, mask_from_frames
 from .frame_metrics import bool_mask, frame_metrics
 from .fvd import frechet_distance, i3d_features
 from .i3d import MIN_FRAMES
@@ -116,10 +117,9 @@ def evaluate_predictions(samples, gt, obs_mask, fvd_include_given: bool = True,
     """PSNR/SSIM (best- and mean-of-N) and FVD of sampled clips against ground truth.
 
     samples: (N_clips, N_samples, T, H, W, C), gt: (N_clips, T, H, W, C), uint8 or float in
-    [-1, 1]; obs_mask: bool (N_clips, T), True = given frame. FVD compares all
-    N_clips * N_samples samples with the N_clips ground-truth clips, on every frame
-    (``fvd_include_given``) or on the predicted frames only (then the given frames must be
-    the same in every clip). with_frame_metrics False: FVD only (unconditional samples).
+    [-1, 1]; obs_mask: bool (N_clips, T), True = given frame. FVD on every frame
+    (``fvd_include_given``) or on the predicted frames only (then the given frames must be the
+    same in every clip); with_frame_metrics False: FVD only (unconditional samples).
     """
     mask = bool_mask(obs_mask)
     if with_fvd:  # before the slow frame metrics, so that a doomed run fails at once
@@ -143,22 +143,36 @@ def evaluate_predictions(samples, gt, obs_mask, fvd_include_given: bool = True,
     return results
 
 
-def run_evaluation(samples, gt, setup, cond_frames, origin, *, with_fvd=True, skip_short_fvd=False,
-                   batch_size=16, device=None) -> dict:
-    """Evaluate (N_clips, S, T, H, W, C) samples against (N_clips, T, H, W, C) ground truth;
-    returns JSON-ready results, including the protocol in words and where it came from.
+def run_evaluation(samples, gt, protocol, cond_frames, origin, fvd_include_given=None, *,
+                   with_fvd=True, skip_short_fvd=False, batch_size=16, device=None) -> dict:
+    """Evaluate (N_clips, S, T, H, W, C) samples against (N_clips, T, H, W, C) ground truth by
+    `protocol` (its clip length; its FVD setting unless `fvd_include_given` is given); returns
+    JSON-ready results, including the protocol in words and where it came from.
     skip_short_fvd: clips too short for I3D get PSNR/SSIM and a note instead of an error."""
-    protocol, t = setup["protocol"], setup["num_frames"]
+    t = gt.shape[1]
+    if protocol.num_frames is not None:
+        if t < protocol.num_frames:
+            raise ValueError(f"--protocol {protocol.name} needs {protocol.num_frames} frames "
+                             f"per clip, the files have {t}")
+        t = protocol.num_frames  # longer clips: the protocol's first frames
+    reason = frame_indices_problem(cond_frames, t)
+    if reason:
+        raise ValueError(f"--cond_frames {cond_frames}: {reason}")
+    obs_mask = mask_from_frames(cond_frames, gt.shape[0], t).numpy()  # (N_clips, T)
+    if obs_mask[0].all():
+        raise ValueError(f"--cond_frames {cond_frames} gives every frame: nothing to evaluate")
+    include_given = (fvd_include_given if fvd_include_given is not None
+                     else protocol.fvd_include_given)
     samples, gt = samples[:, :, :t], gt[:, :t]
-    short = with_fvd and skip_short_fvd and fvd_frames(setup["obs_mask"], setup["include_given"])[1]
+    short = with_fvd and skip_short_fvd and fvd_frames(obs_mask, include_given)[1]
     skipped = f"FVD not computed: {short}" if short else ""
-    with_fvd = with_fvd and not skipped
     if skipped:
+        with_fvd = False
         print(skipped, flush=True)
     else:
-        print(f"FVD includes the given frames: {setup['include_given']}", file=sys.stderr)
-    raw = evaluate_predictions(samples, gt, setup["obs_mask"],
-                               fvd_include_given=setup["include_given"], with_fvd=with_fvd,
+        print(f"FVD includes the given frames: {include_given}", file=sys.stderr)
+    raw = evaluate_predictions(samples, gt, obs_mask,
+                               fvd_include_given=include_given, with_fvd=with_fvd,
                                batch_size=batch_size, device=device,
                                with_frame_metrics=protocol.frame_metrics)
     num_clips, per_clip = samples.shape[:2]
@@ -166,7 +180,7 @@ def run_evaluation(samples, gt, setup, cond_frames, origin, *, with_fvd=True, sk
         "protocol": protocol.name, "settings_from": origin,
         "num_clips": int(num_clips), "samples_per_clip": int(per_clip), "num_frames": t,
         "image_size": int(gt.shape[2]), "cond_frames": list(cond_frames),
-        "fvd_include_given": setup["include_given"],
+        "fvd_include_given": include_given,
         **{k: raw[k] for k in ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean", "fvd",
                                "fvd_imag_residue", "fvd_num_samples", "fvd_num_real",
                                "fvd_frames") if k in raw},
@@ -176,19 +190,7 @@ def run_evaluation(samples, gt, setup, cond_frames, origin, *, with_fvd=True, sk
     if skipped:
         results["fvd_skipped"] = skipped
     results["protocol_description"] = (
-        describe(protocol, num_clips, per_clip, t, gt.shape[2], cond_frames, setup["include_given"],
+        describe(protocol, num_clips, per_clip, t, gt.shape[2], cond_frames, include_given,
                  raw.get("fvd_frames"))
         + f"\nGiven frames and samples per clip taken from {origin}.")
     return results
-
-
-def table(results: dict) -> str:
-    rows = [(name, results[key]) for name, key in (
-        ("PSNR best-of-N", "psnr_best"), ("PSNR mean-of-N", "psnr_mean"),
-        ("SSIM best-of-N", "ssim_best"), ("SSIM mean-of-N", "ssim_mean"),
-        ("FVD", "fvd"), ("FVD sqrtm imaginary residue", "fvd_imag_residue")) if key in results]
-    width = max((len(name) for name, _ in rows), default=0)
-    lines = [f"{name:<{width}}  {value:.4f}" for name, value in rows]
-    if "fvd_skipped" in results:
-        lines.append(results["fvd_skipped"])
-    return "\n".join(lines)

@@ -4,14 +4,8 @@ Sample i of a run with seed s depends on (s, i) only: its noise comes from its o
 seeded by a hash of (seed, index), so it does not depend on the batch it lands in, the number of
 ranks, or the samples before it, and it can be regenerated alone. Generators live on the CPU, so
 a seed gives the same noise on every device. Every sampling path of ramvid (the commands,
-evaluation, long videos, training previews, `sample_videos` in a notebook) runs its batches
-through `sample_batch`.
-
-Sample i conditioned on data takes clip (i // S) mod n of the n clips a run uses (`ClipSource`):
-a clip is the first `seq_len` frames of a video file of --data_dir; all of them in sorted path
-order, or, when a run needs fewer, a seeded uniform draw, so every rank and every run pairs
-sample i with the same clip. S = samples_per_clip: with S = 1 the samples loop over the clips;
-with S > 1 each clip conditions S consecutive samples (clip-major).
+evaluation, long videos, `sample_videos` in a notebook) runs its batches through
+`sample_batch`; the clips that condition them come from `ClipSource`.
 """
 import warnings
 from dataclasses import dataclass
@@ -41,22 +35,14 @@ class SamplerOptions:
     guidance_scale: float = 1.0  # frame guidance; 1 = plain conditioning
     precision: str = "fp32"  # fp32 | bf16 | fp16: the network's calls under autocast
 
-    def model_calls_per_step(self, guided):
-        """Network evaluations per denoising step (guidance doubles them)."""
-        return self.resample_steps * (2 if guided and self.guidance_scale != 1.0 else 1)
-
 
 # --------------------------------------------------------------------------- per-sample seeds
-def sample_seed(seed, index):
-    """A 63-bit seed for sample `index` of a run seeded with `seed` (SeedSequence hash)."""
+def sample_generators(seed, indices):
+    """One CPU torch.Generator per sample index (pass as `generator=` to `sample_loop`), seeded
+    by a 63-bit SeedSequence hash of (seed, index)."""
     if int(seed) < 0:
         raise ValueError(f"seed={seed} must be >= 0")
-    return derive_seed(seed, index, _NOISE_STREAM)
-
-
-def sample_generators(seed, indices):
-    """One CPU torch.Generator per sample index (pass as `generator=` to `sample_loop`)."""
-    return [torch.Generator().manual_seed(sample_seed(seed, i)) for i in indices]
+    return [torch.Generator().manual_seed(derive_seed(seed, i, _NOISE_STREAM)) for i in indices]
 
 
 def labels_for(model, seed, indices, y=None):
@@ -84,27 +70,22 @@ def model_video_shape(model):
 
 
 class ClipSource:
-    """The clips of --data_dir that condition a run. A run that needs all K usable videos (or
-    more: the samples then loop over them) takes them in sorted path order; a run that needs
-    fewer, n, takes the first n of a fixed shuffle of them (seeded by CLIP_DRAW_SEED): a uniform
-    draw, never biased towards the first file names (Kinetics-600's start with the class), the
-    same on every rank and every rerun whatever --seed is, and the same first clips for any n.
-    Sample i takes clip (i // S) mod n of them (S = samples_per_clip)."""
+    """The clips of --data_dir that condition a run: all K usable videos in sorted path order,
+    or for a run that needs fewer, n, the first n of a fixed shuffle seeded by CLIP_DRAW_SEED
+    (why: docs/SAMPLING.md). Sample i takes clip (i // S) mod n of them (S = samples_per_clip)."""
 
-    def __init__(self, data_dir, flags, seq_len=None, samples_per_clip=1, num_clips=None):
+    def __init__(self, data_dir, flags, seq_len, samples_per_clip=1, num_clips=None):
         if samples_per_clip < 1:
             raise ValueError(f"samples_per_clip={samples_per_clip} must be >= 1")
         self.samples_per_clip = samples_per_clip
         self.dataset = VideoClipDataset(
-            data_dir, int(flags["image_size"]), int(seq_len or flags["seq_len"]),
-            class_cond=bool(flags["class_cond"]), rgb=bool(flags["rgb"]),
-        )
+            data_dir, int(flags["image_size"]), int(seq_len),
+            class_cond=bool(flags["class_cond"]), rgb=bool(flags["rgb"]))
         num_classes = int(flags.get("num_classes") or 0)
         if flags["class_cond"] and self.dataset.num_classes != num_classes:
-            warnings.warn(
-                f"--data_dir {data_dir} names {self.dataset.num_classes} classes, the model has "
-                f"{num_classes}: labels are the data's class indices (sorted file-name prefixes)"
-            )
+            warnings.warn(f"--data_dir {data_dir} names {self.dataset.num_classes} classes, the "
+                          f"model has {num_classes}: labels are the data's class indices (sorted "
+                          "file-name prefixes)")
         self.data_clips = len(self.dataset)  # K
         if num_clips is None or num_clips >= self.data_clips:
             self.chosen = list(range(self.data_clips))
@@ -126,12 +107,9 @@ class ClipSource:
 
 
 def to_uint8(videos):
-    """float (N, C, T, H, W) in [-1, 1] -> uint8 numpy (N, T, H, W, C).
-
-    ((x + 1) * 127.5) rounded to the nearest level and clamped. Rounding (not truncation) makes
-    uint8 -> [-1, 1] -> uint8 exact, so saved ground truth equals the video's bytes, and it
-    removes the half-level downward bias that truncation puts on every sample.
-    """
+    """float (N, C, T, H, W) in [-1, 1] -> uint8 numpy (N, T, H, W, C): ((x + 1) * 127.5) rounded
+    and clamped. Rounding makes uint8 -> [-1, 1] -> uint8 exact (docs/SAMPLING.md#outputs) and
+    removes the half-level downward bias that truncation puts on every sample."""
     videos = torch.as_tensor(videos)
     pixels = ((videos.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()
@@ -147,13 +125,13 @@ def from_uint8(videos):
 
 
 # --------------------------------------------------------------------------- one batch
-def sample_batch(model, diffusion, generators, *, num_frames=None, obs=None, obs_mask=None,
-                 y=None, options=SamplerOptions(), callback=None):
+def sample_batch(model, diffusion, generators, *, obs=None, obs_mask=None, y=None,
+                 options=SamplerOptions(), callback=None):
     """Run the reverse process for one batch, one generator per video: float (n, C, T, H, W) on
-    the CPU. obs: (n, C, T, H, W) in [-1, 1]; obs_mask: bool (n, T), True = given; y: (n,)
-    class labels. num_frames: T when it differs from the model's seq_len (without obs)."""
+    the CPU. obs: (n, C, T, H, W) in [-1, 1] (T: the model's seq_len without it); obs_mask:
+    bool (n, T), True = given; y: (n,) class labels."""
     channels, seq_len, height, width = model_video_shape(model)
-    num_frames = obs.shape[2] if obs is not None else num_frames or seq_len
+    num_frames = obs.shape[2] if obs is not None else seq_len
     if obs_mask is not None and not bool(obs_mask.any()):
         obs, obs_mask = None, None  # nothing given: an unconditional batch
     device = model_device(model)
@@ -165,8 +143,7 @@ def sample_batch(model, diffusion, generators, *, num_frames=None, obs=None, obs
             eta=options.eta, clip_denoised=options.clip_denoised,
             model_kwargs=None if y is None else {"y": y.to(device)},
             generator=generators, callback=callback, device=device,
-            autocast_dtype=AUTOCAST_DTYPES[options.precision],
-        )
+            autocast_dtype=AUTOCAST_DTYPES[options.precision])
     return videos.cpu()
 
 
@@ -177,29 +154,17 @@ def global_batches(num_samples, batch_size):
     return [range(k, min(num_samples, k + batch_size)) for k in range(0, num_samples, batch_size)]
 
 
-def step_bar(total, enabled, desc="sampling"):
+def step_bar(total, enabled):
     """A tqdm bar over denoising steps (with ETA) and a callback that advances it."""
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
+    bar = tqdm(total=total, desc="sampling", unit="step", disable=not enabled, dynamic_ncols=True)
     return bar, (lambda _out: bar.update(1))
 
 
 # --------------------------------------------------------------------------- in a notebook
-def as_float_videos(videos):
-    """float32 (N, C, T, H, W) in [-1, 1] from such a tensor or from uint8 (N, T, H, W, C)."""
-    if isinstance(videos, np.ndarray) and videos.dtype == np.uint8:
-        return from_uint8(videos)
-    videos = torch.as_tensor(videos)
-    if videos.dtype == torch.uint8:
-        return from_uint8(videos.numpy())
-    if videos.ndim != 5:
-        raise ValueError("obs must be (N, C, T, H, W) floats or N x T x H x W x C uint8, "
-                         f"got {tuple(videos.shape)}")
-    return videos.float()
-
-
-def _rows(tensor, k, count):
-    """Rows k, k+1, ... of a per-sample tensor, cycling when it holds fewer rows than samples."""
-    return tensor[[(k + j) % len(tensor) for j in range(count)]]
+def _rows(tensor, batch):
+    """The rows of a per-sample tensor (None stays None) for the samples in `batch`, cycling
+    when it holds fewer rows than samples."""
+    return None if tensor is None else tensor[[i % len(tensor) for i in batch]]
 
 
 def sample_videos(model, diffusion, num_samples=None, *, obs=None, obs_mask=None,
@@ -219,7 +184,13 @@ def sample_videos(model, diffusion, num_samples=None, *, obs=None, obs_mask=None
     options = SamplerOptions(sampler, eta, clip_denoised, resample_steps, guidance_scale)
     seq_len = model_video_shape(model)[1]
     if obs is not None:
-        obs = as_float_videos(obs)
+        obs = torch.as_tensor(obs)
+        if obs.dtype == torch.uint8:
+            obs = from_uint8(obs)
+        elif obs.ndim != 5:
+            raise ValueError("obs must be (N, C, T, H, W) floats or N x T x H x W x C uint8, "
+                             f"got {tuple(obs.shape)}")
+        obs = obs.float()
         seq_len = obs.shape[2]
         if obs_mask is None and cond_frames is None:
             raise ValueError("obs given without obs_mask or cond_frames: which frames are given?")
@@ -229,7 +200,8 @@ def sample_videos(model, diffusion, num_samples=None, *, obs=None, obs_mask=None
         obs_mask = torch.as_tensor(obs_mask, dtype=torch.bool).reshape(-1, seq_len)
         if obs is None and bool(obs_mask.any()):
             raise ValueError("obs_mask marks given frames but no obs was passed")
-    num_samples = num_samples if num_samples is not None else (len(obs) if obs is not None else None)
+    if num_samples is None and obs is not None:
+        num_samples = len(obs)
     if not num_samples or num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be >= 1 (or pass obs)")
     if y is not None:
@@ -240,13 +212,10 @@ def sample_videos(model, diffusion, num_samples=None, *, obs=None, obs_mask=None
     out = []
     with bar:
         for batch in batches:
-            k, n = batch.start, len(batch)
             indices = [first_index + j for j in batch]
-            videos = sample_batch(
-                model, diffusion, sample_generators(seed, indices),
-                obs=None if obs is None else _rows(obs, k, n),
-                obs_mask=None if obs_mask is None else _rows(obs_mask, k, n),
-                y=labels_for(model, seed, indices, None if y is None else _rows(y, k, n)),
-                options=options, callback=callback)
+            videos = sample_batch(model, diffusion, sample_generators(seed, indices),
+                                  obs=_rows(obs, batch), obs_mask=_rows(obs_mask, batch),
+                                  y=labels_for(model, seed, indices, _rows(y, batch)),
+                                  options=options, callback=callback)
             out.append(to_uint8(videos))
     return np.concatenate(out)

@@ -1,15 +1,12 @@
-"""The sampling commands: video_sample.py (ramvid-sample) and video_sample_long.py
-(ramvid-sample-long). Flags -> a SampleJob -> `sample_to_folder` on every rank.
-
-Model flags default to the checkpoint's args.json, so naming the checkpoint is enough; flags
-written on the command line (or a --preset) win. A checkpoint without args.json (for instance
-one the original RaMViD code saved) takes --preset or explicit flags. Every user error ends
-with one line naming the flag and exit code 2, before any process group exists.
-video_eval.py --model_path samples through the same declarations (`SAMPLING_FLAG`) and helpers.
+"""The sampling commands video_sample.py (ramvid-sample) and video_sample_long.py
+(ramvid-sample-long): flags -> a SampleJob -> `sample_to_folder` on every rank, every user error
+one line before any process group exists. video_eval.py --model_path samples through the same
+declarations (`SAMPLING_FLAG`) and helpers.
 """
 import json
 import math
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -27,19 +24,9 @@ from ..masking import frame_indices_problem
 from ..runtime import autocast_dtype, compile_model, configure_tf32
 from ..video_io import FORMATS
 from .batch import AUTOCAST_DTYPES, ClipSource, SamplerOptions
-from .loading import (checkpoint_flags, describe_sources, flag_sources, load_state_dict,
-                      model_from_state_dict)
-from .long import SCHEMES, check_long_flags
-from .run import (COLLECTIVE_TIMEOUT_S, LongSettings, SampleJob, cost, measured_rates,
-                  sample_to_folder)
-
-
-def _finite_non_negative(value):
-    return None if math.isfinite(value) and value >= 0 else "must be a finite number >= 0"
-
-
-def _frame_list(text):
-    return tuple(int_list(text))
+from .loading import checkpoint_flags, flag_sources, load_state_dict, model_from_state_dict
+from .long import SCHEMES, LongSettings, check_long_flags
+from .run import COLLECTIVE_TIMEOUT_S, SampleJob, cost, sample_to_folder
 
 
 SAMPLING_FLAGS = (
@@ -58,7 +45,8 @@ SAMPLING_FLAGS = (
     Flag("resample_steps", 1, "denoise/re-noise repetitions per step (harmonises given and new "
          "frames)", check=at_least(1)),
     Flag("guidance_scale", 1.0, "frame guidance w: eps_uncond + w (eps_cond - eps_uncond); 1 = "
-         "plain conditioning", check=_finite_non_negative),
+         "plain conditioning",
+         check=lambda w: None if math.isfinite(w) and w >= 0 else "must be a finite number >= 0"),
     Flag("data_dir", "", "videos whose first frames condition the samples: all files in sorted "
          "order, or a seeded uniform draw when fewer are needed (clip_files in sample_args.json)"),
     Flag("samples_per_clip", 1, "S: samples i*S .. i*S+S-1 share clip i (1: the samples loop "
@@ -92,7 +80,7 @@ SAMPLING_FLAG = {f.name: f for f in SAMPLING_FLAGS}  # for commands that share s
 
 SAMPLE_FLAGS = SAMPLING_FLAGS + (
     Flag("cond_frames", "0,", "given frame indices, e.g. 0,1, (prediction) or 0,19, "
-         "(infilling)", convert=_frame_list),
+         "(infilling)", convert=lambda text: tuple(int_list(text))),
 )
 SAMPLE_DESCRIPTION = ("Sample videos from a trained ramvid model: prediction, infilling or "
                       "unconditional generation.")
@@ -109,18 +97,12 @@ LONG_FLAGS = SAMPLING_FLAGS + (
 
 
 # --------------------------------------------------------------------------- shared helpers
-def build_parser(description, flags):
-    parser = make_parser(description)  # prog: the script or installed command that runs
-    add_flags(parser, flags)
-    add_model_flags(parser)
-    add_common_flags(parser, PRESETS)
-    return parser
-
-
 def add_model_flags(parser):
+    """The model and diffusion flags, then --preset and --dry_run."""
     group = parser.add_argument_group("model and diffusion flags (default: args.json beside "
                                       "--model_path)")
     add_flags(group, MODEL_AND_DIFFUSION_FLAGS)
+    add_common_flags(parser, PRESETS)
 
 
 def parse_sampling_flags(parser, argv, flags):
@@ -166,9 +148,7 @@ def select_model_flags(args):
 
 
 def sampler_options(args):
-    return SamplerOptions(sampler=args.sampler, eta=args.eta, clip_denoised=args.clip_denoised,
-                          resample_steps=args.resample_steps, guidance_scale=args.guidance_scale,
-                          precision=args.precision)
+    return SamplerOptions(**{f.name: getattr(args, f.name) for f in fields(SamplerOptions)})
 
 
 def load_checkpoint(args):
@@ -179,15 +159,20 @@ def load_checkpoint(args):
                                              f"--model_path {args.model_path}")
     except (CheckpointError, ValueError) as e:
         raise UsageError(str(e).splitlines()[0]) from None
-    if dist.env_rank() == 0:
-        print(describe_sources(args.flag_sources), flush=True)
+    if dist.env_rank() == 0:  # which flags came from where
+        by_source = {}
+        for flag, source in args.flag_sources.items():
+            by_source.setdefault(source, []).append(flag)
+        print("model flags: " + "; ".join(
+            f"{source} ({len(names)})" if source in ("args.json", "default")
+            else f"{source}: {', '.join(names)}" for source, names in by_source.items()),
+            flush=True)
     return model.eval(), flags
 
 
 def check_data(data_dir, flags, seq_len, purpose=""):
-    """Scan --data_dir now, so a bad directory is a flag error rather than a failed job.
-    `purpose` prefixes the error (e.g. why clips must be this long). Returns the scanned
-    ClipSource."""
+    """The scanned ClipSource: scanned now, a bad --data_dir is a flag error rather than a failed
+    job. `purpose` prefixes the error (e.g. why clips must be this long)."""
     try:
         return ClipSource(data_dir, flags, seq_len)
     except ValueError as e:
@@ -207,14 +192,6 @@ def model_on_every_rank(model, args):
         yield compile_model(model.to(info.device), args.compile), info
 
 
-def _job(args, **extra):
-    return SampleJob(
-        model_path=args.model_path, num_samples=args.num_samples, batch_size=args.batch_size,
-        seed=args.seed, data_dir=args.data_dir, samples_per_clip=args.samples_per_clip,
-        save_gt=args.save_gt, chunk_size=args.chunk_size, options=sampler_options(args),
-        save_video=args.save_video, fps=args.fps, progress=args.progress, **extra)
-
-
 def rate_key(flags, args, batch_size):
     """Where a run remembers its measured seconds per step: the architecture and what sets the
     pace of a step (batch, precision, compile)."""
@@ -225,54 +202,13 @@ def rate_key(flags, args, batch_size):
                        "compile": args.compile}, sort_keys=True)
 
 
-def dry_run(args, job, batch_size, extra=None):
+def dry_run(args, job, extra=None):
     """--dry_run: print the resolved flags and the job's cost as JSON, exit 0 (no data, no
     model, no GPU needed)."""
     flags = select_model_flags(args)
     diffusion = create_diffusion(**{k: flags[k] for k in DIFFUSION_FLAGS})
-    plan = cost(job, diffusion, flags["seq_len"], measured_rates(rate_key(flags, args, batch_size)))
+    plan = cost(job, diffusion, flags["seq_len"], rate_key(flags, args, job.batch_size))
     exit_if_dry_run(args, {**vars(args), **(extra or {}), "plan": plan})
-
-
-def _fixed_length_job(args):
-    """video_sample.py's cross-flag rules; the job."""
-    frames, seq_len = args.cond_frames, args.seq_len
-    shown = ",".join(map(str, frames))
-    reason = frame_indices_problem(frames, seq_len)
-    require(reason is None, "cond_frames", shown, reason)
-    if args.cond_generation:
-        require(bool(frames), "cond_frames", "", "is empty; name the given frames or pass "
-                "--cond_generation False")
-        require(len(frames) < seq_len, "cond_frames", shown,
-                f"gives all {seq_len} frames; nothing is left to sample")
-        require(bool(args.data_dir), "data_dir", "", "is needed for conditional sampling "
-                "(--cond_generation True takes the given frames from its clips)")
-    else:
-        require(args.guidance_scale == 1.0, "guidance_scale", args.guidance_scale,
-                "frame guidance needs given frames (--cond_generation True)")
-    return _job(args, cond_frames=tuple(sorted(frames)) if args.cond_generation else ())
-
-
-def _long_job(args):
-    """video_sample_long.py's cross-flag rules; the job."""
-    if args.start_frames < 0:
-        args.start_frames = args.max_cond_frames
-    if not args.cond_generation:
-        args.start_frames = 0
-    if args.prediction_step == 0:
-        args.prediction_step = args.seq_len - args.max_cond_frames
-    try:
-        check_long_flags(args.total_length, args.seq_len, args.max_cond_frames,
-                         args.prediction_step, args.start_frames)
-    except ValueError as e:
-        raise as_flag_error(e) from None
-    require(args.start_frames < args.total_length, "start_frames", args.start_frames,
-            f"must be fewer than --total_length {args.total_length}")
-    require(not args.start_frames or bool(args.data_dir), "data_dir", "",
-            "is needed for the start frames (or pass --start_frames 0)")
-    settings = LongSettings(args.total_length, args.scheme, args.max_cond_frames,
-                            args.prediction_step, args.start_frames)
-    return _job(args, cond_frames=tuple(range(args.start_frames)), long=settings)
 
 
 # --------------------------------------------------------------------------- the commands
@@ -280,12 +216,56 @@ def sample_main(argv=None, long_videos=False):
     """video_sample.py; with long_videos, video_sample_long.py."""
     with user_errors():
         declared = LONG_FLAGS if long_videos else SAMPLE_FLAGS
-        parser = build_parser(LONG_DESCRIPTION if long_videos else SAMPLE_DESCRIPTION, declared)
+        # prog: the script or installed command that runs
+        parser = make_parser(LONG_DESCRIPTION if long_videos else SAMPLE_DESCRIPTION)
+        add_flags(parser, declared)
+        add_model_flags(parser)
         args = parse_sampling_flags(parser, argv, declared)
         require(not args.save_gt or bool(args.data_dir), "save_gt", args.save_gt,
                 "needs --data_dir (the ground truth are its clips)")
-        job = _long_job(args) if long_videos else _fixed_length_job(args)
-        dry_run(args, job, args.batch_size)
+        long = None
+        if long_videos:  # video_sample_long.py's cross-flag rules
+            if args.start_frames < 0:
+                args.start_frames = args.max_cond_frames
+            if not args.cond_generation:
+                args.start_frames = 0
+            if args.prediction_step == 0:
+                args.prediction_step = args.seq_len - args.max_cond_frames
+            try:
+                check_long_flags(args.total_length, args.seq_len, args.max_cond_frames,
+                                 args.prediction_step, args.start_frames)
+            except ValueError as e:
+                raise as_flag_error(e) from None
+            require(args.start_frames < args.total_length, "start_frames", args.start_frames,
+                    f"must be fewer than --total_length {args.total_length}")
+            require(not args.start_frames or bool(args.data_dir), "data_dir", "",
+                    "is needed for the start frames (or pass --start_frames 0)")
+            long = LongSettings(args.total_length, args.scheme, args.max_cond_frames,
+                                args.prediction_step, args.start_frames)
+            cond_frames = tuple(range(args.start_frames))
+        else:  # video_sample.py's
+            frames, seq_len = args.cond_frames, args.seq_len
+            shown = ",".join(map(str, frames))
+            reason = frame_indices_problem(frames, seq_len)
+            require(reason is None, "cond_frames", shown, reason)
+            if args.cond_generation:
+                require(bool(frames), "cond_frames", "", "is empty; name the given frames or "
+                        "pass --cond_generation False")
+                require(len(frames) < seq_len, "cond_frames", shown,
+                        f"gives all {seq_len} frames; nothing is left to sample")
+                require(bool(args.data_dir), "data_dir", "", "is needed for conditional "
+                        "sampling (--cond_generation True takes the given frames from its clips)")
+            else:
+                require(args.guidance_scale == 1.0, "guidance_scale", args.guidance_scale,
+                        "frame guidance needs given frames (--cond_generation True)")
+            cond_frames = tuple(sorted(frames)) if args.cond_generation else ()
+        job = SampleJob(
+            model_path=args.model_path, num_samples=args.num_samples, batch_size=args.batch_size,
+            seed=args.seed, cond_frames=cond_frames, data_dir=args.data_dir,
+            samples_per_clip=args.samples_per_clip, save_gt=args.save_gt,
+            chunk_size=args.chunk_size, options=sampler_options(args), long=long,
+            save_video=args.save_video, fps=args.fps, progress=args.progress)
+        dry_run(args, job)
         model, flags = load_checkpoint(args)
         if job.cond_frames or job.save_gt or (flags["class_cond"] and job.data_dir):
             whole = long_videos and job.save_gt  # the ground truth spans the whole length
@@ -295,7 +275,7 @@ def sample_main(argv=None, long_videos=False):
         with model_on_every_rank(model, args) as (net, info):
             paths = sample_to_folder(net, create_diffusion(**flags), flags, job, info,
                                      out_dir=args.out_dir or None, overwrite=args.overwrite,
-                                     break_lock=args.break_lock, announce=_announce,
+                                     break_lock=args.break_lock,
                                      rate_key=rate_key(flags, args, job.batch_size))
         if paths is not None:  # rank 0
             for name in ("samples", "gt"):
@@ -308,7 +288,3 @@ def sample_main(argv=None, long_videos=False):
 def sample_long_main(argv=None):
     """The installed ramvid-sample-long (scripts/video_sample_long.py calls sample_main)."""
     return sample_main(argv, long_videos=True)
-
-
-def _announce(text):
-    print(text, flush=True)

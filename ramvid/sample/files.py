@@ -1,21 +1,19 @@
 """A sampling run's files: npz files written part by part, and the chunks a run is made of.
 
 `np.savez` needs every array in memory at once and stamps the current time into the zip, so
-two runs that sample the same videos write different bytes. `write_npz` takes each array as
-its shape, dtype and an iterator of consecutive row blocks (one sampling chunk at a time), writes
-`arr_0`, `arr_1`, ... as `np.load` reads them, with a fixed time stamp, to a temporary file
-that is renamed into place only when complete. A file holds `arr_0`, uint8 N x T x H x W x C
-(channels last), and, for class-conditional models, the labels as `arr_1`.
+two runs that sample the same videos write different bytes. `write_npz` streams each array from
+consecutive row blocks (one sampling chunk at a time) with a fixed time stamp into a temporary
+file that is renamed into place only when complete.
 
 Samples [k * size, (k + 1) * size) form chunk k, saved as `chunks/chunk_KKKK.npz` the moment it
-is complete (a chunk file is always whole). A rerun of the same command skips the chunks that
-exist. When all are there, the final npz files are streamed together from them one chunk at a
-time (rank 0 never holds more than one chunk) and the chunk files are removed. Because every
-sample depends on its seed and index only, and a chunk's batches start at the chunk, a run cut
-short and resumed writes the same bytes as one that never stopped.
+is complete (a chunk file is always whole). When all are there, the final npz files are streamed
+together from them (rank 0 never holds more than one chunk) and the chunk files are removed.
+Every sample depends on its seed and index only, and a chunk's batches start at the chunk, so a
+run cut short and resumed writes the same bytes as one that never stopped.
 """
 import os
 import re
+import struct
 import zipfile
 from pathlib import Path
 
@@ -30,46 +28,38 @@ CHUNK_DIR = "chunks"
 _CHUNK_FILE = re.compile(r"^chunk_(\d{4,})\.npz$")
 
 
-class NpzArray:
-    """One array of an npz file: its full shape and dtype, and its rows block by block."""
-
-    def __init__(self, shape, dtype, blocks):
-        self.shape, self.dtype, self.blocks = tuple(int(s) for s in shape), np.dtype(dtype), blocks
-
-    @classmethod
-    def whole(cls, array):
-        array = np.asarray(array)
-        return cls(array.shape, array.dtype, [array])
-
-
-def _write_member(archive, name, item):
+def _write_member(archive, name, shape, dtype, blocks):
+    """Array `name` of `shape` and `dtype`, written from its rows block by block."""
+    shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
     info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
     info.compress_type = zipfile.ZIP_STORED
     rows = 0
     with archive.open(info, "w", force_zip64=True) as out:
-        header = {"descr": np.lib.format.dtype_to_descr(item.dtype), "fortran_order": False,
-                  "shape": item.shape}
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": shape}
         np.lib.format.write_array_header_1_0(out, header)
-        for block in item.blocks:
-            block = np.ascontiguousarray(block, dtype=item.dtype)
-            if block.shape[1:] != item.shape[1:]:
-                raise ValueError(f"{name}: block of shape {block.shape} does not fit {item.shape}")
+        for block in blocks:
+            block = np.ascontiguousarray(block, dtype=dtype)
+            if block.shape[1:] != shape[1:]:
+                raise ValueError(f"{name}: block of shape {block.shape} does not fit {shape}")
             out.write(block.tobytes())
             rows += len(block)
-    if rows != item.shape[0]:
-        raise ValueError(f"{name}: {rows} rows written, the header says {item.shape[0]}")
+    if rows != shape[0]:
+        raise ValueError(f"{name}: {rows} rows written, the header says {shape[0]}")
 
 
 def write_npz(path, arrays):
-    """Write `arrays` (NpzArray or ndarray, in order: arr_0, arr_1, ...) to `path` atomically."""
+    """Write `arrays` (in order: arr_0, arr_1, ...) to `path` atomically; an item is an array,
+    or (full shape, dtype, its rows as blocks) to stream it."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for k, item in enumerate(arrays):
-                if not isinstance(item, NpzArray):
-                    item = NpzArray.whole(item)
-                _write_member(archive, f"arr_{k}.npy", item)
+                if not isinstance(item, tuple):
+                    item = np.asarray(item)
+                    item = (item.shape, item.dtype, [item])
+                _write_member(archive, f"arr_{k}.npy", *item)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -85,24 +75,24 @@ def _read_npy_header(file):
     return read_header(file)
 
 
-def npz_shape(path, name="arr_0"):
-    """The shape of array `name` of an npz file from its header alone (None if it has no such
-    array): checking a 10 GB sample file against its record must not read it."""
+def npz_shape(path):
+    """The shape of arr_0 of an npz file from its header alone (None if it has no arr_0):
+    checking a 10 GB sample file against its record must not read it."""
     with zipfile.ZipFile(path) as archive:
-        if f"{name}.npy" not in archive.namelist():
+        if "arr_0.npy" not in archive.namelist():
             return None
-        with archive.open(f"{name}.npy") as member:
+        with archive.open("arr_0.npy") as member:
             shape, _, _ = _read_npy_header(member)
     return shape
 
 
-def map_npz_array(path, name="arr_0"):
-    """Array `name` of an npz file as a read-only np.memmap, when the file stores it
-    uncompressed (as write_npz does), else None. Rows are read from disk only when indexed, so
-    evaluating 25,600 BAIR samples never holds the 5 GB file in memory."""
+def map_npz_array(path):
+    """arr_0 of an npz file as a read-only np.memmap, when the file stores it uncompressed (as
+    write_npz does), else None. Rows are read from disk only when indexed, so evaluating 25,600
+    BAIR samples never holds the 5 GB file in memory."""
     with zipfile.ZipFile(path) as archive:
         try:
-            info = archive.getinfo(f"{name}.npy")
+            info = archive.getinfo("arr_0.npy")
         except KeyError:
             return None
         if info.compress_type != zipfile.ZIP_STORED:
@@ -110,8 +100,7 @@ def map_npz_array(path, name="arr_0"):
     with open(path, "rb") as raw:
         raw.seek(info.header_offset)
         local_header = raw.read(30)  # fixed part of the zip local file header
-        name_length = int.from_bytes(local_header[26:28], "little")
-        extra_length = int.from_bytes(local_header[28:30], "little")
+        name_length, extra_length = struct.unpack("<HH", local_header[26:30])
         raw.seek(info.header_offset + 30 + name_length + extra_length)
         shape, fortran_order, dtype = _read_npy_header(raw)
         offset = raw.tell()
@@ -132,7 +121,6 @@ def npz_name(shape, prefix=""):
     return prefix + "x".join(str(s) for s in shape) + ".npz"
 
 
-
 class ChunkStore:
     """Chunks of one run. `fields`: the per-sample arrays each chunk holds, in order, as
     name -> (item shape, numpy dtype); "samples" first, then optionally "gt" and "labels"."""
@@ -140,31 +128,23 @@ class ChunkStore:
     def __init__(self, folder, num_samples, chunk_size, fields):
         if num_samples < 1 or chunk_size < 1:
             raise ValueError(f"num_samples={num_samples} and chunk_size={chunk_size} must be >= 1")
-        self.folder, self.fields = Path(folder), dict(fields)
-        self.num_samples, self.chunk_size = num_samples, chunk_size
-
-    @property
-    def chunk_dir(self):
-        return self.folder / CHUNK_DIR
-
-    def ranges(self):
-        """[range of sample indices] of every chunk, in order (cut as batches are)."""
-        return global_batches(self.num_samples, self.chunk_size)
+        self.folder, self.fields, self.num_samples = Path(folder), dict(fields), num_samples
+        self.chunk_dir = self.folder / CHUNK_DIR
+        # [range of sample indices] of every chunk, in order (cut as batches are)
+        self.ranges = global_batches(num_samples, chunk_size)
 
     def path(self, k):
         return self.chunk_dir / f"chunk_{k:04d}.npz"
 
     def finished(self):
         """Indices of the chunks already on disk."""
-        if not self.chunk_dir.is_dir():
-            return []
-        found = (_CHUNK_FILE.match(p.name) for p in self.chunk_dir.iterdir())
-        return sorted(int(m.group(1)) for m in found if m and int(m.group(1)) < len(self.ranges()))
+        found = (_CHUNK_FILE.match(p.name) for p in self.chunk_dir.glob("chunk_*.npz"))
+        return sorted(int(m.group(1)) for m in found if m and int(m.group(1)) < len(self.ranges))
 
     def save(self, k, arrays):
         """Write chunk k (arrays: name -> (n, *item shape) array, n = the chunk's length)."""
         self.chunk_dir.mkdir(parents=True, exist_ok=True)
-        expected = len(self.ranges()[k])
+        expected = len(self.ranges[k])
         for name, (shape, dtype) in self.fields.items():
             if arrays[name].shape != (expected, *shape):
                 raise ValueError(f"chunk {k}: {name} has shape {arrays[name].shape}, "
@@ -174,43 +154,38 @@ class ChunkStore:
 
     def discard(self):
         """Remove the chunks of an earlier run of this folder (--overwrite True)."""
-        if self.chunk_dir.is_dir():
-            for path in self.chunk_dir.glob("chunk_*.npz"):
-                path.unlink()
+        for path in self.chunk_dir.glob("chunk_*.npz"):  # none when there is no such folder
+            path.unlink()
 
     def _column(self, name):
-        """NpzArray streaming field `name` over all chunks, one chunk read at a time."""
+        """Field `name` over all chunks as (shape, dtype, blocks), one chunk read at a time."""
         shape, dtype = self.fields[name]
         position = list(self.fields).index(name)
-        blocks = (read_npz(self.path(k))[position] for k in range(len(self.ranges())))
-        return NpzArray((self.num_samples, *shape), dtype, blocks)
+        blocks = (read_npz(self.path(k))[position] for k in range(len(self.ranges)))
+        return (self.num_samples, *shape), dtype, blocks
 
     def final_paths(self):
         """name -> path of the final npz files ("samples", and "gt" when the run keeps it)."""
         shape = (self.num_samples, *self.fields["samples"][0])
-        paths = {"samples": self.folder / npz_name(shape)}
-        if "gt" in self.fields:
-            paths["gt"] = self.folder / npz_name(shape, GT_PREFIX)
-        return paths
+        return {name: self.folder / npz_name(shape, prefix)
+                for name, prefix in (("samples", ""), ("gt", GT_PREFIX)) if name in self.fields}
 
     def complete_files(self):
         """The final npz files of a finished run ([] while chunks remain or files are missing:
         an interrupted join is redone from the chunks)."""
         paths = list(self.final_paths().values())
-        if self.chunk_dir.exists() or not all(p.exists() for p in paths):
-            return []
-        return paths
+        return [] if self.chunk_dir.exists() or not all(p.exists() for p in paths) else paths
 
     def assemble(self):
         """Join the chunks into the final npz files (labels as arr_1), then remove the chunks."""
-        missing = sorted(set(range(len(self.ranges()))) - set(self.finished()))
+        missing = sorted(set(range(len(self.ranges))) - set(self.finished()))
         if missing:
             raise RuntimeError(f"{self.chunk_dir}: chunks {missing} are missing")
         paths = self.final_paths()
         extra = ["labels"] if "labels" in self.fields else []
         for name, path in paths.items():
             write_npz(path, [self._column(n) for n in [name, *extra]])
-        for k in range(len(self.ranges())):
+        for k in range(len(self.ranges)):
             self.path(k).unlink()
         # Files half-written when an earlier attempt was killed (write_npz's temporary names).
         for stale in [*self.chunk_dir.glob(PARTIAL_GLOB), *self.folder.glob(PARTIAL_GLOB)]:

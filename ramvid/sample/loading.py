@@ -1,16 +1,13 @@
-"""A trained model from its checkpoint file: weights, plus the flags recorded beside them.
+"""A trained model from its checkpoint file: weights, plus the flags recorded beside them in
+args.json (in rising priority: the library defaults, that args.json, a preset, the caller's
+overrides). A checkpoint without args.json (the published RaMViD files) needs a preset or the
+caller for every flag its weights cannot reveal (`HIDDEN_FLAGS`): the defaults are the original
+code's, not the paper's runs' (--scale_time_dim 20 against their 0), and would sample garbage.
 
-Training writes `args.json` (every resolved flag) into the run directory next to
-`modelNNNNNN.pt` / `ema_RATE_NNNNNN.pt`. The flags used to rebuild the model are, in rising
-priority: the library defaults, that args.json, a preset, and the caller's overrides. A
-checkpoint without args.json (the published RaMViD files) needs a preset or the caller for
-every flag its weights cannot reveal (`HIDDEN_FLAGS`): the defaults are the original code's,
-not the paper's runs' (--scale_time_dim 20 against their 0), and would sample garbage.
-
-Does the checkpoint fit the model the flags describe? A state dict's parameter shapes determine
-most architecture flags: `architecture_of` reads them back (from the checkpoint, and from a model
-built from the flags, by the same code), so a mismatch is reported as "num_channels: flags give
-64, the checkpoint has 32" instead of a list of tensor shapes.
+A state dict's parameter shapes determine most architecture flags: `architecture_of` reads them
+back (from the checkpoint, and from a model built from the flags, by the same code), so a
+mismatch is reported as "num_channels: flags give 64, the checkpoint has 32" instead of a list
+of tensor shapes.
 """
 import re
 from pathlib import Path
@@ -21,11 +18,6 @@ from ..checkpoint import load_checkpoint_file
 from ..config import (CHANNEL_MULT_BY_SIZE, PRESETS, create_diffusion, create_model,
                       model_and_diffusion_defaults)
 from ..flags import ARGS_JSON, read_args_json
-
-
-class ModelFlagsMismatch(ValueError):
-    """The checkpoint's weights do not fit the model built from the flags."""
-
 
 _BLOCK_KEY = re.compile(r"^input_blocks\.(\d+)\.")
 # Flags sampling depends on that no parameter shape reveals (the others fail the shape check
@@ -47,10 +39,10 @@ def checkpoint_flags(checkpoint_path):
     return {k: v for k, v in recorded.items() if k in model_and_diffusion_defaults()}
 
 
-def flag_sources(checkpoint_path, recorded, preset, given, caller="the command line"):
+def flag_sources(checkpoint_path, recorded, preset, given):
     """{flag: where its value comes from} for every model/diffusion flag: "args.json",
-    "--preset NAME", `caller` (the flags in `given`) or "default". ValueError listing the flags
-    the weights cannot reveal when there is neither args.json nor a preset for them."""
+    "--preset NAME", "the command line" (the flags in `given`) or "default". ValueError listing
+    the flags the weights cannot reveal when there is neither args.json nor a preset for them."""
     defaults = model_and_diffusion_defaults()
     missing = [f"--{k}" for k in HIDDEN_FLAGS if not recorded and not preset and k not in given]
     if missing:
@@ -59,18 +51,8 @@ def flag_sources(checkpoint_path, recorded, preset, given, caller="the command l
             f"{', '.join(missing)}: pass --preset (bair64, kinetics600 or ucf101 for the paper's "
             "checkpoints) or these flags")
     preset_flags = PRESETS[preset] if preset else {}
-    return {k: caller if k in given else f"--preset {preset}" if k in preset_flags
+    return {k: "the command line" if k in given else f"--preset {preset}" if k in preset_flags
             else "args.json" if k in recorded else "default" for k in defaults}
-
-
-def describe_sources(sources):
-    """One line: which flags came from where."""
-    by_source = {}
-    for flag, source in sources.items():
-        by_source.setdefault(source, []).append(flag)
-    return "model flags: " + "; ".join(
-        f"{source} ({len(flags)})" if source in ("args.json", "default")
-        else f"{source}: {', '.join(flags)}" for source, flags in by_source.items())
 
 
 def resolve_flags(checkpoint_path, overrides=None, preset=None):
@@ -83,7 +65,7 @@ def resolve_flags(checkpoint_path, overrides=None, preset=None):
     if unknown:
         raise TypeError(f"unknown model/diffusion flags: {', '.join(unknown)}")
     recorded = checkpoint_flags(checkpoint_path)
-    flag_sources(checkpoint_path, recorded, preset, overrides, caller="the caller")
+    flag_sources(checkpoint_path, recorded, preset, overrides)  # the check alone
     from_preset = {k: v for k, v in (PRESETS[preset] if preset else {}).items() if k in defaults}
     return {**defaults, **recorded, **from_preset, **overrides}
 
@@ -92,22 +74,33 @@ def load_state_dict(checkpoint_path):
     """The plain state dict in a modelNNNNNN.pt / ema_RATE_NNNNNN.pt file (weights only)."""
     state = load_checkpoint_file(checkpoint_path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelFlagsMismatch(
-            f"{checkpoint_path} is not a model state dict (expected modelNNNNNN.pt or "
-            "ema_RATE_NNNNNN.pt, not optNNNNNN.pt)"
-        )
+        raise ValueError(f"{checkpoint_path} is not a model state dict (expected modelNNNNNN.pt "
+                         "or ema_RATE_NNNNNN.pt, not optNNNNNN.pt)")
     return state
 
 
 def model_from_state_dict(state_dict, flags, source="checkpoint"):
-    """Build the UNet of `flags` and load `state_dict` into it; ModelFlagsMismatch names the
-    flags that differ. A class-conditional model without num_classes takes the checkpoint's."""
+    """Build the UNet of `flags` and load `state_dict` into it; a ValueError names the flags that
+    differ when it does not fit. A class-conditional model without num_classes takes the
+    checkpoint's."""
     if flags.get("class_cond") and not flags.get("num_classes"):
         # Any count builds the model; without a label embedding the check names class_cond.
         found = architecture_of(state_dict)["num_classes"]
         flags = {**flags, "num_classes": found or 1}
     model = create_model(**flags)
-    check_state_dict(model, state_dict, flags, source)
+    expected = model.state_dict()
+    if set(expected) != set(state_dict) or any(
+            tuple(expected[k].shape) != tuple(state_dict[k].shape) for k in expected):
+        want, have = architecture_of(expected), architecture_of(state_dict)
+        differing = [k for k in want if want[k] != have.get(k)]
+        if "class_cond" in differing and "num_classes" in differing:
+            differing.remove("num_classes")
+        if differing:
+            reasons = "; ".join(_explain(k, want[k], have[k], flags) for k in differing)
+        else:
+            reasons = "parameters differ: " + _shape_differences(expected, state_dict)
+        raise ValueError(f"{source} does not fit the model flags: {reasons}. Give the flags the "
+                         "checkpoint was trained with (or keep its args.json beside it)")
     model.load_state_dict(state_dict)
     return model, flags
 
@@ -120,17 +113,14 @@ def load_model(checkpoint_path, device=None, preset=None, **overrides):
     BAIR checkpoint, which has no args.json). `device` defaults to CUDA when available.
     """
     flags = resolve_flags(checkpoint_path, overrides, preset)
-    model, flags = model_from_state_dict(load_state_dict(checkpoint_path), flags, str(checkpoint_path))
+    model, flags = model_from_state_dict(load_state_dict(checkpoint_path), flags,
+                                         str(checkpoint_path))
     diffusion = create_diffusion(**flags)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), diffusion, flags
 
 
 # --------------------------------------------------------------------------- does it fit?
-def _input_block_count(state_dict):
-    return 1 + max((int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k))), default=0)
-
-
 def architecture_of(state_dict):
     """The architecture flags a UNet state dict implies (keys as the flag names).
 
@@ -140,23 +130,19 @@ def architecture_of(state_dict):
     required = ("time_embed.0.weight", "input_blocks.0.0.weight", "out.2.weight")
     missing = [k for k in required if k not in state_dict]
     if missing:
-        raise ModelFlagsMismatch(
-            f"not a ramvid UNet state dict (no {', '.join(missing)}); "
-            f"its first keys are {', '.join(list(state_dict)[:3])}"
-        )
+        raise ValueError(f"not a ramvid UNet state dict (no {', '.join(missing)}); its first keys "
+                         f"are {', '.join(list(state_dict)[:3])}")
     width = state_dict["time_embed.0.weight"].shape[1]
     in_channels = state_dict["input_blocks.0.0.weight"].shape[1]
     out_channels = state_dict["out.2.weight"].shape[0]
-    arch = {
-        "num_channels": width,
-        "rgb": in_channels == 3,
-        "learn_sigma": out_channels == 2 * in_channels,
-        "class_cond": "label_emb.weight" in state_dict,
-        "num_classes": state_dict["label_emb.weight"].shape[0] if "label_emb.weight" in state_dict else 0,
-    }
+    arch = {"num_channels": width, "rgb": in_channels == 3,
+            "learn_sigma": out_channels == 2 * in_channels,
+            "class_cond": "label_emb.weight" in state_dict,
+            "num_classes": len(state_dict.get("label_emb.weight", ()))}
     # Input blocks after the first conv: per level some ResBlocks, then a Downsample ("op").
     levels = [[]]  # per level: [(resblock out channels, has attention)]
-    for i in range(1, _input_block_count(state_dict)):
+    count = 1 + max((int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k))), default=0)
+    for i in range(1, count):
         if f"input_blocks.{i}.0.op.weight" in state_dict:
             levels.append([])
         elif f"input_blocks.{i}.0.in_layers.2.weight" in state_dict:
@@ -164,9 +150,8 @@ def architecture_of(state_dict):
             levels[-1].append((channels, f"input_blocks.{i}.1.qkv.weight" in state_dict))
     arch["num_res_blocks"] = len(levels[0])
     arch["channel_mult"] = tuple(blocks[0][0] // width for blocks in levels if blocks)
-    arch["attention_levels"] = tuple(
-        level for level, blocks in enumerate(levels) if any(attn for _, attn in blocks)
-    )
+    arch["attention_levels"] = tuple(level for level, blocks in enumerate(levels)
+                                     if any(attn for _, attn in blocks))
     emb = state_dict.get("input_blocks.1.0.emb_layers.1.weight")
     conv = state_dict.get("input_blocks.1.0.in_layers.2.weight")
     if emb is not None and conv is not None:
@@ -174,16 +159,15 @@ def architecture_of(state_dict):
     return arch
 
 
-def _shape_differences(expected, found, limit=3):
+def _shape_differences(expected, found):
     lines = []
-    for key in expected:
+    for key, value in expected.items():
         if key not in found:
             lines.append(f"{key} missing")
-        elif tuple(expected[key].shape) != tuple(found[key].shape):
-            lines.append(f"{key} {tuple(found[key].shape)} (flags need {tuple(expected[key].shape)})")
+        elif tuple(value.shape) != tuple(found[key].shape):
+            lines.append(f"{key} {tuple(found[key].shape)} (flags need {tuple(value.shape)})")
     lines += [f"{key} unexpected" for key in found if key not in expected]
-    more = f", ... {len(lines) - limit} more" if len(lines) > limit else ""
-    return "; ".join(lines[:limit]) + more
+    return "; ".join(lines[:3]) + (f", ... {len(lines) - 3} more" if len(lines) > 3 else "")
 
 
 def _fmt(value):
@@ -207,25 +191,3 @@ def _explain(flag, flag_value, ckpt_value, flags):
                 f"{flags['image_size']}), the checkpoint has {_fmt(ckpt_value)} "
                 f"(pass --channel_mult {_fmt(ckpt_value)}{hint})")
     return f"{flag}: flags give {_fmt(flag_value)}, the checkpoint has {_fmt(ckpt_value)}"
-
-
-def check_state_dict(model, state_dict, flags, source="checkpoint"):
-    """Raise ModelFlagsMismatch naming the differing flags when `state_dict` does not fit
-    `model` (built from `flags`); return silently when every name and shape agrees."""
-    expected = model.state_dict()
-    if set(expected) == set(state_dict) and all(
-        tuple(expected[k].shape) == tuple(state_dict[k].shape) for k in expected
-    ):
-        return
-    want, have = architecture_of(expected), architecture_of(state_dict)
-    differing = [k for k in want if want[k] != have.get(k)]
-    if "class_cond" in differing and "num_classes" in differing:
-        differing.remove("num_classes")
-    if differing:
-        reasons = "; ".join(_explain(k, want[k], have[k], flags) for k in differing)
-    else:
-        reasons = "parameters differ: " + _shape_differences(expected, state_dict)
-    raise ModelFlagsMismatch(
-        f"{source} does not fit the model flags: {reasons}. Give the flags the checkpoint was "
-        "trained with (or keep its args.json beside it)"
-    )

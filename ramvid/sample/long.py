@@ -3,17 +3,7 @@
 A plan is a list of `Window`s. Each names the video frames its seq_len positions stand for,
 which of them are already known (given to the model as clean frames) and which of the new ones
 are written back into the video. Planning is pure index arithmetic, so it is tested on its own;
-`rollout` runs a plan with the model.
-
-Schemes
-- autoregressive: each window gives the last `max_cond_frames` known frames and keeps
-  `prediction_step` new frames after them, until `total_length` frames exist.
-- hierarchical (after Harvey et al. 2022, "Flexible Diffusion Models for Long Videos"): one
-  window of keyframes spread over the whole length (conditioned on the last known start
-  frames), then windows of seq_len consecutive frames, each starting `max_cond_frames` frames
-  before the first missing frame, that fill in between the keyframes (every known frame inside
-  a window is given). The network has no input for frame spacing, so it sees the keyframes as
-  consecutive frames: it works best when the video changes slowly at the keyframe stride.
+`rollout` runs a plan with the model. docs/SAMPLING.md#long-videos describes the two schemes.
 """
 from dataclasses import dataclass
 
@@ -23,6 +13,15 @@ import torch
 from .batch import SamplerOptions, model_video_shape, sample_batch
 
 SCHEMES = ("autoregressive", "hierarchical")
+
+
+@dataclass(frozen=True)
+class LongSettings:
+    total_length: int
+    scheme: str = "autoregressive"
+    max_cond_frames: int = 4
+    prediction_step: int = 0  # 0: seq_len - max_cond_frames
+    start_frames: int = 0  # known first frames taken from the data clips (0: unconditional start)
 
 
 @dataclass(frozen=True)
@@ -51,10 +50,8 @@ def check_long_flags(total_length, seq_len, max_cond_frames, prediction_step, nu
     if not 1 <= max_cond_frames < seq_len:
         raise ValueError(f"max_cond_frames={max_cond_frames} must lie in [1, seq_len={seq_len})")
     if not 1 <= prediction_step <= seq_len - max_cond_frames:
-        raise ValueError(
-            f"prediction_step={prediction_step} must lie in [1, seq_len - max_cond_frames = "
-            f"{seq_len - max_cond_frames}]"
-        )
+        raise ValueError(f"prediction_step={prediction_step} must lie in [1, seq_len - "
+                         f"max_cond_frames = {seq_len - max_cond_frames}]")
     if not 0 <= num_start_frames <= seq_len:
         raise ValueError(f"start_frames={num_start_frames} must lie in [0, seq_len={seq_len}]")
 
@@ -78,7 +75,10 @@ def plan_autoregressive(total_length, seq_len, max_cond_frames, prediction_step,
 
 
 def plan_hierarchical(total_length, seq_len, max_cond_frames, num_start_frames):
-    """Keyframes over the whole length first, then infilling windows (see the module doc)."""
+    """One window of keyframes spread over the whole length (after Harvey et al. 2022, conditioned
+    on the last known start frames), then windows of seq_len consecutive frames, each starting
+    max_cond_frames before the first missing frame, that fill in between the keyframes (every
+    known frame inside a window is given)."""
     check_long_flags(total_length, seq_len, max_cond_frames, 1, num_start_frames)
     start_context = min(max_cond_frames, num_start_frames)
     if total_length - num_start_frames <= seq_len - start_context:
@@ -102,14 +102,16 @@ def plan_hierarchical(total_length, seq_len, max_cond_frames, num_start_frames):
     return plan
 
 
-def plan_long_video(scheme, total_length, seq_len, max_cond_frames, prediction_step,
-                    num_start_frames):
-    if scheme == "autoregressive":
-        return plan_autoregressive(total_length, seq_len, max_cond_frames, prediction_step,
-                                   num_start_frames)
-    if scheme == "hierarchical":
-        return plan_hierarchical(total_length, seq_len, max_cond_frames, num_start_frames)
-    raise ValueError(f"scheme={scheme!r} is not one of: {', '.join(SCHEMES)}")
+def plan_long_video(long, seq_len):
+    """The windows of a long-video job (`long`: its LongSettings)."""
+    if long.scheme == "autoregressive":
+        return plan_autoregressive(long.total_length, seq_len, long.max_cond_frames,
+                                   long.prediction_step or seq_len - long.max_cond_frames,
+                                   long.start_frames)
+    if long.scheme == "hierarchical":
+        return plan_hierarchical(long.total_length, seq_len, long.max_cond_frames,
+                                 long.start_frames)
+    raise ValueError(f"scheme={long.scheme!r} is not one of: {', '.join(SCHEMES)}")
 
 
 def rollout(model, diffusion, plan, generators, total_length, *, start=None, y=None,
@@ -126,20 +128,12 @@ def rollout(model, diffusion, plan, generators, total_length, *, start=None, y=N
     video = torch.zeros(n, channels, length, height, width)  # (N, C, L', H, W)
     if start is not None:
         video[:, :, : start.shape[2]] = start
-    for window in plan:
+    for window in plan:  # (a window without given frames is an unconditional batch)
         frames = list(window.frames)
-        any_given = window.num_given > 0
         obs_mask = torch.tensor(window.obs_mask).expand(n, -1)  # (n, seq_len)
-        out = sample_batch(
-            model, diffusion, generators, num_frames=len(frames),
-            obs=video[:, :, frames] if any_given else None,
-            obs_mask=obs_mask if any_given else None,
-            y=y, options=options, callback=callback,
-        )
+        out = sample_batch(model, diffusion, generators, obs=video[:, :, frames],
+                           obs_mask=obs_mask, y=y, options=options, callback=callback)
         positions = [frames.index(f) for f in window.new_frames]
         video[:, :, list(window.new_frames)] = out[:, :, positions]
     return video[:, :, :total_length]
 
-
-__all__ = ["SCHEMES", "Window", "check_long_flags", "plan_autoregressive", "plan_hierarchical",
-           "plan_long_video", "rollout"]
