@@ -3,6 +3,7 @@
 The commands and their targets are the ones the README promises; a target that does not exist
 (yet) fails here with its name, so a missing command cannot reach a user unnoticed.
 """
+import importlib
 import os
 import subprocess
 import sys
@@ -13,7 +14,6 @@ import pytest
 
 from conftest import REPO
 
-# Until the sampling, evaluation and demo commands land in the library, their rows fail here.
 COMMANDS = {
     "ramvid-train": "ramvid.train.command:main",
     "ramvid-sample": "ramvid.sample.command:sample_main",
@@ -52,3 +52,34 @@ def test_command_help(help_runs, name):
     process, out, err = help_runs[name]
     assert process.returncode == 0, f"{name} --help failed:\n{err[-2000:]}"
     assert out.startswith("usage:"), out[:200]
+
+
+def _installed_run(name, argv, monkeypatch):
+    """The exit code of command `name` as its installed wrapper runs it: `sys.exit(main())`,
+    where None means 0, an int is the code and anything else prints itself and means 1."""
+    module, function = COMMANDS[name].split(":")
+    monkeypatch.setattr(sys, "argv", [name, *map(str, argv)])
+    with pytest.raises(SystemExit) as stop:
+        sys.exit(getattr(importlib.import_module(module), function)())
+    return stop.value.code or 0
+
+
+def test_installed_commands_exit_0_after_a_successful_run(tmp_path, monkeypatch, one_thread):
+    """ramvid-sample, ramvid-sample-long and ramvid-eval end a run that succeeded with exit
+    code 0, as their scripts do. Seen red with sample_main returning the written paths (the
+    wrapper printed the dict and exited 1)."""
+    from sample_fixtures import make_checkpoint, make_videos
+
+    monkeypatch.delenv("OPENAI_LOGDIR", raising=False)
+    ckpt, data = make_checkpoint(tmp_path / "run"), make_videos(tmp_path / "data")
+    common = ["--model_path", ckpt, "--timestep_respacing", 2, "--save_video", "none",
+              "--progress", "False"]
+    assert _installed_run("ramvid-sample", [
+        *common, "--data_dir", data, "--cond_frames", "0,1,", "--save_gt", "True",
+        "--num_samples", 2, "--out_dir", tmp_path / "predict"], monkeypatch) == 0
+    assert _installed_run("ramvid-sample-long", [
+        *common, "--cond_generation", "False", "--max_cond_frames", 2, "--total_length", 8,
+        "--num_samples", 1, "--out_dir", tmp_path / "long"], monkeypatch) == 0
+    assert _installed_run("ramvid-eval", ["--samples", tmp_path / "predict", "--fvd", "False"],
+                          monkeypatch) == 0
+    assert (tmp_path / "predict" / "eval.json").exists()

@@ -196,7 +196,6 @@ def eval_main(argv=None):
             table.append(results["fvd_skipped"])
         print(f"{text}\n\n" + "\n".join(table) + f"\n\n{results['protocol_description']}\n\n"
               f"wrote {output}")
-        return results
 
 
 # --------------------------------------------------------------------------- what to evaluate

@@ -282,9 +282,8 @@ def sample_main(argv=None, long_videos=False):
                 if name in paths:
                     print(f"wrote {paths[name]}")
             print(f"evaluate: python scripts/video_eval.py --samples {paths['folder']}")
-        return paths
 
 
 def sample_long_main(argv=None):
-    """The installed ramvid-sample-long (scripts/video_sample_long.py calls sample_main)."""
-    return sample_main(argv, long_videos=True)
+    """video_sample_long.py and the installed ramvid-sample-long."""
+    sample_main(argv, long_videos=True)
