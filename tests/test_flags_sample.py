@@ -1388,6 +1388,7 @@ def fvd_runs(eval_files):
     CPU), with CUDA reported available: name -> (results, I3D inputs (B, 3, T) at pixel
     (0, 0), devices)."""
     from ramvid.metrics import I3D
+    from ramvid.metrics.fvd import _cached_i3d
 
     done = {}
     cases = {
@@ -1407,6 +1408,7 @@ def fvd_runs(eval_files):
             return self
 
         with pytest.MonkeyPatch.context() as mp:
+            _cached_i3d.cache_clear()  # an I3D cached by an earlier test would skip .to()
             mp.setattr(I3D, "forward", forward)
             mp.setattr(I3D, "to", to)
             mp.setattr(torch.cuda, "is_available", lambda: True)
