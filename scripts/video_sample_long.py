@@ -17,7 +17,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ramvid.sample.command import sample_long_main as main
+from ramvid.sample.command import sample_main
+
+
+def main(argv=None):
+    sample_main(argv, long_videos=True)
+
 
 if __name__ == "__main__":
-    main()
+    sample_main(long_videos=True)

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime import cache_home
+
 BATCH_NORM_EPSILON = 1e-3
 NUM_CLASSES = 400
 # The head averages a (2, 7, 7) window, so the trunk must leave at least 2 frames: a clip of
@@ -206,9 +208,7 @@ class I3DWeightsError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("RAMVID_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "ramvid"
-    return base / "i3d"
+    return cache_home() / "i3d"
 
 
 def sha256_of(path: Path) -> str:
