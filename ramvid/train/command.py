@@ -1,18 +1,10 @@
 """video_train.py (ramvid-train, python -m ramvid.train): flags -> distributed set-up -> the log
-dir, locked for this run (`rundir.run_folder`) -> `loop.train`.
+dir, locked for this run (`rundir.run_folder`) -> `loop.train`. docs/TRAINING.md lists the flags
+and the exit codes (0 done, 1 failure, 2 user mistake, 3 diverged, 75 stopped by a signal).
 
-The training flags are declared once in `TRAIN_FLAGS` (ramvid.flags.Flag: name, default, help,
-choices, check). The parser, `--help`, the checks, `TrainConfig` and the training half of
-args.json are built from these declarations; the model and diffusion flags come from
-`ramvid.config.MODEL_AND_DIFFUSION_FLAGS` the same way. Names and defaults are the paper's.
-To add a flag: one `Flag(...)` below; if it constrains another flag, a line in
-`_check_together`. Every bad value ends the program with exit code 2 and one line naming the
-flag and the value.
-
-Exit codes: 0 done (--max_steps reached), 1 a failure (e.g. a checkpoint could not be written),
-2 a user mistake (bad flag; a log dir this run may not start in or another run holds),
-3 diverged (--max_bad_steps), 75 stopped by a signal with a complete checkpoint (rerun to
-continue; see docs/TRAINING.md).
+Each training flag is one `Flag` in `TRAIN_FLAGS`: the parser, --help, its own check,
+`TrainConfig` and args.json are built from it. A check that reads several flags goes in
+`_check_together`. Every bad value ends the program with exit code 2 and one line.
 """
 import os
 from dataclasses import dataclass
@@ -34,6 +26,7 @@ from ..runtime import autocast_dtype, limit_heap_fragmentation
 from .logs import RunLogger
 from .loop import ANNEAL_TYPES, StopRequest, train
 from .rundir import run_folder
+
 
 def _ema_rates(text):
     """'0.9999,0.99' -> ('0.9999', '0.99'): rates as written, since they name the

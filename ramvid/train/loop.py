@@ -18,13 +18,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import dist
+from ..checkpoint import delete_checkpoint_files, rng_state, save_checkpoint, sets_to_prune
 from ..config import create_model_and_diffusion
 from ..data import load_data
 from ..diffusion.resample import create_named_schedule_sampler
 from ..masking import sample_train_mask
 from ..runtime import autocast_dtype, compile_model, configure_tf32, derive_seed, to_device
 from .logs import LOSS_TERMS, LossStats, Preview
-from .rundir import record_start, restore_training_state, save_training_state
+from .rundir import record_start, restore_training_state
 
 # Exit codes. EXIT_STOPPED (EX_TEMPFAIL of sysexits.h): a stop signal ended the run with a
 # complete checkpoint of the step it stopped at; rerunning the command continues it (requeue).
@@ -32,6 +33,7 @@ EXIT_OK, EXIT_DIVERGED, EXIT_STOPPED = 0, 3, 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 ANNEAL_TYPES = ("none", "linear", "step", "time_based")  # --anneal_type
 MASK_STREAM, TIMESTEP_STREAM, NOISE_STREAM = 0, 1, 2
+FORMAT_VERSION = 1  # of the opt file
 
 
 class StopRequest:
@@ -74,11 +76,6 @@ def seed_everything(seed):
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def fused_adamw_supported(device):
-    """One kernel per step instead of a dozen full-size temporaries (on the CPU since torch 2.4)."""
-    return device.type in ("cuda", "cpu")
 
 
 class EMA:
@@ -201,14 +198,6 @@ def forward_backward(model, diffusion, video, model_kwargs, inputs, microbatch, 
     return {name: torch.cat(parts) for name, parts in terms.items()}
 
 
-def gradient_norm(parameters, clip):
-    """Total L2 norm of the gradients (one fused computation); clipped to `clip` when clip > 0."""
-    parameters = [p for p in parameters if p.grad is not None]
-    if clip > 0:
-        return torch.nn.utils.clip_grad_norm_(parameters, clip, foreach=True)
-    return torch.nn.utils.get_total_norm([p.grad for p in parameters], foreach=True)
-
-
 def train(cfg, model_flags, info, start, log, stop):
     """Train from `start` (`rundir.run_folder`) until --max_steps (or the end of a linear lr
     schedule), a stop signal (`stop`, a StopRequest entered by the caller), or --max_bad_steps
@@ -231,8 +220,9 @@ def train(cfg, model_flags, info, start, log, stop):
     # Dropout differs per rank; everything else random is drawn from per-step generators.
     seed_everything(cfg.seed * info.world_size + info.rank)
     schedule_sampler = create_named_schedule_sampler(cfg.schedule_sampler, diffusion)
+    # Fused: one kernel per step instead of a dozen full-size temporaries (CPU since torch 2.4).
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=fused_adamw_supported(device))
+                            fused=device.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.use_fp16)
     dtype = autocast_dtype(cfg.use_fp16, cfg.bf16, device.type)
     autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
@@ -280,8 +270,31 @@ def train(cfg, model_flags, info, start, log, stop):
     interval_start, interval_steps = time.time(), 0
 
     def save():
-        pruned = save_training_state(logdir, step, model, ema, opt, scaler, schedule_sampler,
-                                     data, info, cfg.keep_checkpoints, cfg.keep_every)
+        """Write the checkpoint of `step`, then delete the sets that --keep_checkpoints and
+        --keep_every no longer keep. Every rank gathers its RNG and data position; only rank 0
+        writes, while the others wait for it without the collective timeout."""
+        per_rank = dist.all_gather_object({"rng": rng_state(), "data": data.state_dict()})
+
+        def write():
+            opt_state = {
+                "format": FORMAT_VERSION,
+                "step": step,
+                "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict(),
+                "schedule_sampler": (schedule_sampler.state_dict()
+                                     if hasattr(schedule_sampler, "state_dict") else {}),
+                "world_size": info.world_size,
+                "ranks": per_rank,
+            }
+            emas = {rate: ema.state_dict(rate) for rate in ema.rates}  # CPU copies
+            # The model copied to the CPU one tensor at a time (no second copy on the GPU).
+            model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            save_checkpoint(logdir, step, model_state, emas, opt_state)
+            pruned = sets_to_prune(logdir, ema.rates, cfg.keep_checkpoints, cfg.keep_every)
+            delete_checkpoint_files([path for paths in pruned.values() for path in paths])
+            return list(pruned)
+
+        pruned = dist.run_on_main(write)
         log.info(f"saved checkpoint of step {step}" + (
             f"; deleted the checkpoints of step {', '.join(map(str, pruned))} "
             f"(--keep_checkpoints {cfg.keep_checkpoints})" if pruned else ""))
@@ -308,7 +321,10 @@ def train(cfg, model_flags, info, start, log, stop):
                                  exclude_conditional=cfg.exclude_conditional, autocast=autocast,
                                  scaler=scaler, schedule_sampler=schedule_sampler)
         scaler.unscale_(opt)  # clip the true gradients, not the loss-scaled ones
-        grad_norm = gradient_norm(model.parameters(), cfg.clip)
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, cfg.clip, grad_norm, foreach=True)
 
         # The step's one host sync: every rank agrees whether to apply it and whether to stop.
         flags = torch.stack([~torch.isfinite(grad_norm) | ~torch.isfinite(terms["loss"].sum()),

@@ -16,9 +16,8 @@ from pathlib import Path
 from .. import dist
 from ..checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_files, complete_steps,
                           delete_checkpoint_files, load_latest_checkpoint,
-                          load_training_checkpoint, remove_stale_temp_files, rng_state,
-                          save_checkpoint, set_files, set_rng_state, sets_to_prune,
-                          step_from_model_path)
+                          load_training_checkpoint, remove_stale_temp_files, set_files,
+                          set_rng_state, step_from_model_path)
 from ..config import model_and_diffusion_defaults
 from ..errors import UsageError
 from ..flags import read_args_json, versions, write_args_json
@@ -26,7 +25,6 @@ from ..runlock import FolderLock
 
 # Flags that say how to start, not what is trained: they differ between a run and its restart.
 START_FLAGS = ("resume_checkpoint", "overwrite", "log_dir", "break_lock")
-FORMAT_VERSION = 1  # of the opt file
 
 
 @dataclass
@@ -229,37 +227,6 @@ def _check_flags_against_args_json(cfg, model_flags, plan):
                if k not in START_FLAGS and k in saved and _as_json(current[k]) != saved[k]]
     return [f"training flags changed since the resumed run: {', '.join(changed)}"] if changed \
         else []
-
-
-# --------------------------------------------------------------------------- checkpoints
-def save_training_state(logdir, step, model, ema, opt, scaler, schedule_sampler, data, info,
-                        keep=0, keep_every=0):
-    """Write the checkpoint of `step`, then delete the sets that --keep_checkpoints `keep` and
-    --keep_every `keep_every` no longer keep. Every rank must call this (it gathers per-rank
-    state); only rank 0 writes, while the others wait for it without the collective timeout.
-    Returns the deleted steps."""
-    per_rank = dist.all_gather_object({"rng": rng_state(), "data": data.state_dict()})
-
-    def write():
-        opt_state = {
-            "format": FORMAT_VERSION,
-            "step": step,
-            "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict(),
-            "schedule_sampler": (schedule_sampler.state_dict()
-                                 if hasattr(schedule_sampler, "state_dict") else {}),
-            "world_size": info.world_size,
-            "ranks": per_rank,
-        }
-        emas = {rate: ema.state_dict(rate) for rate in ema.rates}  # CPU copies
-        # The model copied to the CPU one tensor at a time (no second copy on the GPU).
-        model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        save_checkpoint(logdir, step, model_state, emas, opt_state)
-        pruned = sets_to_prune(logdir, ema.rates, keep, keep_every)
-        delete_checkpoint_files([path for paths in pruned.values() for path in paths])
-        return list(pruned)
-
-    return dist.run_on_main(write)
 
 
 def restore_training_state(ckpt, model, opt, scaler, schedule_sampler, data, info, log):
