@@ -230,15 +230,12 @@ class RandomClipDataset(ShardClips):
         self.seed = seed
         self._epoch_order: tuple[int, np.ndarray] | None = None
 
-    def _order(self, epoch: int) -> np.ndarray:
+    def _entry_for(self, item: int) -> VideoEntry:
+        epoch, position = divmod(item, len(self.entries))
         if self._epoch_order is None or self._epoch_order[0] != epoch:
             rng = np.random.default_rng([self.seed, self.rank, _EPOCH_STREAM, epoch])
             self._epoch_order = (epoch, rng.permutation(len(self.entries)))
-        return self._epoch_order[1]
-
-    def _entry_for(self, item: int) -> VideoEntry:
-        epoch, position = divmod(item, len(self.entries))
-        order = self._order(epoch)
+        order = self._epoch_order[1]
         # A file found unusable after the scan passes its turn to the next one in the order.
         for step in range(len(self.entries)):
             entry = self.entries[order[(position + step) % len(self.entries)]]

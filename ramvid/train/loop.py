@@ -18,14 +18,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import dist
-from ..checkpoint import delete_checkpoint_files, rng_state, save_checkpoint, sets_to_prune
+from ..checkpoint import (CheckpointError, delete_checkpoint_files, rng_state, save_checkpoint,
+                          set_rng_state, sets_to_prune)
 from ..config import create_model_and_diffusion
 from ..data import load_data
 from ..diffusion.resample import create_named_schedule_sampler
 from ..masking import sample_train_mask
 from ..runtime import autocast_dtype, compile_model, configure_tf32, derive_seed, to_device
 from .logs import LOSS_TERMS, LossStats, Preview
-from .rundir import record_start, restore_training_state
+from .rundir import record_start
 
 # Exit codes. EXIT_STOPPED (EX_TEMPFAIL of sysexits.h): a stop signal ended the run with a
 # complete checkpoint of the step it stopped at; rerunning the command continues it (requeue).
@@ -47,10 +48,6 @@ class StopRequest:
         self.signal_name = None  # the first stop signal received
         self._previous = {}
         self._pid = os.getpid()
-
-    @property
-    def requested(self):
-        return self.signal_name is not None
 
     def __enter__(self):
         for sig in STOP_SIGNALS:
@@ -79,19 +76,17 @@ def seed_everything(seed):
 
 
 class EMA:
-    """Exponential moving averages of the model's parameters, one per rate:
-    ema <- ema + (1 - rate) (param - ema) after every optimiser step.
-
-    Rates are kept as the strings given on the command line: they name the checkpoint files.
-    """
+    """Exponential moving averages of the model's parameters, one per rate (kept as written on
+    the command line: they name the files): ema <- ema + (1 - rate) (param - ema) after every
+    optimiser step. `states`: {rate: a dict saved by `state_dict`}; a rate without one starts
+    from the model's weights."""
 
     def __init__(self, model, rates, states=None):
-        """`states`: {rate: a state dict saved by `state_dict`}; a rate without one starts from
-        the model's weights."""
         self.model = model
         self.rates = list(rates)
         self.names = [name for name, _ in model.named_parameters()]
-        self.params = {rate: [p.detach().clone() for p in model.parameters()] for rate in self.rates}
+        self.params = {rate: [p.detach().clone() for p in model.parameters()]
+                       for rate in self.rates}
         for rate, state in (states or {}).items():
             missing = [n for n in self.names if n not in state]
             if missing:
@@ -229,8 +224,31 @@ def train(cfg, model_flags, info, start, log, stop):
 
     # ------------------------------------------------------------------ the state resumed from
     step, ckpt = start.step, start.ckpt
-    if ckpt is not None:
-        restore_training_state(ckpt, model, opt, scaler, schedule_sampler, data, info, log)
+    if ckpt is not None and ckpt.model is not None:  # ranks > 0 get rank 0's weights from DDP
+        try:
+            model.load_state_dict(ckpt.model)
+        except RuntimeError as e:
+            reason = str(e).splitlines()[0]
+            raise CheckpointError(f"{ckpt.folder}: model checkpoint of step {ckpt.step} does not "
+                                  f"fit the model these flags build: {reason}") from None
+    if ckpt is not None and ckpt.opt is not None:
+        try:
+            opt.load_state_dict(ckpt.opt["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{ckpt.folder}: optimizer state of step {ckpt.step} does not "
+                                  f"fit this model: {e}") from None
+        if ckpt.opt.get("scaler"):  # empty when saved without --use_fp16; ignored when disabled
+            scaler.load_state_dict(ckpt.opt["scaler"])
+        if ckpt.opt.get("schedule_sampler") and hasattr(schedule_sampler, "load_state_dict"):
+            schedule_sampler.load_state_dict(ckpt.opt["schedule_sampler"])
+        ranks = ckpt.opt.get("ranks", [])  # each rank's RNG and data position
+        if len(ranks) == info.world_size:
+            set_rng_state(ranks[info.rank]["rng"])
+            data.load_state_dict(ranks[info.rank]["data"])
+        elif info.is_main:
+            log.warn(f"the checkpoint was written by {len(ranks)} ranks, this run has "
+                     f"{info.world_size}: random streams and data order restart (not an exact "
+                     f"resume)")
     # Only rank 0 saves, so only rank 0 keeps EMAs; a rate without a checkpoint starts from the
     # (restored) model weights.
     ema = EMA(model, cfg.ema_rate if info.is_main else (), ckpt.emas if ckpt else None)
@@ -305,7 +323,7 @@ def train(cfg, model_flags, info, start, log, stop):
         try:
             video, model_kwargs = next(data)  # (N, C, T, H, W) in [-1, 1], {"y": (N,)} or {}
         except Exception:
-            if not stop.requested:
+            if stop.signal_name is None:
                 raise
             # The stop signal may have killed a loader worker: fresh workers read the same
             # items. Every rank must finish this step and agree to stop in its host sync; one
@@ -328,7 +346,7 @@ def train(cfg, model_flags, info, start, log, stop):
 
         # The step's one host sync: every rank agrees whether to apply it and whether to stop.
         flags = torch.stack([~torch.isfinite(grad_norm) | ~torch.isfinite(terms["loss"].sum()),
-                             torch.tensor(stop.requested, device=device)]).float()
+                             torch.tensor(stop.signal_name is not None, device=device)]).float()
         if all_reduce is not None:
             all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         bad, stop_now = (bool(v) for v in flags.tolist())

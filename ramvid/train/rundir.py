@@ -17,7 +17,7 @@ from .. import dist
 from ..checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_files, complete_steps,
                           delete_checkpoint_files, load_latest_checkpoint,
                           load_training_checkpoint, remove_stale_temp_files, set_files,
-                          set_rng_state, step_from_model_path)
+                          step_from_model_path)
 from ..config import model_and_diffusion_defaults
 from ..errors import UsageError
 from ..flags import read_args_json, versions, write_args_json
@@ -110,8 +110,27 @@ def plan_start(cfg, model_flags, logdir):
         else:
             plan.messages.append(f"no checkpoint in {logdir}: starting at step 1")
 
-    if plan.folder is not None:
-        plan.messages += _check_flags_against_args_json(cfg, model_flags, plan)
+    if plan.folder is not None:  # a resume: its model/diffusion flags must be the run's
+        try:
+            saved = _in_force(read_args_json(plan.folder))
+        except FileNotFoundError:
+            plan.messages.append(f"{plan.folder} has no args.json: model and diffusion flags not "
+                                 f"compared")
+        except ValueError as e:
+            plan.messages.append(f"WARNING: {e}: model and diffusion flags not compared")
+        else:
+            differing = _differing_model_flags(model_flags, saved)
+            if differing:
+                raise UsageError(
+                    f"resuming step {plan.step} of {plan.folder} with different model/diffusion "
+                    f"flags: {'; '.join(differing)}. Pass the flags of that run (its args.json), "
+                    f"or start a new run in another --log_dir")
+            current = cfg.to_json()
+            changed = [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in current
+                       if k not in START_FLAGS and k in saved and _as_json(current[k]) != saved[k]]
+            if changed:
+                plan.messages.append(f"training flags changed since the resumed run: "
+                                     f"{', '.join(changed)}")
     same_folder = plan.folder is not None and plan.folder.resolve() == plan.logdir.resolve()
     files = checkpoint_files(logdir)
     # Incomplete sets are this run's interrupted saves (overwritten when saved again) after the
@@ -127,7 +146,23 @@ def plan_start(cfg, model_flags, logdir):
         plan.messages.append(f"ignoring {_describe(leftovers)} after step {plan.step}: not a "
                              f"complete set (left by an interrupted save)")
     if plan.foreign and not cfg.overwrite:
-        raise UsageError(_foreign_message(cfg, plan, same_folder))
+        found = _describe(plan.foreign)
+        if same_folder:  # an explicit resume from an older step of this folder
+            raise UsageError(f"log dir {plan.logdir} holds checkpoints after step {plan.step} "
+                             f"({found}); to continue from the newest use --resume_checkpoint "
+                             f"auto, to continue from step {plan.step} and delete them "
+                             f"--overwrite True")
+        why = ""
+        if plan.step == 0:
+            newest = max(int(CHECKPOINT_NAME.match(Path(p).name).group(1)) for p in plan.foreign)
+            missing = [p.name for p in set_files(plan.logdir, newest, cfg.ema_rate)
+                       if not p.is_file()]
+            if missing:
+                why = (f"; none is a complete set for --ema_rate {','.join(cfg.ema_rate)} (step "
+                       f"{newest} lacks {', '.join(missing)})")
+        raise UsageError(f"log dir {plan.logdir} already holds checkpoints of another run "
+                         f"({found}{why}); choose another --log_dir, or pass --overwrite True "
+                         f"to delete them and start there")
     return plan
 
 
@@ -177,24 +212,6 @@ def _describe(paths, shown=3):
     return f"{len(names)} checkpoint file(s): {', '.join(names[:shown])}{more}"
 
 
-def _foreign_message(cfg, plan, same_folder):
-    found = _describe(plan.foreign)
-    if same_folder:  # an explicit resume from an older step of this folder
-        return (f"log dir {plan.logdir} holds checkpoints after step {plan.step} ({found}); "
-                f"to continue from the newest use --resume_checkpoint auto, to continue from "
-                f"step {plan.step} and delete them --overwrite True")
-    why = ""
-    if plan.step == 0:
-        newest = max(int(CHECKPOINT_NAME.match(Path(p).name).group(1)) for p in plan.foreign)
-        missing = [p.name for p in set_files(plan.logdir, newest, cfg.ema_rate)
-                   if not p.is_file()]
-        if missing:
-            why = (f"; none is a complete set for --ema_rate {','.join(cfg.ema_rate)} (step "
-                   f"{newest} lacks {', '.join(missing)})")
-    return (f"log dir {plan.logdir} already holds checkpoints of another run ({found}{why}); "
-            f"choose another --log_dir, or pass --overwrite True to delete them and start there")
-
-
 def _as_json(value):
     return json.loads(json.dumps(value, default=str))
 
@@ -205,55 +222,3 @@ def _differing_model_flags(model_flags, saved):
     names = [k for k in model_and_diffusion_defaults() if k != "num_classes"]
     return [f"--{k} {_as_json(model_flags[k])!r} (the run used {saved[k]!r})"
             for k in names if k in saved and _as_json(model_flags[k]) != saved[k]]
-
-
-def _check_flags_against_args_json(cfg, model_flags, plan):
-    """UsageError naming every model/diffusion flag that differs from the resumed run's
-    args.json; returns log lines listing the training flags that changed."""
-    try:
-        saved = _in_force(read_args_json(plan.folder))
-    except FileNotFoundError:
-        return [f"{plan.folder} has no args.json: model and diffusion flags not compared"]
-    except ValueError as e:
-        return [f"WARNING: {e}: model and diffusion flags not compared"]
-    differing = _differing_model_flags(model_flags, saved)
-    if differing:
-        raise UsageError(
-            f"resuming step {plan.step} of {plan.folder} with different model/diffusion flags: "
-            f"{'; '.join(differing)}. Pass the flags of that run (its args.json), or start a new "
-            f"run in another --log_dir")
-    current = cfg.to_json()
-    changed = [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in current
-               if k not in START_FLAGS and k in saved and _as_json(current[k]) != saved[k]]
-    return [f"training flags changed since the resumed run: {', '.join(changed)}"] if changed \
-        else []
-
-
-def restore_training_state(ckpt, model, opt, scaler, schedule_sampler, data, info, log):
-    """Load model (when this rank loaded it), optimiser, scaler, sampler, this rank's RNG and
-    data position from `ckpt` (the EMAs are the EMA's own: `loop.EMA(..., ckpt.emas)`)."""
-    if ckpt.model is not None:
-        try:
-            model.load_state_dict(ckpt.model)
-        except RuntimeError as e:
-            reason = str(e).splitlines()[0]
-            raise CheckpointError(f"{ckpt.folder}: model checkpoint of step {ckpt.step} does not "
-                                  f"fit the model these flags build: {reason}") from None
-    if ckpt.opt is None:
-        return
-    try:
-        opt.load_state_dict(ckpt.opt["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{ckpt.folder}: optimizer state of step {ckpt.step} does not fit "
-                              f"this model: {e}") from None
-    if ckpt.opt.get("scaler"):  # empty when saved without --use_fp16; ignored when disabled
-        scaler.load_state_dict(ckpt.opt["scaler"])
-    if ckpt.opt.get("schedule_sampler") and hasattr(schedule_sampler, "load_state_dict"):
-        schedule_sampler.load_state_dict(ckpt.opt["schedule_sampler"])
-    ranks = ckpt.opt.get("ranks", [])
-    if len(ranks) == info.world_size:
-        set_rng_state(ranks[info.rank]["rng"])
-        data.load_state_dict(ranks[info.rank]["data"])
-    elif info.is_main:
-        log.warn(f"the checkpoint was written by {len(ranks)} ranks, this run has "
-                 f"{info.world_size}: random streams and data order restart (not an exact resume)")
