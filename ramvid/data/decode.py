@@ -1,9 +1,7 @@
-"""Frame-accurate random access into video files with PyAV (docs/DATA_LOADER.md): seek to the
-keyframe before a window, decode forward until it is complete. Frame i of a constant-rate stream
-is shown at `first_pts + i / (fps * time_base)`; a stream whose timestamps do not follow that
-(variable frame rate, gif delays, no trustworthy frame count) gets a table of every frame's
-timestamp, read by demuxing without decoding. A decoded frame's index always comes from its own
-timestamp, so a seek that lands early or late is noticed.
+"""Frame-accurate random access into video files with PyAV (docs/DATA_LOADER.md). Frame i of a
+constant-rate stream is shown at `first_pts + i / (fps * time_base)`; a stream whose timestamps do
+not follow that (variable frame rate, gif delays, no trustworthy frame count) gets a table of
+every frame's timestamp, read by demuxing without decoding.
 """
 from __future__ import annotations
 

@@ -185,6 +185,7 @@ def _check_together(cfg, model_flags):
                          f"{f'in Slurm job {job}' if job else f'under {launcher}'}: a "
                          f"default folder would be new on every start, so a requeued or "
                          f"restarted job would start over; name one folder for all its starts")
+
     def check(condition, flag, reason):
         if not condition:
             value = _BY_NAME[flag].to_json(getattr(cfg, flag)) if flag in _BY_NAME \
@@ -192,35 +193,35 @@ def _check_together(cfg, model_flags):
             raise UsageError(f"--{flag} {value!r}: {reason}")
 
     check(1 <= cfg.microbatch <= cfg.batch_size, "microbatch",
-            f"must be -1 (= batch_size) or in 1..batch_size ({cfg.batch_size})")
+          f"must be -1 (= batch_size) or in 1..batch_size ({cfg.batch_size})")
     if cfg.keep_every:
         check(cfg.keep_checkpoints > 0, "keep_every",
-                "only applies with --keep_checkpoints N (without it every checkpoint is kept)")
+              "only applies with --keep_checkpoints N (without it every checkpoint is kept)")
         check(cfg.keep_every % cfg.save_interval == 0, "keep_every",
-                f"must be a multiple of --save_interval ({cfg.save_interval}), or no checkpoint "
-                "is ever kept by it")
+              f"must be a multiple of --save_interval ({cfg.save_interval}), or no checkpoint "
+              "is ever kept by it")
     # Schedule parameters that the chosen schedule would not read are an error, not ignored.
     for flag, anneal_type in (("lr_anneal_steps", "linear"), ("steps_drop", "step"),
                               ("drop", "step"), ("decay", "time_based")):
+        given = getattr(cfg, flag)
         if anneal_type == cfg.anneal_type:
-            check(getattr(cfg, flag) > 0, flag, f"must be positive with --anneal_type {anneal_type}")
+            check(given > 0, flag, f"must be positive with --anneal_type {anneal_type}")
         else:
-            check(getattr(cfg, flag) == 0, flag, f"is only read with --anneal_type {anneal_type}")
+            check(given == 0, flag, f"is only read with --anneal_type {anneal_type}")
 
-    mask_problem = train_mask_problem(model_flags["seq_len"], cfg.max_num_mask_frames,
-                                      cfg.mask_range)
-    if mask_problem:
-        check(False, *mask_problem)
+    problem = train_mask_problem(model_flags["seq_len"], cfg.max_num_mask_frames, cfg.mask_range)
+    if problem:
+        check(False, *problem)
 
     try:
         autocast_dtype(cfg.use_fp16, cfg.bf16, "cuda" if torch.cuda.is_available() else "cpu")
     except ValueError as e:
         raise as_flag_error(e) from None
     check(model_flags["class_cond"] or model_flags["num_classes"] == 0, "num_classes",
-            "is only used with --class_cond True")
+          "is only used with --class_cond True")
     if cfg.sample_interval:
         check(bool(cfg.val_data_dir), "sample_interval",
-                "needs --val_data_dir (the held-out clips to sample)")
+              "needs --val_data_dir (the held-out clips to sample)")
     if cfg.val_data_dir:
         check(cfg.sample_interval > 0, "val_data_dir", "is only read with --sample_interval N > 0")
 

@@ -1,10 +1,9 @@
-"""The training loop: data -> random masks -> masked diffusion loss -> AdamW -> EMA -> logs and
-checkpoints. `train` at the bottom reads from top to bottom; the pieces of one step are above it.
+"""The training loop (docs/TRAINING.md): data -> random masks -> masked diffusion loss -> AdamW
+-> EMA -> logs and checkpoints. `train` at the bottom reads from top to bottom.
 
 Every random choice of step s on rank r (masks, timesteps, noise) comes from a generator seeded
-by (seed, r, s, stream), so a resumed run draws exactly what an uninterrupted run would, and the
-whole batch's choices are made before it is cut into microbatches (any microbatch size gives the
-same gradient).
+by (seed, r, s, stream) and is made for the whole batch before it is cut into microbatches, so a
+resumed run draws what an uninterrupted run would and any microbatch size gives the same gradient.
 """
 import os
 import random
@@ -164,10 +163,8 @@ def draw_step_inputs(cfg, schedule_sampler, video, rank, step):
 def forward_backward(model, diffusion, video, model_kwargs, inputs, microbatch, *,
                      exclude_conditional=True, autocast=None, scaler=None, schedule_sampler=None):
     """Accumulate the gradient of the batch's mean weighted loss into `.grad`, `microbatch`
-    videos at a time; `model_kwargs` ({"y": (N,)} or {}) go to the model. Returns the per-video
-    loss terms, detached: {name: (N,)}.
-
-    `model` may be DDP-wrapped: gradients are all-reduced on the last microbatch only.
+    videos at a time (a DDP-wrapped `model` all-reduces on the last one only); `model_kwargs`
+    ({"y": (N,)} or {}) go to the model. Returns the per-video loss terms, detached: {name: (N,)}.
     """
     n = video.shape[0]
     terms = {}

@@ -134,8 +134,16 @@ def plan_start(cfg, model_flags, logdir):
     same_folder = plan.folder is not None and plan.folder.resolve() == plan.logdir.resolve()
     files = checkpoint_files(logdir)
     # Incomplete sets are this run's interrupted saves (overwritten when saved again) after the
-    # step it continues, or, on a fresh start, its interrupted first saves when args.json matches.
-    own = same_folder or (plan.folder is None and files and _same_run(logdir, cfg, model_flags))
+    # step it continues, or, on a fresh start, its interrupted first saves when args.json names
+    # the same model/diffusion flags and EMA rates.
+    own = same_folder
+    if plan.folder is None and files:
+        try:
+            saved = _in_force(read_args_json(logdir))
+        except (FileNotFoundError, ValueError):
+            saved = {}
+        own = saved.get("ema_rate") == ",".join(cfg.ema_rate) and not _differing_model_flags(
+            model_flags, saved)
     complete = complete_steps(logdir, cfg.ema_rate)
     leftovers = []
     for step, paths in files.items():
@@ -193,17 +201,6 @@ def _in_force(saved):
     for restart in saved.get("restarts", []):
         current.update(restart["changed"])
     return current
-
-
-def _same_run(logdir, cfg, model_flags):
-    """Whether the log dir's args.json was written with these model/diffusion flags and EMA
-    rates (then its checkpoint files, none complete, are this run's own)."""
-    try:
-        saved = _in_force(read_args_json(logdir))
-    except (FileNotFoundError, ValueError):
-        return False
-    return saved.get("ema_rate") == ",".join(cfg.ema_rate) and not _differing_model_flags(
-        model_flags, saved)
 
 
 def _describe(paths, shown=3):
