@@ -131,9 +131,8 @@ def lr_at(cfg, step):
 def last_step(cfg):
     """The step after which training ends, or None to run until stopped: --max_steps N ends
     after step N; a linear schedule ends where the rate reaches 0."""
-    ends = [s for s in (cfg.max_steps, cfg.lr_anneal_steps if cfg.anneal_type == "linear" else 0)
-            if s > 0]
-    return min(ends) if ends else None
+    ends = (cfg.max_steps, cfg.lr_anneal_steps if cfg.anneal_type == "linear" else 0)
+    return min((s for s in ends if s > 0), default=None)
 
 
 @dataclass
