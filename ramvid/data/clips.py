@@ -83,13 +83,9 @@ def class_name_of(path) -> str:
 
 # --------------------------------------------------------------------------- frames
 def preprocess_frame(image: Image.Image, image_size: int, rgb: bool = True) -> np.ndarray:
-    """Short side -> image_size, then the central image_size x image_size square: uint8 (H, W, C)
-    with C = 3 (rgb) or 1 (Pillow "L" grayscale).
-
-    Halving with a 2x2 box filter (`Image.reduce(2)`; an odd last row/column is averaged
-    alone) while the image is at least twice too large averages every source pixel (no
-    aliasing) and is cheap; the final bicubic step covers the remaining factor in [1, 2).
-    """
+    """Short side -> image_size, then the central square: uint8 (H, W, C), C = 3 (rgb) or 1
+    ("L"). Halving with a 2x2 box filter while the image is at least twice too large averages
+    every source pixel (no aliasing), cheaply; bicubic covers the remaining factor in [1, 2)."""
     while min(image.size) >= 2 * image_size:
         image = image.reduce(2)
     scale = image_size / min(image.size)
@@ -130,46 +126,6 @@ def _count_files(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file())
 
 
-def _scan(data_dir: Path, seq_len: int, class_cond: bool, rank: int, world_size: int):
-    """(this rank's usable videos as VideoEntry in sorted path order, the class names)."""
-    videos = list_videos(data_dir)
-    if world_size > 1:
-        _check_ranks_agree(data_dir, videos)
-    if not videos:
-        raise UsageError(f"--data_dir {data_dir}: found {_count_files(data_dir)} files, none of "
-                         "them a video (.mp4 .avi .gif .mov .mkv .webm)")
-    if world_size > len(videos):
-        raise UsageError(f"--data_dir {data_dir}: {len(videos)} video files for {world_size} "
-                         "ranks; every rank needs at least one file")
-    # Classes are numbered over all files before sharding, so every rank agrees.
-    class_names = sorted({class_name_of(p) for p in videos})
-    class_index = {name: i for i, name in enumerate(class_names)}
-    shard = videos[rank::world_size]
-    with ThreadPoolExecutor(max_workers=min(4, len(shard))) as pool:
-        metas = list(pool.map(_meta_or_reason, shard))
-    entries, rejected = [], []
-    for path, meta in zip(shard, metas):
-        if isinstance(meta, str):
-            reason = meta
-        elif meta.num_frames < seq_len:
-            reason = f"{meta.num_frames} frames < --seq_len {seq_len}"
-        else:
-            label = class_index[class_name_of(path)] if class_cond else -1
-            entries.append(VideoEntry(path, meta, label))
-            continue
-        rejected.append(f"{path.relative_to(data_dir)} ({reason})")
-        warn_once(str(path), f"skipping video {path}: {reason}")
-    if not entries:
-        where = f" (rank {rank} of {world_size})" if world_size > 1 else ""
-        listed = ", ".join(rejected[:_LISTED_IN_ERRORS])
-        unlisted = len(rejected) - _LISTED_IN_ERRORS
-        more = f", ... {unlisted} more" if unlisted > 0 else ""
-        raise UsageError(
-            f"--data_dir {data_dir}{where}: no usable video; found {_count_files(data_dir)} "
-            f"files, {len(shard)} videos, 0 of >= {seq_len} frames: {listed}{more}")
-    return entries, class_names
-
-
 # --------------------------------------------------------------------------- datasets
 class ShardClips(Dataset):
     """Preprocessed clips of rank `rank`'s usable videos (files rank, rank + world_size, ... of
@@ -177,12 +133,45 @@ class ShardClips(Dataset):
 
     def __init__(self, data_dir, image_size: int, seq_len: int, *, class_cond: bool = False,
                  rgb: bool = True, rank: int = 0, world_size: int = 1):
-        self.data_dir, self.seq_len = Path(data_dir), seq_len
-        self.image_size, self.rgb, self.class_cond = image_size, rgb, class_cond
-        self.rank, self.world_size = rank, world_size
-        self.entries, self.class_names = _scan(self.data_dir, seq_len, class_cond, rank,
-                                               world_size)
+        self.data_dir = data_dir = Path(data_dir)
+        self.image_size, self.seq_len, self.rgb = image_size, seq_len, rgb
+        self.class_cond, self.rank, self.world_size = class_cond, rank, world_size
+        videos = list_videos(data_dir)
+        if world_size > 1:
+            _check_ranks_agree(data_dir, videos)
+        if not videos:
+            raise UsageError(f"--data_dir {data_dir}: found {_count_files(data_dir)} files, none "
+                             "of them a video (.mp4 .avi .gif .mov .mkv .webm)")
+        if world_size > len(videos):
+            raise UsageError(f"--data_dir {data_dir}: {len(videos)} video files for {world_size} "
+                             "ranks; every rank needs at least one file")
+        # Classes are numbered over all files before sharding, so every rank agrees.
+        self.class_names = sorted({class_name_of(p) for p in videos})
         self.num_classes = len(self.class_names)
+        class_index = {name: i for i, name in enumerate(self.class_names)}
+        shard = videos[rank::world_size]
+        with ThreadPoolExecutor(max_workers=min(4, len(shard))) as pool:
+            metas = list(pool.map(_meta_or_reason, shard))
+        self.entries, rejected = [], []
+        for path, meta in zip(shard, metas):
+            if isinstance(meta, str):
+                reason = meta
+            elif meta.num_frames < seq_len:
+                reason = f"{meta.num_frames} frames < --seq_len {seq_len}"
+            else:
+                label = class_index[class_name_of(path)] if class_cond else -1
+                self.entries.append(VideoEntry(path, meta, label))
+                continue
+            rejected.append(f"{path.relative_to(data_dir)} ({reason})")
+            warn_once(str(path), f"skipping video {path}: {reason}")
+        if not self.entries:
+            where = f" (rank {rank} of {world_size})" if world_size > 1 else ""
+            listed = ", ".join(rejected[:_LISTED_IN_ERRORS])
+            unlisted = len(rejected) - _LISTED_IN_ERRORS
+            more = f", ... {unlisted} more" if unlisted > 0 else ""
+            raise UsageError(
+                f"--data_dir {data_dir}{where}: no usable video; found {_count_files(data_dir)} "
+                f"files, {len(shard)} videos, 0 of >= {seq_len} frames: {listed}{more}")
 
     @property
     def paths(self) -> list[Path]:
@@ -218,27 +207,20 @@ class ShardClips(Dataset):
 
 
 class RandomClipDataset(ShardClips):
-    """Item k of rank r: a random window of a file; a pure function of (seed, r, k).
-
-    Files are visited in a fresh random order every epoch (epoch = k // number of files);
-    the window start is drawn from `default_rng([seed, rank, 0, k])`. Items therefore do not
-    depend on the number of DataLoader workers, and resuming at item k replays the same data.
-    """
+    """Item k of rank r: a random window of a file, a pure function of (seed, r, k) whatever the
+    number of workers, so resuming at item k replays the same data (docs/DATA_LOADER.md)."""
 
     def __init__(self, data_dir, image_size: int, seq_len: int, *, seed: int = 0, **shard):
         super().__init__(data_dir, image_size, seq_len, **shard)
         self.seed = seed
         self._epoch_order: tuple[int, np.ndarray] | None = None
 
-    def _order(self, epoch: int) -> np.ndarray:
+    def _entry_for(self, item: int) -> VideoEntry:
+        epoch, position = divmod(item, len(self.entries))
         if self._epoch_order is None or self._epoch_order[0] != epoch:
             rng = np.random.default_rng([self.seed, self.rank, _EPOCH_STREAM, epoch])
             self._epoch_order = (epoch, rng.permutation(len(self.entries)))
-        return self._epoch_order[1]
-
-    def _entry_for(self, item: int) -> VideoEntry:
-        epoch, position = divmod(item, len(self.entries))
-        order = self._order(epoch)
+        order = self._epoch_order[1]
         # A file found unusable after the scan passes its turn to the next one in the order.
         for step in range(len(self.entries)):
             entry = self.entries[order[(position + step) % len(self.entries)]]
@@ -291,13 +273,9 @@ def _ignore_stop_signals(worker_id):
 
 
 class VideoLoader:
-    """Iterator of `(video, cond)`: video float32 (N, C, T, H, W) in [-1, 1], cond a dict
-    (`{"y": LongTensor (N,)}` with class conditioning, else `{}`).
-
-    It never ends. `state_dict()` records how many items were delivered, so
-    `load_state_dict()` on a fresh loader with the same seed, rank and world size continues with
-    exactly the next items.
-    """
+    """Endless iterator of `(video, cond)`: video float32 (N, C, T, H, W) in [-1, 1], cond
+    `{"y": LongTensor (N,)}` with class conditioning, else `{}`. Its state is the number of
+    items delivered: a fresh loader with the same seed, rank and world size continues exactly."""
 
     def __init__(self, dataset: RandomClipDataset, batch_size: int, num_workers: int):
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers

@@ -1,9 +1,7 @@
-"""Frame-accurate random access into video files with PyAV (docs/DATA_LOADER.md): seek to the
-keyframe before a window, decode forward until it is complete. Frame i of a constant-rate stream
-is shown at `first_pts + i / (fps * time_base)`; a stream whose timestamps do not follow that
-(variable frame rate, gif delays, no trustworthy frame count) gets a table of every frame's
-timestamp, read by demuxing without decoding. A decoded frame's index always comes from its own
-timestamp, so a seek that lands early or late is noticed.
+"""Frame-accurate random access into video files with PyAV (docs/DATA_LOADER.md). Frame i of a
+constant-rate stream is shown at `first_pts + i / (fps * time_base)`; a stream whose timestamps do
+not follow that (variable frame rate, gif delays, no trustworthy frame count) gets a table of
+every frame's timestamp, read by demuxing without decoding.
 """
 from __future__ import annotations
 
@@ -163,7 +161,19 @@ def _tail_matches(container, stream, meta: StreamMeta) -> bool:
     return bool(stamps) and meta.index_of(max(stamps)) == last
 
 
-def _probe_uncached(path: Path) -> StreamMeta:
+_cache: dict[tuple[str, int, int], StreamMeta] = {}
+
+
+def stream_meta(path) -> StreamMeta:
+    """Cached metadata of `path` (this process); raises VideoReadError for unreadable files."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise VideoReadError(f"{path}: {error.strerror}") from None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key in _cache:
+        return _cache[key]
     with _open(path) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -181,23 +191,8 @@ def _probe_uncached(path: Path) -> StreamMeta:
                    and _tail_matches(container, stream, meta))
     if not trusted:
         _count_frames(path, meta)
+    _cache[key] = meta
     return meta
-
-
-_cache: dict[tuple[str, int, int], StreamMeta] = {}
-
-
-def stream_meta(path) -> StreamMeta:
-    """Cached metadata of `path` (this process); raises VideoReadError for unreadable files."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError as error:
-        raise VideoReadError(f"{path}: {error.strerror}") from None
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _cache:
-        _cache[key] = _probe_uncached(path)
-    return _cache[key]
 
 
 def probe(path) -> VideoInfo:

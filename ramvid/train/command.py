@@ -1,18 +1,10 @@
 """video_train.py (ramvid-train, python -m ramvid.train): flags -> distributed set-up -> the log
-dir, locked for this run (`rundir.run_folder`) -> `loop.train`.
+dir, locked for this run (`rundir.run_folder`) -> `loop.train`. docs/TRAINING.md lists the flags
+and the exit codes (0 done, 1 failure, 2 user mistake, 3 diverged, 75 stopped by a signal).
 
-The training flags are declared once in `TRAIN_FLAGS` (ramvid.flags.Flag: name, default, help,
-choices, check). The parser, `--help`, the checks, `TrainConfig` and the training half of
-args.json are built from these declarations; the model and diffusion flags come from
-`ramvid.config.MODEL_AND_DIFFUSION_FLAGS` the same way. Names and defaults are the paper's.
-To add a flag: one `Flag(...)` below; if it constrains another flag, a line in
-`_check_together`. Every bad value ends the program with exit code 2 and one line naming the
-flag and the value.
-
-Exit codes: 0 done (--max_steps reached), 1 a failure (e.g. a checkpoint could not be written),
-2 a user mistake (bad flag; a log dir this run may not start in or another run holds),
-3 diverged (--max_bad_steps), 75 stopped by a signal with a complete checkpoint (rerun to
-continue; see docs/TRAINING.md).
+Each training flag is one `Flag` in `TRAIN_FLAGS`: the parser, --help, its own check,
+`TrainConfig` and args.json are built from it. A check that reads several flags goes in
+`_check_together`. Every bad value ends the program with exit code 2 and one line.
 """
 import os
 from dataclasses import dataclass
@@ -34,6 +26,7 @@ from ..runtime import autocast_dtype, limit_heap_fragmentation
 from .logs import RunLogger
 from .loop import ANNEAL_TYPES, StopRequest, train
 from .rundir import run_folder
+
 
 def _ema_rates(text):
     """'0.9999,0.99' -> ('0.9999', '0.99'): rates as written, since they name the
@@ -192,6 +185,7 @@ def _check_together(cfg, model_flags):
                          f"{f'in Slurm job {job}' if job else f'under {launcher}'}: a "
                          f"default folder would be new on every start, so a requeued or "
                          f"restarted job would start over; name one folder for all its starts")
+
     def check(condition, flag, reason):
         if not condition:
             value = _BY_NAME[flag].to_json(getattr(cfg, flag)) if flag in _BY_NAME \
@@ -199,35 +193,35 @@ def _check_together(cfg, model_flags):
             raise UsageError(f"--{flag} {value!r}: {reason}")
 
     check(1 <= cfg.microbatch <= cfg.batch_size, "microbatch",
-            f"must be -1 (= batch_size) or in 1..batch_size ({cfg.batch_size})")
+          f"must be -1 (= batch_size) or in 1..batch_size ({cfg.batch_size})")
     if cfg.keep_every:
         check(cfg.keep_checkpoints > 0, "keep_every",
-                "only applies with --keep_checkpoints N (without it every checkpoint is kept)")
+              "only applies with --keep_checkpoints N (without it every checkpoint is kept)")
         check(cfg.keep_every % cfg.save_interval == 0, "keep_every",
-                f"must be a multiple of --save_interval ({cfg.save_interval}), or no checkpoint "
-                "is ever kept by it")
+              f"must be a multiple of --save_interval ({cfg.save_interval}), or no checkpoint "
+              "is ever kept by it")
     # Schedule parameters that the chosen schedule would not read are an error, not ignored.
     for flag, anneal_type in (("lr_anneal_steps", "linear"), ("steps_drop", "step"),
                               ("drop", "step"), ("decay", "time_based")):
+        given = getattr(cfg, flag)
         if anneal_type == cfg.anneal_type:
-            check(getattr(cfg, flag) > 0, flag, f"must be positive with --anneal_type {anneal_type}")
+            check(given > 0, flag, f"must be positive with --anneal_type {anneal_type}")
         else:
-            check(getattr(cfg, flag) == 0, flag, f"is only read with --anneal_type {anneal_type}")
+            check(given == 0, flag, f"is only read with --anneal_type {anneal_type}")
 
-    mask_problem = train_mask_problem(model_flags["seq_len"], cfg.max_num_mask_frames,
-                                      cfg.mask_range)
-    if mask_problem:
-        check(False, *mask_problem)
+    problem = train_mask_problem(model_flags["seq_len"], cfg.max_num_mask_frames, cfg.mask_range)
+    if problem:
+        check(False, *problem)
 
     try:
         autocast_dtype(cfg.use_fp16, cfg.bf16, "cuda" if torch.cuda.is_available() else "cpu")
     except ValueError as e:
         raise as_flag_error(e) from None
     check(model_flags["class_cond"] or model_flags["num_classes"] == 0, "num_classes",
-            "is only used with --class_cond True")
+          "is only used with --class_cond True")
     if cfg.sample_interval:
         check(bool(cfg.val_data_dir), "sample_interval",
-                "needs --val_data_dir (the held-out clips to sample)")
+              "needs --val_data_dir (the held-out clips to sample)")
     if cfg.val_data_dir:
         check(cfg.sample_interval > 0, "val_data_dir", "is only read with --sample_interval N > 0")
 

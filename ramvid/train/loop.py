@@ -1,10 +1,9 @@
-"""The training loop: data -> random masks -> masked diffusion loss -> AdamW -> EMA -> logs and
-checkpoints. `train` at the bottom reads from top to bottom; the pieces of one step are above it.
+"""The training loop (docs/TRAINING.md): data -> random masks -> masked diffusion loss -> AdamW
+-> EMA -> logs and checkpoints. `train` at the bottom reads from top to bottom.
 
 Every random choice of step s on rank r (masks, timesteps, noise) comes from a generator seeded
-by (seed, r, s, stream), so a resumed run draws exactly what an uninterrupted run would, and the
-whole batch's choices are made before it is cut into microbatches (any microbatch size gives the
-same gradient).
+by (seed, r, s, stream) and is made for the whole batch before it is cut into microbatches, so a
+resumed run draws what an uninterrupted run would and any microbatch size gives the same gradient.
 """
 import os
 import random
@@ -18,13 +17,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import dist
+from ..checkpoint import (CheckpointError, delete_checkpoint_files, rng_state, save_checkpoint,
+                          set_rng_state, sets_to_prune)
 from ..config import create_model_and_diffusion
 from ..data import load_data
 from ..diffusion.resample import create_named_schedule_sampler
 from ..masking import sample_train_mask
 from ..runtime import autocast_dtype, compile_model, configure_tf32, derive_seed, to_device
 from .logs import LOSS_TERMS, LossStats, Preview
-from .rundir import record_start, restore_training_state, save_training_state
+from .rundir import record_start
 
 # Exit codes. EXIT_STOPPED (EX_TEMPFAIL of sysexits.h): a stop signal ended the run with a
 # complete checkpoint of the step it stopped at; rerunning the command continues it (requeue).
@@ -32,6 +33,7 @@ EXIT_OK, EXIT_DIVERGED, EXIT_STOPPED = 0, 3, 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 ANNEAL_TYPES = ("none", "linear", "step", "time_based")  # --anneal_type
 MASK_STREAM, TIMESTEP_STREAM, NOISE_STREAM = 0, 1, 2
+FORMAT_VERSION = 1  # of the opt file
 
 
 class StopRequest:
@@ -45,10 +47,6 @@ class StopRequest:
         self.signal_name = None  # the first stop signal received
         self._previous = {}
         self._pid = os.getpid()
-
-    @property
-    def requested(self):
-        return self.signal_name is not None
 
     def __enter__(self):
         for sig in STOP_SIGNALS:
@@ -76,25 +74,18 @@ def seed_everything(seed):
     random.seed(seed)
 
 
-def fused_adamw_supported(device):
-    """One kernel per step instead of a dozen full-size temporaries (on the CPU since torch 2.4)."""
-    return device.type in ("cuda", "cpu")
-
-
 class EMA:
-    """Exponential moving averages of the model's parameters, one per rate:
-    ema <- ema + (1 - rate) (param - ema) after every optimiser step.
-
-    Rates are kept as the strings given on the command line: they name the checkpoint files.
-    """
+    """Exponential moving averages of the model's parameters, one per rate (kept as written on
+    the command line: they name the files): ema <- ema + (1 - rate) (param - ema) after every
+    optimiser step. `states`: {rate: a dict saved by `state_dict`}; a rate without one starts
+    from the model's weights."""
 
     def __init__(self, model, rates, states=None):
-        """`states`: {rate: a state dict saved by `state_dict`}; a rate without one starts from
-        the model's weights."""
         self.model = model
         self.rates = list(rates)
         self.names = [name for name, _ in model.named_parameters()]
-        self.params = {rate: [p.detach().clone() for p in model.parameters()] for rate in self.rates}
+        self.params = {rate: [p.detach().clone() for p in model.parameters()]
+                       for rate in self.rates}
         for rate, state in (states or {}).items():
             missing = [n for n in self.names if n not in state]
             if missing:
@@ -140,9 +131,8 @@ def lr_at(cfg, step):
 def last_step(cfg):
     """The step after which training ends, or None to run until stopped: --max_steps N ends
     after step N; a linear schedule ends where the rate reaches 0."""
-    ends = [s for s in (cfg.max_steps, cfg.lr_anneal_steps if cfg.anneal_type == "linear" else 0)
-            if s > 0]
-    return min(ends) if ends else None
+    ends = (cfg.max_steps, cfg.lr_anneal_steps if cfg.anneal_type == "linear" else 0)
+    return min((s for s in ends if s > 0), default=None)
 
 
 @dataclass
@@ -172,10 +162,8 @@ def draw_step_inputs(cfg, schedule_sampler, video, rank, step):
 def forward_backward(model, diffusion, video, model_kwargs, inputs, microbatch, *,
                      exclude_conditional=True, autocast=None, scaler=None, schedule_sampler=None):
     """Accumulate the gradient of the batch's mean weighted loss into `.grad`, `microbatch`
-    videos at a time; `model_kwargs` ({"y": (N,)} or {}) go to the model. Returns the per-video
-    loss terms, detached: {name: (N,)}.
-
-    `model` may be DDP-wrapped: gradients are all-reduced on the last microbatch only.
+    videos at a time (a DDP-wrapped `model` all-reduces on the last one only); `model_kwargs`
+    ({"y": (N,)} or {}) go to the model. Returns the per-video loss terms, detached: {name: (N,)}.
     """
     n = video.shape[0]
     terms = {}
@@ -201,14 +189,6 @@ def forward_backward(model, diffusion, video, model_kwargs, inputs, microbatch, 
     return {name: torch.cat(parts) for name, parts in terms.items()}
 
 
-def gradient_norm(parameters, clip):
-    """Total L2 norm of the gradients (one fused computation); clipped to `clip` when clip > 0."""
-    parameters = [p for p in parameters if p.grad is not None]
-    if clip > 0:
-        return torch.nn.utils.clip_grad_norm_(parameters, clip, foreach=True)
-    return torch.nn.utils.get_total_norm([p.grad for p in parameters], foreach=True)
-
-
 def train(cfg, model_flags, info, start, log, stop):
     """Train from `start` (`rundir.run_folder`) until --max_steps (or the end of a linear lr
     schedule), a stop signal (`stop`, a StopRequest entered by the caller), or --max_bad_steps
@@ -231,16 +211,40 @@ def train(cfg, model_flags, info, start, log, stop):
     # Dropout differs per rank; everything else random is drawn from per-step generators.
     seed_everything(cfg.seed * info.world_size + info.rank)
     schedule_sampler = create_named_schedule_sampler(cfg.schedule_sampler, diffusion)
+    # Fused: one kernel per step instead of a dozen full-size temporaries (CPU since torch 2.4).
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=fused_adamw_supported(device))
+                            fused=device.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.use_fp16)
     dtype = autocast_dtype(cfg.use_fp16, cfg.bf16, device.type)
     autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     # ------------------------------------------------------------------ the state resumed from
     step, ckpt = start.step, start.ckpt
-    if ckpt is not None:
-        restore_training_state(ckpt, model, opt, scaler, schedule_sampler, data, info, log)
+    if ckpt is not None and ckpt.model is not None:  # ranks > 0 get rank 0's weights from DDP
+        try:
+            model.load_state_dict(ckpt.model)
+        except RuntimeError as e:
+            reason = str(e).splitlines()[0]
+            raise CheckpointError(f"{ckpt.folder}: model checkpoint of step {ckpt.step} does not "
+                                  f"fit the model these flags build: {reason}") from None
+    if ckpt is not None and ckpt.opt is not None:
+        try:
+            opt.load_state_dict(ckpt.opt["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{ckpt.folder}: optimizer state of step {ckpt.step} does not "
+                                  f"fit this model: {e}") from None
+        if ckpt.opt.get("scaler"):  # empty when saved without --use_fp16; ignored when disabled
+            scaler.load_state_dict(ckpt.opt["scaler"])
+        if ckpt.opt.get("schedule_sampler") and hasattr(schedule_sampler, "load_state_dict"):
+            schedule_sampler.load_state_dict(ckpt.opt["schedule_sampler"])
+        ranks = ckpt.opt.get("ranks", [])  # each rank's RNG and data position
+        if len(ranks) == info.world_size:
+            set_rng_state(ranks[info.rank]["rng"])
+            data.load_state_dict(ranks[info.rank]["data"])
+        elif info.is_main:
+            log.warn(f"the checkpoint was written by {len(ranks)} ranks, this run has "
+                     f"{info.world_size}: random streams and data order restart (not an exact "
+                     f"resume)")
     # Only rank 0 saves, so only rank 0 keeps EMAs; a rate without a checkpoint starts from the
     # (restored) model weights.
     ema = EMA(model, cfg.ema_rate if info.is_main else (), ckpt.emas if ckpt else None)
@@ -280,8 +284,31 @@ def train(cfg, model_flags, info, start, log, stop):
     interval_start, interval_steps = time.time(), 0
 
     def save():
-        pruned = save_training_state(logdir, step, model, ema, opt, scaler, schedule_sampler,
-                                     data, info, cfg.keep_checkpoints, cfg.keep_every)
+        """Write the checkpoint of `step`, then delete the sets that --keep_checkpoints and
+        --keep_every no longer keep. Every rank gathers its RNG and data position; only rank 0
+        writes, while the others wait for it without the collective timeout."""
+        per_rank = dist.all_gather_object({"rng": rng_state(), "data": data.state_dict()})
+
+        def write():
+            opt_state = {
+                "format": FORMAT_VERSION,
+                "step": step,
+                "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict(),
+                "schedule_sampler": (schedule_sampler.state_dict()
+                                     if hasattr(schedule_sampler, "state_dict") else {}),
+                "world_size": info.world_size,
+                "ranks": per_rank,
+            }
+            emas = {rate: ema.state_dict(rate) for rate in ema.rates}  # CPU copies
+            # The model copied to the CPU one tensor at a time (no second copy on the GPU).
+            model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            save_checkpoint(logdir, step, model_state, emas, opt_state)
+            pruned = sets_to_prune(logdir, ema.rates, cfg.keep_checkpoints, cfg.keep_every)
+            delete_checkpoint_files([path for paths in pruned.values() for path in paths])
+            return list(pruned)
+
+        pruned = dist.run_on_main(write)
         log.info(f"saved checkpoint of step {step}" + (
             f"; deleted the checkpoints of step {', '.join(map(str, pruned))} "
             f"(--keep_checkpoints {cfg.keep_checkpoints})" if pruned else ""))
@@ -292,7 +319,7 @@ def train(cfg, model_flags, info, start, log, stop):
         try:
             video, model_kwargs = next(data)  # (N, C, T, H, W) in [-1, 1], {"y": (N,)} or {}
         except Exception:
-            if not stop.requested:
+            if stop.signal_name is None:
                 raise
             # The stop signal may have killed a loader worker: fresh workers read the same
             # items. Every rank must finish this step and agree to stop in its host sync; one
@@ -308,11 +335,14 @@ def train(cfg, model_flags, info, start, log, stop):
                                  exclude_conditional=cfg.exclude_conditional, autocast=autocast,
                                  scaler=scaler, schedule_sampler=schedule_sampler)
         scaler.unscale_(opt)  # clip the true gradients, not the loss-scaled ones
-        grad_norm = gradient_norm(model.parameters(), cfg.clip)
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, cfg.clip, grad_norm, foreach=True)
 
         # The step's one host sync: every rank agrees whether to apply it and whether to stop.
         flags = torch.stack([~torch.isfinite(grad_norm) | ~torch.isfinite(terms["loss"].sum()),
-                             torch.tensor(stop.requested, device=device)]).float()
+                             torch.tensor(stop.signal_name is not None, device=device)]).float()
         if all_reduce is not None:
             all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         bad, stop_now = (bool(v) for v in flags.tolist())

@@ -16,8 +16,7 @@ from pathlib import Path
 from .. import dist
 from ..checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_files, complete_steps,
                           delete_checkpoint_files, load_latest_checkpoint,
-                          load_training_checkpoint, remove_stale_temp_files, rng_state,
-                          save_checkpoint, set_files, set_rng_state, sets_to_prune,
+                          load_training_checkpoint, remove_stale_temp_files, set_files,
                           step_from_model_path)
 from ..config import model_and_diffusion_defaults
 from ..errors import UsageError
@@ -26,7 +25,6 @@ from ..runlock import FolderLock
 
 # Flags that say how to start, not what is trained: they differ between a run and its restart.
 START_FLAGS = ("resume_checkpoint", "overwrite", "log_dir", "break_lock")
-FORMAT_VERSION = 1  # of the opt file
 
 
 @dataclass
@@ -112,13 +110,40 @@ def plan_start(cfg, model_flags, logdir):
         else:
             plan.messages.append(f"no checkpoint in {logdir}: starting at step 1")
 
-    if plan.folder is not None:
-        plan.messages += _check_flags_against_args_json(cfg, model_flags, plan)
+    if plan.folder is not None:  # a resume: its model/diffusion flags must be the run's
+        try:
+            saved = _in_force(read_args_json(plan.folder))
+        except FileNotFoundError:
+            plan.messages.append(f"{plan.folder} has no args.json: model and diffusion flags not "
+                                 f"compared")
+        except ValueError as e:
+            plan.messages.append(f"WARNING: {e}: model and diffusion flags not compared")
+        else:
+            differing = _differing_model_flags(model_flags, saved)
+            if differing:
+                raise UsageError(
+                    f"resuming step {plan.step} of {plan.folder} with different model/diffusion "
+                    f"flags: {'; '.join(differing)}. Pass the flags of that run (its args.json), "
+                    f"or start a new run in another --log_dir")
+            current = cfg.to_json()
+            changed = [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in current
+                       if k not in START_FLAGS and k in saved and _as_json(current[k]) != saved[k]]
+            if changed:
+                plan.messages.append(f"training flags changed since the resumed run: "
+                                     f"{', '.join(changed)}")
     same_folder = plan.folder is not None and plan.folder.resolve() == plan.logdir.resolve()
     files = checkpoint_files(logdir)
     # Incomplete sets are this run's interrupted saves (overwritten when saved again) after the
-    # step it continues, or, on a fresh start, its interrupted first saves when args.json matches.
-    own = same_folder or (plan.folder is None and files and _same_run(logdir, cfg, model_flags))
+    # step it continues, or, on a fresh start, its interrupted first saves when args.json names
+    # the same model/diffusion flags and EMA rates.
+    own = same_folder
+    if plan.folder is None and files:
+        try:
+            saved = _in_force(read_args_json(logdir))
+        except (FileNotFoundError, ValueError):
+            saved = {}
+        own = saved.get("ema_rate") == ",".join(cfg.ema_rate) and not _differing_model_flags(
+            model_flags, saved)
     complete = complete_steps(logdir, cfg.ema_rate)
     leftovers = []
     for step, paths in files.items():
@@ -129,7 +154,23 @@ def plan_start(cfg, model_flags, logdir):
         plan.messages.append(f"ignoring {_describe(leftovers)} after step {plan.step}: not a "
                              f"complete set (left by an interrupted save)")
     if plan.foreign and not cfg.overwrite:
-        raise UsageError(_foreign_message(cfg, plan, same_folder))
+        found = _describe(plan.foreign)
+        if same_folder:  # an explicit resume from an older step of this folder
+            raise UsageError(f"log dir {plan.logdir} holds checkpoints after step {plan.step} "
+                             f"({found}); to continue from the newest use --resume_checkpoint "
+                             f"auto, to continue from step {plan.step} and delete them "
+                             f"--overwrite True")
+        why = ""
+        if plan.step == 0:
+            newest = max(int(CHECKPOINT_NAME.match(Path(p).name).group(1)) for p in plan.foreign)
+            missing = [p.name for p in set_files(plan.logdir, newest, cfg.ema_rate)
+                       if not p.is_file()]
+            if missing:
+                why = (f"; none is a complete set for --ema_rate {','.join(cfg.ema_rate)} (step "
+                       f"{newest} lacks {', '.join(missing)})")
+        raise UsageError(f"log dir {plan.logdir} already holds checkpoints of another run "
+                         f"({found}{why}); choose another --log_dir, or pass --overwrite True "
+                         f"to delete them and start there")
     return plan
 
 
@@ -162,39 +203,10 @@ def _in_force(saved):
     return current
 
 
-def _same_run(logdir, cfg, model_flags):
-    """Whether the log dir's args.json was written with these model/diffusion flags and EMA
-    rates (then its checkpoint files, none complete, are this run's own)."""
-    try:
-        saved = _in_force(read_args_json(logdir))
-    except (FileNotFoundError, ValueError):
-        return False
-    return saved.get("ema_rate") == ",".join(cfg.ema_rate) and not _differing_model_flags(
-        model_flags, saved)
-
-
 def _describe(paths, shown=3):
     names = [Path(p).name for p in paths]
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return f"{len(names)} checkpoint file(s): {', '.join(names[:shown])}{more}"
-
-
-def _foreign_message(cfg, plan, same_folder):
-    found = _describe(plan.foreign)
-    if same_folder:  # an explicit resume from an older step of this folder
-        return (f"log dir {plan.logdir} holds checkpoints after step {plan.step} ({found}); "
-                f"to continue from the newest use --resume_checkpoint auto, to continue from "
-                f"step {plan.step} and delete them --overwrite True")
-    why = ""
-    if plan.step == 0:
-        newest = max(int(CHECKPOINT_NAME.match(Path(p).name).group(1)) for p in plan.foreign)
-        missing = [p.name for p in set_files(plan.logdir, newest, cfg.ema_rate)
-                   if not p.is_file()]
-        if missing:
-            why = (f"; none is a complete set for --ema_rate {','.join(cfg.ema_rate)} (step "
-                   f"{newest} lacks {', '.join(missing)})")
-    return (f"log dir {plan.logdir} already holds checkpoints of another run ({found}{why}); "
-            f"choose another --log_dir, or pass --overwrite True to delete them and start there")
 
 
 def _as_json(value):
@@ -207,86 +219,3 @@ def _differing_model_flags(model_flags, saved):
     names = [k for k in model_and_diffusion_defaults() if k != "num_classes"]
     return [f"--{k} {_as_json(model_flags[k])!r} (the run used {saved[k]!r})"
             for k in names if k in saved and _as_json(model_flags[k]) != saved[k]]
-
-
-def _check_flags_against_args_json(cfg, model_flags, plan):
-    """UsageError naming every model/diffusion flag that differs from the resumed run's
-    args.json; returns log lines listing the training flags that changed."""
-    try:
-        saved = _in_force(read_args_json(plan.folder))
-    except FileNotFoundError:
-        return [f"{plan.folder} has no args.json: model and diffusion flags not compared"]
-    except ValueError as e:
-        return [f"WARNING: {e}: model and diffusion flags not compared"]
-    differing = _differing_model_flags(model_flags, saved)
-    if differing:
-        raise UsageError(
-            f"resuming step {plan.step} of {plan.folder} with different model/diffusion flags: "
-            f"{'; '.join(differing)}. Pass the flags of that run (its args.json), or start a new "
-            f"run in another --log_dir")
-    current = cfg.to_json()
-    changed = [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in current
-               if k not in START_FLAGS and k in saved and _as_json(current[k]) != saved[k]]
-    return [f"training flags changed since the resumed run: {', '.join(changed)}"] if changed \
-        else []
-
-
-# --------------------------------------------------------------------------- checkpoints
-def save_training_state(logdir, step, model, ema, opt, scaler, schedule_sampler, data, info,
-                        keep=0, keep_every=0):
-    """Write the checkpoint of `step`, then delete the sets that --keep_checkpoints `keep` and
-    --keep_every `keep_every` no longer keep. Every rank must call this (it gathers per-rank
-    state); only rank 0 writes, while the others wait for it without the collective timeout.
-    Returns the deleted steps."""
-    per_rank = dist.all_gather_object({"rng": rng_state(), "data": data.state_dict()})
-
-    def write():
-        opt_state = {
-            "format": FORMAT_VERSION,
-            "step": step,
-            "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict(),
-            "schedule_sampler": (schedule_sampler.state_dict()
-                                 if hasattr(schedule_sampler, "state_dict") else {}),
-            "world_size": info.world_size,
-            "ranks": per_rank,
-        }
-        emas = {rate: ema.state_dict(rate) for rate in ema.rates}  # CPU copies
-        # The model copied to the CPU one tensor at a time (no second copy on the GPU).
-        model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        save_checkpoint(logdir, step, model_state, emas, opt_state)
-        pruned = sets_to_prune(logdir, ema.rates, keep, keep_every)
-        delete_checkpoint_files([path for paths in pruned.values() for path in paths])
-        return list(pruned)
-
-    return dist.run_on_main(write)
-
-
-def restore_training_state(ckpt, model, opt, scaler, schedule_sampler, data, info, log):
-    """Load model (when this rank loaded it), optimiser, scaler, sampler, this rank's RNG and
-    data position from `ckpt` (the EMAs are the EMA's own: `loop.EMA(..., ckpt.emas)`)."""
-    if ckpt.model is not None:
-        try:
-            model.load_state_dict(ckpt.model)
-        except RuntimeError as e:
-            reason = str(e).splitlines()[0]
-            raise CheckpointError(f"{ckpt.folder}: model checkpoint of step {ckpt.step} does not "
-                                  f"fit the model these flags build: {reason}") from None
-    if ckpt.opt is None:
-        return
-    try:
-        opt.load_state_dict(ckpt.opt["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{ckpt.folder}: optimizer state of step {ckpt.step} does not fit "
-                              f"this model: {e}") from None
-    if ckpt.opt.get("scaler"):  # empty when saved without --use_fp16; ignored when disabled
-        scaler.load_state_dict(ckpt.opt["scaler"])
-    if ckpt.opt.get("schedule_sampler") and hasattr(schedule_sampler, "load_state_dict"):
-        schedule_sampler.load_state_dict(ckpt.opt["schedule_sampler"])
-    ranks = ckpt.opt.get("ranks", [])
-    if len(ranks) == info.world_size:
-        set_rng_state(ranks[info.rank]["rng"])
-        data.load_state_dict(ranks[info.rank]["data"])
-    elif info.is_main:
-        log.warn(f"the checkpoint was written by {len(ranks)} ranks, this run has "
-                 f"{info.world_size}: random streams and data order restart (not an exact resume)")
