@@ -228,7 +228,7 @@ def setup_dist(timeout_s=DEFAULT_TIMEOUT_S):
         _store, rank, world_size = next(dist.rendezvous(init_method, rank, world_size,
                                                         timeout=timeout))
         # device_id binds the NCCL communicator to this rank's GPU eagerly
-        dist.init_process_group(backend, store=_store, rank=rank, world_size=world_size,
+        dist.init_process_group(backend=backend, store=_store, rank=rank, world_size=world_size,
                                 timeout=timeout, device_id=device if backend == "nccl" else None)
         _main_work_group = dist.new_group(
             backend="gloo", timeout=datetime.timedelta(seconds=max(timeout_s, MAIN_WORK_TIMEOUT_S)))
@@ -274,26 +274,25 @@ def all_gather_object(obj):
     return gathered
 
 
-def broadcast_object(obj, src=0, group=None):
-    """`obj` of rank `src`, returned on every rank (every rank must call this)."""
+def broadcast_object(obj, group=None):
+    """`obj` of rank 0, returned on every rank (every rank must call this)."""
     if get_world_size() == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src, group=group)
+    dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
 
 
-def run_on_main(fn, *args, **kwargs):
-    """Rank 0 calls fn(*args, **kwargs) while the other ranks wait for its (picklable) result,
-    which every rank returns. The others wait up to MAIN_WORK_TIMEOUT_S, not the collective
-    timeout: a checkpoint of several GB on a network file system may take longer than that.
-    An exception on rank 0 is raised on every rank. Every rank must call this."""
+def run_on_main(fn):
+    """Rank 0 calls fn() while the other ranks wait up to MAIN_WORK_TIMEOUT_S for its (picklable)
+    result, which every rank returns; an exception on rank 0 is raised on every rank. Every rank
+    must call this."""
     if get_world_size() == 1:
-        return fn(*args, **kwargs)
+        return fn()
     outcome, error = None, None
     if get_rank() == 0:
         try:
-            outcome = (True, fn(*args, **kwargs))
+            outcome = (True, fn())
         except Exception as e:
             e.on_every_rank = True  # for abort_on_failure: every rank ends alike, no abort
             outcome, error = (False, e), e
