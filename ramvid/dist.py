@@ -80,20 +80,19 @@ def detect_launch(environ=None):
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistInfo(_int(env, "RANK", 0), _int(env, "WORLD_SIZE", 1),
                         _int(env, "LOCAL_RANK", 0), launcher="torchrun")
-    mpi_ranks = {v: _int(env, v) for v in MPI_RANK_VARS if v in env}
-    mpi_sizes = {v: _int(env, v) for v in MPI_SIZE_VARS if v in env}
+    mpi_ranks = [_int(env, v) for v in MPI_RANK_VARS if v in env]
+    mpi_sizes = [_int(env, v) for v in MPI_SIZE_VARS if v in env]
     # SLURM_PROCID alone is also set in the batch script; a step that srun launched has a step id.
     if "SLURM_PROCID" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
         rank = _int(env, "SLURM_PROCID", 0)
         world_size = _int(env, "SLURM_STEP_NUM_TASKS", _int(env, "SLURM_NTASKS", 1))
         # srun --mpi=pmi2/pmix also sets PMI variables; they describe the same tasks. Different
         # numbers mean an mpirun inside the allocation started this process.
-        if all(r == rank for r in mpi_ranks.values()) and \
-                all(s == world_size for s in mpi_sizes.values()):
+        if all(r == rank for r in mpi_ranks) and all(s == world_size for s in mpi_sizes):
             return DistInfo(rank, world_size, _int(env, "SLURM_LOCALID", 0), launcher="slurm")
     if mpi_ranks or "MPI_LOCALRANKID" in env:
-        world_size = next((s for s in mpi_sizes.values() if s), 1)
-        rank = next((r for r in mpi_ranks.values() if r is not None), 0)
+        world_size = next((s for s in mpi_sizes if s), 1)
+        rank = next((r for r in mpi_ranks if r is not None), 0)
         return DistInfo(rank, world_size, launcher="mpi")
     return DistInfo()
 
@@ -209,11 +208,9 @@ def setup_dist(timeout_s=DEFAULT_TIMEOUT_S):
     global _main_work_group, _store, _watchdog
     launch = detect_launch()
     rank, world_size, local_rank = launch.rank, launch.world_size, launch.local_rank
-    init_method = None
+    init_method = "env://"  # torchrun's (without a launcher there is one process: no rendezvous)
     if launch.launcher == "mpi":
         rank, world_size, local_rank, init_method = _mpi_rendezvous(launch)
-    elif launch.launcher == "torchrun":
-        init_method = "env://"
     elif launch.launcher == "slurm":
         host, port = slurm_rendezvous()
         init_method = f"tcp://{host}:{port}"
@@ -365,13 +362,12 @@ def _watch(rank):
 
 @contextmanager
 def abort_on_failure(one_line=()):
-    """Around the work of every rank of a job (`process_group` runs its block in one): an error
-    on one rank ends every rank within seconds (`abort_job`), never a hang. The failing rank
-    prints its error once, prefixed with its rank: one line (`error_line`) for a UsageError (exit
-    code 2) and the `one_line` types ((type, exit code), ...), else its traceback (exit code 1).
-    An error of a single process, or one that `run_on_main` raised on every rank together, ends
-    every rank alike, printed once (by rank 0). A SystemExit with code 0 passes; an inner
-    abort_on_failure leaves everything to the outer one."""
+    """Around the work of every rank of a job: an error on one rank ends every rank within seconds
+    (`abort_job`), never a hang. The failing rank prints its error once, prefixed with its rank:
+    one line (`error_line`) for a UsageError (exit code 2) and the `one_line` types ((type, exit
+    code), ...), else its traceback (exit code 1). An error of a single process, or one that
+    `run_on_main` raised on every rank, ends every rank alike, printed once (by rank 0). A
+    SystemExit with code 0 passes; an inner abort_on_failure leaves everything to the outer one."""
     global _guarded
     if _guarded:
         yield
