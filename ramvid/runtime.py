@@ -90,16 +90,11 @@ def _say_fallback(error):
 
 
 def limit_heap_fragmentation(threshold_bytes=4 * 1024 * 1024):
-    """Serve every allocation above `threshold_bytes` with its own mmap (glibc only).
-
-    glibc raises its mmap threshold dynamically up to 32 MiB, after which freed activation
-    tensors stay in the heap and fragment it: the resident size of a training step then
-    grows beyond what it ever holds at once (medium config on CPU: 3.0 GB peak RSS with the
-    default, 2.45 GB with a fixed 4 MiB threshold). Large tensors then return their pages to
-    the system when freed. The threshold stays well above small activations: at 256 KiB the
-    page faults of many mid-sized tensors made a small model's step 40 % slower.
-    Returns True when the setting was applied.
-    """
+    """Serve every allocation above `threshold_bytes` with its own mmap (glibc only); True when
+    the setting was applied. glibc raises its mmap threshold dynamically up to 32 MiB, after which
+    freed activation tensors stay in the heap and fragment it, so a training step's resident size
+    grows beyond what it ever holds at once. With a fixed threshold large tensors return their
+    pages to the system when freed; docs/PERFORMANCE.md has the measurements behind 4 MiB."""
     if not sys.platform.startswith("linux"):
         return False
     try:
