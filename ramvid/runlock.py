@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -252,27 +253,22 @@ def _duration(seconds):
     return f"{seconds / 3600:.1f} h"
 
 
-def _read_text(path):
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return None
-
-
 def _pid_space():
     """Where a pid names one process: (host name, boot id, pid namespace); the last two are None
     without /proc."""
-    try:
+    boot_id = pid_ns = None
+    with suppress(OSError):
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with suppress(OSError):
         pid_ns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        pid_ns = None
-    return socket.gethostname(), _read_text("/proc/sys/kernel/random/boot_id"), pid_ns
+    return socket.gethostname(), boot_id, pid_ns
 
 
 def _proc_stat(pid):
     """(state letter, start time in clock ticks after boot) of a process, or None without /proc."""
-    text = _read_text(f"/proc/{pid}/stat")
-    if text is None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return None
     # Field 2, the command name, may hold spaces and parentheses; the fields after it are plain.
     fields = text[text.rindex(")") + 2:].split()
