@@ -1,14 +1,9 @@
 """Checkpoint files: names, crash-safe writes, safe loads, and finding where to resume.
 
-A training checkpoint at step S in a log directory is a set of files: modelSSSSSS.pt and one
-ema_RATE_SSSSSS.pt per --ema_rate (plain state dicts), and optSSSSSS.pt (optimiser, scaler,
-sampler, each rank's RNG states and data position); docs/TRAINING.md lists what each holds.
-
-Every file is written to a temporary name in the same folder, fsynced, and renamed over the final
-name, so a crash at any moment leaves the previous checkpoints intact and never a truncated file
-under a final name: a set whose files all exist is complete, one lacking a file an interrupted
-save. Every file is read with `weights_only=True`: tensors, numbers, strings and containers only,
-so a checkpoint from an untrusted source cannot run code.
+A training checkpoint at step S is a set of files (model, one EMA per --ema_rate, opt: what each
+holds is in docs/TRAINING.md#what-a-run-writes). Every file appears under its final name only
+once complete, so a set whose files all exist is complete and one lacking a file an interrupted
+save; every file is read with `weights_only=True`, so a checkpoint cannot run code.
 """
 import os
 import pickle
@@ -58,22 +53,10 @@ def step_from_model_path(path):
 
 
 # --------------------------------------------------------------------------- writing
-def _fsync_dir(folder):
-    # Some file systems neither open nor fsync a folder; the rename is atomic regardless.
-    with suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_save(obj, path):
-    """torch.save(obj) to `path` so that `path` is either the old file or the complete new one.
-
-    Raises CheckpointError naming `path` when the folder is not writable or the disk is full;
-    the temporary file is removed and any previous file at `path` is untouched.
-    """
+    """torch.save(obj) to `path` so that `path` is either the old file or the complete new one;
+    CheckpointError naming `path` when the folder is not writable or the disk is full (the
+    temporary file removed, any previous file at `path` untouched)."""
     path = Path(path)
     # open() honours the umask (mkstemp would make every checkpoint owner-only); the pid keeps
     # the name apart from another process's.
@@ -85,7 +68,13 @@ def atomic_save(obj, path):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-        _fsync_dir(path.parent)
+        # Some file systems neither open nor fsync a folder; the rename is atomic regardless.
+        with suppress(OSError):
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     except (OSError, RuntimeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         raise CheckpointError(f"could not write checkpoint {path}: {reason}") from e
@@ -105,10 +94,8 @@ def remove_stale_temp_files(folder):
 
 
 def save_checkpoint(folder, step, model_state, ema_states, opt_state):
-    """Write the EMA files, the model file and the opt file (last) for `step`; returns the paths.
-
-    ema_states: {rate string: state dict}. opt_state: anything `weights_only` can load.
-    """
+    """Write the EMA files (ema_states: {rate string: state dict}), the model file and the opt
+    file (last) for `step`; returns the paths."""
     paths = checkpoint_paths(folder, step, ema_states.keys())
     for rate, state in ema_states.items():
         atomic_save(state, paths["ema"][rate])
@@ -120,11 +107,8 @@ def save_checkpoint(folder, step, model_state, ema_states, opt_state):
 # --------------------------------------------------------------------------- reading
 def load_checkpoint_file(path):
     """torch.load(path, map_location="cpu", weights_only=True) with one-line errors naming the
-    file; a failed read is tried LOAD_ATTEMPTS times.
-
-    A file holding anything but tensors, numbers, strings and containers (e.g. pickled code) is
-    refused without being executed.
-    """
+    file (pickled code is refused without being executed); a failed read is tried LOAD_ATTEMPTS
+    times."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -134,10 +118,9 @@ def load_checkpoint_file(path):
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
                 return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            detail = str(e).strip().splitlines()
-            detail = next((line for line in detail
-                           if "Unsupported" in line or "global" in line.lower()),
-                          detail[0] if detail else "")
+            lines = str(e).strip().splitlines() or [""]
+            detail = next((line for line in lines
+                           if "Unsupported" in line or "global" in line.lower()), lines[0])
             raise CheckpointError(
                 f"refusing to load {path}: it is not a plain weights checkpoint (it holds Python "
                 f"objects or code; only tensors, numbers, strings and containers are accepted). "
@@ -164,12 +147,10 @@ class TrainingCheckpoint:
 
 def load_training_checkpoint(folder, step, ema_rates, require_all=True, model=True):
     """Load the model (unless model=False), the EMAs of `ema_rates` and the opt file of `step`
-    from `folder`, to the CPU.
-
-    require_all=True: any missing or unreadable file raises CheckpointError. False (a resume
-    the user asked for explicitly): a missing opt or EMA file is a warning, the EMA then starts
-    from the model weights and the optimiser from scratch; unreadable files still raise.
-    """
+    from `folder`, to the CPU. require_all=True: any missing or unreadable file raises
+    CheckpointError. False (a resume the user asked for explicitly): a missing opt or EMA file is
+    a warning, the EMA then starts from the model weights and the optimiser from scratch; an
+    unreadable file still raises."""
     paths = checkpoint_paths(folder, step, ema_rates)
     ckpt = TrainingCheckpoint(step=step, folder=Path(folder))
     if model:

@@ -1,20 +1,14 @@
 """Distributed set-up for one process per device, launched by `srun`, `mpirun`, `torchrun` or
-plain python (docs/TRAINING.md#launching names the variables read and the rendezvous address):
+plain python (docs/TRAINING.md#launching: which variables win, the rendezvous address):
 
     with process_group() as info:  # DistInfo(rank, world_size, local_rank, device, launcher)
         main(info)  # an exception in any rank ends the whole job, never a hang
 
-torchrun's variables win over MPI or Slurm ones inherited from an enclosing `srun`/`mpirun`. The
-tasks of a Slurm step derive one rendezvous address from Slurm's variables, without MPI; under
-mpirun rank 0 sends its address over MPI, and an mpirun of another MPI than mpi4py's (N processes,
-each an MPI singleton) is a one-line error naming the fix instead of N one-process jobs writing
-into one folder. Without a launcher there is no process group and mpi4py is never imported.
-
-An error on one rank ends every rank within seconds (`abort_on_failure`, which `process_group`
-puts around its block): the failing rank sets a key in the rendezvous store that a watchdog
-thread on every rank waits for. Every collective also has a timeout (`timeout_s`), for a rank
-that dies without a word or stalls; while rank 0 alone reads or writes a multi-GB checkpoint on a
-network file system (`run_on_main`) the others wait up to `MAIN_WORK_TIMEOUT_S`.
+An mpirun of another MPI than mpi4py's (N processes, each an MPI singleton) is a one-line error
+naming the fix, not N one-process jobs writing into one folder. An error on one rank ends every
+rank within seconds (`abort_on_failure`): the failing rank sets a key in the rendezvous store that
+a watchdog thread on every rank waits for. Every collective also has a timeout, for a rank that
+dies without a word or stalls.
 """
 import datetime
 import itertools
@@ -27,7 +21,7 @@ import threading
 import time
 import traceback
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,25 +58,15 @@ _guarded = False  # inside abort_on_failure
 
 @dataclass(frozen=True)
 class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = None  # None: not chosen yet (`detect_launch`)
     launcher: str = "none"  # none | mpi | torchrun | slurm
 
     @property
     def is_main(self):
         return self.rank == 0
-
-
-@dataclass(frozen=True)
-class Launch:
-    """What the environment says about this process (MPI's own numbers come later, from MPI)."""
-    launcher: str  # none | mpi | torchrun | slurm
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    size_var: str = ""  # the variable that gave world_size, for error messages
 
 
 def _int(environ, name, default=None):
@@ -91,33 +75,31 @@ def _int(environ, name, default=None):
 
 
 def detect_launch(environ=None):
-    """The launcher and this process's rank, world size and local rank, from the environment."""
+    """The DistInfo the environment gives (no device; under MPI, MPI's own numbers come later)."""
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return Launch("torchrun", _int(env, "RANK", 0), _int(env, "WORLD_SIZE", 1),
-                      _int(env, "LOCAL_RANK", 0))
-    mpi_ranks = {v: _int(env, v) for v in MPI_RANK_VARS if v in env}
-    mpi_sizes = {v: _int(env, v) for v in MPI_SIZE_VARS if v in env}
+        return DistInfo(_int(env, "RANK", 0), _int(env, "WORLD_SIZE", 1),
+                        _int(env, "LOCAL_RANK", 0), launcher="torchrun")
+    mpi_ranks = [_int(env, v) for v in MPI_RANK_VARS if v in env]
+    mpi_sizes = [_int(env, v) for v in MPI_SIZE_VARS if v in env]
     # SLURM_PROCID alone is also set in the batch script; a step that srun launched has a step id.
     if "SLURM_PROCID" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
         rank = _int(env, "SLURM_PROCID", 0)
         world_size = _int(env, "SLURM_STEP_NUM_TASKS", _int(env, "SLURM_NTASKS", 1))
         # srun --mpi=pmi2/pmix also sets PMI variables; they describe the same tasks. Different
         # numbers mean an mpirun inside the allocation started this process.
-        if all(r == rank for r in mpi_ranks.values()) and \
-                all(s == world_size for s in mpi_sizes.values()):
-            return Launch("slurm", rank, world_size, _int(env, "SLURM_LOCALID", 0))
+        if all(r == rank for r in mpi_ranks) and all(s == world_size for s in mpi_sizes):
+            return DistInfo(rank, world_size, _int(env, "SLURM_LOCALID", 0), launcher="slurm")
     if mpi_ranks or "MPI_LOCALRANKID" in env:
-        size_var, world_size = next(((v, s) for v, s in mpi_sizes.items() if s), ("", 1))
-        rank = next((r for r in mpi_ranks.values() if r is not None), 0)
-        return Launch("mpi", rank, world_size, 0, size_var)
-    return Launch("none")
+        world_size = next((s for s in mpi_sizes if s), 1)
+        rank = next((r for r in mpi_ranks if r is not None), 0)
+        return DistInfo(rank, world_size, launcher="mpi")
+    return DistInfo()
 
 
 def env_rank():
-    """This process's rank as the launcher's environment says, without importing MPI (0 if none).
-
-    For deciding who prints before the process group exists (e.g. flag errors)."""
+    """This process's rank as the launcher's environment says, without importing MPI (0 if none):
+    who prints before the process group exists (e.g. flag errors)."""
     return detect_launch().rank
 
 
@@ -174,21 +156,18 @@ def choose_device(local_rank, device=None):
 
 def _host_address():
     """An address of this host that the other nodes can reach."""
-    hostname = socket.gethostname()
+    with suppress(OSError):
+        address = socket.gethostbyname(socket.gethostname())
+        if not address.startswith("127."):
+            return address
+    # Many systems map the hostname to a loopback address; ask the routing table for the address
+    # of the outgoing interface instead (a UDP connect sends nothing).
     try:
-        address = socket.gethostbyname(hostname)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
     except OSError:
-        address = None
-    if address is None or address.startswith("127."):
-        # Many systems map the hostname to a loopback address; ask the routing table for the
-        # address of the outgoing interface instead (a UDP connect sends nothing).
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.connect(("10.255.255.255", 1))
-                address = s.getsockname()[0]
-        except OSError:
-            address = hostname
-    return address
+        return socket.gethostname()
 
 
 def _mpi_rendezvous(launch):
@@ -201,8 +180,9 @@ def _mpi_rendezvous(launch):
     rank, world_size = comm.Get_rank(), comm.Get_size()
     if world_size == 1 and launch.world_size > 1:
         library = MPI.Get_library_version().strip().splitlines()[0]
+        size_var = next(v for v in MPI_SIZE_VARS if _int(os.environ, v))
         raise UsageError(
-            f"the launcher started {launch.world_size} processes ({launch.size_var}="
+            f"the launcher started {launch.world_size} processes ({size_var}="
             f"{launch.world_size}) but MPI sees only this one: mpirun and mpi4py come from "
             f"different MPI libraries (mpi4py uses {library}). Launch with the mpirun of that MPI "
             f"({os.path.join(os.path.dirname(sys.executable), 'mpirun')} for the venv's MPICH), "
@@ -228,11 +208,9 @@ def setup_dist(timeout_s=DEFAULT_TIMEOUT_S):
     global _main_work_group, _store, _watchdog
     launch = detect_launch()
     rank, world_size, local_rank = launch.rank, launch.world_size, launch.local_rank
-    init_method = None
+    init_method = "env://"  # torchrun's (without a launcher there is one process: no rendezvous)
     if launch.launcher == "mpi":
         rank, world_size, local_rank, init_method = _mpi_rendezvous(launch)
-    elif launch.launcher == "torchrun":
-        init_method = "env://"
     elif launch.launcher == "slurm":
         host, port = slurm_rendezvous()
         init_method = f"tcp://{host}:{port}"
@@ -246,11 +224,9 @@ def setup_dist(timeout_s=DEFAULT_TIMEOUT_S):
         timeout = datetime.timedelta(seconds=timeout_s)
         _store, rank, world_size = next(dist.rendezvous(init_method, rank, world_size,
                                                         timeout=timeout))
-        kwargs = dict(backend=backend, store=_store, rank=rank, world_size=world_size,
-                      timeout=timeout)
-        if backend == "nccl":
-            kwargs["device_id"] = device  # binds the communicator to this rank's GPU eagerly
-        dist.init_process_group(**kwargs)
+        # device_id binds the NCCL communicator to this rank's GPU eagerly
+        dist.init_process_group(backend=backend, store=_store, rank=rank, world_size=world_size,
+                                timeout=timeout, device_id=device if backend == "nccl" else None)
         _main_work_group = dist.new_group(
             backend="gloo", timeout=datetime.timedelta(seconds=max(timeout_s, MAIN_WORK_TIMEOUT_S)))
         _watchdog = threading.Thread(target=_watch, args=(rank,), name="ramvid-abort-watchdog",
@@ -295,26 +271,25 @@ def all_gather_object(obj):
     return gathered
 
 
-def broadcast_object(obj, src=0, group=None):
-    """`obj` of rank `src`, returned on every rank (every rank must call this)."""
+def broadcast_object(obj, group=None):
+    """`obj` of rank 0, returned on every rank (every rank must call this)."""
     if get_world_size() == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src, group=group)
+    dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
 
 
-def run_on_main(fn, *args, **kwargs):
-    """Rank 0 calls fn(*args, **kwargs) while the other ranks wait for its (picklable) result,
-    which every rank returns. The others wait up to MAIN_WORK_TIMEOUT_S, not the collective
-    timeout: a checkpoint of several GB on a network file system may take longer than that.
-    An exception on rank 0 is raised on every rank. Every rank must call this."""
+def run_on_main(fn):
+    """Rank 0 calls fn() while the other ranks wait up to MAIN_WORK_TIMEOUT_S for its (picklable)
+    result, which every rank returns; an exception on rank 0 is raised on every rank. Every rank
+    must call this."""
     if get_world_size() == 1:
-        return fn(*args, **kwargs)
+        return fn()
     outcome, error = None, None
     if get_rank() == 0:
         try:
-            outcome = (True, fn(*args, **kwargs))
+            outcome = (True, fn())
         except Exception as e:
             e.on_every_rank = True  # for abort_on_failure: every rank ends alike, no abort
             outcome, error = (False, e), e
@@ -387,13 +362,12 @@ def _watch(rank):
 
 @contextmanager
 def abort_on_failure(one_line=()):
-    """Around the work of every rank of a job (`process_group` runs its block in one): an error
-    on one rank ends every rank within seconds (`abort_job`), never a hang. The failing rank
-    prints its error once, prefixed with its rank: one line (`error_line`) for a UsageError (exit
-    code 2) and the `one_line` types ((type, exit code), ...), else its traceback (exit code 1).
-    An error of a single process, or one that `run_on_main` raised on every rank together, ends
-    every rank alike, printed once (by rank 0). A SystemExit with code 0 passes; an inner
-    abort_on_failure leaves everything to the outer one."""
+    """Around the work of every rank of a job: an error on one rank ends every rank within seconds
+    (`abort_job`), never a hang. The failing rank prints its error once, prefixed with its rank:
+    one line (`error_line`) for a UsageError (exit code 2) and the `one_line` types ((type, exit
+    code), ...), else its traceback (exit code 1). An error of a single process, or one that
+    `run_on_main` raised on every rank, ends every rank alike, printed once (by rank 0). A
+    SystemExit with code 0 passes; an inner abort_on_failure leaves everything to the outer one."""
     global _guarded
     if _guarded:
         yield

@@ -8,19 +8,16 @@ A training log dir, or a sampling or evaluation run folder, is written by one pr
 
 The lock is the file `.ramvid.lock`, created with O_CREAT|O_EXCL: atomic on local disks and on
 the shared file systems runs live on (NFS v3 and later, Lustre, GPFS), where flock() is missing or
-local to one client. It is JSON naming its holder (host, pid, the process's start time, job id,
-command, a random token); a heartbeat thread touches it every `heartbeat_s` seconds, so its age
-says when the holder was last seen alive. Leaving the block in any way (return, exception,
-Ctrl-C) deletes the file if it still holds this lock's token.
+local to one client. It holds its `LockHolder` as JSON; a heartbeat thread touches it every
+`heartbeat_s` seconds, so its age says when the holder was last seen alive.
 
 A lock whose holder is gone is taken over with a warning: on the same host, boot and pid
 namespace when its pid no longer runs, is a zombie or now belongs to a process started at another
-time (a recycled pid); elsewhere the pid cannot be checked, so only with break_lock=True. A
-holder seen running here is never taken over. A taker first creates
-`.ramvid.lock.takeover-TOKEN` exclusively (TOKEN: the stale lock's), checks under that claim that
-the lock still holds TOKEN, deletes it, drops the claim and competes for a fresh O_EXCL create
-like any starter: of several takers one deletes the stale lock, and none can delete a lock
-created meanwhile.
+time (a recycled pid); elsewhere the pid cannot be checked, so only with break_lock=True. A taker
+first creates `.ramvid.lock.takeover-TOKEN` exclusively (TOKEN: the stale lock's), checks under
+that claim that the lock still holds TOKEN, deletes it, drops the claim and competes for a fresh
+O_EXCL create like any starter: of several takers one deletes the stale lock, and none can delete
+a lock created meanwhile.
 """
 import json
 import os
@@ -31,6 +28,7 @@ import sys
 import threading
 import time
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,8 +49,7 @@ RETRY_S = 0.05
 @dataclass(frozen=True)
 class LockHolder:
     """Who holds a folder's lock, as its lock file says; `age_s`: seconds since its last
-    heartbeat. A file that does not parse gives token None (it is being written, or its writer
-    was killed while writing it)."""
+    heartbeat; token None: the file does not parse."""
     what: str = "run"
     host: str = "?"
     pid: int = 0
@@ -97,9 +94,8 @@ class FolderLock:
     """The lock on one run folder: `with FolderLock(folder, ...):`, or acquire() and release().
 
     `folder` must exist (creating it is the caller's job). `what` names the run in messages
-    ("training run", "sampling run"). break_lock=True also takes over a lock whose holder cannot
-    be checked from this host (see the module's docstring). acquire() raises UsageError (one
-    line, picklable) when the folder is held by a live or uncheckable run."""
+    ("training run", "sampling run"). acquire() raises UsageError (one line, picklable) when the
+    folder is held by a live or uncheckable run (break_lock: see the module's docstring)."""
 
     def __init__(self, folder, what="run", break_lock=False, heartbeat_s=HEARTBEAT_S):
         self.folder = Path(folder)
@@ -189,14 +185,23 @@ class FolderLock:
         }, indent=1).encode()
 
     def _stale_reason(self, holder):
-        """Why `holder` is gone; UsageError naming it when it may still be running."""
+        """Why `holder` is gone; UsageError naming it while it runs or may run."""
         checkable = (holder.host, holder.boot_id, holder.pid_ns) == _pid_space()
         if holder.token is not None and checkable:
-            gone = _gone(holder.pid, holder.proc_start)
-            if gone is None:
-                raise UsageError(f"{self.folder} is in use by {holder.describe()}; wait for that "
-                                 f"run to end or stop it, or use another folder")
-            return gone
+            try:
+                os.kill(holder.pid, 0)
+            except ProcessLookupError:
+                return f"pid {holder.pid} no longer runs"
+            except PermissionError:
+                pass  # it runs, under another user
+            # Without /proc (or with other users' processes hidden) only the pid counts.
+            state, start = _proc_stat(holder.pid) or (None, holder.proc_start)
+            if state == "Z":
+                return f"pid {holder.pid} has exited"
+            if holder.proc_start is not None and start != holder.proc_start:
+                return f"pid {holder.pid} is now another process (a recycled pid)"
+            raise UsageError(f"{self.folder} is in use by {holder.describe()}; wait for that "
+                             f"run to end or stop it, or use another folder")
         if self.break_lock:
             return "--break_lock True"
         where = ("" if holder.token is None else
@@ -248,45 +253,23 @@ def _duration(seconds):
     return f"{seconds / 3600:.1f} h"
 
 
-def _read_text(path):
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return None
-
-
 def _pid_space():
     """Where a pid names one process: (host name, boot id, pid namespace); the last two are None
     without /proc."""
-    try:
+    boot_id = pid_ns = None
+    with suppress(OSError):
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with suppress(OSError):
         pid_ns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        pid_ns = None
-    return socket.gethostname(), _read_text("/proc/sys/kernel/random/boot_id"), pid_ns
+    return socket.gethostname(), boot_id, pid_ns
 
 
 def _proc_stat(pid):
     """(state letter, start time in clock ticks after boot) of a process, or None without /proc."""
-    text = _read_text(f"/proc/{pid}/stat")
-    if text is None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return None
     # Field 2, the command name, may hold spaces and parentheses; the fields after it are plain.
     fields = text[text.rindex(")") + 2:].split()
     return fields[0], int(fields[19])  # fields 3 and 22
-
-
-def _gone(pid, proc_start):
-    """Why process `pid` of this host (started at `proc_start`) no longer runs; None while it runs
-    or may run (/proc may be missing, or hide other users' processes)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return f"pid {pid} no longer runs"
-    except PermissionError:
-        pass  # it runs, under another user
-    state, start = _proc_stat(pid) or (None, proc_start)  # without /proc only the pid counts
-    if state == "Z":
-        return f"pid {pid} has exited"
-    if proc_start is not None and start != proc_start:
-        return f"pid {pid} is now another process (a recycled pid)"
-    return None

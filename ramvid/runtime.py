@@ -18,14 +18,12 @@ import torch
 COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException,)
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter (malloc.h)
 
-def configure_tf32(enabled):
-    """TensorFloat-32 for float32 matmuls and cuDNN convolutions on CUDA.
 
-    Only the CUDA backends are set: CPU arithmetic is unchanged either way. These setters keep
-    both flag APIs readable; since torch 2.9, a flag set through the new `fp32_precision`
-    API raises when read through `allow_tf32` / `get_float32_matmul_precision()`, as parts of
-    torch and other libraries still do.
-    """
+def configure_tf32(enabled):
+    """TensorFloat-32 for float32 matmuls and cuDNN convolutions on CUDA (CPU arithmetic is
+    unchanged). These setters keep both flag APIs readable: since torch 2.9 a flag set through the
+    new `fp32_precision` API raises when read through `allow_tf32` /
+    `get_float32_matmul_precision()`, as parts of torch and other libraries still do."""
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
 
@@ -43,11 +41,8 @@ def autocast_dtype(use_fp16, bf16, device_type):
 
 def compile_model(model, enabled):
     """The callable to run `model` with: a torch.compile'd version when `enabled`, else `model`.
-
-    Compilation happens on the first call for each input shape. If it fails, one line says so
-    and `model` runs uncompiled from then on. Attribute access (`.parameters()`, `.no_sync()`,
-    `.state_dict()`, ...) goes to `model` itself.
-    """
+    Compilation happens on the first call for each input shape; if it fails, one line says so and
+    `model` runs uncompiled from then on. Attribute access (`.no_sync()`, ...) goes to `model`."""
     if not enabled:
         return model
     try:
@@ -79,11 +74,9 @@ class CompiledModel:
 
 
 def to_device(tensor, device):
-    """Copy a CPU tensor to `device` without making the host wait for the GPU.
-
-    A plain copy from pageable memory waits until the GPU has finished all queued work; from
-    pinned memory the copy is queued like a kernel. Elsewhere this is an ordinary `.to`.
-    """
+    """Copy a CPU tensor to `device` without making the host wait for the GPU: a plain copy from
+    pageable memory waits until the GPU has finished all queued work; from pinned memory the copy
+    is queued like a kernel. Elsewhere this is an ordinary `.to`."""
     device = torch.device(device)
     if device.type == "cuda" and tensor.device.type == "cpu":
         return tensor.pin_memory().to(device, non_blocking=True)
@@ -97,21 +90,15 @@ def _say_fallback(error):
 
 
 def limit_heap_fragmentation(threshold_bytes=4 * 1024 * 1024):
-    """Serve every allocation above `threshold_bytes` with its own mmap (glibc only).
-
-    glibc raises its mmap threshold dynamically up to 32 MiB, after which freed activation
-    tensors stay in the heap and fragment it: the resident size of a training step then
-    grows beyond what it ever holds at once (medium config on CPU: 3.0 GB peak RSS with the
-    default, 2.45 GB with a fixed 4 MiB threshold). Large tensors then return their pages to
-    the system when freed. The threshold stays well above small activations: at 256 KiB the
-    page faults of many mid-sized tensors made a small model's step 40 % slower.
-    Returns True when the setting was applied.
-    """
+    """Serve every allocation above `threshold_bytes` with its own mmap (glibc only); True when
+    the setting was applied. glibc raises its mmap threshold dynamically up to 32 MiB, after which
+    freed activation tensors stay in the heap and fragment it, so a training step's resident size
+    grows beyond what it ever holds at once. With a fixed threshold large tensors return their
+    pages to the system when freed; docs/PERFORMANCE.md has the measurements behind 4 MiB."""
     if not sys.platform.startswith("linux"):
         return False
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
         return False
