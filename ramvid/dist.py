@@ -97,12 +97,6 @@ def detect_launch(environ=None):
     return DistInfo()
 
 
-def env_rank():
-    """This process's rank as the launcher's environment says, without importing MPI (0 if none):
-    who prints before the process group exists (e.g. flag errors)."""
-    return detect_launch().rank
-
-
 def expand_nodelist(nodelist):
     """Slurm's compressed host list -> host names: "gpu[01-03,07],cpu1" -> gpu01 gpu02 gpu03
     gpu07 cpu1 (zero padding kept; several bracket groups in one name are expanded in order)."""
@@ -301,15 +295,6 @@ def run_on_main(fn):
     if not ok:
         raise error or value
     return value
-
-
-def all_gather_tensor(tensor):
-    """Concatenate every rank's tensor along dim 0 (all ranks must pass the same shape)."""
-    if get_world_size() == 1:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)
 
 
 def error_line(error):

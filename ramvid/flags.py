@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .dist import env_rank, error_line
+from .dist import detect_launch, error_line
 from .errors import UsageError
 
 VERSION = "0.1.0"  # the package's version (setup.py names it too)
@@ -246,7 +246,7 @@ def user_errors():
     try:
         yield
     except UsageError as e:
-        if env_rank() == 0:  # every rank parses the same flags; one copy of the message
+        if detect_launch().rank == 0:  # every rank parses the same flags; one copy of the message
             sys.stderr.write(error_line(e) + "\n")
             sys.stderr.flush()
         sys.exit(USAGE_EXIT_CODE)

@@ -66,10 +66,10 @@ class LockHolder:
         """One line for messages: who holds the lock, since when, last heartbeat."""
         if self.token is None:
             return (f"an unreadable lock file (being written, or its writer was killed while "
-                    f"writing it; last modified {_duration(self.age_s)} ago)")
+                    f"writing it; last modified {format_duration(self.age_s)} ago)")
         job = f", {self.job}" if self.job else ""
         return (f"pid {self.pid} on host {self.host} ({self.what}{job}), started {self.started}, "
-                f"last heartbeat {_duration(self.age_s)} ago, command: {self.command}")
+                f"last heartbeat {format_duration(self.age_s)} ago, command: {self.command}")
 
 
 def read_lock(folder):
@@ -244,7 +244,8 @@ class FolderLock:
                 pass  # a file server hiccup; the next beat tries again
 
 
-def _duration(seconds):
+def format_duration(seconds):
+    """"45 s", "12 min", "3.5 h": a lock's age, a run's estimated time."""
     seconds = max(seconds, 0.0)  # this host's clock may lag the file server's
     if seconds < 120:
         return f"{seconds:.0f} s"

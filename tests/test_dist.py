@@ -27,7 +27,10 @@ PROBE = textwrap.dedent("""
     def body():
         if mode == "probe":
             ranks = dist.all_gather_object((info.rank, info.local_rank))
-            total = dist.all_gather_tensor(torch.tensor([info.rank + 1.0])).sum().item()
+            total = torch.tensor([info.rank + 1.0])
+            if info.world_size > 1:
+                torch.distributed.all_reduce(total)
+            total = total.item()
             shared = dist.broadcast_object(f"from rank {info.rank}")
             # One write per line: with PYTHONUNBUFFERED, print() writes text and newline apart
             # and two ranks' lines could interleave.

@@ -100,7 +100,10 @@ PROBE = textwrap.dedent("""
     with user_errors():  # as every command: a launcher mismatch is one line, exit code 2
         info = dist.setup_dist(timeout_s=20)
     ranks = dist.all_gather_object((info.rank, info.local_rank))
-    total = dist.all_gather_tensor(torch.tensor([info.rank + 1.0])).sum().item()
+    total = torch.tensor([info.rank + 1.0])
+    if info.world_size > 1:
+        torch.distributed.all_reduce(total)
+    total = total.item()
     waited = dist.run_on_main(lambda: "rank 0 worked")
     sys.stdout.write(f"RESULT {info.rank} {info.world_size} {info.launcher} {ranks} {total} "
                      f"{waited} mpi4py={'mpi4py' in sys.modules}\\n")

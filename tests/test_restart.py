@@ -334,8 +334,8 @@ def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning_and_the_run_resum
                                                                                  tmp_path):
     """A SIGKILLed run leaves its lock file; the next start on this host removes it (the pid
     no longer runs), says so in log.txt, and resumes from the last complete checkpoint.
-    Seen red with a dead pid taken for a running one (`runlock._gone` returning None: exit 2)
-    and with the lock's warnings not passed on to the log (no WARNING line)."""
+    Seen red with a dead pid taken for a running one (`FolderLock._stale_reason` returning
+    None: exit 2) and with the lock's warnings not passed on to the log (no WARNING line)."""
     run = tmp_path / "run"
     killed = _popen([TRAIN_SCRIPT, *_flags(videos, run, "--save_interval", 2)], script_env())
     _wait_for_rows([killed], run, 3)

@@ -189,7 +189,7 @@ def test_recycled_pid_counts_as_stale(tmp_path):
 def test_without_proc_only_the_pid_counts(tmp_path, monkeypatch):
     """Without /proc (no start times, boot id or pid namespace) a running pid holds the folder and
     a pid that no longer runs is taken over.
-    Break seen red: _gone without its fallback for a missing /proc (TypeError)."""
+    Break seen red: _stale_reason without its fallback for a missing /proc (TypeError)."""
     monkeypatch.setattr(runlock, "_pid_space", lambda: (socket.gethostname(), None, None))
     monkeypatch.setattr(runlock, "_proc_stat", lambda pid: None)
     with FolderLock(tmp_path):

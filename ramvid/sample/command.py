@@ -159,7 +159,7 @@ def load_checkpoint(args):
                                              f"--model_path {args.model_path}")
     except (CheckpointError, ValueError) as e:
         raise UsageError(str(e).splitlines()[0]) from None
-    if dist.env_rank() == 0:  # which flags came from where
+    if dist.detect_launch().rank == 0:  # which flags came from where
         by_source = {}
         for flag, source in args.flag_sources.items():
             by_source.setdefault(source, []).append(flag)

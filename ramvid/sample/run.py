@@ -22,7 +22,7 @@ from .. import dist
 from ..errors import UsageError
 from ..flags import config_json, versions, write_json
 from ..masking import mask_from_frames
-from ..runlock import FolderLock
+from ..runlock import FolderLock, format_duration
 from ..runtime import cache_home
 from ..video_io import save_video_grid
 from .batch import (CLIP_DRAW_SEED, ClipSource, SamplerOptions, global_batches, labels_for,
@@ -345,11 +345,3 @@ def _progress(rounds, steps_per_batch, show, timed, rate_key, device):
                 remember_rate(rate_key, device, per_step)
 
     return bar, callback
-
-
-def format_duration(seconds):
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
