@@ -1,10 +1,11 @@
 """The flag tables are complete: for each command, the table in the module docstring of its flag
 tests lists exactly the flags its --help prints, each once, and names tests that exist.
 
-A table is a section `Flags of scripts/<name>.py:` followed by a markdown table
-`| flag | test | effect shown |`; each row is a line starting with `| --`. The test cell
-names one or more test functions, comma-separated: `test_name` (in the table's own module) or
-`test_file.py::test_name` (another module under tests/).
+A table is a section `Flags of scripts/<name>.py:` (or of several scripts, named in one such
+line, for the flags they share) followed by a markdown table `| flag | test | effect shown |`;
+each row is a line starting with `| --`; a script's rows are those of every section naming it.
+The test cell names one or more test functions, comma-separated: `test_name` (in the table's
+own module) or `test_file.py::test_name` (another module under tests/).
 """
 import ast
 import functools
@@ -39,24 +40,27 @@ def help_flags(script):
 
 
 def table_rows(module, script):
-    """[(flag, test cell)] of the table `Flags of scripts/<script>.py:` in the docstring of
-    tests/<module>; pytest.skip when the module is not in this checkout."""
+    """[(flag, test cell)] of every table whose `Flags of ...:` line names scripts/<script>.py
+    in the docstring of tests/<module>; pytest.skip when the module is not in this checkout."""
     path = TESTS / module
     if not path.is_file():
         pytest.skip(f"tests/{module} (the flag table of scripts/{script}.py) is not in this "
                     "checkout")
     lines = (ast.get_docstring(ast.parse(path.read_text())) or "").splitlines()
-    header = f"Flags of scripts/{script}.py:"
-    assert header in lines, f"tests/{module}: no line {header!r} in its docstring"
-    rows, in_table = [], False
-    for line in lines[lines.index(header) + 1:]:
-        if line.startswith("|"):
-            in_table = True
-            if line.startswith("| --"):
-                cells = [cell.strip() for cell in line.split("|")]
-                rows.append((cells[1], cells[2]))
-        elif in_table or line.strip():
-            break
+    headers = [i for i, line in enumerate(lines) if line.startswith("Flags of ")
+               and script in re.findall(r"scripts/(\w+)\.py", line)]
+    assert headers, f"tests/{module}: no line 'Flags of scripts/{script}.py:' in its docstring"
+    rows = []
+    for header in headers:
+        in_table = False
+        for line in lines[header + 1:]:
+            if line.startswith("|"):
+                in_table = True
+                if line.startswith("| --"):
+                    cells = [cell.strip() for cell in line.split("|")]
+                    rows.append((cells[1], cells[2]))
+            elif in_table or line.strip():
+                break
     return rows
 
 

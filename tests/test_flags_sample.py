@@ -12,13 +12,11 @@ Accepted and deliberately ignored when sampling: --use_kl and --rescale_learned_
 (training losses), --use_checkpoint (gradient checkpointing), --dropout (the network runs in
 eval mode); test_training_flags_change_no_sample shows the samples do not change.
 
-Flags of scripts/video_sample.py:
+Flags of scripts/video_sample.py, scripts/video_sample_long.py and scripts/video_eval.py:
 
 | flag | test | effect shown |
 |---|---|---|
 | --model_path | test_model_path_picks_the_weights | network outputs = a UNet with that file's state dict, not the other file's |
-| --num_samples | test_num_samples_sets_the_count | 3 / 2 npz rows and videos through the network |
-| --batch_size | test_batch_size_sets_network_batches | 3 samples: network batches 2, 1 (batch 2) or 1, 1, 1 (batch 1) |
 | --seed | test_seed_sets_each_samples_noise | x_T of sample i is N(0, 1) from (seed, i): equal in batches of 2 and 1, other with another seed |
 | --sampler | test_sampler_steps_follow_their_update_rule | next network input = the DDIM / DDPM / DPM-Solver++(2M) step of the call before |
 | --use_ddim | test_use_ddim_is_sampler_ddim | the bytes of --sampler ddim, not DDPM's |
@@ -27,15 +25,6 @@ Flags of scripts/video_sample.py:
 | --resample_steps | test_resample_steps_repeat_each_step | 2 calls per step, re-noised sqrt(1 - beta) x + sqrt(beta) N(0, 1) in between |
 | --guidance_scale | test_guidance_scale_calls_twice_with_given_frames_noised | 3: 2 calls per step, the second with the given frames diffused, the step on the mixed output; 1: 1 call |
 | --data_dir | test_data_dir_clip_i_is_the_ith_sorted_file | sample i is given the first frames of the i-th sorted file (runs that use every file) |
-| --samples_per_clip | test_samples_per_clip_pairs_samples_with_clips | 2: samples 2c, 2c + 1 given clip c; 1: sample i given clip i |
-| --cond_generation | test_cond_generation_false_gives_no_frame_and_reads_no_data | False: no data read, every frame noise; True: the clips read |
-| --save_gt | test_save_gt_writes_the_clips | gt_ file = the decoded clips; none without |
-| --chunk_size | test_chunk_size_cuts_chunk_files | 3: batches 2, 1 | 2, chunk 0 on disk while chunk 1 samples = the first rows; 5: batches 2, 2, 1, no chunk file |
-| --out_dir | test_out_dir_is_where_it_writes | files in X itself; else $OPENAI_LOGDIR/<run name> or samples/<run name> |
-| --overwrite | test_overwrite_replaces_a_finished_run | without: other settings refused, file untouched; True: sampled again with them |
-| --save_video | test_save_video_writes_a_grid_per_batch_at_fps | samples_000 and _001 .gif / .mp4 / .png for 2 batches; none: no grid |
-| --fps | test_save_video_writes_a_grid_per_batch_at_fps | gif frame duration 1000 / fps ms, mp4 rate fps |
-| --progress | test_progress_draws_a_bar | True: a bar over every step of the run; False: none |
 | --compile | test_compile_calls_torch_compile | True: the UNet handed to torch.compile and sampled through its result; False: not called |
 | --tf32 | test_tf32_sets_cuda_backend_flags_only | CUDA matmul and cuDNN allow_tf32 = the value during the calls; CPU samples byte-identical |
 | --bf16 | test_bf16_runs_the_network_under_autocast | True: every call under bfloat16 autocast, x float32, record precision bf16; False: float32 |
@@ -67,23 +56,30 @@ Flags of scripts/video_sample.py:
 | --seq_len | test_model_flag_on_the_command_line_wins_over_args_json | network input has 6 frames (args.json's 8) |
 | --preset | test_preset_supplies_the_model_flags | demo: the demo architecture and 1000 steps for a bare checkpoint, explicit --seq_len wins; none: defaults |
 | --dry_run | test_dry_run_prints_the_configuration_and_samples_nothing | the resolved flags printed, exit 0, no network call, no folder |
+
+Flags of scripts/video_sample.py:
+
+| flag | test | effect shown |
+|---|---|---|
+| --num_samples | test_num_samples_sets_the_count | 3 / 2 npz rows and videos through the network |
+| --batch_size | test_batch_size_sets_network_batches | 3 samples: network batches 2, 1 (batch 2) or 1, 1, 1 (batch 1) |
+| --samples_per_clip | test_samples_per_clip_pairs_samples_with_clips | 2: samples 2c, 2c + 1 given clip c; 1: sample i given clip i |
+| --cond_generation | test_cond_generation_false_gives_no_frame_and_reads_no_data | False: no data read, every frame noise; True: the clips read |
+| --save_gt | test_save_gt_writes_the_clips | gt_ file = the decoded clips; none without |
+| --chunk_size | test_chunk_size_cuts_chunk_files | 3: batches 2, 1 | 2, chunk 0 on disk while chunk 1 samples = the first rows; 5: batches 2, 2, 1, no chunk file |
+| --out_dir | test_out_dir_is_where_it_writes | files in X itself; else $OPENAI_LOGDIR/<run name> or samples/<run name> |
+| --overwrite | test_overwrite_replaces_a_finished_run | without: other settings refused, file untouched; True: sampled again with them |
+| --save_video | test_save_video_writes_a_grid_per_batch_at_fps | samples_000 and _001 .gif / .mp4 / .png for 2 batches; none: no grid |
+| --fps | test_save_video_writes_a_grid_per_batch_at_fps | gif frame duration 1000 / fps ms, mp4 rate fps |
+| --progress | test_progress_draws_a_bar | True: a bar over every step of the run; False: none |
 | --cond_frames | test_cond_frames_given_clean_and_kept | 0,5, / 0,1,: exactly those frames given clean and equal to the clip in the npz |
 
 Flags of scripts/video_sample_long.py:
 
 | flag | test | effect shown |
 |---|---|---|
-| --model_path | test_model_path_picks_the_weights | network outputs = a UNet with that file's state dict, not the other file's |
 | --num_samples | test_num_samples_sets_the_count | 3 / 2 npz rows and videos through the network |
 | --batch_size | test_batch_size_sets_network_batches | 3 samples: network batches 2, 1 (batch 2) or 1, 1, 1 (batch 1) |
-| --seed | test_seed_sets_each_samples_noise | x_T of sample i is N(0, 1) from (seed, i): equal in batches of 2 and 1, other with another seed |
-| --sampler | test_sampler_steps_follow_their_update_rule | next network input = the DDIM / DDPM / DPM-Solver++(2M) step of the call before |
-| --use_ddim | test_use_ddim_is_sampler_ddim | the bytes of --sampler ddim, not DDPM's |
-| --eta | test_eta_draws_noise | 0: next input = DDIM mean exactly; 1: mean + sigma_eta N(0, 1) |
-| --clip_denoised | test_clip_denoised_clips_pred_x0 | the DDIM step uses x0 clipped to [-1, 1] (True) or unclipped (False) |
-| --resample_steps | test_resample_steps_repeat_each_step | 2 calls per step, re-noised sqrt(1 - beta) x + sqrt(beta) N(0, 1) in between |
-| --guidance_scale | test_guidance_scale_calls_twice_with_given_frames_noised | 3: 2 calls per step, the second with the given frames diffused, the step on the mixed output; 1: 1 call |
-| --data_dir | test_data_dir_clip_i_is_the_ith_sorted_file | sample i is given the first frames of the i-th sorted file (runs that use every file) |
 | --samples_per_clip | test_samples_per_clip_pairs_samples_with_clips | 2: samples 2c, 2c + 1 given clip c; 1: sample i given clip i |
 | --cond_generation | test_cond_generation_false_gives_no_frame_and_reads_no_data | False: no data read, every frame noise; True: the clips read |
 | --save_gt | test_save_gt_writes_the_clips | gt_ file = the decoded clips; none without |
@@ -93,42 +89,11 @@ Flags of scripts/video_sample_long.py:
 | --save_video | test_save_video_writes_a_grid_per_batch_at_fps | samples_000 and _001 .gif / .mp4 / .png for 2 batches; none: no grid |
 | --fps | test_save_video_writes_a_grid_per_batch_at_fps | gif frame duration 1000 / fps ms, mp4 rate fps |
 | --progress | test_progress_draws_a_bar | True: a bar over every step of the run; False: none |
-| --compile | test_compile_calls_torch_compile | True: the UNet handed to torch.compile and sampled through its result; False: not called |
-| --tf32 | test_tf32_sets_cuda_backend_flags_only | CUDA matmul and cuDNN allow_tf32 = the value during the calls; CPU samples byte-identical |
-| --bf16 | test_bf16_runs_the_network_under_autocast | True: every call under bfloat16 autocast, x float32, record precision bf16; False: float32 |
-| --use_fp16 | test_use_fp16_needs_a_cuda_gpu | True without CUDA: one line naming the flag, no call; with --bf16: choose one |
-| --break_lock | test_break_lock_takes_over_a_lock_from_another_host | False: a lock of another host refuses the run; True: taken over, sampled, released |
 | --total_length | test_long_windows_follow_the_plan | 12 / 9 frames: 3 / 2 windows, npz of that length |
 | --max_cond_frames | test_long_windows_follow_the_plan | 3: windows given 2, 3, 3, 3 frames (2: 2 each) |
 | --prediction_step | test_long_windows_follow_the_plan | 2: 5 windows of 2 new frames (default 4: 3 windows) |
 | --start_frames | test_long_windows_follow_the_plan | 0: the first window unconditional (2: given the clip's frames 0, 1) |
 | --scheme | test_long_windows_follow_the_plan | hierarchical: keyframes 2, 5, 8, 11 first, then windows given 3 frames |
-| --image_size | test_model_flag_on_the_command_line_wins_over_args_json | network input H = W = 8 (args.json's 16: the checkpoint does not fit) |
-| --num_channels | test_model_flag_on_the_command_line_wins_over_args_json | the checkpoint's 32 channels load (args.json's 64 do not fit) |
-| --num_res_blocks | test_model_flag_on_the_command_line_wins_over_args_json | 1 block per level loads (args.json's 2 do not fit) |
-| --num_heads | test_model_flag_on_the_command_line_wins_over_args_json | network outputs = a UNet with 2 heads on the same inputs (4 heads differ) |
-| --num_heads_upsample | test_model_flag_on_the_command_line_wins_over_args_json | network outputs = a UNet with 1 upsampling head (-1 = 2 heads differ) |
-| --attention_resolutions | test_model_flag_on_the_command_line_wins_over_args_json | attention at 8 px // 4 loads (args.json's 2 does not fit) |
-| --channel_mult | test_model_flag_on_the_command_line_wins_over_args_json | 1,2 loads (args.json's 1,2,2 does not fit) |
-| --dropout | test_model_flag_on_the_command_line_wins_over_args_json, test_training_flags_change_no_sample | Dropout(p=0.25) in the network (args.json: 0.0); IGNORED when sampling: eval mode, samples byte-identical with 0.0 |
-| --learn_sigma | test_model_flag_on_the_command_line_wins_over_args_json | C output channels load (args.json's True: 2C do not fit) |
-| --sigma_small | test_model_flag_on_the_command_line_wins_over_args_json | DDPM steps add beta-tilde_i-scaled N(0, 1) noise (False: beta_i) |
-| --class_cond | test_model_flag_on_the_command_line_wins_over_args_json | labels y = the clips' classes reach the network (False: none, the checkpoint does not fit) |
-| --num_classes | test_model_flag_on_the_command_line_wins_over_args_json | 3 classes load (args.json's 5 do not fit) |
-| --diffusion_steps | test_model_flag_on_the_command_line_wins_over_args_json | 40: fed timesteps 39, 26, 13, 0 (args.json's 100: 99, 66, 33, 0) |
-| --noise_schedule | test_model_flag_on_the_command_line_wins_over_args_json | DDPM steps follow the cosine alpha-bar (linear's posterior does not fit them) |
-| --timestep_respacing | test_model_flag_on_the_command_line_wins_over_args_json | 4 network calls per loop at the kept steps (args.json's '': 40) |
-| --use_kl | test_training_flags_change_no_sample | IGNORED when sampling (a training loss): samples byte-identical when flipped, the record keeps it |
-| --predict_xstart | test_model_flag_on_the_command_line_wins_over_args_json | DDPM steps take the output as x0 (as noise they do not fit) |
-| --rescale_timesteps | test_model_flag_on_the_command_line_wins_over_args_json | False: fed t itself (True: t * 1000 / T) |
-| --rescale_learned_sigmas | test_training_flags_change_no_sample | IGNORED when sampling (a training loss): samples byte-identical when flipped, the record keeps it |
-| --use_checkpoint | test_training_flags_change_no_sample | IGNORED when sampling (gradient checkpointing, no backward pass): samples byte-identical when flipped, the record keeps it |
-| --use_scale_shift_norm | test_model_flag_on_the_command_line_wins_over_args_json | False loads (args.json's True does not fit) |
-| --scale_time_dim | test_model_flag_on_the_command_line_wins_over_args_json | network outputs = a UNet halving time once (6; 0 differs) |
-| --rgb | test_model_flag_on_the_command_line_wins_over_args_json | network input has 1 channel (args.json's True: 3, does not fit) |
-| --seq_len | test_model_flag_on_the_command_line_wins_over_args_json | network input has 6 frames (args.json's 8) |
-| --preset | test_preset_supplies_the_model_flags | demo: the demo architecture and 1000 steps for a bare checkpoint, explicit --seq_len wins; none: defaults |
-| --dry_run | test_dry_run_prints_the_configuration_and_samples_nothing | the resolved flags printed, exit 0, no network call, no folder |
 
 Flags of scripts/video_eval.py:
 
@@ -144,51 +109,11 @@ Flags of scripts/video_eval.py:
 | --batch_size | test_fvd_batch_size_sets_i3d_batches | I3D batches 4, 2, 3 (4) or 6, 3 (16) |
 | --device | test_device_places_i3d | I3D moved to cpu (given) or cuda (default, CUDA available) |
 | --output | test_eval_output_names_the_results_file | the JSON written there; default <samples>_eval.json |
-| --model_path | test_model_path_picks_the_weights | network outputs = a UNet with that file's state dict, not the other file's |
-| --data_dir | test_data_dir_clip_i_is_the_ith_sorted_file | sample i is given the first frames of the i-th sorted file (runs that use every file) |
 | --num_clips | test_eval_num_clips_takes_the_first_sorted_clips | 3 / 2 clips sampled and scored |
-| --seed | test_seed_sets_each_samples_noise | x_T of sample i is N(0, 1) from (seed, i): equal in batches of 2 and 1, other with another seed |
-| --sampler | test_sampler_steps_follow_their_update_rule | next network input = the DDIM / DDPM / DPM-Solver++(2M) step of the call before |
-| --use_ddim | test_use_ddim_is_sampler_ddim | the bytes of --sampler ddim, not DDPM's |
-| --eta | test_eta_draws_noise | 0: next input = DDIM mean exactly; 1: mean + sigma_eta N(0, 1) |
-| --clip_denoised | test_clip_denoised_clips_pred_x0 | the DDIM step uses x0 clipped to [-1, 1] (True) or unclipped (False) |
-| --resample_steps | test_resample_steps_repeat_each_step | 2 calls per step, re-noised sqrt(1 - beta) x + sqrt(beta) N(0, 1) in between |
-| --guidance_scale | test_guidance_scale_calls_twice_with_given_frames_noised | 3: 2 calls per step, the second with the given frames diffused, the step on the mixed output; 1: 1 call |
 | --sample_batch_size | test_batch_size_sets_network_batches | 3 clips: network batches 2, 1 (2) or 1, 1, 1 (1) |
 | --chunk_clips | test_eval_chunk_clips_cuts_chunk_files | 1: a chunk per clip, on disk while the next samples; 4: batches 2, 1 |
 | --work_dir | test_eval_work_dir_is_the_run_folder | the run and eval.json in X; default samples/<run name> |
 | --overwrite | test_eval_overwrite_samples_again | without: a finished run reused (no call); True: sampled again |
-| --compile | test_compile_calls_torch_compile | True: the UNet handed to torch.compile and sampled through its result; False: not called |
-| --tf32 | test_tf32_sets_cuda_backend_flags_only | CUDA matmul and cuDNN allow_tf32 = the value during the calls; CPU samples byte-identical |
-| --bf16 | test_bf16_runs_the_network_under_autocast | True: every call under bfloat16 autocast, x float32, record precision bf16; False: float32 |
-| --use_fp16 | test_use_fp16_needs_a_cuda_gpu | True without CUDA: one line naming the flag, no call; with --bf16: choose one |
-| --break_lock | test_break_lock_takes_over_a_lock_from_another_host | False: a lock of another host refuses the run; True: taken over, sampled, released |
-| --image_size | test_model_flag_on_the_command_line_wins_over_args_json | network input H = W = 8 (args.json's 16: the checkpoint does not fit) |
-| --num_channels | test_model_flag_on_the_command_line_wins_over_args_json | the checkpoint's 32 channels load (args.json's 64 do not fit) |
-| --num_res_blocks | test_model_flag_on_the_command_line_wins_over_args_json | 1 block per level loads (args.json's 2 do not fit) |
-| --num_heads | test_model_flag_on_the_command_line_wins_over_args_json | network outputs = a UNet with 2 heads on the same inputs (4 heads differ) |
-| --num_heads_upsample | test_model_flag_on_the_command_line_wins_over_args_json | network outputs = a UNet with 1 upsampling head (-1 = 2 heads differ) |
-| --attention_resolutions | test_model_flag_on_the_command_line_wins_over_args_json | attention at 8 px // 4 loads (args.json's 2 does not fit) |
-| --channel_mult | test_model_flag_on_the_command_line_wins_over_args_json | 1,2 loads (args.json's 1,2,2 does not fit) |
-| --dropout | test_model_flag_on_the_command_line_wins_over_args_json, test_training_flags_change_no_sample | Dropout(p=0.25) in the network (args.json: 0.0); IGNORED when sampling: eval mode, samples byte-identical with 0.0 |
-| --learn_sigma | test_model_flag_on_the_command_line_wins_over_args_json | C output channels load (args.json's True: 2C do not fit) |
-| --sigma_small | test_model_flag_on_the_command_line_wins_over_args_json | DDPM steps add beta-tilde_i-scaled N(0, 1) noise (False: beta_i) |
-| --class_cond | test_model_flag_on_the_command_line_wins_over_args_json | labels y = the clips' classes reach the network (False: none, the checkpoint does not fit) |
-| --num_classes | test_model_flag_on_the_command_line_wins_over_args_json | 3 classes load (args.json's 5 do not fit) |
-| --diffusion_steps | test_model_flag_on_the_command_line_wins_over_args_json | 40: fed timesteps 39, 26, 13, 0 (args.json's 100: 99, 66, 33, 0) |
-| --noise_schedule | test_model_flag_on_the_command_line_wins_over_args_json | DDPM steps follow the cosine alpha-bar (linear's posterior does not fit them) |
-| --timestep_respacing | test_model_flag_on_the_command_line_wins_over_args_json | 4 network calls per loop at the kept steps (args.json's '': 40) |
-| --use_kl | test_training_flags_change_no_sample | IGNORED when sampling (a training loss): samples byte-identical when flipped, the record keeps it |
-| --predict_xstart | test_model_flag_on_the_command_line_wins_over_args_json | DDPM steps take the output as x0 (as noise they do not fit) |
-| --rescale_timesteps | test_model_flag_on_the_command_line_wins_over_args_json | False: fed t itself (True: t * 1000 / T) |
-| --rescale_learned_sigmas | test_training_flags_change_no_sample | IGNORED when sampling (a training loss): samples byte-identical when flipped, the record keeps it |
-| --use_checkpoint | test_training_flags_change_no_sample | IGNORED when sampling (gradient checkpointing, no backward pass): samples byte-identical when flipped, the record keeps it |
-| --use_scale_shift_norm | test_model_flag_on_the_command_line_wins_over_args_json | False loads (args.json's True does not fit) |
-| --scale_time_dim | test_model_flag_on_the_command_line_wins_over_args_json | network outputs = a UNet halving time once (6; 0 differs) |
-| --rgb | test_model_flag_on_the_command_line_wins_over_args_json | network input has 1 channel (args.json's True: 3, does not fit) |
-| --seq_len | test_model_flag_on_the_command_line_wins_over_args_json | network input has 6 frames (args.json's 8) |
-| --preset | test_preset_supplies_the_model_flags | demo: the demo architecture and 1000 steps for a bare checkpoint, explicit --seq_len wins; none: defaults |
-| --dry_run | test_dry_run_prints_the_configuration_and_samples_nothing | the resolved flags printed, exit 0, no network call, no folder |
 """
 import io
 import json
