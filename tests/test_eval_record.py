@@ -1,8 +1,10 @@
 """video_eval.py reads the sample run's record (sample_args.json): which frames were given and
 how many samples each clip has come from there; flags that contradict it are errors; a file
 without a record needs the flags and the report says where the settings came from."""
+import errno
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +139,22 @@ def test_sample_files_are_read_from_disk_clip_by_clip(tmp_path):
 
     np.savez_compressed(tmp_path / "foreign.npz", clips)  # compressed: read whole, same values
     np.testing.assert_array_equal(load_clips(tmp_path / "foreign.npz", "--samples"), clips)
+
+
+def test_a_failed_write_leaves_the_earlier_eval_json(run, monkeypatch):
+    """A disk that fills while eval.json is written leaves the earlier eval.json whole, never a
+    truncated file. Seen red with eval.json written in place (half of it left behind)."""
+    load_script("video_eval").main(["--samples", str(run), "--fvd", "False"])
+    before = (run / "eval.json").read_bytes()
+    real_write = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        real_write(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises((OSError, SystemExit)):
+        load_script("video_eval").main(["--samples", str(run), "--fvd", "False"])
+    monkeypatch.undo()
+    assert (run / "eval.json").read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.startswith(".eval.json")]

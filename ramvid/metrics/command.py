@@ -3,7 +3,6 @@
 `sample_to_folder`. docs/EVALUATION.md#video_evalpy: a run's record decides, flags that
 contradict it are errors.
 """
-import json
 import sys
 import zipfile
 from dataclasses import replace
@@ -15,8 +14,9 @@ import torch
 from ..config import create_diffusion
 from ..data import list_videos
 from ..errors import UsageError
-from ..flags import (Flag, add_flags, at_least, exit_if_dry_run, flag_values,
-                     given_on_command_line, int_list, make_parser, str2bool, user_errors)
+from ..flags import (Flag, add_flags, at_least, config_json, exit_if_dry_run, flag_values,
+                     given_on_command_line, int_list, make_parser, str2bool, user_errors,
+                     write_json)
 from ..masking import frame_indices_problem
 from ..sample.command import (SAMPLING_FLAG, add_model_flags, check_data, dry_run,
                               load_checkpoint, model_on_every_rank, parse_sampling_flags,
@@ -184,8 +184,8 @@ def eval_main(argv=None):
             results["protocol_description"] += f"\nClips: {selection}."
         if sampling:
             results.update(model_path=args.model_path, data_dir=args.data_dir, seed=args.seed)
-        text = json.dumps(results, indent=2)
-        output.write_text(text + "\n")
+        write_json(output, results)  # atomic: a crash leaves the old eval.json or the new one
+        text = config_json(results)
         rows = [(name, results[key]) for name, key in (
             ("PSNR best-of-N", "psnr_best"), ("PSNR mean-of-N", "psnr_mean"),
             ("SSIM best-of-N", "ssim_best"), ("SSIM mean-of-N", "ssim_mean"),
