@@ -90,6 +90,30 @@ def test_mpirun_two_ranks_equals_single_process(setup, conditional_run, tmp_path
     assert len(list(tmp_path.glob("samples_*.gif"))) == 3
 
 
+@pytest.mark.parametrize("script", ["video_sample", "video_eval"])
+def test_each_data_file_is_probed_once(setup, tmp_path, monkeypatch, script):
+    """The command's early --data_dir check and the run share one scan: every video's header is
+    read once (on a 50k-clip data set a second probe of every file costs minutes). Seen red
+    with the run scanning --data_dir again (each file probed twice)."""
+    import ramvid.data.clips as clips
+
+    probed = []
+    real_probe = clips._meta_or_reason
+    monkeypatch.setattr(clips, "_meta_or_reason", lambda path: probed.append(path) or
+                        real_probe(path))
+    common = ["--model_path", setup["ckpt"], "--data_dir", setup["data"], "--timestep_respacing",
+              2]
+    if script == "video_sample":
+        run_script(script, [*common, "--cond_frames", "0,", "--num_samples", 2,
+                            "--save_video", "none", "--progress", "False"], tmp_path / "out",
+                   monkeypatch)
+    else:
+        load_script(script).main([*map(str, common), "--cond_frames", "0,", "--fvd", "False",
+                                  "--work_dir", str(tmp_path / "out")])
+    files = sorted(p for p in setup["data"].iterdir())
+    assert sorted(probed) == files, probed
+
+
 def test_unconditional_without_data_dir_and_class_labels(tmp_path, monkeypatch):
     ckpt = make_checkpoint(tmp_path / "run", class_cond=True, num_classes=3)
     run_script("video_sample", ["--model_path", ckpt, "--cond_generation", "False",

@@ -122,7 +122,8 @@ def sample_for_evaluation(parser, argv, args, protocol):
         "num_clips": planned or "all clips of --data_dir (not found here: count unknown; the "
         "plan is for one clip)"})
     model, flags = load_checkpoint(args)
-    available = len(check_data(args.data_dir, flags, flags["seq_len"]))
+    scanned = check_data(args.data_dir, flags, flags["seq_len"])
+    available = len(scanned)
     num_clips = args.num_clips or min(protocol.num_test_videos or available, available)
     if num_clips > available:
         raise UsageError(f"--num_clips {num_clips}: --data_dir {args.data_dir} has {available} "
@@ -132,7 +133,7 @@ def sample_for_evaluation(parser, argv, args, protocol):
         return sample_to_folder(net, create_diffusion(**flags), flags, job, info,
                                 out_dir=args.work_dir or None, overwrite=args.overwrite,
                                 reuse_finished=True, break_lock=args.break_lock,
-                                rate_key=rate_key(flags, args, job.batch_size))
+                                rate_key=rate_key(flags, args, job.batch_size), scanned=scanned)
 
 
 def eval_main(argv=None):

@@ -74,11 +74,16 @@ class ClipSource:
     or for a run that needs fewer, n, the first n of a fixed shuffle seeded by CLIP_DRAW_SEED
     (why: docs/SAMPLING.md). Sample i takes clip (i // S) mod n of them (S = samples_per_clip)."""
 
-    def __init__(self, data_dir, flags, seq_len, samples_per_clip=1, num_clips=None):
+    def __init__(self, data_dir, flags, seq_len, samples_per_clip=1, num_clips=None,
+                 scanned=None):
+        """`scanned`: a ClipSource of the same data_dir, flags and seq_len whose scan (every file
+        probed) is reused, so that a command's early check does not probe the files again."""
         if samples_per_clip < 1:
             raise ValueError(f"samples_per_clip={samples_per_clip} must be >= 1")
         self.samples_per_clip = samples_per_clip
-        self.dataset = VideoClipDataset(
+        if scanned and scanned.dataset.seq_len != int(seq_len):
+            raise ValueError(f"scanned clips of {scanned.dataset.seq_len} frames, {seq_len} needed")
+        self.dataset = scanned.dataset if scanned else VideoClipDataset(
             data_dir, int(flags["image_size"]), int(seq_len),
             class_cond=bool(flags["class_cond"]), rgb=bool(flags["rgb"]))
         num_classes = int(flags.get("num_classes") or 0)

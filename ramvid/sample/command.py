@@ -267,16 +267,19 @@ def sample_main(argv=None, long_videos=False):
             save_video=args.save_video, fps=args.fps, progress=args.progress)
         dry_run(args, job)
         model, flags = load_checkpoint(args)
+        scanned = None
         if job.cond_frames or job.save_gt or (flags["class_cond"] and job.data_dir):
             whole = long_videos and job.save_gt  # the ground truth spans the whole length
-            check_data(job.data_dir, flags, args.total_length if whole else flags["seq_len"],
-                       f"--save_gt True needs videos of >= --total_length {args.total_length} "
-                       "frames" if whole else "")
+            scanned = check_data(
+                job.data_dir, flags, args.total_length if whole else flags["seq_len"],
+                f"--save_gt True needs videos of >= --total_length {args.total_length} frames"
+                if whole else "")
         with model_on_every_rank(model, args) as (net, info):
             paths = sample_to_folder(net, create_diffusion(**flags), flags, job, info,
                                      out_dir=args.out_dir or None, overwrite=args.overwrite,
                                      break_lock=args.break_lock,
-                                     rate_key=rate_key(flags, args, job.batch_size))
+                                     rate_key=rate_key(flags, args, job.batch_size),
+                                     scanned=scanned)
         if paths is not None:  # rank 0
             for name in ("samples", "gt"):
                 if name in paths:

@@ -152,10 +152,10 @@ def prepare_folder(folder, record, finished, overwrite, reuse_finished=False):
 
 
 # --------------------------------------------------------------------------- one batch of a job
-def _work(model, diffusion, flags, job):
+def _work(model, diffusion, flags, job, scanned=None):
     """(work(indices, callback) -> {name: array}, frames per video, the arrays as ChunkStore
     fields, ClipSource or None); `flags`: the model's flags (image size, channels, labels of
-    the clips to read)."""
+    the clips to read); `scanned`: the command's ClipSource of job.data_dir, if it made one."""
     channels, seq_len, height, width = model_video_shape(model)
     long, cond_frames = job.long, list(job.cond_frames)
     num_frames = long.total_length if long else seq_len
@@ -173,8 +173,8 @@ def _work(model, diffusion, flags, job):
     # Long videos: one source for the start frames and the ground truth, so both come from the
     # same file; the ground truth spans the whole length, so it needs files of >= total_length.
     source = ClipSource(job.data_dir, flags, num_frames if job.save_gt else seq_len,
-                        job.samples_per_clip, -(-job.num_samples // job.samples_per_clip)) \
-        if needs_data else None
+                        job.samples_per_clip, -(-job.num_samples // job.samples_per_clip),
+                        scanned) if needs_data else None
 
     def work(indices, callback):
         clips, y = source.clips(indices) if source else (None, None)  # (n, C, L, H, W), (n,)
@@ -241,15 +241,16 @@ def remember_rate(key, device, seconds):
 
 # --------------------------------------------------------------------------- the run
 def sample_to_folder(model, diffusion, flags, job, info, out_dir=None, overwrite=False,
-                     reuse_finished=False, break_lock=False, rate_key=None):
+                     reuse_finished=False, break_lock=False, rate_key=None, scanned=None):
     """Sample `job` into its run folder; every rank calls this inside `dist.process_group` (a user
     mistake raises the same UsageError on every rank before any sampling). Rank 0 returns
     {"folder", "samples", "gt"?, "state": new | resume | finished}, other ranks None; with
     reuse_finished a finished run of the same settings is returned as it is (else an error).
     Rank 0 holds the folder's lock (ramvid.runlock) from before its first write to the end;
     break_lock takes over a lock left by a dead run on another host. rate_key: where rank 0
-    remembers the measured seconds per step. The model must be on info.device."""
-    work, num_frames, fields, source = _work(model, diffusion, flags, job)
+    remembers the measured seconds per step; scanned: the command's checked ClipSource of
+    job.data_dir (its files are not probed again). The model must be on info.device."""
+    work, num_frames, fields, source = _work(model, diffusion, flags, job, scanned)
     plan = cost(job, diffusion, model_video_shape(model)[1])
     record = job_record(job, flags, diffusion, num_frames, source)
     folder = run_folder(record, out_dir)
