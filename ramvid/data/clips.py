@@ -266,9 +266,8 @@ class VideoClipDataset(ShardClips):
 # --------------------------------------------------------------------------- training batches
 def _ignore_stop_signals(worker_id):
     # Launchers (mpirun, SLURM, timeout) signal the whole process group: a worker must not die
-    # of the SIGTERM/SIGINT/SIGUSR1 (Slurm's --signal=USR1@seconds) that asks the main process
-    # to finish its step and checkpoint.
-    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    # of the stop signal that asks the main process to finish its step and checkpoint.
+    for stop in dist.STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
 
 

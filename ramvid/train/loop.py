@@ -30,7 +30,6 @@ from .rundir import record_start
 # Exit codes. EXIT_STOPPED (EX_TEMPFAIL of sysexits.h): a stop signal ended the run with a
 # complete checkpoint of the step it stopped at; rerunning the command continues it (requeue).
 EXIT_OK, EXIT_DIVERGED, EXIT_STOPPED = 0, 3, 75
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 ANNEAL_TYPES = ("none", "linear", "step", "time_based")  # --anneal_type
 MASK_STREAM, TIMESTEP_STREAM, NOISE_STREAM = 0, 1, 2
 FORMAT_VERSION = 1  # of the opt file
@@ -49,7 +48,7 @@ class StopRequest:
         self._pid = os.getpid()
 
     def __enter__(self):
-        for sig in STOP_SIGNALS:
+        for sig in dist.STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
