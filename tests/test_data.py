@@ -3,7 +3,10 @@
 Frame i of every test video is a solid grey of level 10 + 6 i, which survives compression
 (+-1 level) and resizing, so each decoded frame tells which frame it is.
 """
+import collections
+import contextlib
 import dataclasses
+import threading
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -25,7 +28,7 @@ from ramvid.data import (
     read_window,
 )
 from ramvid.data.clips import RandomClipDataset
-from ramvid.data.decode import decode_window, stream_meta
+from ramvid.data.decode import _failure_reason, decode_window, stream_meta
 
 GOP = 4
 WIDTH, HEIGHT = 64, 48
@@ -391,3 +394,33 @@ def test_workers_survive_the_stop_signal_meant_for_the_main_process(good_dir):
     time.sleep(0.5)  # time for a worker to die if it were going to
     assert all(w.is_alive() for w in workers)
     assert take(loader, 2)[1].shape[0] == 3
+
+
+def test_a_bad_files_reason_is_its_own_while_other_probes_fail(tmp_path):
+    """Probes run in threads: the reason given for the truncated file is FFmpeg's line for that
+    file even while other threads fail on another bad file at the same moment. Seen red (39
+    of 1000) with the reason read from the exception's "last error log", which is the
+    whole process's last line."""
+    make_bad_files(tmp_path)
+    done = threading.Event()
+
+    def fail_elsewhere():
+        while not done.is_set():
+            with contextlib.suppress(av.FFmpegError, OSError):
+                av.open(str(tmp_path / "letter.avi")).close()
+
+    others = [threading.Thread(target=fail_elsewhere) for _ in range(3)]
+    for thread in others:
+        thread.start()
+    reasons = collections.Counter()
+    try:
+        for _ in range(1000):
+            try:
+                av.open(str(tmp_path / "truncated.mp4")).close()
+            except (av.FFmpegError, OSError) as error:
+                reasons[_failure_reason(tmp_path / "truncated.mp4", error)] += 1
+    finally:
+        done.set()
+        for thread in others:
+            thread.join()
+    assert reasons == {"moov atom not found": 1000}

@@ -115,22 +115,24 @@ def _failure_reason(path: Path, error: Exception) -> str:
     if os.path.exists(path) and os.path.getsize(path) == 0:
         return "empty file"
     message, strerror = str(error), getattr(error, "strerror", None)
+    logs = []
     with _logging_lock:
         level, skip_repeated = av.logging.get_level(), av.logging.get_skip_repeated()
         av.logging.set_level(av.logging.ERROR)
         av.logging.set_skip_repeated(False)
         try:
-            with av.logging.Capture(local=True):  # keeps the lines out of the user's log
+            # This thread's lines only (the exception's "last error log" is the whole process's:
+            # another probe failing meanwhile would name its own file's error), kept out of the
+            # user's log.
+            with av.logging.Capture(local=True) as logs:
                 av.open(str(path)).close()
         except (av.FFmpegError, OSError) as again:
             message, strerror = str(again), getattr(again, "strerror", None)
         finally:
             av.logging.set_level(level)
             av.logging.set_skip_repeated(skip_repeated)
-    _, _, last_log = message.partition("last error log: ")
-    if last_log:
-        return last_log.split("] ", 1)[-1].strip()
-    return strerror or message
+    errors = [text.strip() for log_level, _, text in logs if log_level <= av.logging.ERROR]
+    return errors[-1] if errors else strerror or message
 
 
 def _count_frames(path: Path, meta: StreamMeta) -> None:
