@@ -57,7 +57,7 @@ Flags of scripts/video_sample.py, scripts/video_sample_long.py and scripts/video
 | --preset | test_preset_supplies_the_model_flags | demo: the demo architecture and 1000 steps for a bare checkpoint, explicit --seq_len wins; none: defaults |
 | --dry_run | test_dry_run_prints_the_configuration_and_samples_nothing | the resolved flags printed, exit 0, no network call, no folder |
 
-Flags of scripts/video_sample.py:
+Flags of scripts/video_sample.py and scripts/video_sample_long.py:
 
 | flag | test | effect shown |
 |---|---|---|
@@ -72,23 +72,17 @@ Flags of scripts/video_sample.py:
 | --save_video | test_save_video_writes_a_grid_per_batch_at_fps | samples_000 and _001 .gif / .mp4 / .png for 2 batches; none: no grid |
 | --fps | test_save_video_writes_a_grid_per_batch_at_fps | gif frame duration 1000 / fps ms, mp4 rate fps |
 | --progress | test_progress_draws_a_bar | True: a bar over every step of the run; False: none |
+
+Flags of scripts/video_sample.py:
+
+| flag | test | effect shown |
+|---|---|---|
 | --cond_frames | test_cond_frames_given_clean_and_kept | 0,5, / 0,1,: exactly those frames given clean and equal to the clip in the npz |
 
 Flags of scripts/video_sample_long.py:
 
 | flag | test | effect shown |
 |---|---|---|
-| --num_samples | test_num_samples_sets_the_count | 3 / 2 npz rows and videos through the network |
-| --batch_size | test_batch_size_sets_network_batches | 3 samples: network batches 2, 1 (batch 2) or 1, 1, 1 (batch 1) |
-| --samples_per_clip | test_samples_per_clip_pairs_samples_with_clips | 2: samples 2c, 2c + 1 given clip c; 1: sample i given clip i |
-| --cond_generation | test_cond_generation_false_gives_no_frame_and_reads_no_data | False: no data read, every frame noise; True: the clips read |
-| --save_gt | test_save_gt_writes_the_clips | gt_ file = the decoded clips; none without |
-| --chunk_size | test_chunk_size_cuts_chunk_files | 3: batches 2, 1 | 2, chunk 0 on disk while chunk 1 samples = the first rows; 5: batches 2, 2, 1, no chunk file |
-| --out_dir | test_out_dir_is_where_it_writes | files in X itself; else $OPENAI_LOGDIR/<run name> or samples/<run name> |
-| --overwrite | test_overwrite_replaces_a_finished_run | without: other settings refused, file untouched; True: sampled again with them |
-| --save_video | test_save_video_writes_a_grid_per_batch_at_fps | samples_000 and _001 .gif / .mp4 / .png for 2 batches; none: no grid |
-| --fps | test_save_video_writes_a_grid_per_batch_at_fps | gif frame duration 1000 / fps ms, mp4 rate fps |
-| --progress | test_progress_draws_a_bar | True: a bar over every step of the run; False: none |
 | --total_length | test_long_windows_follow_the_plan | 12 / 9 frames: 3 / 2 windows, npz of that length |
 | --max_cond_frames | test_long_windows_follow_the_plan | 3: windows given 2, 3, 3, 3 frames (2: 2 each) |
 | --prediction_step | test_long_windows_follow_the_plan | 2: 5 windows of 2 new frames (default 4: 3 windows) |
