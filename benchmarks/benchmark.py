@@ -98,8 +98,7 @@ def run_one(name, args):
     from ramvid.diffusion.sampling import Conditioning, ddim_step, ddpm_step, predict
     from ramvid.runtime import compile_model, configure_tf32, limit_heap_fragmentation
     from ramvid.sample.batch import AUTOCAST_DTYPES
-    from ramvid.train.loop import (EMA, draw_step_inputs, forward_backward,
-                                   fused_adamw_supported, gradient_norm)
+    from ramvid.train.loop import EMA, draw_step_inputs, forward_backward
 
     heap_tuned = False if args.default_heap else limit_heap_fragmentation()  # as training does
     if args.threads:
@@ -126,7 +125,7 @@ def run_one(name, args):
     gen = torch.Generator().manual_seed(0)
     x0 = (torch.rand(shape, generator=gen) * 2 - 1).to(device, memory_format=layout)  # (N, C, T, H, W)
     microbatch = args.microbatch or batch
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw_supported(device))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
     ema = EMA(model, ["0.9999"])
     sampler = create_named_schedule_sampler("uniform", diffusion)
@@ -139,7 +138,9 @@ def run_one(name, args):
         forward_backward(net, diffusion, x0, {}, inputs, microbatch, autocast=autocast(),
                          scaler=scaler)
         scaler.unscale_(opt)
-        gradient_norm(model.parameters(), 1.0)
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        torch.nn.utils.clip_grads_with_norm_(params, 1.0, grad_norm, foreach=True)
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
