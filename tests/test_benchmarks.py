@@ -39,3 +39,25 @@ def test_loader_benchmark_reads_the_same_windows_by_seeking_and_from_the_start(t
     assert report["video"]["size"] == [64, 48]
     assert report["pipeline"]["batch_shape"] == [2, 3, 4, 16, 16]  # (N, C, T, H, W)
     assert len(report["starts"]) == 2 and report["wall_seconds"]["seek_window_median"] > 0
+
+
+def test_gpu_suite_quality_and_protocol_sections_run(tmp_path):
+    """The quality sweep (the demo's shipped checkpoint, two 2-step samplers) and the protocol
+    cost run through gpu_suite.py (its train/script sections drive benchmark.py and
+    video_train.py, tested above and elsewhere). Seen red with run_quality importing a name
+    ramvid.sample.batch does not have."""
+    import numpy as np
+
+    clips = tmp_path / "clips.npz"
+    np.savez(clips, np.random.default_rng(0).integers(0, 256, (2, 8, 16, 16, 3), np.uint8))
+    out = tmp_path / "suite.json"
+    _json_out(["benchmarks/gpu_suite.py", "--tiny", "--sections", "quality,protocol",
+               "--model_path", "ramvid/demo/shipped/ema_0.99_016000.pt", "--clips_npz",
+               str(clips), "--quality_runs", "ddim:ddim2,dpm++2m:logsnr2", "--out", str(out)],
+              timeout=120)
+    results = json.loads(out.read_text())
+    assert sorted(results["quality"]) == ["ddim:ddim2", "dpm++2m:logsnr2"]
+    assert all(run["steps"] == 2 and run["psnr_mean"] > 0 for run in results["quality"].values())
+    paper = results["protocol"]["computed_from_step_times"]["paper_code_ddpm1000"]
+    # 256 clips x 100 samples in batches of 8, 1000 steps of 0.191 s each
+    assert paper["gpu_hours"] == round(256 * 100 / 8 * 1000 * 0.191 / 3600, 2)
