@@ -13,9 +13,9 @@ venv: $(STAMP)
 # it: from PyPI on Linux x86-64 that is the CUDA build (several GB); a pip whose find-links holds
 # a CPU wheel may pick that. For the CPU build on purpose, install it into .venv first:
 #   .venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-# Everything else comes from setup.py, the one list of dependencies; `pip install -e` also
+# Everything else comes from pyproject.toml, the one list of dependencies; `pip install -e` also
 # installs the ramvid-* commands.
-$(STAMP): setup.py
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 from .dist import detect_launch, error_line
 from .errors import UsageError
 
-VERSION = "0.1.0"  # the package's version (setup.py names it too)
+VERSION = "0.1.0"  # the package's version (pyproject.toml reads it from here)
 ARGS_JSON = "args.json"
 USAGE_EXIT_CODE = 2
 

@@ -26,11 +26,11 @@ BIN = Path(sys.executable).parent
 
 
 def test_installed_entry_points_match():
-    """Catches: setup.py's console_scripts drifting from the documented commands, or an install
-    older than setup.py (re-run `pip install -e .`, or `make venv`)."""
+    """Catches: pyproject.toml's [project.scripts] drifting from the documented commands, or an install
+    older than pyproject.toml (re-run `pip install -e .`, or `make venv`)."""
     installed = {ep.name: ep.value for ep in distribution("ramvid").entry_points
                  if ep.group == "console_scripts"}
-    assert installed == COMMANDS, "re-run `pip install -e .` if setup.py changed"
+    assert installed == COMMANDS, "re-run `pip install -e .` if pyproject.toml changed"
 
 
 @pytest.fixture(scope="module")
