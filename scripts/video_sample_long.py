@@ -17,12 +17,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ramvid.sample.command import sample_main
+from ramvid.sample.command import sample_long_main
 
-
-def main(argv=None):
-    sample_main(argv, long_videos=True)
-
+main = sample_long_main
 
 if __name__ == "__main__":
-    sample_main(long_videos=True)
+    main()

@@ -7,6 +7,7 @@ import json
 import math
 from contextlib import contextmanager
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -287,6 +288,5 @@ def sample_main(argv=None, long_videos=False):
             print(f"evaluate: python scripts/video_eval.py --samples {paths['folder']}")
 
 
-def sample_long_main(argv=None):
-    """video_sample_long.py and the installed ramvid-sample-long."""
-    sample_main(argv, long_videos=True)
+# video_sample_long.py and the installed ramvid-sample-long
+sample_long_main = partial(sample_main, long_videos=True)
