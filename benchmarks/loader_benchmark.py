@@ -23,6 +23,7 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ramvid.checkpoint import atomic_path  # noqa: E402
 from ramvid.data import load_data, probe, read_window  # noqa: E402
 from ramvid.data.decode import to_rgb  # noqa: E402
 from ramvid.flags import Flag, at_least, parse, positive, user_errors  # noqa: E402
@@ -43,8 +44,7 @@ def generate_video(path: Path, minutes: float, width: int, height: int, fps: int
     front = texture(8) // 8
     num_frames = round(minutes * 60 * fps)
     chroma = np.full((height // 2, width), 128, np.uint8)  # U and V planes, stacked rows
-    tmp = path.with_suffix(".partial.mp4")
-    with av.open(str(tmp), "w") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": "ultrafast", "g": str(gop)}
@@ -56,7 +56,6 @@ def generate_video(path: Path, minutes: float, width: int, height: int, fps: int
             frame = av.VideoFrame.from_ndarray(np.concatenate([luma, chroma]), format="yuv420p")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    tmp.rename(path)
 
 
 def decode_from_start(path: Path, start: int, length: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from datasets.common import parallel_map, warn, workers_flag  # noqa: E402
 from ramvid.errors import UsageError  # noqa: E402
 from ramvid.flags import (Flag, existing_dir, existing_file, in_range, parse,  # noqa: E402
                           user_errors)
-from ramvid.video_io import VideoWriter  # noqa: E402
+from ramvid.video_io import video_writer  # noqa: E402
 
 SOURCE_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end")
@@ -120,10 +120,10 @@ def convert_clip(job):
             width, height = (max(2, round(side * scale / 2) * 2)
                              for side in (first.width, first.height))
             fps = stream.average_rate or stream.guessed_rate or 25
-            with VideoWriter(target, width, height, fps, crf) as writer:
+            with video_writer(target, width, height, fps, crf) as write:
                 for frame in itertools.chain([first], frames):
-                    writer.write(frame.reformat(width=width, height=height, format="yuv420p",
-                                                interpolation="AREA"))
+                    write(frame.reformat(width=width, height=height, format="yuv420p",
+                                         interpolation="AREA"))
     except (av.error.FFmpegError, IndexError, ValueError, OSError) as err:
         return "broken", f"{source}: {type(err).__name__}: {err}"
     return "written", None

@@ -1,4 +1,5 @@
-"""Checkpoint files: names, crash-safe writes, safe loads, and finding where to resume.
+"""Crash-safe writes of any file ramvid writes, and checkpoint files: names, safe loads, and
+finding where to resume.
 
 A training checkpoint at step S is a set of files (model, one EMA per --ema_rate, opt: what each
 holds is in docs/TRAINING.md#what-a-run-writes). Every file appears under its final name only
@@ -11,7 +12,7 @@ import random
 import re
 import time
 import warnings
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,21 +54,50 @@ def step_from_model_path(path):
 
 
 # --------------------------------------------------------------------------- writing
+# A file being written is `.STEM.PID.tmp.SUFFIX` beside its final name STEM.SUFFIX: hidden, in the
+# same folder (so the rename is atomic), apart from another process's (the pid), and ending in
+# the final suffix, from which PyAV and PIL pick the file format.
+TEMP_NAME = ".{stem}.{pid}.tmp{suffix}"
+TEMP_GLOB = TEMP_NAME.format(stem="*", pid="[0-9]*", suffix="*")
+
+
+@contextmanager
+def atomic_path(path):
+    """`with atomic_path(path) as tmp:` write the file `tmp`; when the block ends without an
+    exception, `tmp` replaces `path`, so `path` is either the old file or the complete new one.
+    On an exception (or a failed rename) `tmp` is removed and the exception propagates."""
+    path = Path(path)
+    # The writer opens `tmp` itself: open() honours the umask, where mkstemp would make every
+    # file owner-only.
+    tmp = path.with_name(TEMP_NAME.format(stem=path.stem, pid=os.getpid(), suffix=path.suffix))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temp_files(folder):
+    """Delete the files of `atomic_path` that a process killed mid-write left in `folder` (never
+    raises); returns their paths."""
+    removed = []
+    for tmp in Path(folder).glob(TEMP_GLOB):
+        with suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 def atomic_save(obj, path):
-    """torch.save(obj) to `path` so that `path` is either the old file or the complete new one;
+    """torch.save(obj) to `path` through `atomic_path`, the file and its folder fsynced;
     CheckpointError naming `path` when the folder is not writable or the disk is full (the
     temporary file removed, any previous file at `path` untouched)."""
     path = Path(path)
-    # open() honours the umask (mkstemp would make every checkpoint owner-only); the pid keeps
-    # the name apart from another process's.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
         # Some file systems neither open nor fsync a folder; the rename is atomic regardless.
         with suppress(OSError):
             fd = os.open(path.parent, os.O_RDONLY)
@@ -78,19 +108,6 @@ def atomic_save(obj, path):
     except (OSError, RuntimeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         raise CheckpointError(f"could not write checkpoint {path}: {reason}") from e
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-
-
-def remove_stale_temp_files(folder):
-    """Delete temporary files left by a process killed mid-write (`.NAME.pt.XXXX.tmp`)."""
-    removed = []
-    for tmp in Path(folder).glob(".*.pt.*.tmp"):
-        with suppress(OSError):
-            tmp.unlink()
-            removed.append(tmp)
-    return removed
 
 
 def save_checkpoint(folder, step, model_state, ema_states, opt_state):

@@ -17,7 +17,6 @@ lists as comma lists (`0,1,`). A run records its resolved flags as JSON (`args.j
 """
 import argparse
 import json
-import os
 import platform
 import sys
 import types
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .checkpoint import atomic_path
 from .dist import detect_launch, error_line
 from .errors import UsageError
 
@@ -277,12 +277,10 @@ def exit_if_dry_run(args, config):
 def write_json(path, config):
     """Write `config` as JSON to `path` atomically (a crash leaves the old file or the new one)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(config_json(config) + "\n")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(config_json(config) + "\n")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise OSError(f"could not write {path}: {e.strerror or e}") from e
     return path
 

@@ -9,13 +9,15 @@ a given (conditioning) frame and dark for a generated one.
     save_video_grid("samples.gif", videos, obs_mask=mask)  # mask: bool (N, T) or (T,)
     save_video_grid("samples.png", videos, cond_frames=[0, 1])
 """
-import os
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 from PIL import Image
+
+from .checkpoint import atomic_path
 
 GIVEN_COLOR = (230, 40, 40)  # red: a frame the model was given
 GENERATED_COLOR = (40, 40, 40)  # dark grey: a frame the model generated
@@ -29,50 +31,37 @@ def write_video(path, frames, fps=10, crf=None):
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    with VideoWriter(path, frames.shape[2], frames.shape[1], fps, crf) as writer:
+    with video_writer(path, frames.shape[2], frames.shape[1], fps, crf) as write:
         for frame in frames:
-            writer.write(av.VideoFrame.from_ndarray(frame, format="rgb24"))
+            write(av.VideoFrame.from_ndarray(frame, format="rgb24"))
 
 
-class VideoWriter:
-    """Encode PyAV frames one by one; the output is renamed into place on a clean close."""
-
-    def __init__(self, path, width, height, fps, crf=None):
-        self.path = Path(path)
-        self.partial = self.path.with_name(f".{self.path.name}.partial{self.path.suffix}")
-        self.container = av.open(str(self.partial), mode="w")
-        rate = Fraction(fps).limit_denominator(1001)
+@contextmanager
+def video_writer(path, width, height, fps, crf=None):
+    """`with video_writer(...) as write:` encode PyAV frames one by one with `write(frame)`; the
+    file appears at `path` (through `atomic_path`) when the block ends without an exception."""
+    rate = Fraction(fps).limit_denominator(1001)
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w") as container:
         if crf is None:
-            self.stream = self.container.add_stream("libx264rgb", rate=rate)
-            self.stream.pix_fmt = "rgb24"
-            self.stream.options = {"qp": "0", "preset": "veryfast"}
+            stream = container.add_stream("libx264rgb", rate=rate)
+            stream.pix_fmt = "rgb24"
+            stream.options = {"qp": "0", "preset": "veryfast"}
         elif "libx264" in av.codecs_available:
-            self.stream = self.container.add_stream("libx264", rate=rate)
-            self.stream.pix_fmt = "yuv420p"
-            self.stream.options = {"crf": str(crf), "preset": "medium"}
+            stream = container.add_stream("libx264", rate=rate)
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "medium"}
         else:  # an FFmpeg build without x264: MPEG-4 part 2, its default quality
-            self.stream = self.container.add_stream("mpeg4", rate=rate)
-            self.stream.pix_fmt = "yuv420p"
-        self.stream.width, self.stream.height = width, height
+            stream = container.add_stream("mpeg4", rate=rate)
+            stream.pix_fmt = "yuv420p"
+        stream.width, stream.height = width, height
 
-    def write(self, frame):
-        # Consecutive pts at the stream's rate: the output is constant frame rate.
-        frame.pts = None
-        self.container.mux(self.stream.encode(frame.reformat(format=self.stream.pix_fmt)))
+        def write(frame):
+            # Consecutive pts at the stream's rate: the output is constant frame rate.
+            frame.pts = None
+            container.mux(stream.encode(frame.reformat(format=stream.pix_fmt)))
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                self.container.mux(self.stream.encode())
-        finally:
-            self.container.close()
-        if exc_type is None:
-            os.replace(self.partial, self.path)
-        else:
-            self.partial.unlink(missing_ok=True)
+        yield write
+        container.mux(stream.encode())
 
 
 def read_video(path):

@@ -3,11 +3,15 @@ import errno
 import os
 import pickle
 import random
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from ramvid import checkpoint as ck
 
 
@@ -33,7 +37,7 @@ def test_model_file_is_a_plain_state_dict(tmp_path):
 
 
 def _no_temp_files(folder):
-    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == []
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 
 
 def test_failed_rename_keeps_previous_file(tmp_path, monkeypatch):
@@ -71,12 +75,49 @@ def test_crash_mid_write_leaves_no_truncated_final_file(tmp_path, monkeypatch):
         ck.atomic_save({"step": 2}, tmp_path / "missing_dir" / "new.pt")
 
 
-def test_stale_temp_files_are_removed(tmp_path):
-    (tmp_path / ".model000010.pt.abc123.tmp").write_bytes(b"partial")
-    (tmp_path / "model000010.pt").write_bytes(b"kept")
-    removed = ck.remove_stale_temp_files(tmp_path)
-    assert [p.name for p in removed] == [".model000010.pt.abc123.tmp"]
-    assert (tmp_path / "model000010.pt").exists()
+def test_atomic_path_leaves_the_old_file_or_the_complete_new_one(tmp_path):
+    """An exception mid-write leaves the old bytes and no temporary file; a block that ends
+    replaces them, and until then the temporary file is hidden beside the final one and ends in
+    its suffix (PyAV picks the format from it). Seen red with the temporary file kept on an
+    exception (no `finally` in atomic_path) and with `.tmp` put after the suffix."""
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(b"old")
+    with pytest.raises(ZeroDivisionError), ck.atomic_path(path) as tmp:
+        tmp.write_bytes(b"half")
+        1 / 0
+    assert path.read_bytes() == b"old" and _no_temp_files(tmp_path)
+    with ck.atomic_path(path) as tmp:
+        tmp.write_bytes(b"new")
+        assert (tmp.parent, tmp.suffix, tmp.name[0]) == (tmp_path, ".mp4", ".")
+        assert path.read_bytes() == b"old"
+    assert path.read_bytes() == b"new" and _no_temp_files(tmp_path)
+
+
+def test_what_a_killed_writer_leaves_is_removed_and_nothing_else(tmp_path):
+    """A process killed inside `atomic_path` blocks leaves one temporary file per block;
+    remove_stale_temp_files deletes exactly those, whatever the suffix, and keeps final files,
+    the run lock and other names. Seen red with the clean-up's glob narrowed to `.pt` files."""
+    (tmp_path / "model000010.pt").write_bytes(b"old")
+    for name in (".ramvid.lock", "notes.tmp", "6x6x16x16x3.npz"):
+        (tmp_path / name).write_bytes(b"kept")
+    names = ["model000010.pt", "args.json", "6x6x16x16x3.npz", "progress.csv", "grid.mp4",
+             "README"]
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys\n"
+        "from contextlib import ExitStack\n"
+        "from ramvid.checkpoint import atomic_path\n"
+        "with ExitStack() as stack:\n"
+        "    for name in sys.argv[1:]:\n"
+        "        stack.enter_context(atomic_path(name)).write_bytes(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"), *(str(tmp_path / n) for n in names)],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    kept = {"model000010.pt", ".ramvid.lock", "notes.tmp", "6x6x16x16x3.npz"}
+    left = {p.name for p in tmp_path.iterdir()} - kept
+    assert len(left) == len(names)  # one per block
+    assert {p.name for p in ck.remove_stale_temp_files(tmp_path)} == left
+    assert {p.name for p in tmp_path.iterdir()} == kept
+    assert (tmp_path / "model000010.pt").read_bytes() == b"old"
 
 
 class _RunsCode:

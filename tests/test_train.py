@@ -288,7 +288,7 @@ def test_disk_full_stops_with_one_line_and_keeps_previous_checkpoint(videos, tmp
     assert "could not write checkpoint" in err and "000002.pt: No space left on device" in err
     assert "Traceback" not in err
     assert resume_step(tmp_path, ["0.9", "0.99"]) == 1
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
     assert not (tmp_path / LOCK_NAME).exists()  # given back at exit 1
 
 

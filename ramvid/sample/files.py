@@ -11,7 +11,6 @@ together from them (rank 0 never holds more than one chunk) and the chunk files 
 Every sample depends on its seed and index only, and a chunk's batches start at the chunk, so a
 run cut short and resumed writes the same bytes as one that never stopped.
 """
-import os
 import re
 import struct
 import zipfile
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import atomic_path, remove_stale_temp_files
 from .batch import global_batches
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
-PARTIAL_GLOB = ".*.npz.*.partial"  # what a killed write leaves behind
 GT_PREFIX = "gt_"
 CHUNK_DIR = "chunks"
 _CHUNK_FILE = re.compile(r"^chunk_(\d{4,})\.npz$")
@@ -51,19 +50,14 @@ def _write_member(archive, name, shape, dtype, blocks):
 def write_npz(path, arrays):
     """Write `arrays` (in order: arr_0, arr_1, ...) to `path` atomically; an item is an array,
     or (full shape, dtype, its rows as blocks) to stream it."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for k, item in enumerate(arrays):
-                if not isinstance(item, tuple):
-                    item = np.asarray(item)
-                    item = (item.shape, item.dtype, [item])
-                _write_member(archive, f"arr_{k}.npy", *item)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    with (atomic_path(path) as tmp,
+          zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive):
+        for k, item in enumerate(arrays):
+            if not isinstance(item, tuple):
+                item = np.asarray(item)
+                item = (item.shape, item.dtype, [item])
+            _write_member(archive, f"arr_{k}.npy", *item)
+    return Path(path)
 
 
 def _read_npy_header(file):
@@ -187,8 +181,8 @@ class ChunkStore:
             write_npz(path, [self._column(n) for n in [name, *extra]])
         for k in range(len(self.ranges)):
             self.path(k).unlink()
-        # Files half-written when an earlier attempt was killed (write_npz's temporary names).
-        for stale in [*self.chunk_dir.glob(PARTIAL_GLOB), *self.folder.glob(PARTIAL_GLOB)]:
-            stale.unlink()
+        # Files half-written when an earlier attempt was killed.
+        remove_stale_temp_files(self.chunk_dir)
+        remove_stale_temp_files(self.folder)
         self.chunk_dir.rmdir()
         return paths

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..checkpoint import atomic_path
 from ..config import create_diffusion
 from ..data import VideoClipDataset
 from ..errors import UsageError
@@ -124,12 +125,10 @@ def _keep_rows_up_to(path, columns, step):
     kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step]
     if len(kept) == len(rows):
         return
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(kept)
-    tmp.replace(path)
 
 
 def _append_row(path, columns, row):

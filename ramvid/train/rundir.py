@@ -71,8 +71,7 @@ def run_folder(cfg, model_flags, info):
             start.messages.append(f"--overwrite True: deleted {_describe(start.foreign)} from "
                                   f"{logdir}")
         for tmp in remove_stale_temp_files(logdir):  # never raises
-            start.messages.append(f"removed {tmp}, left by a run killed while writing a "
-                                  f"checkpoint")
+            start.messages.append(f"removed {tmp}, left by a run killed while writing it")
         start.messages[:0] = [f"WARNING: {w.message}" for w in caught]
         ckpt, start.ckpt = start.ckpt, None  # stays on rank 0: the others receive the rest
         return start
