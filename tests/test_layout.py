@@ -5,7 +5,8 @@ Layers, bottom to top (an import may go down or sideways, never up, and no impor
 
     0  errors                          the one user-error type
     1  flags dist runtime checkpoint   infrastructure: flags and records, launch, TF32/compile/
-       runlock video_io                heap/seeds, checkpoint files, run-folder lock, video files
+       runlock video_io                heap/seeds, crash-safe writes and checkpoint files,
+                                       run-folder lock, video files
     2  unet masking diffusion data     the model, the maths, the data, the metrics
        metrics
     3  config                          model and diffusion flags -> (model, diffusion); presets
