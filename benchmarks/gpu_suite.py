@@ -26,24 +26,27 @@ from ramvid.flags import Flag, at_least, int_list, parse, user_errors, write_jso
 
 BENCHMARK = REPO / "benchmarks" / "benchmark.py"
 
-# (name, benchmark.py flags); the config and device are added per run.
-TRAIN_RUNS = [
-    ("fp32_tf32_b4", "--dtype fp32 --tf32 on"),
-    ("bf16_compile_b4", "--dtype bf16 --compile"),
-    ("bf16_compile_b8", "--dtype bf16 --compile --batch_size 8"),
-    ("bf16_b4", "--dtype bf16"),
-    ("bf16_b4_mb2", "--dtype bf16 --microbatch 2"),
-    ("fp32_ieee_b4", "--dtype fp32 --tf32 off"),
-    ("fp32_tf32_b4_mb2", "--dtype fp32 --tf32 on --microbatch 2"),
-    ("fp32_tf32_b8", "--dtype fp32 --tf32 on --batch_size 8"),
-    ("bf16_b8", "--dtype bf16 --batch_size 8"),
-]
-VARIANT_RUNS = [
-    ("bf16_b4_channels_last", "--dtype bf16 --channels_last"),
-    ("bf16_b4_cudnn_benchmark", "--dtype bf16 --cudnn_benchmark"),
-    ("bf16_b8_cpu_generators", "--dtype bf16 --batch_size 8 --generators cpu"),
-]
-SYNC_RUN = ("fp32_tf32_b4_syncs", "--dtype fp32 --tf32 on --sync_check")
+# {section: [(name, benchmark.py flags)]}; the config and device are added per run. syncs
+# (counting needs CUDA) is cheap, so it runs first.
+BENCHMARK_RUNS = {
+    "syncs": [("fp32_tf32_b4_syncs", "--dtype fp32 --tf32 on --sync_check")],
+    "train": [
+        ("fp32_tf32_b4", "--dtype fp32 --tf32 on"),
+        ("bf16_compile_b4", "--dtype bf16 --compile"),
+        ("bf16_compile_b8", "--dtype bf16 --compile --batch_size 8"),
+        ("bf16_b4", "--dtype bf16"),
+        ("bf16_b4_mb2", "--dtype bf16 --microbatch 2"),
+        ("fp32_ieee_b4", "--dtype fp32 --tf32 off"),
+        ("fp32_tf32_b4_mb2", "--dtype fp32 --tf32 on --microbatch 2"),
+        ("fp32_tf32_b8", "--dtype fp32 --tf32 on --batch_size 8"),
+        ("bf16_b8", "--dtype bf16 --batch_size 8"),
+    ],
+    "variants": [
+        ("bf16_b4_channels_last", "--dtype bf16 --channels_last"),
+        ("bf16_b4_cudnn_benchmark", "--dtype bf16 --cudnn_benchmark"),
+        ("bf16_b8_cpu_generators", "--dtype bf16 --batch_size 8 --generators cpu"),
+    ],
+}
 # (sampler, --timestep_respacing) pairs of the quality sweep, cheapest first.
 QUALITY_RUNS = [("dpm++2m", "logsnr10"), ("dpm++2m", "logsnr15"), ("dpm++2m", "logsnr25"),
                 ("dpm++2m", "25"), ("ddim", "ddim25"), ("dpm++2m", "logsnr50"), ("ddim", "ddim50"),
@@ -231,16 +234,11 @@ def main(argv=None):
     sections = set(args.sections.split(","))
     if args.tiny:
         suite.results["note"] = "--tiny: CPU, tiny config; checks the suite, not a measurement"
-    if "syncs" in sections and not args.tiny:  # counting needs CUDA; cheap, so first
-        suite.benchmark("syncs", *SYNC_RUN)
-    if "train" in sections:
-        for name, flags in TRAIN_RUNS:
-            if args.tiny and name == "bf16_compile_b8":  # one CPU compile proves the path
-                continue
-            suite.benchmark("train", name, flags)
-    if "variants" in sections:
-        for name, flags in VARIANT_RUNS:
-            suite.benchmark("variants", name, flags)
+    for section, runs in BENCHMARK_RUNS.items():
+        for name, flags in runs if section in sections else ():
+            # --tiny: no sync counting on the CPU, and one CPU compile proves the path
+            if not (args.tiny and name in ("fp32_tf32_b4_syncs", "bf16_compile_b8")):
+                suite.benchmark(section, name, flags)
     work = None
     if sections & {"script", "curves"}:  # training videos of the benchmark's size and length
         from datasets.synthetic import generate
