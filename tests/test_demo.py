@@ -1,6 +1,7 @@
 """The demo's pieces: baselines, scoring (best-of-N), table, loss plot, data caching, the commands
 it runs and the shipped checkpoint. (The full `make demo` takes minutes and is not run here.)"""
 import json
+import re
 import sys
 
 import numpy as np
@@ -11,9 +12,9 @@ from ramvid.errors import UsageError
 from ramvid.metrics.frame_metrics import copy_last_given, linear_interpolation, mean_frame
 from ramvid.demo import command as demo
 from ramvid.demo.command import (COPY_LAST, LINEAR, MEAN, DemoConfig, common_truth, format_table,
-                                 grouped_samples, launch_prefix, margins, plot_training_loss,
-                                 prepare_data, read_progress, sample_command, sample_files, score,
-                                 score_task, short_run_command, training_reference)
+                                 launch_prefix, margins, plot_training_loss, prepare_data,
+                                 read_progress, sample_command, score, score_task,
+                                 short_run_command, task_samples, training_reference)
 from ramvid.config import PRESETS
 
 
@@ -105,24 +106,50 @@ def test_scoring_a_task_against_baselines_on_sprite_clips():
     assert "psnr_gain_over_linear_db" in margins({"infilling": infill}, "ours")["infilling"]
 
 
-def test_samples_are_grouped_by_clip_and_checked_against_their_clips():
+def sample_run(task_dir, samples, truth_rows, name="predict_c0-1_6x8_s2_ddim25_seed0_ema"):
+    """A video_sample.py run folder in task_dir (its OPENAI_LOGDIR) with 2 samples per clip and
+    frames 0, 1 given: samples, gt_ file, record."""
+    run = task_dir / name
+    run.mkdir(parents=True)
+    np.savez(run / "6x8x16x16x3.npz", samples)
+    np.savez(run / "gt_6x8x16x16x3.npz", truth_rows)
+    (run / "sample_args.json").write_text(json.dumps(dict(
+        cond_frames=[0, 1], samples_per_clip=2, num_samples=len(samples),
+        seq_len=samples.shape[1], save_gt=True)))
+    return run
+
+
+def test_samples_are_grouped_by_clip_and_checked_against_their_clips(tmp_path, capsys):
     """Catches a sample order that is not clip-major (samples scored against another clip's
-    truth) and samples whose given frames are not their clip's."""
+    truth), samples whose given frames are not their clip's, a run of other settings than the
+    task's, and a task folder with two runs; the run's own gt_ file, repeated by design, is read
+    without a note. Seen red with the given-frame check removed from task_samples, with
+    load_samples' one_row_per_clip call removed (clips interleaved), and with one_row_per_clip's
+    note printed for every repeated ground truth."""
     gt = make_clips(3, image_size=16, num_frames=8, seed=4, split="test", max_sprites=1).videos
     truth_rows = np.repeat(gt, 2, axis=0)  # clip-major: clip i's samples are rows 2i, 2i + 1
     samples = truth_rows.copy()
     samples[:, 2:] = 0
-    grouped, truth = grouped_samples(samples, truth_rows, [0, 1], 2)
+    sample_run(tmp_path / "ok", samples, truth_rows)
+    grouped, truth = task_samples(tmp_path / "ok", [0, 1], 2)
+    assert capsys.readouterr().err == ""
     assert grouped.shape == (3, 2, 8, 16, 16, 3) and (truth == gt).all()
     assert (grouped[1, 1] == samples[3]).all()
-    with pytest.raises(UsageError, match="clip-major"):
-        grouped_samples(samples, np.tile(gt, (2, 1, 1, 1, 1)), [0, 1], 2)  # clips interleaved
+    run = sample_run(tmp_path / "interleaved", samples, np.tile(gt, (2, 1, 1, 1, 1)))
+    with pytest.raises(UsageError, match=re.escape(f"--gt {run / 'gt_6x8x16x16x3.npz'}: as many")):
+        task_samples(tmp_path / "interleaved", [0, 1], 2)
     wrong = samples.copy()
     wrong[4, 1] = 0
-    with pytest.raises(UsageError, match="given frames"):
-        grouped_samples(wrong, truth_rows, [0, 1], 2)
-    with pytest.raises(UsageError, match="groups of 4"):
-        grouped_samples(samples, truth_rows, [0, 1], 4)
+    run = sample_run(tmp_path / "wrong", wrong, truth_rows)
+    with pytest.raises(UsageError, match=re.escape(f"{run / '6x8x16x16x3.npz'}: samples do not")):
+        task_samples(tmp_path / "wrong", [0, 1], 2)
+    with pytest.raises(UsageError, match="--samples_per_clip 3 contradicts .* 2 samples per clip"):
+        task_samples(tmp_path / "ok", [0, 1], 3)
+    with pytest.raises(UsageError, match=r"given frames \[0, 1\]"):
+        task_samples(tmp_path / "ok", [0, 7], 2)
+    sample_run(tmp_path / "ok", samples, truth_rows, name="another_run")
+    with pytest.raises(UsageError, match="expected one sample run .* found 2"):
+        task_samples(tmp_path / "ok", [0, 1], 2)
 
 
 def test_two_models_are_scored_only_on_the_same_clips():
@@ -218,18 +245,6 @@ def test_commands_use_the_real_scripts_and_flags(tmp_path):
     uncond = sample_command(cfg, mpi, "ckpt.pt", "unconditional")
     assert uncond[uncond.index("--cond_generation") + 1] == "False"
     assert uncond[uncond.index("--num_samples") + 1] == "4" and "--data_dir" not in uncond
-
-
-def test_sample_files_are_found_in_the_samplers_run_folder(tmp_path):
-    run = tmp_path / "task" / "predict_c0-1_8x8_ddim25_seed0"
-    run.mkdir(parents=True)
-    for name in ("8x8x16x16x3.npz", "gt_8x8x16x16x3.npz"):
-        np.savez(run / name, np.zeros(1))
-    assert sample_files(tmp_path / "task") == (run / "8x8x16x16x3.npz",
-                                               run / "gt_8x8x16x16x3.npz")
-    np.savez(tmp_path / "task" / "16x8x16x16x3.npz", np.zeros(1))  # a second run's samples
-    with pytest.raises(UsageError, match="expected one samples"):
-        sample_files(tmp_path / "task")
 
 
 def test_shipped_checkpoint_matches_its_recorded_sha256_and_loads_as_weights():

@@ -128,7 +128,7 @@ def test_sample_files_are_read_from_disk_clip_by_clip(tmp_path):
     tracemalloc.start()
     try:
         mapped = load_clips(path, "--gt")
-        one_per_clip = one_row_per_clip(mapped, len(repeated), 5)
+        one_per_clip = one_row_per_clip(mapped, len(repeated), 5, path, note=False)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -23,9 +23,12 @@ from ..config import PRESETS
 from ..diffusion import space_timesteps
 from ..errors import UsageError
 from ..flags import Flag, at_least, parse, unit_interval, user_errors, write_json
+from ..metrics.command import find_sample_file, load_samples, resolve_settings
+from ..metrics.evaluation import PROTOCOLS
 from ..metrics.frame_metrics import copy_last_given, frame_metrics, linear_interpolation, mean_frame
 from ..metrics.i3d import sha256_of
-from ..sample.files import GT_PREFIX, read_npz
+from ..sample.run import RECORD_JSON
+from ..train.logs import PREVIEW_CSV, PREVIEW_RESPACING, PROGRESS_CSV, preview_tasks
 from ..video_io import save_video_grid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,9 +38,9 @@ REPO = Path(__file__).resolve().parents[2]
 # val clips come from other generator streams, so they are held out for it too.
 DEMO_DATA = dict(num_train=2000, num_val=32, image_size=16, num_frames=8, max_sprites=1,
                  speed=(0.125, 0.125), radius=(0.22, 0.28), color_by_shape=True, seed=0)
-# The frames each task gives the sampler; None: unconditional.
-TASKS = {"prediction": [0, 1], "infilling": [0, DEMO_DATA["num_frames"] - 1],
-         "unconditional": None}
+# The frames each task gives the sampler (the tasks a training run's previews score, so the
+# loss plot shows them); None: unconditional.
+TASKS = {**preview_tasks(DEMO_DATA["num_frames"]), "unconditional": None}
 SOURCES = ("shipped", "this_run")  # run_dir/<source>/<task>: which checkpoint sampled it
 COPY_LAST, LINEAR, MEAN = "copy last given", "linear interp.", "mean frame"
 BASELINES = (COPY_LAST, LINEAR, MEAN)
@@ -261,35 +264,27 @@ def margins(scores, ours):
 
 
 # ----------------------------------------------------------------------------- the samples
-def sample_files(task_dir):
-    """(samples npz, ground-truth npz or None) that video_sample.py wrote under task_dir (in
-    task_dir itself or in the one run folder it made there)."""
-    found = sorted(Path(task_dir).rglob("*.npz"))
-    samples = [p for p in found if not p.name.startswith(GT_PREFIX)]
-    truth = [p for p in found if p.name.startswith(GT_PREFIX)]
-    if len(samples) != 1 or len(truth) > 1:
-        raise UsageError(f"expected one samples .npz (and at most one {GT_PREFIX}*.npz) under "
-                         f"{task_dir}, found {len(samples)} and {len(truth)}")
-    return samples[0], (truth[0] if truth else None)
+def sample_run(task_dir):
+    """The folder of the one run video_sample.py made in task_dir (its OPENAI_LOGDIR)."""
+    found = sorted(Path(task_dir).glob(f"*/{RECORD_JSON}"))
+    if len(found) != 1:
+        raise UsageError(f"expected one sample run (a folder with {RECORD_JSON}) in {task_dir}, "
+                         f"found {len(found)}")
+    return found[0].parent
 
 
-def grouped_samples(samples, gt, given_frames, per_clip):
-    """Samples (N * S, T, H, W, C) in clip-major order and their ground truth (one row per
-    sample) -> (samples (N, S, T, H, W, C), gt (N, T, H, W, C)).
-
-    Checks what a silent mix-up would break: each clip's S truth rows are one clip, and every
-    sample shows its clip's given frames exactly (the sampler copies them)."""
-    if samples.shape != gt.shape or len(samples) % per_clip:
-        raise UsageError(f"samples {samples.shape} and ground truth {gt.shape} do not form "
-                         f"groups of {per_clip} samples per clip")
-    samples = samples.reshape(-1, per_clip, *samples.shape[1:])
-    gt = gt.reshape(-1, per_clip, *gt.shape[1:])
-    if not (gt == gt[:, :1]).all():
-        raise UsageError("the ground truth of one clip's samples differs: the sample order is "
-                         "not clip-major")
-    if not (samples[:, :, given_frames] == gt[:, :, given_frames]).all():
-        raise UsageError("samples do not show their clips' given frames")
-    return samples, gt[:, 0]
+def task_samples(task_dir, frames, per_clip):
+    """(samples (N, S, T, H, W, C), gt (N, T, H, W, C)) of the sample run in task_dir, read and
+    checked as video_eval.py reads a run folder (its record is the one asked for: `frames` given,
+    `per_clip` samples per clip; its gt_ file is clip-major), and every sample shows its clip's
+    given frames exactly (the sampler copies them; a mix-up of files would not)."""
+    files = [find_sample_file(sample_run(task_dir))]
+    resolve_settings(files, PROTOCOLS["custom"], frames, per_clip)
+    samples, gt, gt_path = load_samples(files, None, per_clip)
+    if not (samples[:, :, frames] == gt[:, None, frames]).all():
+        raise UsageError(f"{files[0][0]}: samples do not show their clips' given frames "
+                         f"{frames} of {gt_path}")
+    return samples, gt
 
 
 def common_truth(truths):
@@ -366,7 +361,8 @@ def plot_training_loss(progress_csv, png_path, title="training loss", preview_cs
             ax.plot(previews["step"], previews[f"psnr_{task}_copy_last"], "--", color=color,
                     label=f"{task}: copy last given")
         ax.set(xlabel="step", ylabel="PSNR dB (held-out previews)",
-               title="held-out previews (EMA weights, DDIM 10 steps)")
+               title="held-out previews (EMA weights, DDIM "
+               f"{PREVIEW_RESPACING.removeprefix('ddim')} steps)")
         ax.grid(True, alpha=0.3)
     for ax in axes[0]:
         ax.legend(fontsize=7)
@@ -386,24 +382,23 @@ def summarise(cfg, checkpoints, labels, timings, start):
     for task in ("prediction", "infilling"):
         ours, truth = {}, {}
         for source in SOURCES:
-            samples_path, gt_path = sample_files(cfg.run_dir / source / task)
-            ours[labels[source]], truth[labels[source]] = grouped_samples(
-                read_npz(samples_path)[0], read_npz(gt_path)[0], TASKS[task], cfg.samples_per_clip)
+            ours[labels[source]], truth[labels[source]] = task_samples(
+                cfg.run_dir / source / task, TASKS[task], cfg.samples_per_clip)
         truths[task] = common_truth(truth)
         scores[task], videos[task] = score_task(ours, truths[task], TASKS[task], reference)
     retrain_shown = f"OMP_NUM_THREADS={RETRAIN_THREADS} " + shown(retrain_command(cfg.data_dir))
     train_dir = cfg.run_dir / "train"
-    plot = plot_training_loss(train_dir / "progress.csv", cfg.run_dir / "training_loss.png",
+    plot = plot_training_loss(train_dir / PROGRESS_CSV, cfg.run_dir / "training_loss.png",
                               title=f"this run: demo preset, {cfg.max_steps} steps",
-                              preview_csv=train_dir / "preview" / "preview.csv")
-    progress = read_progress(train_dir / "progress.csv")
+                              preview_csv=train_dir / PREVIEW_CSV)
+    progress = read_progress(train_dir / PROGRESS_CSV)
     loss, tenth = progress["loss"], max(1, len(progress["loss"]) // 10)
     train = {"steps": int(progress["step"][-1]), "loss_first_10pct": float(loss[:tenth].mean()),
              "loss_last_10pct": float(loss[-tenth:].mean()),
              "samples_per_s": float(progress["samples_per_s"][-1])}
     files = {"run": cfg.run_dir, "loss plot": plot, "metrics": cfg.run_dir / "metrics.json",
              "short run: checkpoints, logs": train_dir,
-             "short run: previews": train_dir / "preview"}
+             "short run: previews": train_dir / PREVIEW_CSV.parent}
     # Per task the truth of 8 clips, both models and the baselines that fill frames from the
     # given ones; a frame strip of prediction, clip by clip; given frames outlined.
     for task, by_method in videos.items():
@@ -417,8 +412,9 @@ def summarise(cfg, checkpoints, labels, timings, start):
         truths["prediction"][i], prediction[labels["shipped"]][i], prediction[COPY_LAST][i])])
     files["prediction frame strip"] = save_video_grid(
         cfg.run_dir / "prediction_strip.png", strip, cond_frames=TASKS["prediction"], scale=3)
-    files["unconditional npz"] = sample_files(cfg.run_dir / "shipped" / "unconditional")[0]
-    gif = sorted((cfg.run_dir / "shipped" / "unconditional").rglob("samples_*.gif"))
+    unconditional = sample_run(cfg.run_dir / "shipped" / "unconditional")
+    files["unconditional npz"] = find_sample_file(unconditional)[0]
+    gif = sorted(unconditional.glob("samples_*.gif"))
     if gif:
         files["unconditional gif"] = gif[0]
     timings["total_s"] = time.time() - start

@@ -146,7 +146,7 @@ def eval_main(argv=None):
             paths = sample_for_evaluation(parser, argv, args, protocol)
             if paths is None:  # ranks other than 0 only sample
                 return None
-            sample_paths, gt_path = [paths["samples"]], paths["gt"]
+            sample_paths, gt_path = [paths["samples"]], None  # the run's own gt_ file
             output = args.output or paths["folder"] / "eval.json"
         else:
             if args.samples is None:
@@ -162,14 +162,7 @@ def eval_main(argv=None):
         files = [find_sample_file(Path(p)) for p in sample_paths]  # [(npz, its record or None)]
         cond_frames, per_clip, origin = resolve_settings(files, protocol, args.cond_frames,
                                                          args.samples_per_clip)
-        first_path, record = files[0]
-        if gt_path is None and record and record.get("save_gt"):
-            gt_path = first_path.with_name(GT_PREFIX + first_path.name)  # the run's own
-        if gt_path is None:
-            raise UsageError("--gt is required: the samples' run did not save its ground truth "
-                             "(--save_gt True)")
-        samples, gt = load_samples([path for path, _ in files], load_clips(Path(gt_path), "--gt"),
-                                   per_clip)
+        samples, gt, gt_path = load_samples(files, gt_path, per_clip)
         try:
             with torch.inference_mode():  # not set_grad_enabled: an in-process caller keeps autograd
                 results = run_evaluation(samples, gt, protocol, cond_frames, origin,
@@ -179,7 +172,7 @@ def eval_main(argv=None):
         except (ValueError, I3DWeightsError) as err:
             raise UsageError(str(err)) from None
         results.update(samples=[str(p) for p in sample_paths], gt=str(gt_path))
-        selection = clip_selection(record, protocol)
+        selection = clip_selection(files[0][1], protocol)
         if selection:
             results["clips"] = selection
             results["protocol_description"] += f"\nClips: {selection}."
@@ -292,26 +285,38 @@ def resolve_settings(files, protocol, cond_frames, samples_per_clip):
     return frames, recorded, str(path)
 
 
-def one_row_per_clip(gt: np.ndarray, num_sample_rows: int, per_clip) -> np.ndarray:
+def one_row_per_clip(gt: np.ndarray, num_sample_rows: int, per_clip, path, note) -> np.ndarray:
     """video_sample.py --samples_per_clip S --save_gt True writes each ground-truth clip S
-    times (clip-major, like the samples); keep one row per clip after checking that."""
+    times (clip-major, like the samples); keep one row per clip after checking that, saying so
+    with `note` (a run's own gt_ file repeats its clips by design, a --gt file may not)."""
     per_clip = per_clip or 1
     if per_clip == 1 or gt.shape[0] != num_sample_rows or gt.shape[0] % per_clip:
         return gt
     grouped = gt.reshape(gt.shape[0] // per_clip, per_clip, *gt.shape[1:])
     if not all((clip == clip[:1]).all() for clip in grouped):  # clip by clip: gt may be mapped
-        raise UsageError(f"--gt has as many rows as --samples but its rows do not repeat in "
-                         f"groups of --samples_per_clip {per_clip}; pass one row per clip")
-    print(f"--gt repeats each clip {per_clip} times: using one row per clip", file=sys.stderr)
+        raise UsageError(f"--gt {path}: as many rows as --samples but they do not repeat in "
+                         f"groups of --samples_per_clip {per_clip} (clip-major); pass one per clip")
+    if note:
+        print(f"--gt repeats each clip {per_clip} times: using one row per clip", file=sys.stderr)
     return np.ascontiguousarray(grouped[:, 0])
 
 
-def load_samples(paths, gt: np.ndarray, per_clip):
-    """Files of clip-major samples -> (one (N_clips, S, T, H, W, C) array, a view of the one file
-    when there is one; gt (N_clips, T, H, W, C), one row per clip)."""
+def load_samples(files, gt_path, per_clip):
+    """Clip-major samples ([(npz, its record or None)], as find_sample_file gives them) and their
+    ground truth (`gt_path`; None: the first run's own gt_ file) -> (samples (N_clips, S, T, H,
+    W, C), a view of the one file when there is one; gt (N_clips, T, H, W, C), one row per clip;
+    the ground truth's path)."""
+    (first_path, record), paths = files[0], [path for path, _ in files]
+    named = gt_path is not None
+    if not named and record and record.get("save_gt"):
+        gt_path = first_path.with_name(GT_PREFIX + first_path.name)
+    if gt_path is None:
+        raise UsageError("--gt is required: the samples' run did not save its ground truth "
+                         "(--save_gt True)")
+    gt = load_clips(Path(gt_path), "--gt")
     first = load_clips(paths[0], "--samples")
     if len(paths) == 1:
-        gt = one_row_per_clip(gt, first.shape[0], per_clip)
+        gt = one_row_per_clip(gt, first.shape[0], per_clip, gt_path, note=named)
     num_clips, item, parts = gt.shape[0], gt.shape[1:], []
     for i, path in enumerate(paths):
         clips = first if i == 0 else load_clips(path, "--samples")
@@ -328,7 +333,7 @@ def load_samples(paths, gt: np.ndarray, per_clip):
             raise UsageError(f"--samples {path}: every file must hold the same number of "
                              "samples per clip")
         parts.append(clips.reshape(num_clips, count, *item))
-    return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)), gt
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)), gt, gt_path
 
 
 def clip_selection(record, protocol):

@@ -32,6 +32,7 @@ LOSS_TERMS = ("loss", "mse", "vb")  # the per-video terms a step reports
 PREVIEW_CLIPS = 8  # few enough that a preview costs seconds on a CPU
 PREVIEW_RESPACING = "ddim10"
 PREVIEW_SEED = 0
+PROGRESS_CSV = "progress.csv"  # in the log dir
 PREVIEW_CSV = Path("preview", "preview.csv")  # in the log dir
 PREVIEW_COLUMNS = ("step", "val_loss", "psnr_prediction", "psnr_prediction_copy_last",
                    "psnr_infilling", "psnr_infilling_copy_last", "seconds")
@@ -44,7 +45,7 @@ class RunLogger:
 
     def __init__(self, logdir, enabled=True):
         self.logdir = Path(logdir)
-        self.progress_path = self.logdir / "progress.csv"
+        self.progress_path = self.logdir / PROGRESS_CSV
         self.enabled = enabled
         self.bar = self.tb = None
         if not enabled:
