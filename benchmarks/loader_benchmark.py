@@ -44,7 +44,7 @@ def generate_video(path: Path, minutes: float, width: int, height: int, fps: int
     front = texture(8) // 8
     num_frames = round(minutes * 60 * fps)
     chroma = np.full((height // 2, width), 128, np.uint8)  # U and V planes, stacked rows
-    with atomic_path(path) as tmp, av.open(str(tmp), "w") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": "ultrafast", "g": str(gop)}

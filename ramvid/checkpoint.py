@@ -54,11 +54,12 @@ def step_from_model_path(path):
 
 
 # --------------------------------------------------------------------------- writing
-# A file being written is `.STEM.PID.tmp.SUFFIX` beside its final name STEM.SUFFIX: hidden, in the
-# same folder (so the rename is atomic), apart from another process's (the pid), and ending in
-# the final suffix, from which PyAV and PIL pick the file format.
-TEMP_NAME = ".{stem}.{pid}.tmp{suffix}"
-TEMP_GLOB = TEMP_NAME.format(stem="*", pid="[0-9]*", suffix="*")
+# A file being written is `.NAME.PID.tmp` beside its final name NAME: hidden, in the same folder
+# (so the rename is atomic), apart from another process's (the pid), and never ending in the final
+# suffix, so that no `*.pt` or `*.npz` glob (pathlib's match hidden files) takes a half-written
+# file for a finished one. Writers that pick a format by suffix (PyAV) are told the format.
+TEMP_NAME = ".{name}.{pid}.tmp"
+TEMP_GLOB = TEMP_NAME.format(name="*", pid="[0-9]*")
 
 
 @contextmanager
@@ -69,7 +70,7 @@ def atomic_path(path):
     path = Path(path)
     # The writer opens `tmp` itself: open() honours the umask, where mkstemp would make every
     # file owner-only.
-    tmp = path.with_name(TEMP_NAME.format(stem=path.stem, pid=os.getpid(), suffix=path.suffix))
+    tmp = path.with_name(TEMP_NAME.format(name=path.name, pid=os.getpid()))
     try:
         yield tmp
         os.replace(tmp, path)

@@ -41,7 +41,8 @@ def video_writer(path, width, height, fps, crf=None):
     """`with video_writer(...) as write:` encode PyAV frames one by one with `write(frame)`; the
     file appears at `path` (through `atomic_path`) when the block ends without an exception."""
     rate = Fraction(fps).limit_denominator(1001)
-    with atomic_path(path) as tmp, av.open(str(tmp), mode="w") as container:
+    muxer = Path(path).suffix.lower()[1:].replace("mkv", "matroska")  # the temporary name has none
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format=muxer) as container:
         if crf is None:
             stream = container.add_stream("libx264rgb", rate=rate)
             stream.pix_fmt = "rgb24"

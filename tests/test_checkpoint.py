@@ -77,9 +77,10 @@ def test_crash_mid_write_leaves_no_truncated_final_file(tmp_path, monkeypatch):
 
 def test_atomic_path_leaves_the_old_file_or_the_complete_new_one(tmp_path):
     """An exception mid-write leaves the old bytes and no temporary file; a block that ends
-    replaces them, and until then the temporary file is hidden beside the final one and ends in
-    its suffix (PyAV picks the format from it). Seen red with the temporary file kept on an
-    exception (no `finally` in atomic_path) and with `.tmp` put after the suffix."""
+    replaces them, and until then the temporary file is hidden beside the final one and does not
+    end in its suffix (a `*.mp4` glob must not take it for a finished file). Seen red with the
+    temporary file kept on an exception (no `finally` in atomic_path) and with the temporary
+    name ending in the final suffix."""
     path = tmp_path / "clip.mp4"
     path.write_bytes(b"old")
     with pytest.raises(ZeroDivisionError), ck.atomic_path(path) as tmp:
@@ -88,7 +89,8 @@ def test_atomic_path_leaves_the_old_file_or_the_complete_new_one(tmp_path):
     assert path.read_bytes() == b"old" and _no_temp_files(tmp_path)
     with ck.atomic_path(path) as tmp:
         tmp.write_bytes(b"new")
-        assert (tmp.parent, tmp.suffix, tmp.name[0]) == (tmp_path, ".mp4", ".")
+        assert (tmp.parent, tmp.suffix, tmp.name[0]) == (tmp_path, ".tmp", ".")
+        assert list(tmp_path.glob("*.mp4")) == [path]
         assert path.read_bytes() == b"old"
     assert path.read_bytes() == b"new" and _no_temp_files(tmp_path)
 

@@ -56,8 +56,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(setup, tmp_path, monkeyp
     assert chunk.exists() and not list(killed.glob("*.npz"))
     # What a kill in the middle of a chunk write or of the final join leaves (whether or not
     # this one did).
-    (killed / "chunks" / ".chunk_0001.99999.tmp.npz").write_bytes(b"PK\x03\x04 half")
-    (killed / ".6x6x16x16x3.99999.tmp.npz").write_bytes(b"PK\x03\x04 half")
+    (killed / "chunks" / ".chunk_0001.npz.99999.tmp").write_bytes(b"PK\x03\x04 half")
+    (killed / ".6x6x16x16x3.npz.99999.tmp").write_bytes(b"PK\x03\x04 half")
 
     assert (killed / ".ramvid.lock").exists()  # a SIGKILL runs no clean-up
     rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
