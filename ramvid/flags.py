@@ -268,6 +268,11 @@ def config_json(config):
     return json.dumps(config, indent=2, sort_keys=False, default=str)
 
 
+def as_json(value):
+    """`value` as its JSON file reads back: tuples as lists, other objects as their strings."""
+    return json.loads(config_json(value))
+
+
 def exit_if_dry_run(args, config):
     if getattr(args, "dry_run", False):
         print(config_json(config))
@@ -283,14 +288,6 @@ def write_json(path, config):
     except OSError as e:
         raise OSError(f"could not write {path}: {e.strerror or e}") from e
     return path
-
-
-def write_args_json(logdir, config):
-    """Write `config` (plus library versions under "versions" unless present) to LOGDIR/args.json.
-    Sampling reads it back with `read_args_json` to rebuild the model."""
-    config = dict(config)
-    config.setdefault("versions", versions())
-    return write_json(Path(logdir) / ARGS_JSON, config)
 
 
 def read_args_json(path):

@@ -5,7 +5,6 @@ Rank 0 takes the folder's lock (`ramvid.runlock`) and decides where the run star
 anything in the folder is truncated or deleted, so a refused start (exit code 2) or an unreadable
 checkpoint (exit code 1) leaves every file as it was.
 """
-import json
 import os
 import time
 import warnings
@@ -20,7 +19,7 @@ from ..checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_files, co
                           step_from_model_path)
 from ..config import model_and_diffusion_defaults
 from ..errors import UsageError
-from ..flags import read_args_json, versions, write_args_json
+from ..flags import ARGS_JSON, as_json, read_args_json, versions, write_json
 from ..runlock import FolderLock
 
 # Flags that say how to start, not what is trained: they differ between a run and its restart.
@@ -126,7 +125,7 @@ def plan_start(cfg, model_flags, logdir):
                     f"or start a new run in another --log_dir")
             current = cfg.to_json()
             changed = [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in current
-                       if k not in START_FLAGS and k in saved and _as_json(current[k]) != saved[k]]
+                       if k not in START_FLAGS and k in saved and as_json(current[k]) != saved[k]]
             if changed:
                 plan.messages.append(f"training flags changed since the resumed run: "
                                      f"{', '.join(changed)}")
@@ -174,10 +173,11 @@ def plan_start(cfg, model_flags, logdir):
 
 
 def record_start(logdir, step, record):
-    """Write args.json at a run's first start (`record`: flags, world size, classes, ...); a
-    start from step > 0 over an args.json appends {"step", "changed": {key: new value}} to its
-    "restarts" list instead, so the file tells what trained each step."""
-    record = _as_json({**record, "versions": versions()})
+    """Write args.json (sampling rebuilds the model from it) at a run's first start (`record`:
+    flags, world size, classes, ...; library versions are added); a start from step > 0 over an
+    args.json appends {"step", "changed": {key: new value}} to its "restarts" list instead, so
+    the file tells what trained each step."""
+    record = as_json({**record, "versions": versions()})
     try:
         saved = read_args_json(logdir) if step else None
     except (FileNotFoundError, ValueError):
@@ -189,7 +189,7 @@ def record_start(logdir, step, record):
         changed = {k: v for k, v in record.items() if in_force.get(k) != v}
         saved["restarts"] = [*saved.get("restarts", []), {"step": step, "changed": changed}]
     try:
-        write_args_json(logdir, saved)
+        write_json(Path(logdir) / ARGS_JSON, saved)
     except OSError as e:
         raise CheckpointError(str(e)) from None
 
@@ -208,13 +208,9 @@ def _describe(paths, shown=3):
     return f"{len(names)} checkpoint file(s): {', '.join(names[:shown])}{more}"
 
 
-def _as_json(value):
-    return json.loads(json.dumps(value, default=str))
-
-
 def _differing_model_flags(model_flags, saved):
     """'--flag now (the run used then)' for each model/diffusion flag that differs."""
     # num_classes comes from the data; a different count fails loading the weights.
     names = [k for k in model_and_diffusion_defaults() if k != "num_classes"]
-    return [f"--{k} {_as_json(model_flags[k])!r} (the run used {saved[k]!r})"
-            for k in names if k in saved and _as_json(model_flags[k]) != saved[k]]
+    return [f"--{k} {as_json(model_flags[k])!r} (the run used {saved[k]!r})"
+            for k in names if k in saved and as_json(model_flags[k]) != saved[k]]
