@@ -127,8 +127,7 @@ class Flag:
             reason = self.check(value) if self.check else None
         except TypeError:  # e.g. None from an old args.json
             reason = f"is a {type(value).__name__}, expected {self.parse_type().__name__}"
-        if reason:
-            raise UsageError(f"--{self.name} {raw!r}: {reason}")
+        require(not reason, self.name, raw, reason)
         return value
 
     def to_json(self, value):
