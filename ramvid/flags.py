@@ -52,14 +52,23 @@ def comma_items(text):
     return [item.strip() for item in str(text).split(",") if item.strip()]
 
 
-def int_list(value):
-    """'0,1,' -> [0, 1]."""
+def int_tuple(value):
+    """'0,1,' -> (0, 1), a Flag's `convert` (a list or tuple is taken item by item); ValueError
+    with the reason otherwise."""
     if isinstance(value, (list, tuple)):
-        return [int(v) for v in value]
+        return tuple(int(v) for v in value)
     try:
-        return [int(p) for p in comma_items(value)]
+        return tuple(int(p) for p in comma_items(value))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {value!r}")
+        raise ValueError("expected a comma list of integers") from None
+
+
+def int_list(value):
+    """int_tuple as an argparse `type`: '0,1,' -> [0, 1]; its error names the value itself."""
+    try:
+        return list(int_tuple(value))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}, got {value!r}") from None
 
 
 # Checks: value -> the reason it is wrong, or None.
