@@ -222,8 +222,9 @@ def complete_steps(folder, ema_rates):
             if {p.name for p in set_files(folder, step, ema_rates)} <= files[step]]
 
 
-def delete_checkpoint_files(paths):
-    """Delete checkpoint files, every opt file first: a half-deleted set is never complete."""
+def delete_checkpoint_files(sets):
+    """Delete {step: paths} sets, every opt file first: a half-deleted set is never complete."""
+    paths = [path for paths in sets.values() for path in paths]
     for path in sorted(paths, key=lambda p: not Path(p).name.startswith("opt")):
         Path(path).unlink(missing_ok=True)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import dist
-from ..checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_files, complete_steps,
+from ..checkpoint import (CheckpointError, checkpoint_files, complete_steps,
                           delete_checkpoint_files, load_latest_checkpoint,
                           load_training_checkpoint, remove_stale_temp_files, set_files,
                           step_from_model_path)
@@ -32,7 +32,7 @@ class Start:
     logdir: Path
     step: int = 0  # the step the weights have seen: 0 = fresh start
     folder: Path = None  # folder of the checkpoint resumed from
-    foreign: list = field(default_factory=list)  # checkpoint files --overwrite deletes
+    foreign: dict = field(default_factory=dict)  # {step: checkpoint files} --overwrite deletes
     messages: list = field(default_factory=list)  # lines for the log
     ckpt: object = None  # this rank's part of the checkpoint (TrainingCheckpoint) or None
 
@@ -143,11 +143,11 @@ def plan_start(cfg, model_flags, logdir):
         own = saved.get("ema_rate") == ",".join(cfg.ema_rate) and not _differing_model_flags(
             model_flags, saved)
     complete = complete_steps(logdir, cfg.ema_rate)
-    leftovers = []
+    leftovers = {}
     for step, paths in files.items():
         if same_folder and step <= plan.step:
             continue  # the history of the run being continued
-        (leftovers if own and step not in complete else plan.foreign).extend(paths)
+        (leftovers if own and step not in complete else plan.foreign)[step] = paths
     if leftovers:
         plan.messages.append(f"ignoring {_describe(leftovers)} after step {plan.step}: not a "
                              f"complete set (left by an interrupted save)")
@@ -160,7 +160,7 @@ def plan_start(cfg, model_flags, logdir):
                              f"--overwrite True")
         why = ""
         if plan.step == 0:
-            newest = max(int(CHECKPOINT_NAME.match(Path(p).name).group(1)) for p in plan.foreign)
+            newest = max(plan.foreign)
             missing = [p.name for p in set_files(plan.logdir, newest, cfg.ema_rate)
                        if not p.is_file()]
             if missing:
@@ -202,8 +202,8 @@ def _in_force(saved):
     return current
 
 
-def _describe(paths, shown=3):
-    names = [Path(p).name for p in paths]
+def _describe(sets, shown=3):
+    names = [p.name for paths in sets.values() for p in paths]
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return f"{len(names)} checkpoint file(s): {', '.join(names[:shown])}{more}"
 
