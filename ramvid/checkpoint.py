@@ -217,9 +217,8 @@ def checkpoint_files(folder):
 def complete_steps(folder, ema_rates):
     """Steps of `folder` whose model, opt and every EMA file exist (not whether they load),
     newest first."""
-    files = {step: {p.name for p in paths} for step, paths in checkpoint_files(folder).items()}
-    return [step for step in sorted(files, reverse=True)
-            if {p.name for p in set_files(folder, step, ema_rates)} <= files[step]]
+    return [step for step, paths in reversed(checkpoint_files(folder).items())
+            if set(set_files(folder, step, ema_rates)) <= set(paths)]
 
 
 def delete_checkpoint_files(sets):
