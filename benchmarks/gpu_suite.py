@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(REPO))
 
-from ramvid.flags import Flag, at_least, int_list, parse, user_errors, write_json  # noqa: E402
+from ramvid.flags import Flag, at_least, int_tuple, parse, user_errors, write_json  # noqa: E402
 
 BENCHMARK = REPO / "benchmarks" / "benchmark.py"
 
@@ -65,7 +65,7 @@ FLAGS = (
          check=at_least(0)),
     Flag("model_path", "", "checkpoint for the quality sweep"),
     Flag("clips_npz", "", "held-out clips, uint8 N x T x H x W x C (e.g. a gt_*.npz)"),
-    Flag("cond_frames", "0,1", "given frames in the quality sweep", convert=int_list),
+    Flag("cond_frames", "0,1", "given frames in the quality sweep", convert=int_tuple),
     Flag("quality_runs", "",
          "comma list of sampler:respacing, e.g. 'dpm++2m:logsnr25,ddim:ddim50'"),
     Flag("num_clips", 64, "clips of the quality sweep", check=at_least(1)),

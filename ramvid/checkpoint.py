@@ -218,13 +218,13 @@ def checkpoint_files(folder):
 def complete_steps(folder, ema_rates):
     """Steps of `folder` whose model, opt and every EMA file exist (not whether they load),
     newest first."""
-    files = {step: {p.name for p in paths} for step, paths in checkpoint_files(folder).items()}
-    return [step for step in sorted(files, reverse=True)
-            if {p.name for p in set_files(folder, step, ema_rates)} <= files[step]]
+    return [step for step, paths in reversed(checkpoint_files(folder).items())
+            if set(set_files(folder, step, ema_rates)) <= set(paths)]
 
 
-def delete_checkpoint_files(paths):
-    """Delete checkpoint files, every opt file first: a half-deleted set is never complete."""
+def delete_checkpoint_files(sets):
+    """Delete {step: paths} sets, every opt file first: a half-deleted set is never complete."""
+    paths = [path for paths in sets.values() for path in paths]
     for path in sorted(paths, key=lambda p: not Path(p).name.startswith("opt")):
         Path(path).unlink(missing_ok=True)
 

@@ -5,13 +5,11 @@ The flags are declared once, in `MODEL_AND_DIFFUSION_FLAGS`: the training and sa
 takes the flag names of the paper's commands. `--preset NAME` expands to one of `PRESETS`; flags
 given explicitly on the command line win.
 """
-import argparse
-
 from .diffusion import (LossType, ModelMeanType, ModelVarType, SpacedDiffusion,
                         get_named_beta_schedule, space_timesteps)
 from .diffusion.schedules import NOISE_SCHEDULES
 from .errors import UsageError
-from .flags import Flag, at_least, flag_values, in_range, int_list, positive
+from .flags import Flag, at_least, flag_values, in_range, int_tuple, positive
 from .unet import UNetConfig, UNetModel
 
 # channel_mult chosen by image size when --channel_mult is not given.
@@ -21,14 +19,6 @@ CHANNEL_MULT_BY_SIZE = {
     64: (1, 2, 3, 4),
     32: (1, 2, 2, 2),
 }
-
-
-def _ints(text):
-    """'16,8' -> (16, 8); ValueError with the reason otherwise."""
-    try:
-        return tuple(int_list(text))
-    except argparse.ArgumentTypeError:
-        raise ValueError("expected a comma list of integers") from None
 
 
 def _all_positive(values):
@@ -47,10 +37,10 @@ MODEL_AND_DIFFUSION_FLAGS = (
     Flag("num_heads_upsample", -1, "attention heads on the upsampling path; -1 = --num_heads"),
     Flag("attention_resolutions", "16,8", "comma list of downsampling factors r whose level "
          "attends over all T*H*W positions (at image_size // r pixels); the middle block always "
-         "attends; empty = middle block only", convert=_ints, check=_all_positive),
+         "attends; empty = middle block only", convert=int_tuple, check=_all_positive),
     Flag("channel_mult", "", "comma list of channel multipliers per UNet level, e.g. 1,2,3,4; "
          f"empty = chosen by --image_size ({', '.join(map(str, CHANNEL_MULT_BY_SIZE))})",
-         convert=_ints, check=_all_positive),
+         convert=int_tuple, check=_all_positive),
     Flag("dropout", 0.0, "dropout rate in the residual blocks", check=in_range(0.0, 1.0)),
     Flag("learn_sigma", False, "the model also predicts the variance (2C output channels; "
          "hybrid loss)"),

@@ -269,15 +269,6 @@ def all_gather_object(obj):
     return gathered
 
 
-def broadcast_object(obj, group=None):
-    """`obj` of rank 0, returned on every rank (every rank must call this)."""
-    if get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, group=group)
-    return box[0]
-
-
 def run_on_main(fn):
     """Rank 0 calls fn() while the other ranks wait up to MAIN_WORK_TIMEOUT_S for its (picklable)
     result, which every rank returns; an exception on rank 0 is raised on every rank. Every rank
@@ -295,7 +286,9 @@ def run_on_main(fn):
             pickle.dumps(outcome)
         except Exception:  # the others must still learn that rank 0 failed, and why
             outcome = (False, RuntimeError(f"rank 0: {outcome[1]!r} cannot be sent to the others"))
-    ok, value = broadcast_object(outcome, group=_main_work_group)
+    box = [outcome]
+    dist.broadcast_object_list(box, src=0, group=_main_work_group)
+    ok, value = box[0]
     if not ok:
         raise error or value
     return value

@@ -52,14 +52,23 @@ def comma_items(text):
     return [item.strip() for item in str(text).split(",") if item.strip()]
 
 
-def int_list(value):
-    """'0,1,' -> [0, 1]."""
+def int_tuple(value):
+    """'0,1,' -> (0, 1), a Flag's `convert` (a list or tuple is taken item by item); ValueError
+    with the reason otherwise."""
     if isinstance(value, (list, tuple)):
-        return [int(v) for v in value]
+        return tuple(int(v) for v in value)
     try:
-        return [int(p) for p in comma_items(value)]
+        return tuple(int(p) for p in comma_items(value))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {value!r}")
+        raise ValueError("expected a comma list of integers") from None
+
+
+def int_list(value):
+    """int_tuple as an argparse `type`: '0,1,' -> [0, 1]; its error names the value itself."""
+    try:
+        return list(int_tuple(value))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}, got {value!r}") from None
 
 
 # Checks: value -> the reason it is wrong, or None.
@@ -127,8 +136,7 @@ class Flag:
             reason = self.check(value) if self.check else None
         except TypeError:  # e.g. None from an old args.json
             reason = f"is a {type(value).__name__}, expected {self.parse_type().__name__}"
-        if reason:
-            raise UsageError(f"--{self.name} {raw!r}: {reason}")
+        require(not reason, self.name, raw, reason)
         return value
 
     def to_json(self, value):
@@ -268,6 +276,11 @@ def config_json(config):
     return json.dumps(config, indent=2, sort_keys=False, default=str)
 
 
+def as_json(value):
+    """`value` as its JSON file reads back: tuples as lists, other objects as their strings."""
+    return json.loads(config_json(value))
+
+
 def exit_if_dry_run(args, config):
     if getattr(args, "dry_run", False):
         print(config_json(config))
@@ -283,14 +296,6 @@ def write_json(path, config):
     except OSError as e:
         raise OSError(f"could not write {path}: {e.strerror or e}") from e
     return path
-
-
-def write_args_json(logdir, config):
-    """Write `config` (plus library versions under "versions" unless present) to LOGDIR/args.json.
-    Sampling reads it back with `read_args_json` to rebuild the model."""
-    config = dict(config)
-    config.setdefault("versions", versions())
-    return write_json(Path(logdir) / ARGS_JSON, config)
 
 
 def read_args_json(path):

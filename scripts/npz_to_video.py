@@ -14,14 +14,14 @@ if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ramvid.errors import UsageError
-from ramvid.flags import (Flag, add_flags, at_least, flag_values, int_list, make_parser, one_of,
+from ramvid.flags import (Flag, add_flags, at_least, flag_values, int_tuple, make_parser, one_of,
                           user_errors)
 from ramvid.metrics.command import load_clips
 from ramvid.video_io import FORMATS, save_video_grid
 
 FLAGS = (
     Flag("format", "gif", " | ".join(FORMATS), check=one_of(FORMATS)),
-    Flag("cond_frames", "", "given frame indices to outline, e.g. 0,1,", convert=int_list),
+    Flag("cond_frames", "", "given frame indices to outline, e.g. 0,1,", convert=int_tuple),
     Flag("per_grid", 8, "videos per grid file", check=at_least(1)),
     Flag("max_videos", 0, "only the first N videos (0: all)", check=at_least(0)),
     Flag("fps", 4, "frames per second of gif/mp4 grids", check=at_least(1)),

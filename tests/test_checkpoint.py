@@ -267,5 +267,5 @@ def test_pruning_keeps_the_newest_complete_sets_and_never_a_newer_incomplete_one
     assert list(ck.sets_to_prune(tmp_path, ["0.9"], keep=2)) == [1, 2, 3]
     assert list(ck.sets_to_prune(tmp_path, ["0.9"], keep=2, keep_every=2)) == [1, 3]
     assert ck.sets_to_prune(tmp_path, ["0.9"], keep=0) == {}
-    ck.delete_checkpoint_files(ck.sets_to_prune(tmp_path, ["0.9"], keep=4)[1])
+    ck.delete_checkpoint_files(ck.sets_to_prune(tmp_path, ["0.9"], keep=4))
     assert sorted(ck.checkpoint_files(tmp_path)) == [2, 3, 4, 5, 6]

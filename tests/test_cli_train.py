@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from ramvid.config import PRESETS
-from ramvid.flags import read_args_json, write_args_json
+from ramvid.flags import read_args_json
 from ramvid.runlock import LOCK_NAME
 from ramvid.train.command import main as train_main, parse_train_args
+from ramvid.train.rundir import record_start
 from sample_fixtures import runs_as
 from train_fixtures import PYTHON, TINY, TRAIN_SCRIPT, make_videos, script_env
 
@@ -108,9 +109,9 @@ def test_dry_run_prints_the_resolved_config(data_dir, capsys):
 
 
 def test_args_json_round_trip(tmp_path):
-    path = write_args_json(tmp_path, {"lr": 1e-4, "seq_len": 20})
+    record_start(tmp_path, 0, {"lr": 1e-4, "seq_len": 20})
     back = read_args_json(tmp_path)
-    assert path.name == "args.json" and back["seq_len"] == 20 and "torch" in back["versions"]
+    assert back["seq_len"] == 20 and back["resumed_from_step"] == 0 and "torch" in back["versions"]
 
 
 def _script(args, logdir):

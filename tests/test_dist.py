@@ -31,7 +31,7 @@ PROBE = textwrap.dedent("""
             if info.world_size > 1:
                 torch.distributed.all_reduce(total)
             total = total.item()
-            shared = dist.broadcast_object(f"from rank {info.rank}")
+            shared = dist.run_on_main(lambda: f"from rank {info.rank}")
             # One write per line: with PYTHONUNBUFFERED, print() writes text and newline apart
             # and two ranks' lines could interleave.
             sys.stdout.write(f"RESULT {info.rank} {info.world_size} {info.launcher} {ranks} "

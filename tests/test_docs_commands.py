@@ -212,7 +212,7 @@ def _write_npz(path, argv):
 def checkpoint(tmp_path_factory):
     """A tiny model checkpoint (demo preset, 20 frames) with its args.json."""
     import ramvid
-    from ramvid.flags import write_args_json
+    from ramvid.flags import write_json
     from ramvid.config import PRESETS
 
     folder = tmp_path_factory.mktemp("checkpoint")
@@ -220,7 +220,7 @@ def checkpoint(tmp_path_factory):
     flags = {**defaults, **{k: v for k, v in dict(PRESETS["demo"]).items() if k in defaults},
              "seq_len": 20}
     torch.save(ramvid.create_model(**flags).state_dict(), folder / "ema_0.9999_000100.pt")
-    write_args_json(folder, flags)
+    write_json(folder / "args.json", flags)
     return folder / "ema_0.9999_000100.pt"
 
 

@@ -19,7 +19,7 @@ from ..config import (DIFFUSION_FLAGS, MODEL_AND_DIFFUSION_FLAGS, PRESETS, check
 from ..diffusion.sampling import SAMPLERS, check_sampler
 from ..errors import UsageError
 from ..flags import (Flag, add_common_flags, add_flags, as_flag_error, at_least, exit_if_dry_run,
-                     flag_values, given_on_command_line, int_list, make_parser, one_of,
+                     flag_values, given_on_command_line, int_tuple, make_parser, one_of,
                      parse_flags, require, unit_interval, user_errors)
 from ..masking import frame_indices_problem
 from ..runtime import autocast_dtype, compile_model, configure_tf32
@@ -81,7 +81,7 @@ SAMPLING_FLAG = {f.name: f for f in SAMPLING_FLAGS}  # for commands that share s
 
 SAMPLE_FLAGS = SAMPLING_FLAGS + (
     Flag("cond_frames", "0,", "given frame indices, e.g. 0,1, (prediction) or 0,19, "
-         "(infilling)", convert=lambda text: tuple(int_list(text))),
+         "(infilling)", convert=int_tuple),
 )
 SAMPLE_DESCRIPTION = ("Sample videos from a trained ramvid model: prediction, infilling or "
                       "unconditional generation.")

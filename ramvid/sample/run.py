@@ -20,7 +20,7 @@ import torch
 
 from .. import dist
 from ..errors import UsageError
-from ..flags import config_json, versions, write_json
+from ..flags import as_json, versions, write_json
 from ..masking import mask_from_frames
 from ..runlock import FolderLock, format_duration
 from ..runtime import cache_home
@@ -134,7 +134,7 @@ def prepare_folder(folder, record, finished, overwrite, reuse_finished=False):
     if old is not None and not overwrite:
         ignored = _REUSABLE_KEYS if reuse_finished and finished else _RESUMABLE_KEYS
         changed = [k for k in record if k not in ignored
-                   and old.get(k) != json.loads(config_json(record[k]))]
+                   and old.get(k) != as_json(record[k])]
         if changed:
             k = changed[0]
             raise UsageError(f"{folder} holds a run with {k}={old.get(k)!r}, not {record[k]!r}; "

@@ -135,8 +135,6 @@ TRAIN_FLAGS = (
          "effect on CPU)"),
 )
 
-_BY_NAME = {f.name: f for f in TRAIN_FLAGS}
-
 
 @dataclass(frozen=True)
 class TrainConfig(config_class("TrainFlags", TRAIN_FLAGS)):
@@ -186,11 +184,10 @@ def _check_together(cfg, model_flags):
                          f"default folder would be new on every start, so a requeued or "
                          f"restarted job would start over; name one folder for all its starts")
 
+    written = {**model_flags, **cfg.to_json()}  # the values as the command line writes them
+
     def check(condition, flag, reason):
-        if not condition:
-            value = _BY_NAME[flag].to_json(getattr(cfg, flag)) if flag in _BY_NAME \
-                else model_flags[flag]
-            raise UsageError(f"--{flag} {value!r}: {reason}")
+        require(condition, flag, written[flag], reason)
 
     check(1 <= cfg.microbatch <= cfg.batch_size, "microbatch",
           f"must be -1 (= batch_size) or in 1..batch_size ({cfg.batch_size})")

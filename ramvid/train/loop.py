@@ -304,7 +304,7 @@ def train(cfg, model_flags, info, start, log, stop):
             model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             save_checkpoint(logdir, step, model_state, emas, opt_state)
             pruned = sets_to_prune(logdir, ema.rates, cfg.keep_checkpoints, cfg.keep_every)
-            delete_checkpoint_files([path for paths in pruned.values() for path in paths])
+            delete_checkpoint_files(pruned)
             return list(pruned)
 
         pruned = dist.run_on_main(write)

@@ -5,7 +5,6 @@ Rank 0 takes the folder's lock (`ramvid.runlock`) and decides where the run star
 anything in the folder is truncated or deleted, so a refused start (exit code 2) or an unreadable
 checkpoint (exit code 1) leaves every file as it was.
 """
-import json
 import os
 import time
 import warnings
@@ -14,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import dist
-from ..checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_files, complete_steps,
+from ..checkpoint import (CheckpointError, checkpoint_files, complete_steps,
                           delete_checkpoint_files, load_latest_checkpoint,
                           load_training_checkpoint, remove_stale_temp_files, set_files,
                           step_from_model_path)
 from ..config import model_and_diffusion_defaults
 from ..errors import UsageError
-from ..flags import read_args_json, versions, write_args_json
+from ..flags import ARGS_JSON, as_json, read_args_json, versions, write_json
 from ..runlock import FolderLock
 
 # Flags that say how to start, not what is trained: they differ between a run and its restart.
@@ -33,7 +32,7 @@ class Start:
     logdir: Path
     step: int = 0  # the step the weights have seen: 0 = fresh start
     folder: Path = None  # folder of the checkpoint resumed from
-    foreign: list = field(default_factory=list)  # checkpoint files --overwrite deletes
+    foreign: dict = field(default_factory=dict)  # {step: checkpoint files} --overwrite deletes
     messages: list = field(default_factory=list)  # lines for the log
     ckpt: object = None  # this rank's part of the checkpoint (TrainingCheckpoint) or None
 
@@ -126,7 +125,7 @@ def plan_start(cfg, model_flags, logdir):
                     f"or start a new run in another --log_dir")
             current = cfg.to_json()
             changed = [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in current
-                       if k not in START_FLAGS and k in saved and _as_json(current[k]) != saved[k]]
+                       if k not in START_FLAGS and k in saved and as_json(current[k]) != saved[k]]
             if changed:
                 plan.messages.append(f"training flags changed since the resumed run: "
                                      f"{', '.join(changed)}")
@@ -144,11 +143,11 @@ def plan_start(cfg, model_flags, logdir):
         own = saved.get("ema_rate") == ",".join(cfg.ema_rate) and not _differing_model_flags(
             model_flags, saved)
     complete = complete_steps(logdir, cfg.ema_rate)
-    leftovers = []
+    leftovers = {}
     for step, paths in files.items():
         if same_folder and step <= plan.step:
             continue  # the history of the run being continued
-        (leftovers if own and step not in complete else plan.foreign).extend(paths)
+        (leftovers if own and step not in complete else plan.foreign)[step] = paths
     if leftovers:
         plan.messages.append(f"ignoring {_describe(leftovers)} after step {plan.step}: not a "
                              f"complete set (left by an interrupted save)")
@@ -161,7 +160,7 @@ def plan_start(cfg, model_flags, logdir):
                              f"--overwrite True")
         why = ""
         if plan.step == 0:
-            newest = max(int(CHECKPOINT_NAME.match(Path(p).name).group(1)) for p in plan.foreign)
+            newest = max(plan.foreign)
             missing = [p.name for p in set_files(plan.logdir, newest, cfg.ema_rate)
                        if not p.is_file()]
             if missing:
@@ -174,10 +173,11 @@ def plan_start(cfg, model_flags, logdir):
 
 
 def record_start(logdir, step, record):
-    """Write args.json at a run's first start (`record`: flags, world size, classes, ...); a
-    start from step > 0 over an args.json appends {"step", "changed": {key: new value}} to its
-    "restarts" list instead, so the file tells what trained each step."""
-    record = _as_json({**record, "versions": versions()})
+    """Write args.json (sampling rebuilds the model from it) at a run's first start (`record`:
+    flags, world size, classes, ...; library versions are added); a start from step > 0 over an
+    args.json appends {"step", "changed": {key: new value}} to its "restarts" list instead, so
+    the file tells what trained each step."""
+    record = as_json({**record, "versions": versions()})
     try:
         saved = read_args_json(logdir) if step else None
     except (FileNotFoundError, ValueError):
@@ -189,7 +189,7 @@ def record_start(logdir, step, record):
         changed = {k: v for k, v in record.items() if in_force.get(k) != v}
         saved["restarts"] = [*saved.get("restarts", []), {"step": step, "changed": changed}]
     try:
-        write_args_json(logdir, saved)
+        write_json(Path(logdir) / ARGS_JSON, saved)
     except OSError as e:
         raise CheckpointError(str(e)) from None
 
@@ -202,19 +202,15 @@ def _in_force(saved):
     return current
 
 
-def _describe(paths, shown=3):
-    names = [Path(p).name for p in paths]
+def _describe(sets, shown=3):
+    names = [p.name for paths in sets.values() for p in paths]
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return f"{len(names)} checkpoint file(s): {', '.join(names[:shown])}{more}"
-
-
-def _as_json(value):
-    return json.loads(json.dumps(value, default=str))
 
 
 def _differing_model_flags(model_flags, saved):
     """'--flag now (the run used then)' for each model/diffusion flag that differs."""
     # num_classes comes from the data; a different count fails loading the weights.
     names = [k for k in model_and_diffusion_defaults() if k != "num_classes"]
-    return [f"--{k} {_as_json(model_flags[k])!r} (the run used {saved[k]!r})"
-            for k in names if k in saved and _as_json(model_flags[k]) != saved[k]]
+    return [f"--{k} {as_json(model_flags[k])!r} (the run used {saved[k]!r})"
+            for k in names if k in saved and as_json(model_flags[k]) != saved[k]]
