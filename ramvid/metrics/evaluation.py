@@ -9,7 +9,7 @@ import numpy as np
 
 from ..masking import frame_indices_problem, mask_from_frames
 from .frame_metrics import bool_mask, frame_metrics
-from .fvd import frechet_distance, i3d_features
+from .fvd import compute_fvd
 from .i3d import MIN_FRAMES
 
 
@@ -134,12 +134,10 @@ def evaluate_predictions(samples, gt, obs_mask, fvd_include_given: bool = True,
     if not with_fvd:
         return results
     flat_samples = samples.reshape(-1, *samples.shape[2:])   # clip-major (N_clips * S, T, ...)
-    fake = i3d_features(flat_samples, batch_size, i3d, device, progress, frames)
-    real = i3d_features(gt, batch_size, i3d, device, progress, frames)
-    fvd, imag_residue = frechet_distance(fake, real)
-    results.update(fvd=fvd, fvd_imag_residue=imag_residue, fvd_frames=frames,
+    fvd = compute_fvd(flat_samples, gt, batch_size, i3d, device, progress, frames)
+    results.update(fvd=fvd["fvd"], fvd_imag_residue=fvd["imag_residue"], fvd_frames=frames,
                    fvd_include_given=bool(fvd_include_given),
-                   fvd_num_samples=len(fake), fvd_num_real=len(real))
+                   fvd_num_samples=fvd["num_videos_a"], fvd_num_real=fvd["num_videos_b"])
     return results
 
 

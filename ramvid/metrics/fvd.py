@@ -155,13 +155,14 @@ def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> tuple[float, flo
 
 
 def compute_fvd(videos_a, videos_b, batch_size: int = 16, model: I3D | None = None,
-                device=None, progress=None) -> dict:
-    """FVD between two sets of (N, T, H, W, C) videos (uint8, or float in [-1, 1]).
+                device=None, progress=None, frames=None) -> dict:
+    """FVD between two sets of (N, T, H, W, C) videos (uint8, or float in [-1, 1]), on the
+    frames with indices ``frames`` (default: all).
 
     Returns ``{"fvd", "imag_residue", "num_videos_a", "num_videos_b"}``.
     """
-    feat_a = i3d_features(videos_a, batch_size, model, device, progress)
-    feat_b = i3d_features(videos_b, batch_size, model, device, progress)
+    feat_a = i3d_features(videos_a, batch_size, model, device, progress, frames)
+    feat_b = i3d_features(videos_b, batch_size, model, device, progress, frames)
     fvd, imag_residue = frechet_distance(feat_a, feat_b)
     return {"fvd": fvd, "imag_residue": imag_residue,
             "num_videos_a": len(feat_a), "num_videos_b": len(feat_b)}
