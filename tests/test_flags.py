@@ -123,7 +123,7 @@ def test_train_flag_error_from_declaration(capsys):
 
 PROGRAMS = sorted(str(p.relative_to(REPO)) for folder in ("scripts", "datasets", "benchmarks")
                   for p in (REPO / folder).glob("*.py")
-                  if "__main__" in p.read_text() and p.name != "make_i3d_fixture.py")
+                  if "__main__" in p.read_text())
 
 
 @pytest.mark.parametrize("program", PROGRAMS)

