@@ -184,16 +184,15 @@ class ShardClips(Dataset):
         return preprocess_frame(Image.fromarray(to_rgb(frame)), self.image_size, self.rgb)
 
     def read_or_repair(self, entry: VideoEntry, start: int) -> torch.Tensor | None:
-        """(C, T, H, W) float32 in [-1, 1], or None after correcting the file's length (the
-        container over-reported its frames: trust what decoded) or dropping it; then retry."""
+        """(C, T, H, W) float32 in [-1, 1], or None after the file's length was corrected
+        (decode_window lowers it to what decoded) or the file dropped; then retry."""
         path = entry.path
         try:
             frames = decode_window(path, entry.meta, start, self.seq_len, self._frame)
             video = torch.from_numpy(np.stack(frames))  # (T, H, W, C) uint8
             return video.permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
         except ShortVideoError as error:
-            reported, available = entry.meta.num_frames, error.available
-            entry.meta.num_frames = min(reported, available)
+            reported, available = error.reported, error.available
             if self.usable(entry):
                 warn_once(f"{path}#length",
                           f"video {path}: header says {reported} frames, only {available} decode")

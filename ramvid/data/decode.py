@@ -36,11 +36,11 @@ class VideoReadError(UsageError):
 
 
 class ShortVideoError(UsageError):
-    """Decoding ended before the requested window was complete; `available` frames exist."""
+    """Decoding ended before the window was complete; `available` of `reported` frames exist."""
 
-    def __init__(self, message: str, available: int):
+    def __init__(self, message: str, available: int, reported: int):
         super().__init__(message)
-        self.available = available
+        self.available, self.reported = available, reported
 
 
 @dataclass
@@ -232,14 +232,17 @@ def _decode_once(path, meta, start, length, convert, seek_to, counter):
         except av.FFmpegError:
             pass  # undecodable data ends the usable part of the file
     available = previous + 1 if previous is not None else min(start, meta.num_frames)
+    # The container over-reported its frames: trust what decoded, for every later window.
+    reported, meta.num_frames = meta.num_frames, min(meta.num_frames, available)
     raise ShortVideoError(f"{path}: frames [{start}, {start + length}) requested, only "
-                          f"{available} decode", available)
+                          f"{available} decode", available, reported)
 
 
 def decode_window(path, meta: StreamMeta, start: int, length: int, convert: Callable, counter=None):
     """Frames [start, start + length) of `path`, each passed through `convert`.
 
-    Raises ShortVideoError (with the number of frames that do exist) when the file ends early.
+    Raises ShortVideoError (with the number of frames that do exist) when the file ends early,
+    after lowering meta.num_frames to that number.
     `counter`, a one-element list, accumulates the number of frames decoded (for tests).
     """
     counter = counter if counter is not None else [0]
@@ -269,10 +272,5 @@ def read_window(path, start: int, length: int) -> np.ndarray:
     meta = stream_meta(path)
     if start + length > meta.num_frames:
         raise ShortVideoError(f"{path}: frames [{start}, {start + length}) requested, the video "
-                              f"has {meta.num_frames}", meta.num_frames)
-    try:
-        frames = decode_window(path, meta, start, length, to_rgb)
-    except ShortVideoError as error:
-        meta.num_frames = min(meta.num_frames, error.available)
-        raise
-    return np.stack(frames)  # (T, H, W, 3)
+                              f"has {meta.num_frames}", meta.num_frames, meta.num_frames)
+    return np.stack(decode_window(path, meta, start, length, to_rgb))  # (T, H, W, 3)
