@@ -9,6 +9,7 @@ a given (conditioning) frame and dark for a generated one.
     save_video_grid("samples.gif", videos, obs_mask=mask)  # mask: bool (N, T) or (T,)
     save_video_grid("samples.png", videos, cond_frames=[0, 1])
 """
+import itertools
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -54,11 +55,14 @@ def video_writer(path, width, height, fps, crf=None):
             stream = container.add_stream("mpeg4", rate=rate)
             stream.pix_fmt = "yuv420p"
         stream.width, stream.height = width, height
+        count = itertools.count()
 
         def write(frame):
-            # Consecutive pts at the stream's rate: the output is constant frame rate.
-            frame.pts = None
-            container.mux(stream.encode(frame.reformat(format=stream.pix_fmt)))
+            # Consecutive pts at the stream's rate: the output is constant frame rate. The time
+            # base is set too: a decoded frame keeps its source's, which would rescale the count.
+            frame = frame.reformat(format=stream.pix_fmt)
+            frame.pts, frame.time_base = next(count), 1 / rate
+            container.mux(stream.encode(frame))
 
         yield write
         container.mux(stream.encode())

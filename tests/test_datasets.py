@@ -2,6 +2,7 @@
 import struct
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -11,9 +12,9 @@ import pytest
 
 from datasets import bair, kinetics600, synthetic, ucf101
 from datasets.bair import TFRecordError, masked_crc32c, parse_example, read_records
-from ramvid.data import class_name_of
+from ramvid.data import class_name_of, probe
 from ramvid.errors import UsageError
-from ramvid.video_io import read_video, write_video
+from ramvid.video_io import read_video, video_writer, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +101,24 @@ def test_lossy_writer_is_close_but_the_default_is_exact(tmp_path):
     assert np.array_equal(read_video(tmp_path / "exact.mp4"), video)
     lossy = read_video(tmp_path / "lossy.mp4").astype(int)
     assert np.abs(lossy - video).mean() < 8 and np.abs(lossy - video).max() > 0
+
+
+def test_writer_restamps_decoded_frames_at_its_own_rate(tmp_path):
+    """Frames decoded from another file (as Kinetics-600 clips are re-encoded) get consecutive
+    timestamps at the written rate. Seen to catch: video_writer setting only `frame.pts = None`
+    (the encoder's frame count is then read in the source's time base, 1/10240 s here, and
+    every timestamp rounds to 0: ramvid's loader counted 1 frame in each converted clip)."""
+    source = tmp_path / "source.mp4"
+    write_tiny_video(source, [10 * i for i in range(12)], codec="libx264")
+    with av.open(str(source)) as container, \
+            video_writer(tmp_path / "copy.mp4", 64, 48, 10, crf=18) as write:
+        for frame in container.decode(video=0):
+            write(frame)
+    with av.open(str(tmp_path / "copy.mp4")) as container:
+        stream = container.streams.video[0]
+        times = sorted(p.pts * stream.time_base for p in container.demux(stream) if p.size)
+    assert times == [Fraction(k, 10) for k in range(12)]
+    assert probe(tmp_path / "copy.mp4").num_frames == 12
 
 
 def run_script(*args):
