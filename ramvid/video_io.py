@@ -1,4 +1,4 @@
-"""Writing and reading video files with PyAV, and grids of videos to look at.
+"""Writing video files with PyAV (ramvid.data reads them), and grids of videos to look at.
 
 Datasets are written losslessly (`libx264rgb`, `qp=0` in .mp4: colours survive exactly, see
 docs/DATASETS.md); camera footage (Kinetics-600) and grids lossy (`libx264`, yuv420p, CRF), which
@@ -66,15 +66,6 @@ def video_writer(path, width, height, fps, crf=None):
 
         yield write
         container.mux(stream.encode())
-
-
-def read_video(path):
-    """All frames of the first video stream of `path` as (T, H, W, 3) uint8 RGB."""
-    with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    if not frames:
-        raise ValueError(f"{path} holds no video frames")
-    return np.stack(frames)
 
 
 # --------------------------------------------------------------------------- grids

@@ -12,11 +12,16 @@ import pytest
 
 from datasets import bair, kinetics600, synthetic, ucf101
 from datasets.bair import TFRecordError, masked_crc32c, parse_example, read_records
-from ramvid.data import class_name_of, probe
+from ramvid.data import class_name_of, probe, read_window
 from ramvid.errors import UsageError
-from ramvid.video_io import read_video, video_writer, write_video
+from ramvid.video_io import video_writer, write_video
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def read_video(path):
+    """Every frame of `path`: uint8 (T, H, W, 3), through the loader's own reader."""
+    return read_window(path, 0, probe(path).num_frames)
 
 
 # ---------------------------------------------------------------- synthetic sprites
