@@ -38,9 +38,10 @@ def write_video(path, frames, fps=10, crf=None):
 
 
 @contextmanager
-def video_writer(path, width, height, fps, crf=None):
+def video_writer(path, width, height, fps, crf=None, **options):
     """`with video_writer(...) as write:` encode PyAV frames one by one with `write(frame)`; the
-    file appears at `path` (through `atomic_path`) when the block ends without an exception."""
+    file appears at `path` (through `atomic_path`) when the block ends without an exception.
+    `options` (e.g. preset="ultrafast", g="250") override the encoder options chosen here."""
     rate = Fraction(fps).limit_denominator(1001)
     with atomic_path(path) as tmp, av.open(str(tmp), mode="w") as container:
         if crf is None:
@@ -54,6 +55,7 @@ def video_writer(path, width, height, fps, crf=None):
         else:  # an FFmpeg build without x264: MPEG-4 part 2, its default quality
             stream = container.add_stream("mpeg4", rate=rate)
             stream.pix_fmt = "yuv420p"
+        stream.options = {**stream.options, **options}
         stream.width, stream.height = width, height
         count = itertools.count()
 
