@@ -111,15 +111,11 @@ class VideoEntry:
     dropped: bool = False  # found undecodable after the scan
 
 
-def _reason(error: VideoReadError, path: Path) -> str:
-    return str(error).removeprefix(f"{path}: ")
-
-
 def _meta_or_reason(path: Path):
     try:
         return stream_meta(path)
     except VideoReadError as error:
-        return _reason(error, path)
+        return error.reason
 
 
 def _count_files(folder: Path) -> int:
@@ -201,7 +197,7 @@ class ShardClips(Dataset):
                                      f"< --seq_len {self.seq_len}")
         except VideoReadError as error:
             entry.dropped = True
-            warn_once(str(path), f"skipping video {path}: {_reason(error, path)}")
+            warn_once(str(path), f"skipping video {path}: {error.reason}")
         return None
 
 
