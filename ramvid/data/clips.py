@@ -1,5 +1,5 @@
 """Videos on disk -> clips (docs/DATA_LOADER.md): which files are videos and of which class,
-which of them a rank reads (`_scan`), how a frame is preprocessed, the two datasets (random
+which of them a rank reads (`ShardClips`), how a frame is preprocessed, the two datasets (random
 training windows, deterministic clips for sampling and evaluation) and the endless, resumable
 training loader. Decoding (seeking, frame counts) is ramvid.data.decode's job.
 """
