@@ -126,6 +126,21 @@ def test_writer_restamps_decoded_frames_at_its_own_rate(tmp_path):
     assert probe(tmp_path / "copy.mp4").num_frames == 12
 
 
+def test_writer_passes_encoder_options_through(tmp_path):
+    """`video_writer(..., g="10")` reaches the encoder: a keyframe at least every 10 frames
+    (x264's own default is 250). Seen to catch: video_writer dropping its `options` (the loader
+    benchmark's --gop was then ignored)."""
+    levels = np.linspace(0, 250, 30).astype(np.uint8)
+    path = tmp_path / "gop.mp4"
+    with video_writer(path, 32, 32, 10, crf=23, preset="ultrafast", g="10") as write:
+        for level in levels:
+            frame = np.full((32, 32, 3), level, np.uint8)
+            write(av.VideoFrame.from_ndarray(frame, format="rgb24"))
+    with av.open(str(path)) as container:
+        keys = [i for i, frame in enumerate(container.decode(video=0)) if frame.key_frame]
+    assert keys[0] == 0 and max(np.diff(keys + [len(levels)])) <= 10, keys
+
+
 def run_script(*args):
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
