@@ -9,7 +9,6 @@ a given (conditioning) frame and dark for a generated one.
     save_video_grid("samples.gif", videos, obs_mask=mask)  # mask: bool (N, T) or (T,)
     save_video_grid("samples.png", videos, cond_frames=[0, 1])
 """
-import itertools
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -57,14 +56,12 @@ def video_writer(path, width, height, fps, crf=None, **options):
             stream.pix_fmt = "yuv420p"
         stream.options = {**stream.options, **options}
         stream.width, stream.height = width, height
-        count = itertools.count()
 
         def write(frame):
-            # Consecutive pts at the stream's rate: the output is constant frame rate. The time
-            # base is set too: a decoded frame keeps its source's, which would rescale the count.
-            frame = frame.reformat(format=stream.pix_fmt)
-            frame.pts, frame.time_base = next(count), 1 / rate
-            container.mux(stream.encode(frame))
+            # No pts: the encoder numbers the frames, in the frame's time base (a decoded frame's
+            # is its source's), so consecutive frames lie 1 / rate apart: constant frame rate.
+            frame.pts, frame.time_base = None, 1 / rate
+            container.mux(stream.encode(frame.reformat(format=stream.pix_fmt)))
 
         yield write
         container.mux(stream.encode())
