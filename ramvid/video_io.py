@@ -58,8 +58,8 @@ def video_writer(path, width, height, fps, crf=None, **options):
         stream.width, stream.height = width, height
 
         def write(frame):
-            # No pts: the encoder numbers the frames, in the frame's time base (a decoded frame's
-            # is its source's), so consecutive frames lie 1 / rate apart: constant frame rate.
+            # The encoder numbers frames without a pts in the frame's own time base (a decoded
+            # frame brings its source's): in 1 / rate, one frame apart, a constant frame rate.
             frame.pts, frame.time_base = None, 1 / rate
             container.mux(stream.encode(frame.reformat(format=stream.pix_fmt)))
 
