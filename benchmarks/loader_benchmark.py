@@ -23,10 +23,10 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a file: import ramvid from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ramvid.checkpoint import atomic_path  # noqa: E402
 from ramvid.data import load_data, probe, read_window  # noqa: E402
 from ramvid.data.decode import to_rgb  # noqa: E402
 from ramvid.flags import Flag, at_least, parse, positive, user_errors  # noqa: E402
+from ramvid.video_io import video_writer  # noqa: E402
 
 
 def generate_video(path: Path, minutes: float, width: int, height: int, fps: int, gop: int):
@@ -44,18 +44,14 @@ def generate_video(path: Path, minutes: float, width: int, height: int, fps: int
     front = texture(8) // 8
     num_frames = round(minutes * 60 * fps)
     chroma = np.full((height // 2, width), 128, np.uint8)  # U and V planes, stacked rows
-    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "g": str(gop)}
+    # crf 23: x264's own default quality
+    with video_writer(path, width, height, fps, crf=23, preset="ultrafast", g=str(gop)) as write:
         for i in range(num_frames):
             y0, x0 = i % height, (2 * i) % width
             y1, x1 = (3 * i) % height, (width - i % width) % width
             luma = (back[y0 : y0 + height, x0 : x0 + width]
                     + front[y1 : y1 + height, x1 : x1 + width])  # (H, W), sums stay < 256
-            frame = av.VideoFrame.from_ndarray(np.concatenate([luma, chroma]), format="yuv420p")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+            write(av.VideoFrame.from_ndarray(np.concatenate([luma, chroma]), format="yuv420p"))
 
 
 def decode_from_start(path: Path, start: int, length: int) -> np.ndarray:

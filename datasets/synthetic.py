@@ -63,9 +63,9 @@ def shape_mask(shape, dy, dx, radius):
 
 def sample_clip(seed, split, index, image_size, num_frames, max_sprites, speed, radius,
                 color_by_shape):
-    """Draw clip `index` of `split` and render it; returns a dict of per-clip arrays. Each clip
-    has its own generator seeded by (seed, split, index): any clip can be reproduced alone and
-    the splits never share one."""
+    """Draw clip `index` of `split` and render it; returns a dict of per-clip arrays and its
+    label. Each clip has its own generator seeded by (seed, split, index): any clip can be
+    reproduced alone and the splits never share one."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     n = int(rng.integers(1, max_sprites + 1))
     shapes = rng.integers(0, len(SHAPES), n)
@@ -93,7 +93,7 @@ def sample_clip(seed, split, index, image_size, num_frames, max_sprites, speed, 
         dx = grid[None, None, :] - centers[k, :, 1, None, None]  # (T, 1, W)
         video[shape_mask(shapes[k], dy, dx, radii[k])] = colors[k]
     return dict(video=video, shapes=shapes, colors=colors, radii=radii, centers=centers,
-                velocities=velocity)
+                velocities=velocity, label=SHAPES[shapes[0]])  # the class: the main sprite's shape
 
 
 def make_clips(num_clips, image_size=32, num_frames=20, seed=0, split="train", max_sprites=3,
@@ -112,7 +112,7 @@ def make_clips(num_clips, image_size=32, num_frames=20, seed=0, split="train", m
                            color_by_shape)
         n = len(clip["shapes"])
         out.videos[i] = clip["video"]
-        out.labels.append(SHAPES[clip["shapes"][0]])
+        out.labels.append(clip["label"])
         out.num_sprites[i] = n
         for field in ("shapes", "colors", "radii", "centers", "velocities"):
             getattr(out, field)[i, :n] = clip[field]
@@ -151,7 +151,7 @@ def generate(out_dir, num_train=400, num_test=64, image_size=32, num_frames=20, 
         for i in range(count):  # one clip at a time keeps memory flat for large sets
             clip = sample_clip(seed, split, i, image_size, num_frames, max_sprites, speed,
                                radius, color_by_shape)
-            path = split_dirs[split] / f"{SHAPES[clip['shapes'][0]]}_{i:05d}.mp4"
+            path = split_dirs[split] / f"{clip['label']}_{i:05d}.mp4"
             write_video(path, clip["video"], fps=fps)
             written[split].append(path)
     return written

@@ -1,4 +1,4 @@
-"""Writing and reading video files with PyAV, and grids of videos to look at.
+"""Writing video files with PyAV (ramvid.data reads them), and grids of videos to look at.
 
 Datasets are written losslessly (`libx264rgb`, `qp=0` in .mp4: colours survive exactly, see
 docs/DATASETS.md); camera footage (Kinetics-600) and grids lossy (`libx264`, yuv420p, CRF), which
@@ -37,9 +37,10 @@ def write_video(path, frames, fps=10, crf=None):
 
 
 @contextmanager
-def video_writer(path, width, height, fps, crf=None):
+def video_writer(path, width, height, fps, crf=None, **options):
     """`with video_writer(...) as write:` encode PyAV frames one by one with `write(frame)`; the
-    file appears at `path` (through `atomic_path`) when the block ends without an exception."""
+    file appears at `path` (through `atomic_path`) when the block ends without an exception.
+    `options` (e.g. preset="ultrafast", g="250") override the encoder options chosen here."""
     rate = Fraction(fps).limit_denominator(1001)
     muxer = Path(path).suffix.lower()[1:].replace("mkv", "matroska")  # the temporary name has none
     with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format=muxer) as container:
@@ -54,24 +55,17 @@ def video_writer(path, width, height, fps, crf=None):
         else:  # an FFmpeg build without x264: MPEG-4 part 2, its default quality
             stream = container.add_stream("mpeg4", rate=rate)
             stream.pix_fmt = "yuv420p"
+        stream.options = {**stream.options, **options}
         stream.width, stream.height = width, height
 
         def write(frame):
-            # Consecutive pts at the stream's rate: the output is constant frame rate.
-            frame.pts = None
+            # The encoder numbers frames without a pts in the frame's own time base (a decoded
+            # frame brings its source's): in 1 / rate, one frame apart, a constant frame rate.
+            frame.pts, frame.time_base = None, 1 / rate
             container.mux(stream.encode(frame.reformat(format=stream.pix_fmt)))
 
         yield write
         container.mux(stream.encode())
-
-
-def read_video(path):
-    """All frames of the first video stream of `path` as (T, H, W, 3) uint8 RGB."""
-    with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    if not frames:
-        raise ValueError(f"{path} holds no video frames")
-    return np.stack(frames)
 
 
 # --------------------------------------------------------------------------- grids

@@ -2,6 +2,7 @@
 import struct
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -11,11 +12,16 @@ import pytest
 
 from datasets import bair, kinetics600, synthetic, ucf101
 from datasets.bair import TFRecordError, masked_crc32c, parse_example, read_records
-from ramvid.data import class_name_of
+from ramvid.data import class_name_of, probe, read_window
 from ramvid.errors import UsageError
-from ramvid.video_io import read_video, write_video
+from ramvid.video_io import video_writer, write_video
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def read_video(path):
+    """Every frame of `path`: uint8 (T, H, W, 3), through the loader's own reader."""
+    return read_window(path, 0, probe(path).num_frames)
 
 
 # ---------------------------------------------------------------- synthetic sprites
@@ -100,6 +106,39 @@ def test_lossy_writer_is_close_but_the_default_is_exact(tmp_path):
     assert np.array_equal(read_video(tmp_path / "exact.mp4"), video)
     lossy = read_video(tmp_path / "lossy.mp4").astype(int)
     assert np.abs(lossy - video).mean() < 8 and np.abs(lossy - video).max() > 0
+
+
+def test_writer_restamps_decoded_frames_at_its_own_rate(tmp_path):
+    """Frames decoded from another file (as Kinetics-600 clips are re-encoded) get consecutive
+    timestamps at the written rate. Seen to catch: video_writer setting only `frame.pts = None`
+    (the encoder's frame count is then read in the source's time base, 1/10240 s here, and
+    every timestamp rounds to 0: ramvid's loader counted 1 frame in each converted clip)."""
+    source = tmp_path / "source.mp4"
+    write_tiny_video(source, [10 * i for i in range(12)], codec="libx264")
+    with av.open(str(source)) as container, \
+            video_writer(tmp_path / "copy.mp4", 64, 48, 10, crf=18) as write:
+        for frame in container.decode(video=0):
+            write(frame)
+    with av.open(str(tmp_path / "copy.mp4")) as container:
+        stream = container.streams.video[0]
+        times = sorted(p.pts * stream.time_base for p in container.demux(stream) if p.size)
+    assert times == [Fraction(k, 10) for k in range(12)]
+    assert probe(tmp_path / "copy.mp4").num_frames == 12
+
+
+def test_writer_passes_encoder_options_through(tmp_path):
+    """`video_writer(..., g="10")` reaches the encoder: a keyframe at least every 10 frames
+    (x264's own default is 250). Seen to catch: video_writer dropping its `options` (the loader
+    benchmark's --gop was then ignored)."""
+    levels = np.linspace(0, 250, 30).astype(np.uint8)
+    path = tmp_path / "gop.mp4"
+    with video_writer(path, 32, 32, 10, crf=23, preset="ultrafast", g="10") as write:
+        for level in levels:
+            frame = np.full((32, 32, 3), level, np.uint8)
+            write(av.VideoFrame.from_ndarray(frame, format="rgb24"))
+    with av.open(str(path)) as container:
+        keys = [i for i, frame in enumerate(container.decode(video=0)) if frame.key_frame]
+    assert keys[0] == 0 and max(np.diff(keys + [len(levels)])) <= 10, keys
 
 
 def run_script(*args):

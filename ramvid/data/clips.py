@@ -1,5 +1,5 @@
 """Videos on disk -> clips (docs/DATA_LOADER.md): which files are videos and of which class,
-which of them a rank reads (`_scan`), how a frame is preprocessed, the two datasets (random
+which of them a rank reads (`ShardClips`), how a frame is preprocessed, the two datasets (random
 training windows, deterministic clips for sampling and evaluation) and the endless, resumable
 training loader. Decoding (seeking, frame counts) is ramvid.data.decode's job.
 """
@@ -111,15 +111,11 @@ class VideoEntry:
     dropped: bool = False  # found undecodable after the scan
 
 
-def _reason(error: VideoReadError, path: Path) -> str:
-    return str(error).removeprefix(f"{path}: ")
-
-
 def _meta_or_reason(path: Path):
     try:
         return stream_meta(path)
     except VideoReadError as error:
-        return _reason(error, path)
+        return error.reason
 
 
 def _count_files(folder: Path) -> int:
@@ -184,16 +180,15 @@ class ShardClips(Dataset):
         return preprocess_frame(Image.fromarray(to_rgb(frame)), self.image_size, self.rgb)
 
     def read_or_repair(self, entry: VideoEntry, start: int) -> torch.Tensor | None:
-        """(C, T, H, W) float32 in [-1, 1], or None after correcting the file's length (the
-        container over-reported its frames: trust what decoded) or dropping it; then retry."""
+        """(C, T, H, W) float32 in [-1, 1], or None after the file's length was corrected
+        (decode_window lowers it to what decoded) or the file dropped; then retry."""
         path = entry.path
         try:
             frames = decode_window(path, entry.meta, start, self.seq_len, self._frame)
             video = torch.from_numpy(np.stack(frames))  # (T, H, W, C) uint8
             return video.permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
         except ShortVideoError as error:
-            reported, available = entry.meta.num_frames, error.available
-            entry.meta.num_frames = min(reported, available)
+            reported, available = error.reported, error.available
             if self.usable(entry):
                 warn_once(f"{path}#length",
                           f"video {path}: header says {reported} frames, only {available} decode")
@@ -202,7 +197,7 @@ class ShardClips(Dataset):
                                      f"< --seq_len {self.seq_len}")
         except VideoReadError as error:
             entry.dropped = True
-            warn_once(str(path), f"skipping video {path}: {_reason(error, path)}")
+            warn_once(str(path), f"skipping video {path}: {error.reason}")
         return None
 
 

@@ -34,13 +34,17 @@ class VideoInfo(NamedTuple):
 class VideoReadError(UsageError):
     """The file is not a readable video (empty, truncated, no video stream, corrupt)."""
 
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
 
 class ShortVideoError(UsageError):
-    """Decoding ended before the requested window was complete; `available` frames exist."""
+    """Decoding ended before the window was complete; `available` of `reported` frames exist."""
 
-    def __init__(self, message: str, available: int):
+    def __init__(self, message: str, available: int, reported: int):
         super().__init__(message)
-        self.available = available
+        self.available, self.reported = available, reported
 
 
 @dataclass
@@ -99,10 +103,10 @@ def _open(path: Path):
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError) as error:
-        raise VideoReadError(f"{path}: cannot open ({_failure_reason(path, error)})") from None
+        raise VideoReadError(path, f"cannot open ({_failure_reason(path, error)})") from None
     if not container.streams.video:
         container.close()
-        raise VideoReadError(f"{path}: no video stream")
+        raise VideoReadError(path, "no video stream")
     return container
 
 
@@ -172,7 +176,7 @@ def stream_meta(path) -> StreamMeta:
     try:
         stat = path.stat()
     except OSError as error:
-        raise VideoReadError(f"{path}: {error.strerror}") from None
+        raise VideoReadError(path, error.strerror) from None
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     if key in _cache:
         return _cache[key]
@@ -182,9 +186,9 @@ def stream_meta(path) -> StreamMeta:
         try:
             first = next(container.decode(stream), None)
         except av.FFmpegError as error:
-            raise VideoReadError(f"{path}: cannot decode ({error})") from None
+            raise VideoReadError(path, f"cannot decode ({error})") from None
         if first is None:
-            raise VideoReadError(f"{path}: no decodable frame")
+            raise VideoReadError(path, "no decodable frame")
         meta = StreamMeta(stream.frames, Fraction(rate) if rate else Fraction(0),
                           Fraction(stream.time_base), first.pts if first.pts is not None else 0,
                           first.width, first.height, stream.index)
@@ -232,14 +236,17 @@ def _decode_once(path, meta, start, length, convert, seek_to, counter):
         except av.FFmpegError:
             pass  # undecodable data ends the usable part of the file
     available = previous + 1 if previous is not None else min(start, meta.num_frames)
+    # The container over-reported its frames: trust what decoded, for every later window.
+    reported, meta.num_frames = meta.num_frames, min(meta.num_frames, available)
     raise ShortVideoError(f"{path}: frames [{start}, {start + length}) requested, only "
-                          f"{available} decode", available)
+                          f"{available} decode", available, reported)
 
 
 def decode_window(path, meta: StreamMeta, start: int, length: int, convert: Callable, counter=None):
     """Frames [start, start + length) of `path`, each passed through `convert`.
 
-    Raises ShortVideoError (with the number of frames that do exist) when the file ends early.
+    Raises ShortVideoError (with the number of frames that do exist) when the file ends early,
+    after lowering meta.num_frames to that number.
     `counter`, a one-element list, accumulates the number of frames decoded (for tests).
     """
     counter = counter if counter is not None else [0]
@@ -252,14 +259,14 @@ def decode_window(path, meta: StreamMeta, start: int, length: int, convert: Call
             return _decode_once(path, meta, start, length, convert, seek_to, counter)
         except _Overshoot:
             if seek_to is None:
-                raise VideoReadError(f"{path}: first frame is not at pts {meta.first_pts}")
+                raise VideoReadError(path, f"first frame is not at pts {meta.first_pts}")
             back = 2 * back or 1
         except _IrregularTimestamps:
             if meta.pts_table is not None:
-                raise VideoReadError(f"{path}: decoder skipped frames near {start}") from None
+                raise VideoReadError(path, f"decoder skipped frames near {start}") from None
             _count_frames(Path(path), meta)
             if meta.pts_table is None:
-                raise VideoReadError(f"{path}: frame timestamps are irregular") from None
+                raise VideoReadError(path, "frame timestamps are irregular") from None
 
 
 def read_window(path, start: int, length: int) -> np.ndarray:
@@ -269,10 +276,5 @@ def read_window(path, start: int, length: int) -> np.ndarray:
     meta = stream_meta(path)
     if start + length > meta.num_frames:
         raise ShortVideoError(f"{path}: frames [{start}, {start + length}) requested, the video "
-                              f"has {meta.num_frames}", meta.num_frames)
-    try:
-        frames = decode_window(path, meta, start, length, to_rgb)
-    except ShortVideoError as error:
-        meta.num_frames = min(meta.num_frames, error.available)
-        raise
-    return np.stack(frames)  # (T, H, W, 3)
+                              f"has {meta.num_frames}", meta.num_frames, meta.num_frames)
+    return np.stack(decode_window(path, meta, start, length, to_rgb))  # (T, H, W, 3)
