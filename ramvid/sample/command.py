@@ -25,7 +25,7 @@ from ..masking import frame_indices_problem
 from ..runtime import autocast_dtype, compile_model, configure_tf32
 from ..video_io import FORMATS
 from .batch import AUTOCAST_DTYPES, ClipSource, SamplerOptions
-from .loading import checkpoint_flags, flag_sources, load_state_dict, model_from_state_dict
+from .loading import checkpoint_flags, flag_sources, model_from_checkpoint
 from .long import SCHEMES, LongSettings, check_long_flags
 from .run import COLLECTIVE_TIMEOUT_S, SampleJob, cost, sample_to_folder
 
@@ -155,8 +155,7 @@ def sampler_options(args):
 def load_checkpoint(args):
     """(model on the CPU in eval mode, resolved flags); a bad checkpoint is a one-line error."""
     try:
-        state_dict = load_state_dict(args.model_path)
-        model, flags = model_from_state_dict(state_dict, select_model_flags(args),
+        model, flags = model_from_checkpoint(args.model_path, select_model_flags(args),
                                              f"--model_path {args.model_path}")
     except (CheckpointError, ValueError) as e:
         raise UsageError(str(e).splitlines()[0]) from None
