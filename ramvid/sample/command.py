@@ -14,8 +14,8 @@ import torch
 
 from .. import dist
 from ..checkpoint import CheckpointError
-from ..config import (DIFFUSION_FLAGS, MODEL_AND_DIFFUSION_FLAGS, PRESETS, check_model_flags,
-                      create_diffusion, model_and_diffusion_defaults)
+from ..config import (MODEL_AND_DIFFUSION_FLAGS, PRESETS, check_model_flags, create_diffusion,
+                      model_and_diffusion_defaults)
 from ..diffusion.sampling import SAMPLERS, check_sampler
 from ..errors import UsageError
 from ..flags import (Flag, add_common_flags, add_flags, as_flag_error, at_least, exit_if_dry_run,
@@ -206,8 +206,8 @@ def dry_run(args, job, extra=None):
     """--dry_run: print the resolved flags and the job's cost as JSON, exit 0 (no data, no
     model, no GPU needed)."""
     flags = select_model_flags(args)
-    diffusion = create_diffusion(**{k: flags[k] for k in DIFFUSION_FLAGS})
-    plan = cost(job, diffusion, flags["seq_len"], rate_key(flags, args, job.batch_size))
+    plan = cost(job, create_diffusion(**flags), flags["seq_len"],
+                rate_key(flags, args, job.batch_size))
     exit_if_dry_run(args, {**vars(args), **(extra or {}), "plan": plan})
 
 
