@@ -39,6 +39,7 @@ _REUSABLE_KEYS = _RESUMABLE_KEYS + ("batch_size", "chunk_size")
 # models take long, so every sampling run (scripts and evaluation) uses this collective timeout.
 COLLECTIVE_TIMEOUT_S = 6 * 3600
 WARMUP_STEPS = 20
+RATES_JSON = "sampling_rates.json"  # in cache_home(): {rate key: {device: {"s_per_step", "date"}}}
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def cost(job, diffusion, seq_len, rate_key=None):
     rate measured before under `rate_key` (its model and batch): a dict for --dry_run and the
     plan line."""
     try:
-        rates = json.loads(_rates_file().read_text()).get(rate_key, {}) if rate_key else {}
+        rates = json.loads((cache_home() / RATES_JSON).read_text()).get(rate_key, {})
     except (OSError, ValueError):
         rates = {}
     steps = (len(plan_long_video(job.long, seq_len)) if job.long else 1) * diffusion.num_timesteps
@@ -219,22 +220,18 @@ def cost(job, diffusion, seq_len, rate_key=None):
     return plan
 
 
-def _rates_file():
-    """$RAMVID_CACHE/sampling_rates.json: {rate key: {device: {"s_per_step", "date"}}}."""
-    return cache_home() / "sampling_rates.json"
-
-
 def remember_rate(key, device, seconds):
     """Record a measured rate for later dry runs; a cache that cannot be written is skipped."""
     device = torch.device(device)
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"{device.type} ({torch.get_num_threads()} threads)")
+    path = cache_home() / RATES_JSON
     try:
-        rates = json.loads(_rates_file().read_text()) if _rates_file().is_file() else {}
+        rates = json.loads(path.read_text()) if path.is_file() else {}
         rates.setdefault(key, {})[name] = {"s_per_step": seconds,
                                            "date": time.strftime("%Y-%m-%d")}
-        _rates_file().parent.mkdir(parents=True, exist_ok=True)
-        write_json(_rates_file(), rates)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, rates)
     except (OSError, ValueError):
         pass
 
