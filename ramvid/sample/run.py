@@ -186,9 +186,10 @@ def _work(model, diffusion, flags, job, scanned=None):
                              start=clips[:, :, : long.start_frames] if long.start_frames else None,
                              y=labels, options=job.options, callback=callback)
         else:
-            mask = mask_from_frames(cond_frames, len(indices), seq_len) if cond_frames else None
-            videos = sample_batch(model, diffusion, generators, obs=clips if cond_frames else None,
-                                  obs_mask=mask, y=labels, options=job.options, callback=callback)
+            # (without given frames sample_batch runs an unconditional batch)
+            videos = sample_batch(model, diffusion, generators, obs=clips,
+                                  obs_mask=mask_from_frames(cond_frames, len(indices), seq_len),
+                                  y=labels, options=job.options, callback=callback)
         arrays = {"samples": to_uint8(videos), "gt": to_uint8(clips) if job.save_gt else None,
                   "labels": labels}
         return {name: array for name, array in arrays.items() if array is not None}
