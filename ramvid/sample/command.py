@@ -267,13 +267,10 @@ def sample_main(argv=None, long_videos=False):
             save_video=args.save_video, fps=args.fps, progress=args.progress)
         dry_run(args, job)
         model, flags = load_checkpoint(args)
-        scanned = None
-        if job.cond_frames or job.save_gt or (flags["class_cond"] and job.data_dir):
-            whole = long_videos and job.save_gt  # the ground truth spans the whole length
-            scanned = check_data(
-                job.data_dir, flags, args.total_length if whole else flags["seq_len"],
-                f"--save_gt True needs videos of >= --total_length {args.total_length} frames"
-                if whole else "")
+        length = job.clip_frames(flags["seq_len"], flags["class_cond"])  # 0: no clip is read
+        purpose = (f"--save_gt True needs videos of >= --total_length {length} frames"
+                   if long and job.save_gt else "")
+        scanned = check_data(job.data_dir, flags, length, purpose) if length else None
         with model_on_every_rank(model, args) as (net, info):
             paths = sample_to_folder(net, create_diffusion(**flags), flags, job, info,
                                      out_dir=args.out_dir or None, overwrite=args.overwrite,

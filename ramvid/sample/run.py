@@ -61,6 +61,15 @@ class SampleJob:
     fps: int = 4
     progress: bool = True
 
+    def clip_frames(self, seq_len, class_cond):
+        """Frames each --data_dir clip must have, 0 when the job reads none: clips give the
+        given frames, the ground truth and a class-conditional model's labels. A long video's
+        start frames and ground truth come from one clip (the same file), which then spans the
+        whole length."""
+        if not (self.cond_frames or self.save_gt or (class_cond and self.data_dir)):
+            return 0
+        return self.long.total_length if self.long and self.save_gt else seq_len
+
 
 # --------------------------------------------------------------------------- folder and record
 def run_folder(record, out_dir=None):
@@ -166,16 +175,10 @@ def _work(model, diffusion, flags, job, scanned=None):
         fields["gt"] = video
     if model.config.num_classes is not None:
         fields["labels"] = ((), np.int64)
-    if long:
-        plan = plan_long_video(long, seq_len)
-        needs_data = long.start_frames or job.save_gt
-    else:
-        needs_data = cond_frames or job.save_gt or ("labels" in fields and job.data_dir)
-    # Long videos: one source for the start frames and the ground truth, so both come from the
-    # same file; the ground truth spans the whole length, so it needs files of >= total_length.
-    source = ClipSource(job.data_dir, flags, num_frames if job.save_gt else seq_len,
-                        job.samples_per_clip, -(-job.num_samples // job.samples_per_clip),
-                        scanned) if needs_data else None
+    plan = plan_long_video(long, seq_len) if long else None
+    length = job.clip_frames(seq_len, flags["class_cond"])  # of each clip; 0: none is read
+    source = ClipSource(job.data_dir, flags, length, job.samples_per_clip,
+                        -(-job.num_samples // job.samples_per_clip), scanned) if length else None
 
     def work(indices, callback):
         clips, y = source.clips(indices) if source else (None, None)  # (n, C, L, H, W), (n,)
