@@ -240,8 +240,7 @@ def sample_main(argv=None, long_videos=False):
                     f"must be fewer than --total_length {args.total_length}")
             require(not args.start_frames or bool(args.data_dir), "data_dir", "",
                     "is needed for the start frames (or pass --start_frames 0)")
-            long = LongSettings(args.total_length, args.scheme, args.max_cond_frames,
-                                args.prediction_step, args.start_frames)
+            long = LongSettings(**{f.name: getattr(args, f.name) for f in fields(LongSettings)})
             cond_frames = tuple(range(args.start_frames))
         else:  # video_sample.py's
             frames, seq_len = args.cond_frames, args.seq_len
