@@ -135,6 +135,25 @@ def test_long_script_hierarchical_unconditional_start(setup, tmp_path, monkeypat
     assert not list(tmp_path.glob("samples_*"))
 
 
+def test_long_class_conditional_labels_come_from_the_clips_without_start_frames(tmp_path,
+                                                                               monkeypatch):
+    """A class-conditional model with --data_dir and no start frames takes its labels from the
+    clips (files a_, b_, c_: classes 0, 1, 2 in sorted order, sample i given clip i mod 3), as
+    with start frames and as docs/SAMPLING.md says; no frame of the clips is given. Seen red
+    with the long-video job reading no clips without start frames or --save_gt (labels drawn
+    from the seed: [2, 2, 2, 2, 1, 1] here)."""
+    ckpt = make_checkpoint(tmp_path / "run", class_cond=True, num_classes=3)
+    data = make_videos(tmp_path / "data")
+    out = run_script("video_sample_long", [
+        "--model_path", ckpt, "--data_dir", data, "--start_frames", 0, "--total_length", 8,
+        "--num_samples", 6, "--batch_size", 6, "--timestep_respacing", 1, "--progress", "False",
+        "--save_video", "none",
+    ], tmp_path / "out", monkeypatch)
+    arrays = load_npz(out / "6x8x16x16x3.npz")
+    assert arrays["arr_1"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert arrays["arr_0"].shape == (6, 8, 16, 16, 3)
+
+
 @pytest.mark.parametrize("flags, starts", [
     (["--prediction_step", "5", "--max_cond_frames", "2"],
      "--prediction_step 5 must lie in [1, seq_len - max_cond_frames = 4]"),
