@@ -32,10 +32,6 @@ class Window:
     obs_mask: tuple  # per position: True = a known frame, given clean
     new_frames: tuple  # video frame indices this window writes back (new, < total_length)
 
-    @property
-    def num_given(self):
-        return sum(self.obs_mask)
-
 
 def _window(frames, known, total_length, new_frames=None):
     frames = tuple(int(f) for f in frames)
