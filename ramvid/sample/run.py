@@ -140,7 +140,7 @@ def prepare_folder(folder, record, finished, overwrite, reuse_finished=False):
     of the same record (`finished`: its npz files, [] if it is not finished) is taken as it
     is. Writes the record; returns "new", "resume" or "finished"."""
     folder = Path(folder)
-    old = read_record(folder) if folder.is_dir() else None
+    old = read_record(folder)
     if old is not None and not overwrite:
         ignored = _REUSABLE_KEYS if reuse_finished and finished else _RESUMABLE_KEYS
         changed = [k for k in record if k not in ignored
