@@ -167,7 +167,7 @@ def load_checkpoint(args):
             f"{source} ({len(names)})" if source in ("args.json", "default")
             else f"{source}: {', '.join(names)}" for source, names in by_source.items()),
             flush=True)
-    return model.eval(), flags
+    return model, flags
 
 
 def check_data(data_dir, flags, seq_len, purpose=""):

@@ -71,10 +71,10 @@ def resolve_flags(checkpoint_path, overrides=None, preset=None):
 
 
 def model_from_checkpoint(checkpoint_path, flags, source):
-    """(the UNet of `flags` with the weights of a modelNNNNNN.pt / ema_RATE_NNNNNN.pt file, the
-    flags it was built from); a ValueError names the flags that differ (`source`: how the file
-    is named there) when they do not fit. A class-conditional model without num_classes takes
-    the checkpoint's."""
+    """(the UNet of `flags` with the weights of a modelNNNNNN.pt / ema_RATE_NNNNNN.pt file, in
+    eval mode to sample, the flags it was built from); a ValueError names the flags that differ
+    (`source`: how the file is named there) when they do not fit. A class-conditional model
+    without num_classes takes the checkpoint's."""
     state_dict = load_checkpoint_file(checkpoint_path)
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor)
                                                    for v in state_dict.values()):
@@ -99,7 +99,7 @@ def model_from_checkpoint(checkpoint_path, flags, source):
         raise ValueError(f"{source} does not fit the model flags: {reasons}. Give the flags the "
                          "checkpoint was trained with (or keep its args.json beside it)")
     model.load_state_dict(state_dict)
-    return model, flags
+    return model.eval(), flags
 
 
 def load_model(checkpoint_path, device=None, preset=None, **overrides):
@@ -113,7 +113,7 @@ def load_model(checkpoint_path, device=None, preset=None, **overrides):
     model, flags = model_from_checkpoint(checkpoint_path, flags, str(checkpoint_path))
     diffusion = create_diffusion(**flags)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), diffusion, flags
+    return model.to(device), diffusion, flags
 
 
 # --------------------------------------------------------------------------- does it fit?
