@@ -14,8 +14,8 @@ import torch
 
 from .. import dist
 from ..checkpoint import CheckpointError
-from ..config import (DIFFUSION_FLAGS, MODEL_AND_DIFFUSION_FLAGS, PRESETS, check_model_flags,
-                      create_diffusion, model_and_diffusion_defaults)
+from ..config import (MODEL_AND_DIFFUSION_FLAGS, PRESETS, check_model_flags, create_diffusion,
+                      model_and_diffusion_defaults)
 from ..diffusion.sampling import SAMPLERS, check_sampler
 from ..errors import UsageError
 from ..flags import (Flag, add_common_flags, add_flags, as_flag_error, at_least, exit_if_dry_run,
@@ -25,7 +25,7 @@ from ..masking import frame_indices_problem
 from ..runtime import autocast_dtype, compile_model, configure_tf32
 from ..video_io import FORMATS
 from .batch import AUTOCAST_DTYPES, ClipSource, SamplerOptions
-from .loading import checkpoint_flags, flag_sources, load_state_dict, model_from_state_dict
+from .loading import checkpoint_flags, flag_sources, model_from_checkpoint
 from .long import SCHEMES, LongSettings, check_long_flags
 from .run import COLLECTIVE_TIMEOUT_S, SampleJob, cost, sample_to_folder
 
@@ -155,8 +155,7 @@ def sampler_options(args):
 def load_checkpoint(args):
     """(model on the CPU in eval mode, resolved flags); a bad checkpoint is a one-line error."""
     try:
-        state_dict = load_state_dict(args.model_path)
-        model, flags = model_from_state_dict(state_dict, select_model_flags(args),
+        model, flags = model_from_checkpoint(args.model_path, select_model_flags(args),
                                              f"--model_path {args.model_path}")
     except (CheckpointError, ValueError) as e:
         raise UsageError(str(e).splitlines()[0]) from None
@@ -168,7 +167,7 @@ def load_checkpoint(args):
             f"{source} ({len(names)})" if source in ("args.json", "default")
             else f"{source}: {', '.join(names)}" for source, names in by_source.items()),
             flush=True)
-    return model.eval(), flags
+    return model, flags
 
 
 def check_data(data_dir, flags, seq_len, purpose=""):
@@ -207,8 +206,8 @@ def dry_run(args, job, extra=None):
     """--dry_run: print the resolved flags and the job's cost as JSON, exit 0 (no data, no
     model, no GPU needed)."""
     flags = select_model_flags(args)
-    diffusion = create_diffusion(**{k: flags[k] for k in DIFFUSION_FLAGS})
-    plan = cost(job, diffusion, flags["seq_len"], rate_key(flags, args, job.batch_size))
+    plan = cost(job, create_diffusion(**flags), flags["seq_len"],
+                rate_key(flags, args, job.batch_size))
     exit_if_dry_run(args, {**vars(args), **(extra or {}), "plan": plan})
 
 
@@ -241,8 +240,7 @@ def sample_main(argv=None, long_videos=False):
                     f"must be fewer than --total_length {args.total_length}")
             require(not args.start_frames or bool(args.data_dir), "data_dir", "",
                     "is needed for the start frames (or pass --start_frames 0)")
-            long = LongSettings(args.total_length, args.scheme, args.max_cond_frames,
-                                args.prediction_step, args.start_frames)
+            long = LongSettings(**{f.name: getattr(args, f.name) for f in fields(LongSettings)})
             cond_frames = tuple(range(args.start_frames))
         else:  # video_sample.py's
             frames, seq_len = args.cond_frames, args.seq_len
@@ -268,13 +266,10 @@ def sample_main(argv=None, long_videos=False):
             save_video=args.save_video, fps=args.fps, progress=args.progress)
         dry_run(args, job)
         model, flags = load_checkpoint(args)
-        scanned = None
-        if job.cond_frames or job.save_gt or (flags["class_cond"] and job.data_dir):
-            whole = long_videos and job.save_gt  # the ground truth spans the whole length
-            scanned = check_data(
-                job.data_dir, flags, args.total_length if whole else flags["seq_len"],
-                f"--save_gt True needs videos of >= --total_length {args.total_length} frames"
-                if whole else "")
+        length = job.clip_frames(flags["seq_len"], flags["class_cond"])  # 0: no clip is read
+        purpose = (f"--save_gt True needs videos of >= --total_length {length} frames"
+                   if long and job.save_gt else "")
+        scanned = check_data(job.data_dir, flags, length, purpose) if length else None
         with model_on_every_rank(model, args) as (net, info):
             paths = sample_to_folder(net, create_diffusion(**flags), flags, job, info,
                                      out_dir=args.out_dir or None, overwrite=args.overwrite,

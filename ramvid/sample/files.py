@@ -104,12 +104,6 @@ def map_npz_array(path):
                      order="F" if fortran_order else "C")
 
 
-def read_npz(path):
-    """[arr_0, arr_1, ...] of an npz file."""
-    with np.load(path) as archive:
-        return [archive[f"arr_{k}"] for k in range(len(archive.files))]
-
-
 def npz_name(shape, prefix=""):
     """'16x20x64x64x3.npz' for shape (16, 20, 64, 64, 3)."""
     return prefix + "x".join(str(s) for s in shape) + ".npz"
@@ -154,8 +148,8 @@ class ChunkStore:
     def _column(self, name):
         """Field `name` over all chunks as (shape, dtype, blocks), one chunk read at a time."""
         shape, dtype = self.fields[name]
-        position = list(self.fields).index(name)
-        blocks = (read_npz(self.path(k))[position] for k in range(len(self.ranges)))
+        member = f"arr_{list(self.fields).index(name)}"  # a chunk's other fields stay unread
+        blocks = (np.load(self.path(k))[member] for k in range(len(self.ranges)))
         return (self.num_samples, *shape), dtype, blocks
 
     def final_paths(self):

@@ -70,19 +70,16 @@ def resolve_flags(checkpoint_path, overrides=None, preset=None):
     return {**defaults, **recorded, **from_preset, **overrides}
 
 
-def load_state_dict(checkpoint_path):
-    """The plain state dict in a modelNNNNNN.pt / ema_RATE_NNNNNN.pt file (weights only)."""
-    state = load_checkpoint_file(checkpoint_path)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+def model_from_checkpoint(checkpoint_path, flags, source):
+    """(the UNet of `flags` with the weights of a modelNNNNNN.pt / ema_RATE_NNNNNN.pt file, in
+    eval mode to sample, the flags it was built from); a ValueError names the flags that differ
+    (`source`: how the file is named there) when they do not fit. A class-conditional model
+    without num_classes takes the checkpoint's."""
+    state_dict = load_checkpoint_file(checkpoint_path)
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor)
+                                                   for v in state_dict.values()):
         raise ValueError(f"{checkpoint_path} is not a model state dict (expected modelNNNNNN.pt "
                          "or ema_RATE_NNNNNN.pt, not optNNNNNN.pt)")
-    return state
-
-
-def model_from_state_dict(state_dict, flags, source="checkpoint"):
-    """Build the UNet of `flags` and load `state_dict` into it; a ValueError names the flags that
-    differ when it does not fit. A class-conditional model without num_classes takes the
-    checkpoint's."""
     if flags.get("class_cond") and not flags.get("num_classes"):
         # Any count builds the model; without a label embedding the check names class_cond.
         found = architecture_of(state_dict)["num_classes"]
@@ -102,7 +99,7 @@ def model_from_state_dict(state_dict, flags, source="checkpoint"):
         raise ValueError(f"{source} does not fit the model flags: {reasons}. Give the flags the "
                          "checkpoint was trained with (or keep its args.json beside it)")
     model.load_state_dict(state_dict)
-    return model, flags
+    return model.eval(), flags
 
 
 def load_model(checkpoint_path, device=None, preset=None, **overrides):
@@ -113,11 +110,10 @@ def load_model(checkpoint_path, device=None, preset=None, **overrides):
     BAIR checkpoint, which has no args.json). `device` defaults to CUDA when available.
     """
     flags = resolve_flags(checkpoint_path, overrides, preset)
-    model, flags = model_from_state_dict(load_state_dict(checkpoint_path), flags,
-                                         str(checkpoint_path))
+    model, flags = model_from_checkpoint(checkpoint_path, flags, str(checkpoint_path))
     diffusion = create_diffusion(**flags)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), diffusion, flags
+    return model.to(device), diffusion, flags
 
 
 # --------------------------------------------------------------------------- does it fit?

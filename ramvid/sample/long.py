@@ -17,11 +17,13 @@ SCHEMES = ("autoregressive", "hierarchical")
 
 @dataclass(frozen=True)
 class LongSettings:
+    """video_sample_long.py's flags of the same names, their defaults resolved."""
+
     total_length: int
-    scheme: str = "autoregressive"
-    max_cond_frames: int = 4
-    prediction_step: int = 0  # 0: seq_len - max_cond_frames
-    start_frames: int = 0  # known first frames taken from the data clips (0: unconditional start)
+    scheme: str
+    max_cond_frames: int
+    prediction_step: int  # new frames kept per autoregressive window
+    start_frames: int  # known first frames taken from the data clips (0: unconditional start)
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,6 @@ class Window:
     frames: tuple  # video frame index of each window position, increasing, len = seq_len
     obs_mask: tuple  # per position: True = a known frame, given clean
     new_frames: tuple  # video frame indices this window writes back (new, < total_length)
-
-    @property
-    def num_given(self):
-        return sum(self.obs_mask)
 
 
 def _window(frames, known, total_length, new_frames=None):
@@ -106,8 +104,7 @@ def plan_long_video(long, seq_len):
     """The windows of a long-video job (`long`: its LongSettings)."""
     if long.scheme == "autoregressive":
         return plan_autoregressive(long.total_length, seq_len, long.max_cond_frames,
-                                   long.prediction_step or seq_len - long.max_cond_frames,
-                                   long.start_frames)
+                                   long.prediction_step, long.start_frames)
     if long.scheme == "hierarchical":
         return plan_hierarchical(long.total_length, seq_len, long.max_cond_frames,
                                  long.start_frames)

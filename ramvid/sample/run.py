@@ -39,6 +39,7 @@ _REUSABLE_KEYS = _RESUMABLE_KEYS + ("batch_size", "chunk_size")
 # models take long, so every sampling run (scripts and evaluation) uses this collective timeout.
 COLLECTIVE_TIMEOUT_S = 6 * 3600
 WARMUP_STEPS = 20
+RATES_JSON = "sampling_rates.json"  # in cache_home(): {rate key: {device: {"s_per_step", "date"}}}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,15 @@ class SampleJob:
     save_video: str = "gif"  # gif | mp4 | png | none
     fps: int = 4
     progress: bool = True
+
+    def clip_frames(self, seq_len, class_cond):
+        """Frames each --data_dir clip must have, 0 when the job reads none: clips give the
+        given frames, the ground truth and a class-conditional model's labels. A long video's
+        start frames and ground truth come from one clip (the same file), which then spans the
+        whole length."""
+        if not (self.cond_frames or self.save_gt or (class_cond and self.data_dir)):
+            return 0
+        return self.long.total_length if self.long and self.save_gt else seq_len
 
 
 # --------------------------------------------------------------------------- folder and record
@@ -130,7 +140,7 @@ def prepare_folder(folder, record, finished, overwrite, reuse_finished=False):
     of the same record (`finished`: its npz files, [] if it is not finished) is taken as it
     is. Writes the record; returns "new", "resume" or "finished"."""
     folder = Path(folder)
-    old = read_record(folder) if folder.is_dir() else None
+    old = read_record(folder)
     if old is not None and not overwrite:
         ignored = _REUSABLE_KEYS if reuse_finished and finished else _RESUMABLE_KEYS
         changed = [k for k in record if k not in ignored
@@ -165,16 +175,10 @@ def _work(model, diffusion, flags, job, scanned=None):
         fields["gt"] = video
     if model.config.num_classes is not None:
         fields["labels"] = ((), np.int64)
-    if long:
-        plan = plan_long_video(long, seq_len)
-        needs_data = long.start_frames or job.save_gt
-    else:
-        needs_data = cond_frames or job.save_gt or ("labels" in fields and job.data_dir)
-    # Long videos: one source for the start frames and the ground truth, so both come from the
-    # same file; the ground truth spans the whole length, so it needs files of >= total_length.
-    source = ClipSource(job.data_dir, flags, num_frames if job.save_gt else seq_len,
-                        job.samples_per_clip, -(-job.num_samples // job.samples_per_clip),
-                        scanned) if needs_data else None
+    plan = plan_long_video(long, seq_len) if long else None
+    length = job.clip_frames(seq_len, flags["class_cond"])  # of each clip; 0: none is read
+    source = ClipSource(job.data_dir, flags, length, job.samples_per_clip,
+                        -(-job.num_samples // job.samples_per_clip), scanned) if length else None
 
     def work(indices, callback):
         clips, y = source.clips(indices) if source else (None, None)  # (n, C, L, H, W), (n,)
@@ -185,9 +189,10 @@ def _work(model, diffusion, flags, job, scanned=None):
                              start=clips[:, :, : long.start_frames] if long.start_frames else None,
                              y=labels, options=job.options, callback=callback)
         else:
-            mask = mask_from_frames(cond_frames, len(indices), seq_len) if cond_frames else None
-            videos = sample_batch(model, diffusion, generators, obs=clips if cond_frames else None,
-                                  obs_mask=mask, y=labels, options=job.options, callback=callback)
+            # (without given frames sample_batch runs an unconditional batch)
+            videos = sample_batch(model, diffusion, generators, obs=clips,
+                                  obs_mask=mask_from_frames(cond_frames, len(indices), seq_len),
+                                  y=labels, options=job.options, callback=callback)
         arrays = {"samples": to_uint8(videos), "gt": to_uint8(clips) if job.save_gt else None,
                   "labels": labels}
         return {name: array for name, array in arrays.items() if array is not None}
@@ -201,7 +206,7 @@ def cost(job, diffusion, seq_len, rate_key=None):
     rate measured before under `rate_key` (its model and batch): a dict for --dry_run and the
     plan line."""
     try:
-        rates = json.loads(_rates_file().read_text()).get(rate_key, {}) if rate_key else {}
+        rates = json.loads((cache_home() / RATES_JSON).read_text()).get(rate_key, {})
     except (OSError, ValueError):
         rates = {}
     steps = (len(plan_long_video(job.long, seq_len)) if job.long else 1) * diffusion.num_timesteps
@@ -219,22 +224,18 @@ def cost(job, diffusion, seq_len, rate_key=None):
     return plan
 
 
-def _rates_file():
-    """$RAMVID_CACHE/sampling_rates.json: {rate key: {device: {"s_per_step", "date"}}}."""
-    return cache_home() / "sampling_rates.json"
-
-
 def remember_rate(key, device, seconds):
     """Record a measured rate for later dry runs; a cache that cannot be written is skipped."""
     device = torch.device(device)
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"{device.type} ({torch.get_num_threads()} threads)")
+    path = cache_home() / RATES_JSON
     try:
-        rates = json.loads(_rates_file().read_text()) if _rates_file().is_file() else {}
+        rates = json.loads(path.read_text()) if path.is_file() else {}
         rates.setdefault(key, {})[name] = {"s_per_step": seconds,
                                            "date": time.strftime("%Y-%m-%d")}
-        _rates_file().parent.mkdir(parents=True, exist_ok=True)
-        write_json(_rates_file(), rates)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, rates)
     except (OSError, ValueError):
         pass
 
