@@ -913,6 +913,17 @@ def test_chunk_size_cuts_chunk_files(setup, tmp_path, script):
     assert not (cut.folder / "chunks").exists()
 
 
+def test_dry_run_counts_the_batches_of_every_chunk(setup, tmp_path):
+    """A chunk's batches start at the chunk: 6 samples in chunks of 3 and batches of 2 are
+    batches [0, 1], [2] | [3, 4], [5], four of them (not ceil(6 / 2) = 3), and --dry_run's plan
+    counts the batches the run takes. Seen red with the plan counting ceil(6 / 2) batches."""
+    argv = base_argv(SAMPLE, setup, tmp_path, n=6, batch=2, steps=2) + ["--chunk_size", 3]
+    plan = json.loads(run(SAMPLE, argv + ["--dry_run"], exit_code=0).out)["plan"]
+    done = run(SAMPLE, argv, tmp_path)
+    assert [loop[0].x.shape[0] for loop in done.loops()] == [2, 1, 2, 1]
+    assert plan["batch_steps"] == 4 * plan["steps_per_batch"]
+
+
 @pytest.mark.parametrize("script", [SAMPLE, LONG])
 def test_samples_per_clip_pairs_samples_with_clips(runs, setup, tmp_path, script):
     """--samples_per_clip 2: samples 2c and 2c + 1 are given clip c (record: 2); with 1

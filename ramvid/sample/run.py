@@ -212,7 +212,9 @@ def cost(job, diffusion, seq_len, rate_key=None):
     steps = (len(plan_long_video(job.long, seq_len)) if job.long else 1) * diffusion.num_timesteps
     guided = job.cond_frames and job.options.guidance_scale != 1.0  # two network calls a step
     calls = steps * job.options.resample_steps * (2 if guided else 1)
-    batch_steps = -(-job.num_samples // job.batch_size) * steps
+    # A chunk's batches start at the chunk (files.py): a chunk of n samples takes ceil(n / B).
+    chunks = global_batches(job.num_samples, job.chunk_size)
+    batch_steps = sum(-(-len(chunk) // job.batch_size) for chunk in chunks) * steps
     plan = {"videos": job.num_samples, "model_calls_per_video": calls,
             "model_calls": job.num_samples * calls, "batch_steps": batch_steps,
             "steps_per_batch": steps}
