@@ -44,10 +44,10 @@ STOP_KEY = "ramvid_stop_rank_"
 # it exits hard; a collective with the failed rank fails once that one has exited.
 ABORT_GRACE_S = 10
 
-# Rank and size variables that MPI launchers (MPICH/Hydra, Intel MPI, Open MPI, MVAPICH2, PMIx) set.
 # What launchers send to ask a job to stop (Slurm's --signal=USR1@seconds, scancel, mpirun and
 # torchrun forwarding SIGTERM, Ctrl-C): training finishes its step and checkpoints.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# Rank and size variables that MPI launchers (MPICH/Hydra, Intel MPI, Open MPI, MVAPICH2, PMIx) set.
 MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
 MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 MPI_REBUILD = "MPICC=$(which mpicc) pip install --no-binary mpi4py --force-reinstall mpi4py"
