@@ -305,7 +305,7 @@ def load_samples(files, gt_path, per_clip):
     """Clip-major samples ([(npz, its record or None)], as find_sample_file gives them) and their
     ground truth (`gt_path`; None: the first run's own gt_ file) -> (samples (N_clips, S, T, H,
     W, C), a view of the one file when there is one; gt (N_clips, T, H, W, C), one row per clip;
-    the ground truth's path)."""
+    the ground truth's path). `per_clip`: samples of each clip in every file."""
     (first_path, record), paths = files[0], [path for path, _ in files]
     named = gt_path is not None
     if not named and record and record.get("save_gt"):
@@ -317,23 +317,23 @@ def load_samples(files, gt_path, per_clip):
     first = load_clips(paths[0], "--samples")
     if len(paths) == 1:
         gt = one_row_per_clip(gt, first.shape[0], per_clip, gt_path, note=named)
-    num_clips, item, parts = gt.shape[0], gt.shape[1:], []
+    num_clips, item, combined = gt.shape[0], gt.shape[1:], None
     for i, path in enumerate(paths):
         clips = first if i == 0 else load_clips(path, "--samples")
         if clips.shape[1:] != item:
             raise UsageError(f"--samples {path}: clips of shape {clips.shape[1:]} (T x H x W x "
                              f"C) differ from --gt {item}")
-        count = per_clip if per_clip is not None else clips.shape[0] // max(num_clips, 1)
-        if count < 1 or clips.shape[0] != num_clips * count:
-            hint = ("; pass --samples_per_clip" if per_clip is None else
-                    f" (--samples_per_clip {per_clip})")
+        if per_clip < 1 or clips.shape[0] != num_clips * per_clip:
             raise UsageError(f"--samples {path}: {clips.shape[0]} clips are not {num_clips} "
-                             f"ground-truth clips x a whole number of samples{hint}")
-        if parts and count != parts[0].shape[1]:
-            raise UsageError(f"--samples {path}: every file must hold the same number of "
-                             "samples per clip")
-        parts.append(clips.reshape(num_clips, count, *item))
-    return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)), gt, gt_path
+                             f"ground-truth clips x a whole number of samples (--samples_per_clip "
+                             f"{per_clip})")
+        clips = clips.reshape(num_clips, per_clip, *item)
+        if len(paths) == 1:
+            return clips, gt, gt_path  # a view of the one file
+        if combined is None:  # files are copied in one by one, never all in memory at once
+            combined = np.empty((num_clips, per_clip * len(paths), *item), np.uint8)
+        combined[:, i * per_clip:(i + 1) * per_clip] = clips
+    return combined, gt, gt_path
 
 
 def clip_selection(record, protocol):
